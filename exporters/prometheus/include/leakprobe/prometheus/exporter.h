@@ -1,0 +1,69 @@
+// leakprobe/prometheus/exporter.h — the in-process HTTP endpoint
+// (prometheus-cpp's Exposer on civetweb) serving /metrics.
+//
+//   auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
+//   Exporter exporter("127.0.0.1", 0, collector);  // throws BindError
+//   int port = exporter.port();
+//
+// Lifecycle rules that keep the host process safe:
+// - Destroying an Exporter stops the server promptly: the listening sockets
+//   are shut down first so civetweb's master thread wakes at once instead of
+//   at the end of its poll quantum.
+// - In a forked child the server's threads do not exist; stopping the server
+//   there would wait for them forever. AbandonAfterFork() closes the
+//   inherited listening sockets and leaks the server object instead.
+// - At exit, Release() leaks the server (its threads die with the process)
+//   and closes the collector, so exit costs nothing.
+// Thread-safety: not thread-safe; the owner serialises calls. The server
+// threads only call the collector.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "leakprobe/prometheus/collector.h"
+
+namespace prometheus {
+class Exposer;
+}  // namespace prometheus
+
+namespace leakprobe::prometheus_exporter {
+
+class Exporter {
+ public:
+  // Listens on host:port (port 0: any free port) and serves /metrics from
+  // `collector`. Throws leakprobe::BindError naming the address and the
+  // reason when it cannot listen.
+  Exporter(const std::string& host, int port,
+           std::shared_ptr<SnapshotCollector> collector);
+  ~Exporter();
+
+  Exporter(const Exporter&) = delete;
+  Exporter& operator=(const Exporter&) = delete;
+
+  const std::string& host() const { return host_; }
+  int port() const { return port_; }
+  // The listening sockets found for this server (for tests and fork).
+  const std::vector<int>& listening_fds() const { return listening_fds_; }
+
+  // Child side of fork: async-signal-safe (close() only), never blocks.
+  void AbandonAfterFork() noexcept;
+  // At exit: stop serving data and leak the server without joining threads.
+  void Release() noexcept;
+
+ private:
+  std::string host_;
+  int port_ = 0;
+  std::shared_ptr<SnapshotCollector> collector_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::vector<int> listening_fds_;
+};
+
+// civetweb's "listening_ports" value for host and port ("[::1]:0" for IPv6).
+std::string ListeningAddress(const std::string& host, int port);
+
+// The fds of this process that are listening sockets bound to `port`.
+std::vector<int> FindListeningFds(int port);
+
+}  // namespace leakprobe::prometheus_exporter

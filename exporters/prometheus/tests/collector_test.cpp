@@ -1,0 +1,97 @@
+#include "leakprobe/prometheus/collector.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+
+namespace leakprobe::prometheus_exporter {
+namespace {
+
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+Snapshot FakeSnapshot() {
+  Snapshot s;
+  s.process.ok = true;
+  s.process.resident_memory_bytes = 1000;
+  s.process.virtual_memory_bytes = 5000;
+  s.process.cpu_seconds = 1.5;
+  s.process.start_time_seconds = 1.7e9;
+  s.process.threads = 4;
+  s.process.open_fds = 12;
+  s.process.max_fds = 1024;
+  s.gc.generations = {{10, 500, 0}, {2, 40, 1}, {1, 7, 0}};
+  s.python = PythonInfo{"CPython", "3", "12", "1", "3.12.1"};
+  s.version = "9.9.9";
+  return s;
+}
+
+const MetricFamily* Find(const std::vector<MetricFamily>& families,
+                         const std::string& name) {
+  auto it = std::find_if(families.begin(), families.end(),
+                         [&](const MetricFamily& f) { return f.name == name; });
+  return it == families.end() ? nullptr : &*it;
+}
+
+TEST(BuildFamiliesTest, ProcessFiguresUseStandardNamesAndTypes) {
+  const auto families = BuildFamilies(FakeSnapshot(), 3);
+  const MetricFamily* cpu = Find(families, "process_cpu_seconds_total");
+  ASSERT_NE(cpu, nullptr);
+  EXPECT_EQ(cpu->type, MetricType::Counter);
+  EXPECT_DOUBLE_EQ(cpu->metric.at(0).counter.value, 1.5);
+  const MetricFamily* fds = Find(families, "process_open_fds");
+  ASSERT_NE(fds, nullptr);
+  EXPECT_EQ(fds->type, MetricType::Gauge);
+  EXPECT_DOUBLE_EQ(fds->metric.at(0).gauge.value, 12);
+  EXPECT_DOUBLE_EQ(Find(families, "process_max_fds")->metric.at(0).gauge.value, 1024);
+  EXPECT_DOUBLE_EQ(
+      Find(families, "process_resident_memory_bytes")->metric.at(0).gauge.value, 1000);
+  EXPECT_DOUBLE_EQ(
+      Find(families, "leakprobe_exporter_scrapes_total")->metric.at(0).counter.value, 3);
+}
+
+TEST(BuildFamiliesTest, GcFamiliesHaveOneSamplePerGeneration) {
+  const auto families = BuildFamilies(FakeSnapshot(), 1);
+  const MetricFamily* collected = Find(families, "python_gc_objects_collected_total");
+  ASSERT_NE(collected, nullptr);
+  ASSERT_EQ(collected->metric.size(), 3u);
+  EXPECT_EQ(collected->metric[1].label.at(0).name, "generation");
+  EXPECT_EQ(collected->metric[1].label.at(0).value, "1");
+  EXPECT_DOUBLE_EQ(collected->metric[1].counter.value, 40);
+  EXPECT_DOUBLE_EQ(
+      Find(families, "python_gc_objects_uncollectable_total")->metric[1].counter.value, 1);
+  EXPECT_DOUBLE_EQ(
+      Find(families, "python_gc_collections_total")->metric[0].counter.value, 10);
+}
+
+TEST(BuildFamiliesTest, MissingSourcesOmitTheirFamilies) {
+  Snapshot s;  // process unreadable, gc never sampled, no python info
+  s.version = "1.0";
+  const auto families = BuildFamilies(s, 1);
+  EXPECT_EQ(Find(families, "process_cpu_seconds_total"), nullptr);
+  EXPECT_EQ(Find(families, "process_open_fds"), nullptr);
+  EXPECT_EQ(Find(families, "python_gc_collections_total"), nullptr);
+  EXPECT_EQ(Find(families, "python_info"), nullptr);
+  const MetricFamily* build = Find(families, "leakprobe_build_info");
+  ASSERT_NE(build, nullptr);
+  EXPECT_EQ(build->metric.at(0).label.at(0).value, "1.0");
+}
+
+TEST(SnapshotCollectorTest, CountsScrapesAndStopsCallingTheSourceWhenClosed) {
+  std::atomic<int> calls{0};
+  SnapshotCollector collector([&] {
+    ++calls;
+    return FakeSnapshot();
+  });
+  EXPECT_FALSE(collector.Collect().empty());
+  EXPECT_FALSE(collector.Collect().empty());
+  EXPECT_EQ(collector.scrapes(), 2u);
+  collector.Close();
+  EXPECT_TRUE(collector.Collect().empty());
+  EXPECT_EQ(calls.load(), 2);
+}
+
+}  // namespace
+}  // namespace leakprobe::prometheus_exporter

@@ -1,0 +1,139 @@
+#include "leakprobe/prometheus/exporter.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <memory>
+#include <string>
+
+#include "leakprobe/error.h"
+
+namespace leakprobe::prometheus_exporter {
+namespace {
+
+std::shared_ptr<SnapshotCollector> RealCollector() {
+  return std::make_shared<SnapshotCollector>(&TakeSnapshot);
+}
+
+// GET http://127.0.0.1:port/path with a 5 s receive timeout; "" on failure.
+std::string HttpGet(int port, const std::string& path = "/metrics") {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const std::string request =
+        "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+        static_cast<ssize_t>(request.size())) {
+      char buf[4096];
+      ssize_t n = 0;
+      while ((n = recv(fd, buf, sizeof buf, 0)) > 0) {
+        response.append(buf, static_cast<std::size_t>(n));
+      }
+    }
+  }
+  close(fd);
+  return response;
+}
+
+bool IsOpen(int fd) { return fcntl(fd, F_GETFD) != -1 || errno != EBADF; }
+
+TEST(ExporterTest, ServesMetricsOnAnEphemeralPort) {
+  Exporter exporter("127.0.0.1", 0, RealCollector());
+  ASSERT_GT(exporter.port(), 0);
+  ASSERT_EQ(exporter.listening_fds().size(), 1u);
+  const std::string body = HttpGet(exporter.port());
+  EXPECT_NE(body.find("200 OK"), std::string::npos) << body;
+  EXPECT_NE(body.find("\nprocess_open_fds "), std::string::npos) << body;
+  EXPECT_NE(body.find("# TYPE process_cpu_seconds_total counter"), std::string::npos);
+  EXPECT_NE(body.find("leakprobe_exporter_scrapes_total 1"), std::string::npos);
+  EXPECT_NE(HttpGet(exporter.port()).find("leakprobe_exporter_scrapes_total 2"),
+            std::string::npos);
+}
+
+TEST(ExporterTest, PortInUseIsABindErrorNamingAddressAndReason) {
+  Exporter first("127.0.0.1", 0, RealCollector());
+  try {
+    Exporter second("127.0.0.1", first.port(), RealCollector());
+    FAIL() << "a second exporter bound the same port";
+  } catch (const BindError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("127.0.0.1:" + std::to_string(first.port())), std::string::npos)
+        << what;
+    EXPECT_NE(what.find("Address already in use"), std::string::npos) << what;
+  }
+  // The first one still serves.
+  EXPECT_NE(HttpGet(first.port()).find("process_threads"), std::string::npos);
+}
+
+TEST(ExporterTest, AddressNotOfThisHostIsABindError) {
+  try {
+    Exporter exporter("192.0.2.1", 0, RealCollector());  // TEST-NET-1, never local
+    FAIL() << "bound a foreign address";
+  } catch (const BindError& e) {
+    EXPECT_NE(std::string(e.what()).find("Cannot assign requested address"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(ExporterTest, DestroyingClosesTheListeningSocket) {
+  int port = 0;
+  std::vector<int> fds;
+  {
+    Exporter exporter("127.0.0.1", 0, RealCollector());
+    port = exporter.port();
+    fds = exporter.listening_fds();
+  }
+  EXPECT_TRUE(FindListeningFds(port).empty());
+  EXPECT_EQ(HttpGet(port), "");
+}
+
+TEST(ExporterTest, ForkedChildAbandonsInheritedServerAndServesItsOwn) {
+  auto exporter = std::make_unique<Exporter>("127.0.0.1", 0, RealCollector());
+  const int parent_port = exporter->port();
+  const std::vector<int> inherited = exporter->listening_fds();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(20);  // a hang in the child fails the test instead of blocking it
+    exporter->AbandonAfterFork();
+    int code = 0;
+    for (int fd : inherited) {
+      if (IsOpen(fd)) code |= 1;
+    }
+    exporter.reset();  // must not wait for the parent's server threads
+    {
+      Exporter own("127.0.0.1", 0, RealCollector());
+      if (own.port() == parent_port) code |= 2;
+      if (HttpGet(own.port()).find("process_open_fds") == std::string::npos) code |= 4;
+    }
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // The parent's server is untouched by the child's close().
+  EXPECT_NE(HttpGet(parent_port).find("process_open_fds"), std::string::npos);
+}
+
+TEST(ListeningAddressTest, BracketsIpv6) {
+  EXPECT_EQ(ListeningAddress("127.0.0.1", 9464), "127.0.0.1:9464");
+  EXPECT_EQ(ListeningAddress("::1", 0), "[::1]:0");
+}
+
+}  // namespace
+}  // namespace leakprobe::prometheus_exporter

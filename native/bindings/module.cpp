@@ -1,0 +1,220 @@
+// leakprobe._native — the Python extension module: thin bindings over the
+// native core and the Prometheus exporter. The Python package
+// (python/leakprobe) is the public API; this module is private.
+#include <pthread.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "leakprobe/error.h"
+#include "leakprobe/log.h"
+#include "leakprobe/native_stack.h"
+#include "leakprobe/process_stats.h"
+#include "leakprobe/prometheus/collector.h"
+#include "leakprobe/prometheus/exporter.h"
+#include "leakprobe/runtime_stats.h"
+#include "leakprobe/snapshot.h"
+#include "leakprobe/version.h"
+#include "prometheus/text_serializer.h"
+
+namespace py = pybind11;
+
+namespace leakprobe {
+namespace {
+
+using prometheus_exporter::Exporter;
+using prometheus_exporter::SnapshotCollector;
+
+// The one exporter of this process. Never destroyed (threads of a released
+// server may still run during exit).
+struct ExporterSlot {
+  absl::Mutex mu;
+  Exporter* exporter ABSL_GUARDED_BY(mu) = nullptr;
+  std::shared_ptr<SnapshotCollector> collector ABSL_GUARDED_BY(mu);
+};
+
+ExporterSlot& Slot() {
+  static ExporterSlot* const slot = new ExporterSlot();
+  return *slot;
+}
+
+// fork(): the slot's lock is taken before the fork so the child never
+// inherits it held by a thread that does not exist there. In the child the
+// inherited server has no threads: abandon it (see Exporter::AbandonAfterFork)
+// without freeing anything, and give the child a fresh log.
+void BeforeFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { Slot().mu.Lock(); }
+void AfterForkParent() ABSL_NO_THREAD_SAFETY_ANALYSIS { Slot().mu.Unlock(); }
+void AfterForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  ExporterSlot& slot = Slot();
+  if (slot.exporter != nullptr) {
+    slot.exporter->AbandonAfterFork();
+    slot.exporter = nullptr;  // leaked: freeing is not safe to do here
+  }
+  slot.mu.Unlock();
+  ResetLogAfterFork();
+}
+
+int StartExporter(const std::string& host, int port) {
+  py::gil_scoped_release no_gil;  // binding and starting threads takes a while
+  ExporterSlot& slot = Slot();
+  absl::MutexLock lock(&slot.mu);
+  if (slot.exporter != nullptr) {
+    throw Error("the exporter is already running on " +
+                prometheus_exporter::ListeningAddress(slot.exporter->host(),
+                                                      slot.exporter->port()));
+  }
+  auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
+  auto exporter = std::make_unique<Exporter>(host, port, collector);
+  slot.collector = std::move(collector);
+  slot.exporter = exporter.release();
+  return slot.exporter->port();
+}
+
+bool StopExporter() {
+  py::gil_scoped_release no_gil;
+  ExporterSlot& slot = Slot();
+  absl::MutexLock lock(&slot.mu);
+  if (slot.exporter == nullptr) return false;
+  delete slot.exporter;
+  slot.exporter = nullptr;
+  return true;
+}
+
+// Interpreter exit: stop serving data, leak the server (threads die with the
+// process), so exit is not delayed by civetweb's shutdown.
+void ReleaseAtExit() {
+  ExporterSlot& slot = Slot();
+  absl::MutexLock lock(&slot.mu);
+  if (slot.exporter == nullptr) return;
+  slot.exporter->Release();
+  slot.exporter = nullptr;  // leaked on purpose
+}
+
+std::optional<std::tuple<std::string, int, std::vector<int>>> ExporterInfo() {
+  ExporterSlot& slot = Slot();
+  absl::MutexLock lock(&slot.mu);
+  if (slot.exporter == nullptr) return std::nullopt;
+  return std::make_tuple(slot.exporter->host(), slot.exporter->port(),
+                         slot.exporter->listening_fds());
+}
+
+std::string CollectText() {
+  std::uint64_t scrapes = 0;
+  {
+    ExporterSlot& slot = Slot();
+    absl::MutexLock lock(&slot.mu);
+    if (slot.collector) scrapes = slot.collector->scrapes();
+  }
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(
+      out, prometheus_exporter::BuildFamilies(TakeSnapshot(), scrapes));
+  return out.str();
+}
+
+void SetGcStats(const std::vector<std::tuple<std::uint64_t, std::uint64_t,
+                                             std::uint64_t>>& generations) {
+  std::vector<GcGeneration> converted;
+  converted.reserve(generations.size());
+  for (const auto& [collections, collected, uncollectable] : generations) {
+    converted.push_back({collections, collected, uncollectable});
+  }
+  RuntimeStats::Instance().SetGc(converted);
+}
+
+py::dict ProcessStatsDict() {
+  const ProcessStats s = ReadProcessStats();
+  py::dict d;
+  d["ok"] = s.ok;
+  d["resident_memory_bytes"] = s.resident_memory_bytes;
+  d["virtual_memory_bytes"] = s.virtual_memory_bytes;
+  d["cpu_seconds"] = s.cpu_seconds;
+  d["start_time_seconds"] = s.start_time_seconds;
+  d["threads"] = s.threads;
+  d["open_fds"] = s.open_fds;
+  d["max_fds"] = s.max_fds;
+  return d;
+}
+
+std::vector<std::string> NativeStack(std::size_t max_depth) {
+  std::vector<void*> pcs(max_depth);
+  const std::size_t n = CaptureNativeStack(pcs.data(), pcs.size());
+  std::vector<std::string> frames;
+  frames.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) frames.push_back(DescribeAddress(pcs[i]));
+  return frames;
+}
+
+void LogMessage(const std::string& level, const std::string& message) {
+  const auto parsed = ParseLogLevel(level);
+  if (!parsed) throw Error("unknown log level '" + level + "'");
+  Log(*parsed, message);
+}
+
+}  // namespace
+}  // namespace leakprobe
+
+PYBIND11_MODULE(_native, m) {
+  using namespace leakprobe;
+  m.doc() = "leakprobe's native core (private; use the leakprobe package)";
+  m.attr("__version__") = kVersion;
+
+  static py::exception<Error> error(m, "Error");
+  static py::exception<BindError> bind_error(m, "BindError", error.ptr());
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const BindError& e) {
+      py::set_error(bind_error, e.what());
+    } catch (const Error& e) {
+      py::set_error(error, e.what());
+    }
+  });
+
+  static bool fork_handlers = false;
+  if (!fork_handlers) {
+    pthread_atfork(&BeforeFork, &AfterForkParent, &AfterForkChild);
+    fork_handlers = true;
+  }
+
+  m.def("start_exporter", &StartExporter, py::arg("host"), py::arg("port"),
+        "Serve /metrics on host:port (0: any free port); returns the port. "
+        "Raises BindError when it cannot listen, Error when already running.");
+  m.def("stop_exporter", &StopExporter,
+        "Stop the exporter; returns False when none was running.");
+  m.def("release_at_exit", &ReleaseAtExit,
+        "At interpreter exit: stop serving without waiting for server threads.");
+  m.def("exporter_info", &ExporterInfo,
+        "(host, port, listening fds) of the running exporter, or None.");
+  m.def("collect_text", &CollectText,
+        "The current exposition in Prometheus text format, without HTTP.");
+  m.def("set_gc_stats", &SetGcStats, py::arg("generations"),
+        "Cache gc figures per generation: (collections, collected, uncollectable).");
+  m.def(
+      "set_python_info",
+      [](const std::string& implementation, const std::string& major,
+         const std::string& minor, const std::string& patchlevel,
+         const std::string& version) {
+        RuntimeStats::Instance().SetPythonInfo(
+            {implementation, major, minor, patchlevel, version});
+      },
+      py::arg("implementation"), py::arg("major"), py::arg("minor"),
+      py::arg("patchlevel"), py::arg("version"));
+  m.def("process_stats", &ProcessStatsDict, "Process figures read from /proc now.");
+  m.def("native_stack", &NativeStack, py::arg("max_depth") = 32,
+        "The calling thread's native stack, innermost first (libunwind).");
+  m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
+        "Write one line to leakprobe's log at the given level.");
+  m.def(
+      "set_log_level",
+      [](const std::string& level) { return SetLogLevel(level); },
+      py::arg("level"), "Set the log level; False for an unknown name.");
+}

@@ -1,0 +1,28 @@
+// leakprobe/snapshot.h — the read-only view of everything leakprobe knows,
+// taken at one moment. Exporters, the Python API and reports consume it; it
+// is the only interface they use, and it knows nothing of Prometheus.
+//
+//   leakprobe::Snapshot s = leakprobe::TakeSnapshot();
+//   for (const auto& g : s.gc.generations) ...
+//
+// Thread-safety: TakeSnapshot may be called concurrently from any thread
+// without the GIL; a Snapshot is a plain value.
+#pragma once
+
+#include <optional>
+
+#include "leakprobe/process_stats.h"
+#include "leakprobe/runtime_stats.h"
+
+namespace leakprobe {
+
+struct Snapshot {
+  ProcessStats process;
+  GcSnapshot gc;
+  std::optional<PythonInfo> python;  // empty until the bindings set it
+  const char* version = nullptr;     // leakprobe's own version
+};
+
+Snapshot TakeSnapshot();
+
+}  // namespace leakprobe

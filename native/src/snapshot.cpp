@@ -1,0 +1,17 @@
+#include "leakprobe/snapshot.h"
+
+#include "leakprobe/version.h"
+
+namespace leakprobe {
+
+Snapshot TakeSnapshot() {
+  Snapshot snapshot;
+  snapshot.process = ReadProcessStats();
+  const RuntimeStats& runtime = RuntimeStats::Instance();
+  snapshot.gc = runtime.Gc();
+  if (const PythonInfo* info = runtime.python_info()) snapshot.python = *info;
+  snapshot.version = kVersion;
+  return snapshot;
+}
+
+}  // namespace leakprobe
