@@ -5,16 +5,16 @@
 # its test extras into it. Safe to run again: it only does what is missing,
 # and the native build is incremental (build/<wheel tag>).
 #
-# Usage: source scripts/setup.sh            (sets LEAKPROBE_ROOT, VENV_PY)
+# Usage: source scripts/setup.sh            (sets REPO_ROOT, VENV_PY; never exports LEAKPROBE_* names: those are options)
 #        scripts/setup.sh                   (just set up)
-#        LEAKPROBE_PYTHON=3.12 scripts/setup.sh  (.venv-3.12 with that CPython)
+#        SETUP_PYTHON=3.12 scripts/setup.sh  (.venv-3.12 with that CPython)
 set -euo pipefail
 
-LEAKPROBE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export LEAKPROBE_ROOT
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export REPO_ROOT
 
 APT_PACKAGES=(
-  build-essential cmake pkg-config
+  build-essential cmake ninja-build pkg-config
   libunwind-dev libabsl-dev libspdlog-dev libgtest-dev prometheus-cpp-dev
   clang-format clang-tidy
   prometheus            # promtool, and a real Prometheus server for tests
@@ -58,7 +58,7 @@ leakprobe_find_python() {
 
 leakprobe_venv() {
   local version="${1:-3.11}" venv
-  if [ "$version" = "3.11" ]; then venv="$LEAKPROBE_ROOT/.venv"; else venv="$LEAKPROBE_ROOT/.venv-$version"; fi
+  if [ "$version" = "3.11" ]; then venv="$REPO_ROOT/.venv"; else venv="$REPO_ROOT/.venv-$version"; fi
   if [ ! -x "$venv/bin/python" ]; then
     local py
     py="$(leakprobe_find_python "$version")" || {
@@ -70,10 +70,10 @@ leakprobe_venv() {
     "$venv/bin/python" -m pip install -q --upgrade pip
   fi
   leakprobe_log "building and installing leakprobe into $venv"
-  "$venv/bin/python" -m pip install -q "$LEAKPROBE_ROOT[test]"
+  "$venv/bin/python" -m pip install -q "$REPO_ROOT[test]"
   VENV_PY="$venv/bin/python"
   export VENV_PY
 }
 
 leakprobe_apt
-leakprobe_venv "${LEAKPROBE_PYTHON:-3.11}"
+leakprobe_venv "${SETUP_PYTHON:-3.11}"

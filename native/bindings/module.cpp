@@ -39,7 +39,6 @@ using prometheus_exporter::SnapshotCollector;
 struct ExporterSlot {
   absl::Mutex mu;
   Exporter* exporter ABSL_GUARDED_BY(mu) = nullptr;
-  std::shared_ptr<SnapshotCollector> collector ABSL_GUARDED_BY(mu);
 };
 
 ExporterSlot& Slot() {
@@ -72,10 +71,8 @@ int StartExporter(const std::string& host, int port) {
                 prometheus_exporter::ListeningAddress(slot.exporter->host(),
                                                       slot.exporter->port()));
   }
-  auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
-  auto exporter = std::make_unique<Exporter>(host, port, collector);
-  slot.collector = std::move(collector);
-  slot.exporter = exporter.release();
+  slot.exporter =
+      new Exporter(host, port, std::make_shared<SnapshotCollector>(&TakeSnapshot));
   return slot.exporter->port();
 }
 
@@ -108,20 +105,15 @@ std::optional<std::tuple<std::string, int, std::vector<int>>> ExporterInfo() {
 }
 
 std::string CollectText() {
-  std::uint64_t scrapes = 0;
-  {
-    ExporterSlot& slot = Slot();
-    absl::MutexLock lock(&slot.mu);
-    if (slot.collector) scrapes = slot.collector->scrapes();
-  }
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(
-      out, prometheus_exporter::BuildFamilies(TakeSnapshot(), scrapes));
+      out, prometheus_exporter::BuildFamilies(TakeSnapshot()));
   return out.str();
 }
 
-void SetGcStats(const std::vector<std::tuple<std::uint64_t, std::uint64_t,
-                                             std::uint64_t>>& generations) {
+void SetGcStats(
+    const std::vector<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>>&
+        generations) {
   std::vector<GcGeneration> converted;
   converted.reserve(generations.size());
   for (const auto& [collections, collected, uncollectable] : generations) {
@@ -214,7 +206,6 @@ PYBIND11_MODULE(_native, m) {
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");
   m.def(
-      "set_log_level",
-      [](const std::string& level) { return SetLogLevel(level); },
+      "set_log_level", [](const std::string& level) { return SetLogLevel(level); },
       py::arg("level"), "Set the log level; False for an unknown name.");
 }

@@ -9,8 +9,8 @@
 
 namespace leakprobe {
 
-__attribute__((noinline)) std::size_t CaptureNativeStack(
-    void** pcs, std::size_t max_depth) noexcept {
+__attribute__((noinline)) std::size_t CaptureNativeStack(void** pcs,
+                                                         std::size_t max_depth) noexcept {
   unw_context_t context;
   unw_cursor_t cursor;
   if (max_depth == 0 || unw_getcontext(&context) != 0 ||
@@ -22,7 +22,8 @@ __attribute__((noinline)) std::size_t CaptureNativeStack(
   while (n < max_depth && unw_step(&cursor) > 0) {
     unw_word_t ip = 0;
     if (unw_get_reg(&cursor, UNW_REG_IP, &ip) != 0) break;
-    pcs[n++] = reinterpret_cast<void*>(ip);
+    pcs[n++] =
+        reinterpret_cast<void*>(ip);  // NOLINT(performance-no-int-to-ptr): a code address
   }
   return n;
 }

@@ -44,9 +44,8 @@ bool ParseProcStat(std::string_view stat, long page_size, long clock_ticks,
   if (close == std::string_view::npos || clock_ticks <= 0 || page_size <= 0) {
     return false;
   }
-  std::vector<absl::string_view> fields =
-      absl::StrSplit(absl::StripAsciiWhitespace(ToAbsl(stat.substr(close + 1))),
-                     ' ', absl::SkipEmpty());
+  std::vector<absl::string_view> fields = absl::StrSplit(
+      absl::StripAsciiWhitespace(ToAbsl(stat.substr(close + 1))), ' ', absl::SkipEmpty());
   // fields[0] is field 3 (state) of proc(5); field N is fields[N - 3].
   constexpr std::size_t kUtime = 14 - 3, kStime = 15 - 3, kThreads = 20 - 3,
                         kStart = 22 - 3, kVsize = 23 - 3, kRss = 24 - 3;
@@ -67,8 +66,7 @@ bool ParseProcStat(std::string_view stat, long page_size, long clock_ticks,
   out->start_time_seconds =
       boot_time >= 0 ? boot_time + static_cast<double>(start) / ticks : 0;
   out->virtual_memory_bytes = static_cast<double>(vsize);
-  out->resident_memory_bytes =
-      static_cast<double>(rss) * static_cast<double>(page_size);
+  out->resident_memory_bytes = static_cast<double>(rss) * static_cast<double>(page_size);
   out->ok = true;
   return true;
 }
@@ -88,7 +86,8 @@ std::int64_t CountOpenFds() {
   if (dir == nullptr) return -1;
   const int own = dirfd(dir);
   std::int64_t count = 0;
-  while (const dirent* entry = readdir(dir)) {
+  // readdir is safe on a DIR* that no other thread uses.
+  while (const dirent* entry = readdir(dir)) {  // NOLINT(concurrency-mt-unsafe)
     int fd = 0;
     if (!absl::SimpleAtoi(entry->d_name, &fd)) continue;  // "." and ".."
     if (fd != own) ++count;
@@ -103,8 +102,7 @@ ProcessStats ReadProcessStats() {
   double boot_time = -1;
   if (ReadSmallFile("/proc/stat", &text)) boot_time = ParseBootTime(text);
   if (ReadSmallFile("/proc/self/stat", &text)) {
-    ParseProcStat(text, sysconf(_SC_PAGESIZE), sysconf(_SC_CLK_TCK), boot_time,
-                  &stats);
+    ParseProcStat(text, sysconf(_SC_PAGESIZE), sysconf(_SC_CLK_TCK), boot_time, &stats);
   }
   stats.open_fds = CountOpenFds();
   rlimit limit{};

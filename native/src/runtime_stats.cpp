@@ -15,8 +15,7 @@ void RuntimeStats::SetGc(const std::vector<GcGeneration>& generations) noexcept 
   for (std::size_t i = 0; i < n; ++i) {
     gc_[i].collections.store(generations[i].collections, std::memory_order_relaxed);
     gc_[i].collected.store(generations[i].collected, std::memory_order_relaxed);
-    gc_[i].uncollectable.store(generations[i].uncollectable,
-                               std::memory_order_relaxed);
+    gc_[i].uncollectable.store(generations[i].uncollectable, std::memory_order_relaxed);
   }
   gc_generations_.store(n, std::memory_order_release);
 }
@@ -38,8 +37,7 @@ void RuntimeStats::SetPythonInfo(const PythonInfo& info) {
   if (python_info_.load(std::memory_order_acquire) != nullptr) return;
   auto* fresh = new PythonInfo(info);
   const PythonInfo* expected = nullptr;
-  if (!python_info_.compare_exchange_strong(expected, fresh,
-                                            std::memory_order_acq_rel)) {
+  if (!python_info_.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) {
     delete fresh;  // another thread won; nobody else saw `fresh`
   }
 }

@@ -21,8 +21,7 @@ TEST(NativeStackTest, InnermostFrameIsTheCaller) {
   const std::size_t n = LeakprobeTestCaptureHere(pcs.data(), pcs.size());
   ASSERT_GE(n, 2u);
   // Frame 0 is the function that called CaptureNativeStack.
-  EXPECT_NE(DescribeAddress(pcs[0]).find("LeakprobeTestCaptureHere"),
-            std::string::npos)
+  EXPECT_NE(DescribeAddress(pcs[0]).find("LeakprobeTestCaptureHere"), std::string::npos)
       << DescribeAddress(pcs[0]);
 }
 

@@ -30,8 +30,7 @@ void AddSample(MetricFamily* family, double value,
   family->metric.push_back(std::move(metric));
 }
 
-MetricFamily Single(std::string name, std::string help, MetricType type,
-                    double value) {
+MetricFamily Single(std::string name, std::string help, MetricType type, double value) {
   MetricFamily family = Family(std::move(name), std::move(help), type);
   AddSample(&family, value);
   return family;
@@ -45,9 +44,8 @@ void AddProcessFamilies(const ProcessStats& p, std::vector<MetricFamily>* out) {
     out->push_back(Single("process_resident_memory_bytes",
                           "Resident memory size in bytes.", MetricType::Gauge,
                           p.resident_memory_bytes));
-    out->push_back(Single("process_virtual_memory_bytes",
-                          "Virtual memory size in bytes.", MetricType::Gauge,
-                          p.virtual_memory_bytes));
+    out->push_back(Single("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                          MetricType::Gauge, p.virtual_memory_bytes));
     out->push_back(Single("process_start_time_seconds",
                           "Start time of the process since unix epoch in seconds.",
                           MetricType::Gauge, p.start_time_seconds));
@@ -59,8 +57,7 @@ void AddProcessFamilies(const ProcessStats& p, std::vector<MetricFamily>* out) {
                           MetricType::Gauge, static_cast<double>(p.open_fds)));
   }
   if (p.max_fds >= 0) {
-    out->push_back(Single("process_max_fds",
-                          "Maximum number of open file descriptors.",
+    out->push_back(Single("process_max_fds", "Maximum number of open file descriptors.",
                           MetricType::Gauge, static_cast<double>(p.max_fds)));
   }
 }
@@ -70,15 +67,13 @@ void AddGcFamilies(const GcSnapshot& gc, std::vector<MetricFamily>* out) {
   MetricFamily collections =
       Family("python_gc_collections_total",
              "Number of times this generation was collected.", MetricType::Counter);
-  MetricFamily collected =
-      Family("python_gc_objects_collected_total",
-             "Objects collected during gc.", MetricType::Counter);
+  MetricFamily collected = Family("python_gc_objects_collected_total",
+                                  "Objects collected during gc.", MetricType::Counter);
   MetricFamily uncollectable =
       Family("python_gc_objects_uncollectable_total",
              "Uncollectable objects found during gc.", MetricType::Counter);
   for (std::size_t i = 0; i < gc.generations.size(); ++i) {
-    const std::vector<ClientMetric::Label> labels = {
-        {"generation", std::to_string(i)}};
+    const std::vector<ClientMetric::Label> labels = {{"generation", std::to_string(i)}};
     const GcGeneration& g = gc.generations[i];
     AddSample(&collections, static_cast<double>(g.collections), labels);
     AddSample(&collected, static_cast<double>(g.collected), labels);
@@ -95,18 +90,16 @@ SnapshotCollector::SnapshotCollector(Source source) : source_(std::move(source))
 
 std::vector<MetricFamily> SnapshotCollector::Collect() const {
   if (closed_.load(std::memory_order_acquire)) return {};
-  const std::uint64_t scrapes = scrapes_.fetch_add(1, std::memory_order_relaxed) + 1;
-  return BuildFamilies(source_(), scrapes);
+  return BuildFamilies(source_());
 }
 
-std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot,
-                                        std::uint64_t scrapes) {
+std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {
   std::vector<MetricFamily> families;
   AddProcessFamilies(snapshot.process, &families);
   AddGcFamilies(snapshot.gc, &families);
   if (snapshot.python) {
-    MetricFamily info = Family("python_info", "Python platform information.",
-                               MetricType::Gauge);
+    MetricFamily info =
+        Family("python_info", "Python platform information.", MetricType::Gauge);
     AddSample(&info, 1,
               {{"implementation", snapshot.python->implementation},
                {"major", snapshot.python->major},
@@ -115,14 +108,11 @@ std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot,
                {"version", snapshot.python->version}});
     families.push_back(std::move(info));
   }
-  MetricFamily build = Family("leakprobe_build_info",
-                              "leakprobe build information; always 1.",
-                              MetricType::Gauge);
+  MetricFamily build =
+      Family("leakprobe_build_info", "leakprobe build information; always 1.",
+             MetricType::Gauge);
   AddSample(&build, 1, {{"version", snapshot.version ? snapshot.version : ""}});
   families.push_back(std::move(build));
-  families.push_back(Single("leakprobe_exporter_scrapes_total",
-                            "Scrapes served by this exporter, this one included.",
-                            MetricType::Counter, static_cast<double>(scrapes)));
   return families;
 }
 

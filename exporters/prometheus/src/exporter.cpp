@@ -19,6 +19,12 @@
 namespace leakprobe::prometheus_exporter {
 namespace {
 
+// strerror() is not thread-safe; the GNU strerror_r returns the message.
+std::string ErrorText(int error) {
+  char buf[128];
+  return strerror_r(error, buf, sizeof buf);
+}
+
 bool IsIpv6(const std::string& host) { return host.find(':') != std::string::npos; }
 
 // Why host:port cannot be bound, found by trying it ourselves: civetweb's
@@ -44,12 +50,12 @@ std::string BindFailureReason(const std::string& host, int port) {
     len = sizeof *a4;
   }
   const int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return std::strerror(errno);
+  if (fd < 0) return ErrorText(errno);
   const int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // as civetweb
   std::string reason = "the HTTP server failed to start";
   if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
-    reason = std::strerror(errno);
+    reason = ErrorText(errno);
   }
   close(fd);
   return reason;
@@ -79,7 +85,8 @@ std::vector<int> FindListeningFds(int port) {
   std::vector<int> fds;
   DIR* dir = opendir("/proc/self/fd");
   if (dir == nullptr) return fds;
-  while (const dirent* entry = readdir(dir)) {
+  // readdir is safe on a DIR* that no other thread uses.
+  while (const dirent* entry = readdir(dir)) {  // NOLINT(concurrency-mt-unsafe)
     int fd = 0;
     if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == dirfd(dir)) continue;
     int listening = 0;
@@ -101,12 +108,17 @@ Exporter::Exporter(const std::string& host, int port,
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
         "listening_ports", address,
-        "num_threads", "2",
+        // One thread per connection: four scrapers at once.
+        "num_threads", "4",
+        // prometheus-cpp's handler writes no "Connection: close", so without
+        // keep-alive an HTTP/1.1 client may reuse a connection the server
+        // has just closed. Idle connections are let go quickly instead.
+        "enable_keep_alive", "yes", "keep_alive_timeout_ms", "500",
         // A stuck client must not hold a server thread for long.
         "request_timeout_ms", "10000"});
   } catch (const std::exception&) {
-    throw BindError(absl::StrCat("cannot listen on ", address, ": ",
-                                 BindFailureReason(host, port)));
+    throw BindError(
+        absl::StrCat("cannot listen on ", address, ": ", BindFailureReason(host, port)));
   }
   const std::vector<int> ports = exposer_->GetListeningPorts();
   port_ = ports.empty() ? port : ports.front();

@@ -66,7 +66,7 @@ class RuntimeStats {
     std::atomic<std::uint64_t> uncollectable{0};
   };
   std::array<AtomicGeneration, kMaxGenerations> gc_;
-  std::atomic<std::size_t> gc_generations_{0};  // 0 = never sampled
+  std::atomic<std::size_t> gc_generations_{0};           // 0 = never sampled
   std::atomic<const PythonInfo*> python_info_{nullptr};  // write-once, leaked
 };
 

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <atomic>
-#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -32,20 +31,14 @@ class SnapshotCollector : public prometheus::Collectable {
   // at interpreter exit, when the server may outlive the state it reads.
   void Close() noexcept { closed_.store(true, std::memory_order_release); }
 
-  // Scrapes served so far.
-  std::uint64_t scrapes() const noexcept {
-    return scrapes_.load(std::memory_order_relaxed);
-  }
-
  private:
   Source source_;
   std::atomic<bool> closed_{false};
-  mutable std::atomic<std::uint64_t> scrapes_{0};
 };
 
 // The families for one snapshot; exposed for tests and for rendering the
-// exposition without a server. `scrapes` feeds leakprobe_exporter_scrapes_total.
-std::vector<prometheus::MetricFamily> BuildFamilies(const Snapshot& snapshot,
-                                                    std::uint64_t scrapes);
+// exposition without a server. (prometheus-cpp's Exposer adds its own
+// exposer_* families to what it serves.)
+std::vector<prometheus::MetricFamily> BuildFamilies(const Snapshot& snapshot);
 
 }  // namespace leakprobe::prometheus_exporter

@@ -1,0 +1,22 @@
+"""leakprobe: an in-process resource-leak profiler for Python services.
+
+``import leakprobe`` starts it, configured from ``LEAKPROBE_*`` environment
+variables (see docs/configuration.md), and serves Prometheus metrics at
+``http://LEAKPROBE_HOST:LEAKPROBE_PORT/metrics``::
+
+    import leakprobe
+    leakprobe.status()["url"]   # 'http://127.0.0.1:9464/metrics'
+    leakprobe.stop()
+    leakprobe.start(port=0)     # options override the environment
+
+``LEAKPROBE_DISABLE=1`` makes the import do nothing.
+"""
+
+from ._config import ConfigError
+from ._runtime import VERSION as __version__
+from ._runtime import start, start_from_import, status, stop
+
+__all__ = ["ConfigError", "__version__", "start", "status", "stop"]
+
+start_from_import()
+del start_from_import

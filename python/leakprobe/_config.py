@@ -1,0 +1,176 @@
+"""leakprobe's options: one table, read from ``LEAKPROBE_*`` variables and
+overridable by keyword arguments to :func:`leakprobe.start`.
+
+Every option is listed in ``OPTIONS`` and documented in
+``docs/configuration.md`` (a test checks both directions). Parsing never
+raises on its own: it returns the problems found, one sentence each, naming
+the variable, the value and what is accepted; the caller decides whether to
+log them (default) or raise :class:`ConfigError` (``LEAKPROBE_STRICT=1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+ENV_PREFIX = "LEAKPROBE_"
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class ConfigError(ValueError):
+    """A leakprobe option has a value leakprobe cannot use.
+
+    ``problems`` holds one sentence per bad option.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+class _Invalid(Exception):
+    """Raised by a parser: the value is not accepted."""
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _Invalid
+
+
+def _parse_port(value: Any) -> int:
+    if isinstance(value, bool):
+        raise _Invalid
+    try:
+        port = int(str(value).strip(), 10)
+    except ValueError:
+        raise _Invalid from None
+    if not 0 <= port <= 65535:
+        raise _Invalid
+    return port
+
+
+def _parse_host(value: Any) -> str:
+    import _socket  # the C module: cheap, unlike ipaddress
+
+    text = str(value).strip()
+    try:
+        _socket.inet_pton(_socket.AF_INET, text)
+    except (OSError, ValueError):
+        raise _Invalid from None
+    return text
+
+
+def _parse_log_level(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in LOG_LEVELS:
+        raise _Invalid
+    return text
+
+
+def _parse_interval(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Invalid
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        raise _Invalid from None
+    if not (math.isfinite(seconds) and 0.01 <= seconds <= 3600):
+        raise _Invalid
+    return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str  # keyword for start(); the variable is LEAKPROBE_<NAME>
+    default: Any
+    parse: Callable[[Any], Any]
+    accepted: str  # what the error message says is accepted
+    startable: bool = True  # may be passed to start()
+
+    @property
+    def variable(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("disable", False, _parse_bool,
+           "1/true/yes/on or 0/false/no/off", startable=False),
+    Option("host", "127.0.0.1", _parse_host,
+           "an IPv4 address of this host, e.g. 127.0.0.1 or 0.0.0.0 (no IPv6: "
+           "Debian's civetweb, the HTTP server, is built without it)"),
+    Option("port", 9464, _parse_port,
+           "an integer from 0 to 65535 (0: any free port)"),
+    Option("log_level", "info", _parse_log_level, "one of " + ", ".join(LOG_LEVELS)),
+    Option("strict", False, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("sample_interval", 1.0, _parse_interval,
+           "a number of seconds from 0.01 to 3600"),
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+_BY_VARIABLE = {option.variable: option for option in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    disable: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+    log_level: str = "info"
+    strict: bool = False
+    sample_interval: float = 1.0
+
+
+def _unknown(what: str, name: str, known: list[str]) -> str:
+    import difflib  # only on the error path
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{what} is not a leakprobe option{hint}; known: {', '.join(known)}"
+
+
+def resolve(
+    environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None
+) -> tuple[Config, list[str]]:
+    """Builds the configuration from ``environ`` and keyword ``overrides``.
+
+    Returns the configuration (defaults where a value was bad) and the list of
+    problems, one sentence each. An empty list means the configuration is
+    exactly what was asked for.
+    """
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def take(option: Option, raw: Any, source: str) -> None:
+        try:
+            values[option.name] = option.parse(raw)
+        except _Invalid:
+            problems.append(f"{source}={raw!r} is not valid; accepted: {option.accepted}")
+
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        option = _BY_VARIABLE.get(variable)
+        if option is None:
+            problems.append(_unknown(variable, variable, list(_BY_VARIABLE)))
+        else:
+            take(option, environ[variable], variable)
+
+    for name, raw in (overrides or {}).items():
+        option = _BY_NAME.get(name)
+        if option is None or not option.startable:
+            startable = [o.name for o in OPTIONS if o.startable]
+            problems.append(_unknown(f"start({name}=...)", name, startable))
+        else:
+            take(option, raw, f"start({name}=...)")
+
+    defaults = {option.name: option.default for option in OPTIONS}
+    return Config(**{**defaults, **values}), problems

@@ -1,0 +1,238 @@
+"""Start, stop and status of the profiler in this process.
+
+The hot work is native (``leakprobe._native``); this module wires it up:
+configuration, the background sampler that reads interpreter figures under
+the GIL, the exporter's lifecycle, and the fork and exit hooks that keep the
+host process safe.
+
+Shared state (``_state``, ``_last_problems``, ``_options``) is protected by
+``_lock``. ``_lock`` is held across ``os.fork()`` (see ``_install_hooks``), so
+a child never inherits it held by a thread that does not exist there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import os
+import sys
+import threading
+from typing import Any
+
+from . import _config
+from ._config import Config, ConfigError
+
+VERSION = "0.1.0"
+_lock = threading.RLock()
+_state: _State | None = None
+_last_problems: list[str] = []
+_options: dict[str, Any] = {}  # the overrides of the last start(), kept for fork
+_hooks_installed = False
+
+
+def _native() -> Any:
+    # Loaded on first start only, so LEAKPROBE_DISABLE=1 costs no native load.
+    from . import _native as native
+
+    return native
+
+
+class _Sampler(threading.Thread):
+    """Reads interpreter figures under the GIL and caches them natively, so
+    the exporter's scrape thread never needs the GIL."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="leakprobe-sampler", daemon=True)
+        self.interval = interval
+        self.stopping = threading.Event()
+        self._native = _native()
+        self._failed = False
+
+    def sample_once(self) -> None:
+        self._native.set_gc_stats(
+            [(g["collections"], g["collected"], g["uncollectable"]) for g in gc.get_stats()]
+        )
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.sample_once()
+            except Exception as exc:  # never let the sampler die silently
+                if not self._failed:
+                    self._native.log("error", f"sampler failed: {exc!r}; will retry")
+                    self._failed = True
+
+
+class _State:
+    def __init__(self, config: Config, sampler: _Sampler, port: int | None,
+                 error: str | None) -> None:
+        self.config = config
+        self.sampler = sampler
+        self.port = port
+        self.error = error  # why the exporter is not serving, if it is not
+
+
+def _python_info(native: Any) -> None:
+    impl = {"cpython": "CPython", "pypy": "PyPy"}.get(
+        sys.implementation.name, sys.implementation.name)
+    major, minor, patch = (str(part) for part in sys.version_info[:3])
+    native.set_python_info(impl, major, minor, patch, f"{major}.{minor}.{patch}")
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+
+
+def start(**options: Any) -> dict[str, Any]:
+    """Starts profiling in this process; returns :func:`status`.
+
+    Options are the ``LEAKPROBE_*`` variables in lower case without the
+    prefix (``host``, ``port``, ``log_level``, ``strict``,
+    ``sample_interval``); they override the environment. Calling it again
+    with the same configuration does nothing; with a different one it
+    restarts. A bad configuration logs one line per problem and leaves
+    leakprobe stopped, or raises :class:`ConfigError` in strict mode.
+    """
+    global _state, _last_problems, _options
+    with _lock:
+        config, problems = _config.resolve(os.environ, options)
+        if config.disable and not problems:
+            return status()
+        native = _native()
+        native.set_log_level(config.log_level)
+        _last_problems = problems
+        if problems:
+            if config.strict:
+                raise ConfigError(problems)
+            for problem in problems:
+                native.log("warning", f"{problem}; leakprobe is not running")
+            return status()
+        if _state is not None:
+            if _state.config == config:
+                return status()
+            _stop_locked()
+        _install_hooks()
+        _python_info(native)
+        sampler = _Sampler(config.sample_interval)
+        sampler.sample_once()  # the first scrape already has gc figures
+        port, error = _start_exporter(native, config)
+        sampler.start()
+        _state = _State(config, sampler, port, error)
+        _options = dict(options)
+        return status()
+
+
+def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None]:
+    try:
+        port = native.start_exporter(config.host, config.port)
+    except native.BindError as exc:
+        message = (
+            f"LEAKPROBE_HOST={config.host!r}, LEAKPROBE_PORT={config.port}: {exc}; "
+            "accepted: an address of this host and a free port (0: any free port)"
+        )
+        if config.strict:
+            raise ConfigError([message]) from None
+        native.log("warning", f"{message}; profiling continues without the exporter")
+        return None, message
+    native.log("info", f"serving metrics on {_url(config.host, port)} (pid {os.getpid()})")
+    return port, None
+
+
+def stop() -> None:
+    """Stops profiling and the exporter; a later :func:`start` starts anew."""
+    with _lock:
+        _stop_locked()
+
+
+def _stop_locked() -> None:
+    global _state
+    if _state is None:
+        return
+    state, _state = _state, None
+    state.sampler.stopping.set()
+    if state.sampler is not threading.current_thread():
+        state.sampler.join(timeout=5)
+    _native().stop_exporter()
+
+
+def status() -> dict[str, Any]:
+    """What leakprobe is doing in this process: ``running``, ``host``,
+    ``port`` and ``url`` of the exporter (``None`` when not serving),
+    active ``features``, ``version``, ``pid``, and ``problems`` (the
+    configuration problems of the last start, if any) and ``error`` (why
+    the exporter is not serving)."""
+    with _lock:
+        state = _state
+        result: dict[str, Any] = {
+            "running": state is not None,
+            "version": VERSION,
+            "pid": os.getpid(),
+            "host": None,
+            "port": None,
+            "url": None,
+            "features": [],
+            "problems": list(_last_problems),
+            "error": None,
+        }
+        if state is not None:
+            result["features"] = ["process", "gc"]
+            result["error"] = state.error
+            if state.port is not None:
+                result.update(host=state.config.host, port=state.port,
+                              url=_url(state.config.host, state.port))
+                result["features"].append("exporter")
+        return result
+
+
+def _after_fork_in_child() -> None:
+    # The native side has already abandoned the inherited exporter (its
+    # threads do not exist here) and closed its listening sockets. Start
+    # this process's own profiler with the parent's configuration.
+    global _state, _lock
+    _lock = threading.RLock()
+    state, _state = _state, None
+    if state is None:
+        return
+    try:
+        start(**_options)
+    except Exception as exc:  # never raise into the host's fork
+        _native().log("error", f"could not restart in the forked child: {exc}")
+
+
+def _before_fork() -> None:
+    _lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _lock.release()
+
+
+def _at_exit() -> None:
+    # No lock: exit must not wait on anything. The server is released, not
+    # joined: civetweb's shutdown would cost up to its poll quantum (~2 s).
+    state = _state
+    if state is not None:
+        state.sampler.stopping.set()
+    if "leakprobe._native" in sys.modules:
+        sys.modules["leakprobe._native"].release_at_exit()
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+    atexit.register(_at_exit)
+
+
+def start_from_import() -> None:
+    """What ``import leakprobe`` does: start from the environment, unless
+    ``LEAKPROBE_DISABLE`` is set to a true value."""
+    try:
+        if _config._parse_bool(os.environ.get("LEAKPROBE_DISABLE", "0")):
+            return
+    except _config._Invalid:
+        pass  # start() reports the bad value
+    start()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every test, doing all of its own set-up on a fresh Debian 12 machine:
+#   1. Debian packages, .venv (CPython 3.11) and leakprobe built into it
+#      (scripts/setup.sh);
+#   2. lint: clang-format and clang-tidy (scripts/lint.sh);
+#   3. the GoogleTest suite (ctest), then again under ASan+UBSan;
+#   4. pytest on CPython 3.11, 3.12 and 3.13 (.venv, .venv-3.12, .venv-3.13).
+# Exits non-zero on any failure. Safe to run again on the same machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONDONTWRITEBYTECODE=1
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "set-up"
+# shellcheck source=scripts/setup.sh
+source scripts/setup.sh
+
+step "native build and GoogleTest"
+cmake -S . -B build/native -G Ninja -DLEAKPROBE_BUILD_TESTS=ON >/dev/null
+cmake --build build/native
+ctest --test-dir build/native --output-on-failure -j2 --timeout 120
+
+step "lint"
+scripts/lint.sh build/native
+
+step "GoogleTest under ASan+UBSan (no recovery)"
+cmake -S . -B build/asan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_SANITIZE=ON \
+  -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/asan
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build/asan --output-on-failure -j2 --timeout 300
+
+for version in 3.11 3.12 3.13; do
+  step "pytest on CPython $version"
+  if [ "$version" != 3.11 ]; then
+    leakprobe_venv "$version"
+  else
+    VENV_PY="$REPO_ROOT/.venv/bin/python"
+  fi
+  "$VENV_PY" -m pytest -p no:cacheprovider tests
+done
+
+step "all tests passed"

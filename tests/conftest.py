@@ -1,0 +1,116 @@
+"""Shared helpers: run real Python programs with leakprobe imported, scrape
+their exporter over HTTP and parse the exposition with prometheus_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The pytest process itself imports leakprobe (for its modules) but must not
+# profile itself or take the default port; children get their own settings.
+os.environ["LEAKPROBE_DISABLE"] = "1"
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The test's environment without any LEAKPROBE_* variable, plus overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
+    env.setdefault("LEAKPROBE_PORT", "0")
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def run_python(code: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter; returns the finished process."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=child_env(**env), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def leakprobe_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("[leakprobe]")]
+
+
+def scrape(url: str) -> dict[str, dict]:
+    """GETs the exposition; returns {family name: {labels tuple: value}} and
+    keeps the raw text under the key '__text__'."""
+    response = httpx.get(url, timeout=10)
+    response.raise_for_status()
+    families: dict[str, dict] = {"__text__": response.text}
+    for family in text_string_to_metric_families(response.text):
+        samples = families.setdefault(family.name, {})
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return families
+
+
+def value(families: dict, name: str, **labels: str) -> float:
+    """The value of one sample (`name` is the sample name, e.g. 'x_total')."""
+    family = re.sub(r"_total$", "", name)
+    for candidate in (name, family):
+        if candidate in families:
+            key = (name, tuple(sorted(labels.items())))
+            return families[candidate][key]
+    raise KeyError(name)
+
+
+class Server:
+    """A child Python process with leakprobe imported, serving metrics on a
+    free port; it runs `body` after start-up and then waits for stdin to close."""
+
+    def __init__(self, body: str = "", **env: str) -> None:
+        code = textwrap.dedent(
+            """
+            import json, sys
+            import leakprobe
+            print(json.dumps(leakprobe.status()), flush=True)
+            """
+        ) + textwrap.dedent(body) + "\nsys.stdin.read()\n"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], env=child_env(**env), text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"server died: {self.proc.stderr.read()}")
+        self.status = json.loads(line)
+        self.url = self.status["url"]
+
+    def readline(self) -> str:
+        return self.proc.stdout.readline()
+
+    def close(self, timeout: float = 30) -> tuple[int, str]:
+        """Closes stdin (the child then exits); returns (exit code, stderr)."""
+        try:
+            _, stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, stderr = self.proc.communicate()
+            raise
+        return self.proc.returncode, stderr
+
+
+@pytest.fixture
+def server_factory():
+    servers: list[Server] = []
+
+    def make(body: str = "", **env: str) -> Server:
+        server = Server(body, **env)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        if server.proc.poll() is None:
+            server.close()

@@ -1,0 +1,36 @@
+"""Docs move with code: every option the code reads is in
+docs/configuration.md, and the documented table matches the code's table."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ROOT
+from leakprobe import _config
+
+
+def _documented_variables() -> dict[str, str]:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `(LEAKPROBE_[A-Z_]+)` \| ([^|]*) \| `([^`]*)` \|", text, re.M)
+    return {variable: default for variable, _, default in rows}
+
+
+def test_every_option_is_documented_with_its_default():
+    documented = _documented_variables()
+    for option in _config.OPTIONS:
+        assert option.variable in documented, option.variable
+        default = option.default
+        shown = {True: "1", False: "0"}.get(default, str(default)) if isinstance(default, bool) else str(default)
+        assert documented[option.variable] == shown, option.variable
+    assert set(documented) == {o.variable for o in _config.OPTIONS}
+
+
+def test_every_variable_the_code_mentions_is_an_option():
+    sources = list((ROOT / "python").rglob("*.py")) + list((ROOT / "native").rglob("*.cpp"))
+    mentioned = set()
+    for path in sources:
+        mentioned |= set(re.findall(r"LEAKPROBE_[A-Z][A-Z_]*", path.read_text()))
+    mentioned -= {"LEAKPROBE_VERSION"}  # the C++ build macro, not an option
+    known = {o.variable for o in _config.OPTIONS}
+    assert mentioned - known == set(), "read but not an option"
+    assert mentioned  # the scan found the code

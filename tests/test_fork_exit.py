@@ -1,0 +1,163 @@
+"""Fork and exit never hang or crash: a forked child abandons the inherited
+exporter, closes its listening socket and serves its own; exits with
+leakprobe are prompt even while being scraped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import leakprobe_lines, run_python, scrape, value
+
+FORK_AND_REPORT = """
+import json, os, sys, warnings, httpx, leakprobe
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+parent = leakprobe.status()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    held = [open(os.devnull) for _ in range(100)]   # only the child has these
+    child = leakprobe.status()
+    families_ok = httpx.get(child["url"], timeout=10).status_code
+    os.write(w, (json.dumps([child, families_ok]) + "\\n").encode())
+    sys.stdin.read()  # keep serving until the test is done
+    os._exit(0)
+os.close(w)
+line = os.fdopen(r).readline()
+print(json.dumps([parent, pid] + json.loads(line)), flush=True)
+sys.stdin.read()
+os.kill(pid, 9); os.waitpid(pid, 0)
+"""
+
+
+def test_fork_then_scrape_parent_and_child(server_factory):
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    proc = subprocess.Popen([sys.executable, "-c", FORK_AND_REPORT], env=child_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        parent, child_pid, child, child_code = json.loads(proc.stdout.readline())
+        assert child_code == 200
+        assert child["pid"] == child_pid != parent["pid"]
+        assert child["running"] and child["port"] != parent["port"]
+        parent_families = scrape(parent["url"])
+        child_families = scrape(child["url"])
+        # Each exporter describes its own process.
+        assert value(child_families, "process_open_fds") >= value(parent_families, "process_open_fds") + 100
+        # The child closed the listening socket it inherited: only the parent
+        # listens on the parent's port.
+        fds = subprocess.run(["ss", "-Hltnp", f"sport = :{parent['port']}"],
+                             capture_output=True, text=True).stdout
+        assert f"pid={parent['pid']}," in fds and f"pid={child_pid}," not in fds, fds
+    finally:
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    assert proc.returncode == 0, stderr
+    assert len(leakprobe_lines(stderr)) == 2  # one start line per process
+
+
+def test_twenty_fork_exit_cycles_do_not_hang():
+    proc = run_python(
+        """
+        import os, sys, warnings, httpx, leakprobe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        url = leakprobe.status()["url"]
+        for i in range(20):
+            pid = os.fork()
+            if pid == 0:
+                httpx.get(leakprobe.status()["url"], timeout=10).raise_for_status()
+                if i % 2:
+                    os._exit(7)
+                sys.exit(7)  # through atexit and interpreter finalization
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 7, status
+            httpx.get(url, timeout=10).raise_for_status()
+        print("ok")
+        """,
+        timeout=120, LEAKPROBE_LOG_LEVEL="warning",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    assert leakprobe_lines(proc.stderr) == []
+
+
+def test_child_with_fixed_port_runs_without_exporter_and_parent_is_unharmed():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = run_python(
+        """
+        import os, warnings, httpx, leakprobe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+        if pid == 0:
+            s = leakprobe.status()
+            print("child", s["running"], s["port"], flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("parent", httpx.get(leakprobe.status()["url"]).status_code)
+        """,
+        LEAKPROBE_PORT=str(port),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["child True None", "parent 200"]
+    assert any("Address already in use" in line for line in leakprobe_lines(proc.stderr))
+
+
+def test_multiprocessing_fork_pool():
+    proc = run_python(
+        """
+        import multiprocessing as mp, warnings, leakprobe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        def work(x):
+            return leakprobe.status()["running"], x * x
+        if __name__ == "__main__":
+            with mp.get_context("fork").Pool(4) as pool:
+                print(pool.map(work, range(8)))
+        """,
+        timeout=120, LEAKPROBE_LOG_LEVEL="warning",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str([(True, x * x) for x in range(8)])
+
+
+@pytest.mark.parametrize("how", ["return", "sys.exit", "exception", "os._exit"])
+def test_exit_under_scrape_load_is_clean(how):
+    body = {
+        "return": "pass",
+        "sys.exit": "sys.exit(3)",
+        "exception": "raise SystemExit(3)",
+        "os._exit": "os._exit(3)",
+    }[how]
+    proc = run_python(
+        f"""
+        import os, sys, threading, httpx, leakprobe
+        url = leakprobe.status()["url"]
+        def hammer():
+            with httpx.Client() as c:
+                while True:
+                    try:
+                        c.get(url, timeout=5)
+                    except httpx.HTTPError:
+                        pass
+        for _ in range(4):
+            threading.Thread(target=hammer, daemon=True).start()
+        import time; time.sleep(0.5)
+        {body}
+        """,
+        timeout=30, LEAKPROBE_LOG_LEVEL="warning",
+    )
+    assert proc.returncode == (0 if how == "return" else 3), proc.stderr
+    assert "Traceback" not in proc.stderr and "Fatal" not in proc.stderr, proc.stderr
