@@ -3,7 +3,8 @@
 #   1. Debian packages, .venv (CPython 3.11) and leakprobe built into it
 #      (scripts/setup.sh);
 #   2. lint: clang-format and clang-tidy (scripts/lint.sh);
-#   3. the GoogleTest suite (ctest), then again under ASan+UBSan;
+#   3. the GoogleTest suite (ctest), then again under ASan+UBSan, and the
+#      concurrent heap-tracker tests under TSan;
 #   4. pytest on CPython 3.11, 3.12 and 3.13 (.venv, .venv-3.12, .venv-3.13).
 # Exits non-zero on any failure. Safe to run again on the same machine.
 set -euo pipefail
@@ -29,7 +30,16 @@ cmake -S . -B build/asan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_SANITIZ
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/asan
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build/asan --output-on-failure -j2 --timeout 300
+  HEAP_STRESS_SECONDS=30 ctest --test-dir build/asan --output-on-failure -j2 --timeout 300
+
+step "GoogleTest under TSan: the heap tracker and stack table (32 threads, 30 s)"
+# Only our own concurrent code: civetweb and prometheus-cpp are not built
+# with TSan here, so the exporter tests would report their internals.
+cmake -S . -B build/tsan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_TSAN=ON \
+  -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/tsan
+TSAN_OPTIONS=halt_on_error=1 HEAP_STRESS_SECONDS=30 \
+  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|StackTable'
 
 for version in 3.11 3.12 3.13; do
   step "pytest on CPython $version"

@@ -62,8 +62,9 @@ def test_required_families_are_present_with_sane_values(server_factory):
     assert value(families, "process_threads") >= 3  # main, sampler, server threads
     assert value(families, "process_max_fds") >= 1024
     assert value(families, "process_start_time_seconds") == pytest.approx(time.time(), abs=120)
-    # At scrape time the server also holds the scrape's own connection.
-    assert value(families, "process_open_fds") == int(ask(server, "fds")) + 1
+    # At scrape time the server also holds the scrape's own connection, which
+    # it may or may not have closed yet when the child lists its fds.
+    assert value(families, "process_open_fds") - int(ask(server, "fds")) in (0, 1)
     for generation in ("0", "1", "2"):
         assert value(families, "python_gc_collections_total", generation=generation) >= 0
     info = families["python_info"]

@@ -15,10 +15,14 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "heap_hooks.h"
 #include "leakprobe/error.h"
+#include "leakprobe/heap_tracker.h"
 #include "leakprobe/log.h"
 #include "leakprobe/native_stack.h"
 #include "leakprobe/process_stats.h"
+#include "leakprobe/python_frames.h"
+#include "leakprobe/stack_table.h"
 #include "leakprobe/prometheus/collector.h"
 #include "leakprobe/prometheus/exporter.h"
 #include "leakprobe/runtime_stats.h"
@@ -50,9 +54,23 @@ ExporterSlot& Slot() {
 // inherits it held by a thread that does not exist there. In the child the
 // inherited server has no threads: abandon it (see Exporter::AbandonAfterFork)
 // without freeing anything, and give the child a fresh log.
-void BeforeFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { Slot().mu.Lock(); }
-void AfterForkParent() ABSL_NO_THREAD_SAFETY_ANALYSIS { Slot().mu.Unlock(); }
+//
+// Lock order, everywhere: slot, heap tracker, stack table.
+void BeforeFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  Slot().mu.Lock();
+  HeapTracker::Instance().PrepareFork();
+  StackTable::Instance().PrepareFork();
+}
+void AfterForkParent() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  StackTable::Instance().AfterFork();
+  HeapTracker::Instance().AfterFork();
+  Slot().mu.Unlock();
+}
 void AfterForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  // The heap tables describe blocks the child really has (copied memory):
+  // they stay, consistent because their locks were held across fork().
+  StackTable::Instance().AfterFork();
+  HeapTracker::Instance().AfterFork();
   ExporterSlot& slot = Slot();
   if (slot.exporter != nullptr) {
     slot.exporter->AbandonAfterFork();
@@ -145,6 +163,69 @@ std::vector<std::string> NativeStack(std::size_t max_depth) {
   return frames;
 }
 
+void HeapStart(std::uint64_t sample_bytes, int max_frames, std::size_t top_sites,
+               std::vector<std::string> library_prefixes) {
+  StackTable::Instance().SetLibraryPrefixes(std::move(library_prefixes));
+  HeapConfig config;
+  config.sample_bytes = sample_bytes;
+  config.max_frames = max_frames;
+  config.top_sites = top_sites;
+  HeapTracker::Instance().Start(config);
+  InstallHeapHooks();  // after Start: the first sample already has a config
+}
+
+py::dict HeapSummaryDict() {
+  const HeapSummary s = HeapTracker::Instance().Summary();
+  py::dict d;
+  d["enabled"] = s.enabled;
+  d["sample_bytes"] = s.sample_bytes;
+  d["live_bytes"] = s.live_bytes;
+  d["allocated_bytes"] = s.allocated_bytes;
+  d["freed_bytes"] = s.freed_bytes;
+  d["samples"] = s.samples;
+  d["sampled_blocks"] = s.live_blocks;
+  d["dropped_samples"] = s.dropped_samples;
+  d["stack_overflows"] = s.stack_overflows;
+  d["memory_bytes"] = s.memory_bytes;
+  py::list sites;
+  for (const HeapSite& site : s.top_sites) {
+    sites.append(py::make_tuple(site.site, site.live_bytes, site.live_count));
+  }
+  d["top_sites"] = sites;
+  return d;
+}
+
+py::tuple FramesTuple(StackId id) {
+  const std::vector<Frame> frames = StackTable::Instance().FramesOf(id);
+  py::tuple out(frames.size());
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    out[i] = py::make_tuple(frames[i].filename, frames[i].line, frames[i].function);
+  }
+  return out;
+}
+
+// One tuple per stack with live or past samples: (stack id, site text,
+// site index, frames, live bytes, live count, allocated bytes, count).
+py::list HeapStacks() {
+  const std::vector<HeapStackStat> stats = HeapTracker::Instance().Stacks();
+  StackTable& table = StackTable::Instance();
+  py::list out;
+  for (const HeapStackStat& s : stats) {
+    out.append(py::make_tuple(s.stack, table.SiteOf(s.stack), table.SiteIndex(s.stack),
+                              FramesTuple(s.stack), s.live_bytes, s.live_count,
+                              s.allocated_bytes, s.allocated_count));
+  }
+  return out;
+}
+
+// The calling thread's Python stack as the hooks see it, interned.
+py::tuple CaptureStack(int max_frames) {
+  LeakprobeRawFrame frames[StackTable::kMaxDepth];
+  StackTable& table = StackTable::Instance();
+  const StackId id = table.Intern(frames, table.Capture(frames, max_frames));
+  return py::make_tuple(table.SiteOf(id), FramesTuple(id));
+}
+
 void LogMessage(const std::string& level, const std::string& message) {
   const auto parsed = ParseLogLevel(level);
   if (!parsed) throw Error("unknown log level '" + level + "'");
@@ -170,6 +251,9 @@ PYBIND11_MODULE(_native, m) {
       py::set_error(error, e.what());
     }
   });
+
+  StackTable::Instance().SetSource(
+      {&LeakprobeCapturePythonFrames, &LeakprobeResolvePythonFrame});
 
   static bool fork_handlers = false;
   if (!fork_handlers) {
@@ -203,6 +287,21 @@ PYBIND11_MODULE(_native, m) {
   m.def("process_stats", &ProcessStatsDict, "Process figures read from /proc now.");
   m.def("native_stack", &NativeStack, py::arg("max_depth") = 32,
         "The calling thread's native stack, innermost first (libunwind).");
+  m.def("heap_start", &HeapStart, py::arg("sample_bytes"), py::arg("max_frames"),
+        py::arg("top_sites"), py::arg("library_prefixes"),
+        "Start sampled heap tracking (installs the PEP 445 hooks once; GIL held).");
+  m.def(
+      "heap_stop", [] { HeapTracker::Instance().Stop(); },
+      "Stop heap sampling and forget every sample (the hooks stay, pass-through).");
+  m.def(
+      "heap_freeze", [] { HeapTracker::Instance().Freeze(); },
+      "At exit: no more samples or stack captures.");
+  m.def("heap_reinstall", &ReinstallHeapHooks,
+        "Put the allocator hooks back on top after another tool removed them.");
+  m.def("heap_summary", &HeapSummaryDict, "Totals and top sites, as the exporter sees them.");
+  m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");
+  m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
+        "(site, frames) of the calling thread, captured as the hooks do.");
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");
   m.def(

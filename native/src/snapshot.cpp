@@ -10,6 +10,8 @@ Snapshot TakeSnapshot() {
   const RuntimeStats& runtime = RuntimeStats::Instance();
   snapshot.gc = runtime.Gc();
   if (const PythonInfo* info = runtime.python_info()) snapshot.python = *info;
+  const HeapTracker& heap = HeapTracker::Instance();
+  if (heap.enabled()) snapshot.heap = heap.Summary();
   snapshot.version = kVersion;
   return snapshot;
 }

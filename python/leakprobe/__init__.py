@@ -13,10 +13,14 @@ variables (see docs/configuration.md), and serves Prometheus metrics at
 """
 
 from ._config import ConfigError
+from ._heap import Frame, HeapSnapshot, HeapStat, HeapStatDiff
 from ._runtime import VERSION as __version__
-from ._runtime import start, start_from_import, status, stop
+from ._runtime import heap_snapshot, start, start_from_import, status, stop, top_sites
 
-__all__ = ["ConfigError", "__version__", "start", "status", "stop"]
+__all__ = [
+    "ConfigError", "Frame", "HeapSnapshot", "HeapStat", "HeapStatDiff", "__version__",
+    "heap_snapshot", "start", "status", "stop", "top_sites",
+]
 
 start_from_import()
 del start_from_import

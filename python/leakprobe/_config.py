@@ -77,6 +77,21 @@ def _parse_log_level(value: Any) -> str:
     return text
 
 
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise _Invalid
+        try:
+            number = int(str(value).strip(), 10)
+        except ValueError:
+            raise _Invalid from None
+        if not low <= number <= high:
+            raise _Invalid
+        return number
+
+    return parse
+
+
 def _parse_interval(value: Any) -> float:
     if isinstance(value, bool):
         raise _Invalid
@@ -114,6 +129,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("strict", False, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("sample_interval", 1.0, _parse_interval,
            "a number of seconds from 0.01 to 3600"),
+    Option("heap", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("heap_sample_bytes", 512 * 1024, _int_in(1, 1 << 30),
+           "an integer number of bytes from 1 to 1073741824"),
+    Option("heap_frames", 32, _int_in(1, 128), "an integer from 1 to 128"),
+    Option("heap_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 _BY_VARIABLE = {option.variable: option for option in OPTIONS}
@@ -127,6 +147,10 @@ class Config:
     log_level: str = "info"
     strict: bool = False
     sample_interval: float = 1.0
+    heap: bool = True
+    heap_sample_bytes: int = 512 * 1024
+    heap_frames: int = 32
+    heap_top_sites: int = 10
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:

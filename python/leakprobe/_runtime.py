@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _config
 from ._config import Config, ConfigError
+from ._heap import HeapSnapshot, HeapStat
 
 VERSION = "0.1.0"
 _lock = threading.RLock()
@@ -41,17 +42,26 @@ class _Sampler(threading.Thread):
     """Reads interpreter figures under the GIL and caches them natively, so
     the exporter's scrape thread never needs the GIL."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, heap: bool) -> None:
         super().__init__(name="leakprobe-sampler", daemon=True)
         self.interval = interval
         self.stopping = threading.Event()
         self._native = _native()
         self._failed = False
+        # tracemalloc.stop() restores the allocator it found at its start:
+        # if it was tracing under our hooks, stopping it removes them too.
+        self._heap = heap
+        self._tracemalloc_under_us = heap and _tracemalloc_tracing()
 
     def sample_once(self) -> None:
         self._native.set_gc_stats(
             [(g["collections"], g["collected"], g["uncollectable"]) for g in gc.get_stats()]
         )
+        if self._tracemalloc_under_us and not _tracemalloc_tracing():
+            self._tracemalloc_under_us = False
+            self._native.heap_reinstall()
+            self._native.log("warning", "tracemalloc was stopped and took leakprobe's "
+                             "allocator hooks with it; hooks reinstalled")
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
@@ -61,6 +71,28 @@ class _Sampler(threading.Thread):
                 if not self._failed:
                     self._native.log("error", f"sampler failed: {exc!r}; will retry")
                     self._failed = True
+
+
+def _tracemalloc_tracing() -> bool:
+    module = sys.modules.get("tracemalloc")
+    return bool(module is not None and module.is_tracing())
+
+
+def _library_prefixes() -> list[str]:
+    """Path prefixes of code that is not the application's: the standard
+    library, site-packages, leakprobe itself (the attribution-site rule)."""
+    import site
+    import sysconfig
+
+    paths = {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.update(site.getsitepackages())
+    paths.add(site.getusersitepackages())
+    paths.add(os.path.dirname(os.path.abspath(__file__)))
+    prefixes = set()
+    for path in filter(None, paths):
+        for form in (os.path.abspath(path), os.path.realpath(path)):
+            prefixes.add(os.path.join(form, ""))
+    return sorted(prefixes)
 
 
 class _State:
@@ -113,7 +145,10 @@ def start(**options: Any) -> dict[str, Any]:
             _stop_locked()
         _install_hooks()
         _python_info(native)
-        sampler = _Sampler(config.sample_interval)
+        if config.heap:
+            native.heap_start(config.heap_sample_bytes, config.heap_frames,
+                              config.heap_top_sites, _library_prefixes())
+        sampler = _Sampler(config.sample_interval, config.heap)
         sampler.sample_once()  # the first scrape already has gc figures
         port, error = _start_exporter(native, config)
         sampler.start()
@@ -152,6 +187,8 @@ def _stop_locked() -> None:
     state.sampler.stopping.set()
     if state.sampler is not threading.current_thread():
         state.sampler.join(timeout=5)
+    if state.config.heap:
+        _native().heap_stop()
     _native().stop_exporter()
 
 
@@ -175,13 +212,28 @@ def status() -> dict[str, Any]:
             "error": None,
         }
         if state is not None:
-            result["features"] = ["process", "gc"]
+            result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else [])
             result["error"] = state.error
             if state.port is not None:
                 result.update(host=state.config.host, port=state.port,
                               url=_url(state.config.host, state.port))
                 result["features"].append("exporter")
         return result
+
+
+def heap_snapshot() -> HeapSnapshot:
+    """The sampled live heap now, per creation stack. Raises RuntimeError
+    when heap tracking is off (LEAKPROBE_HEAP=0, or leakprobe not started)."""
+    with _lock:
+        if _state is None or not _state.config.heap:
+            raise RuntimeError("heap tracking is off: leakprobe is not running with "
+                               "LEAKPROBE_HEAP=1 (see leakprobe.status())")
+        return HeapSnapshot._take(_native())
+
+
+def top_sites(n: int = 10) -> list[HeapStat]:
+    """The `n` sites holding the most live heap, largest first."""
+    return heap_snapshot().statistics("site")[:n]
 
 
 def _after_fork_in_child() -> None:
@@ -214,7 +266,9 @@ def _at_exit() -> None:
     if state is not None:
         state.sampler.stopping.set()
     if "leakprobe._native" in sys.modules:
-        sys.modules["leakprobe._native"].release_at_exit()
+        native = sys.modules["leakprobe._native"]
+        native.heap_freeze()  # the hooks stay (pass-through): frames die now
+        native.release_at_exit()
 
 
 def _install_hooks() -> None:

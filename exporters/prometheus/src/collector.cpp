@@ -84,6 +84,48 @@ void AddGcFamilies(const GcSnapshot& gc, std::vector<MetricFamily>* out) {
   out->push_back(std::move(uncollectable));
 }
 
+void AddHeapFamilies(const HeapSummary& heap, std::vector<MetricFamily>* out) {
+  out->push_back(Single("leakprobe_heap_live_bytes",
+                        "Estimated bytes of live Python heap blocks (sampled).",
+                        MetricType::Gauge, heap.live_bytes));
+  out->push_back(Single("leakprobe_heap_allocated_bytes_total",
+                        "Estimated bytes allocated on the Python heap since tracking began.",
+                        MetricType::Counter, heap.allocated_bytes));
+  out->push_back(Single("leakprobe_heap_freed_bytes_total",
+                        "Estimated bytes freed on the Python heap since tracking began.",
+                        MetricType::Counter, heap.freed_bytes));
+  out->push_back(Single("leakprobe_heap_samples_total", "Allocations sampled.",
+                        MetricType::Counter, static_cast<double>(heap.samples)));
+  out->push_back(Single("leakprobe_heap_sampled_blocks",
+                        "Sampled heap blocks alive now (the tracker's table size).",
+                        MetricType::Gauge, static_cast<double>(heap.live_blocks)));
+  out->push_back(Single("leakprobe_heap_dropped_samples_total",
+                        "Samples dropped because the sampled-block table was full.",
+                        MetricType::Counter, static_cast<double>(heap.dropped_samples)));
+  out->push_back(Single("leakprobe_stack_table_overflows_total",
+                        "Stacks recorded as '[stack table full]' because the stack "
+                        "table was full.",
+                        MetricType::Counter, static_cast<double>(heap.stack_overflows)));
+  out->push_back(Single("leakprobe_heap_tracker_memory_bytes",
+                        "Memory held by the heap tracker's own tables.", MetricType::Gauge,
+                        static_cast<double>(heap.memory_bytes)));
+  out->push_back(Single("leakprobe_heap_sample_interval_bytes",
+                        "Mean number of bytes allocated between two samples.",
+                        MetricType::Gauge, static_cast<double>(heap.sample_bytes)));
+  MetricFamily bytes = Family("leakprobe_heap_site_live_bytes",
+                              "Estimated live heap bytes by allocation site (top sites).",
+                              MetricType::Gauge);
+  MetricFamily blocks = Family("leakprobe_heap_site_live_blocks",
+                               "Estimated live heap blocks by allocation site (top sites).",
+                               MetricType::Gauge);
+  for (const HeapSite& site : heap.top_sites) {
+    AddSample(&bytes, site.live_bytes, {{"site", site.site}});
+    AddSample(&blocks, site.live_count, {{"site", site.site}});
+  }
+  out->push_back(std::move(bytes));
+  out->push_back(std::move(blocks));
+}
+
 }  // namespace
 
 SnapshotCollector::SnapshotCollector(Source source) : source_(std::move(source)) {}
@@ -97,6 +139,7 @@ std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {
   std::vector<MetricFamily> families;
   AddProcessFamilies(snapshot.process, &families);
   AddGcFamilies(snapshot.gc, &families);
+  if (snapshot.heap) AddHeapFamilies(*snapshot.heap, &families);
   if (snapshot.python) {
     MetricFamily info =
         Family("python_info", "Python platform information.", MetricType::Gauge);

@@ -1,0 +1,52 @@
+/* leakprobe/python_frames.h — reads the calling thread's Python stack
+ * straight from the interpreter's frames (CPython 3.11, 3.12, 3.13), for
+ * hooks that may not call Python.
+ *
+ *   LeakprobeRawFrame frames[32];
+ *   int n = LeakprobeCapturePythonFrames(frames, 32);
+ *   LeakprobeResolvePythonFrame(&frames[0], &resolved);   // cold path
+ *
+ * Capture allocates nothing, changes no reference count and needs no GIL:
+ * a thread's own frame chain only changes when that thread runs Python, and
+ * it is inside our hook. Resolve reads immutable code-object fields
+ * (filename, name, line table); call it only for a frame captured on this
+ * thread a moment ago (its code object is alive while the frame is).
+ * Thread-safety: both are reentrant. Compiled against the Python headers of
+ * the interpreter being built for; this header is plain C. */
+#ifndef LEAKPROBE_PYTHON_FRAMES_H_
+#define LEAKPROBE_PYTHON_FRAMES_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One frame as captured: identifies code and position without resolving. */
+typedef struct LeakprobeRawFrame {
+  const void* code;      /* the PyCodeObject */
+  const void* filename;  /* its co_filename object: guards against address reuse */
+  int32_t offset;        /* bytecode offset in bytes */
+  int32_t first_line;    /* co_firstlineno: also a reuse guard */
+} LeakprobeRawFrame;
+
+typedef struct LeakprobeResolvedFrame {
+  char filename[512]; /* UTF-8, truncated if longer */
+  char function[256]; /* co_qualname, UTF-8 */
+  int32_t line;       /* -1 when unknown */
+} LeakprobeResolvedFrame;
+
+/* Innermost first. Returns the number of frames written (0 for a thread
+ * that has no Python thread state or no Python frames). */
+int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames);
+
+/* Returns 0 on success. */
+int LeakprobeResolvePythonFrame(const LeakprobeRawFrame* frame,
+                                LeakprobeResolvedFrame* out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LEAKPROBE_PYTHON_FRAMES_H_ */

@@ -1,0 +1,127 @@
+// leakprobe/stack_table.h — the one Python-stack interning service: heap
+// samples, fd records and tracked objects all name their creation stack by
+// a StackId from here.
+//
+//   LeakprobeRawFrame raw[32];
+//   int n = table.Capture(raw, 32);             // hot: no allocation
+//   StackId id = table.Intern(raw, n);         // slow path: interns
+//   std::string where = table.SiteOf(id);      // "app.py:12 in handler"
+//
+// Frames are resolved (file, function, line) once, on first sight, and kept;
+// stacks are kept forever. Both tables have hard caps: when full, Intern
+// returns kOverflowStack and counts the overflow. The attribution site of a
+// stack is its innermost frame outside library code (the standard library,
+// site-packages, leakprobe itself: the prefixes set by SetLibraryPrefixes,
+// plus "<frozen ...>" modules); the innermost frame when all are library.
+// Code without a file ("<string>", "<stdin>") is application code.
+// Thread-safety: all methods are thread-safe (one internal mutex). Capture
+// takes no lock.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "leakprobe/mutex.h"
+#include "leakprobe/python_frames.h"
+
+namespace leakprobe {
+
+using StackId = std::uint32_t;
+inline constexpr StackId kEmptyStack = 0;     // no Python frames ("<native>")
+inline constexpr StackId kOverflowStack = 1;  // the table was full
+
+struct Frame {
+  std::string filename;
+  std::string function;
+  int line = -1;
+  bool library = false;
+
+  // "path:line in function"
+  std::string Describe() const;
+};
+
+// Where raw frames come from: the Python frame walker in the extension; a
+// fake in native tests.
+struct FrameSource {
+  int (*capture)(LeakprobeRawFrame* out, int max_frames) = nullptr;
+  int (*resolve)(const LeakprobeRawFrame* frame, LeakprobeResolvedFrame* out) = nullptr;
+};
+
+class StackTable {
+ public:
+  static constexpr std::size_t kMaxDepth = 128;
+
+  StackTable(std::size_t max_frames, std::size_t max_stacks);
+
+  // The process-wide table (never destroyed: hooks may run during exit).
+  static StackTable& Instance();
+
+  void SetSource(FrameSource source);
+  void SetLibraryPrefixes(std::vector<std::string> prefixes);
+
+  // Captures up to `max_frames` raw frames of the calling thread; 0 when no
+  // source is set.
+  int Capture(LeakprobeRawFrame* out, int max_frames) const noexcept;
+  // Interns raw frames captured on this thread just now (they are resolved
+  // from live code objects).
+  StackId Intern(const LeakprobeRawFrame* frames, int n);
+
+  // Frames of a stack, innermost first.
+  std::vector<Frame> FramesOf(StackId id) const;
+  // Index into FramesOf(id) of the attribution site; 0 for an empty stack.
+  std::size_t SiteIndex(StackId id) const;
+  // The attribution site, "path:line in function"; "<native>" for the empty
+  // stack, "[stack table full]" for the overflow stack.
+  std::string SiteOf(StackId id) const;
+  // A key that is equal exactly for stacks with the same attribution site.
+  std::uint64_t SiteKey(StackId id) const;
+
+  std::uint64_t overflows() const;
+
+  // Around fork(): the child must not inherit mu_ held by a vanished thread.
+  void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Lock(); }
+  void AfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Unlock(); }
+  std::size_t MemoryBytes() const;
+
+ private:
+  struct RawKey {
+    const void* code;
+    const void* filename;
+    std::int32_t offset;
+    std::int32_t first_line;
+    bool operator==(const RawKey& o) const {
+      return code == o.code && filename == o.filename && offset == o.offset &&
+             first_line == o.first_line;
+    }
+    template <typename H>
+    friend H AbslHashValue(H h, const RawKey& k) {
+      return H::combine(std::move(h), k.code, k.filename, k.offset, k.first_line);
+    }
+  };
+  struct Stack {
+    std::vector<std::uint32_t> frames;  // indexes into frames_
+    std::uint32_t site = 0;             // index into frames (not frames_)
+  };
+
+  bool IsLibrary(const std::string& filename) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ComputeSite(Stack* stack) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::size_t max_frames_;
+  const std::size_t max_stacks_;
+  FrameSource source_;  // set once before use; read without the lock
+  mutable Mutex mu_;
+  std::vector<std::string> prefixes_ ABSL_GUARDED_BY(mu_);
+  std::vector<Frame> frames_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<RawKey, std::uint32_t> frame_index_ ABSL_GUARDED_BY(mu_);
+  // Several code positions share a line: one Frame per "path:line in function".
+  absl::flat_hash_map<std::string, std::uint32_t> frame_by_text_ ABSL_GUARDED_BY(mu_);
+  std::vector<Stack> stacks_ ABSL_GUARDED_BY(mu_);  // [0] empty, [1] overflow
+  absl::flat_hash_map<std::string, StackId> stack_index_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t overflows_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace leakprobe
