@@ -86,7 +86,8 @@ struct Hooks {
 };
 
 bool IsOurs(const PyMemAllocatorEx& allocator) {
-  return allocator.malloc == &Hooks<true>::Malloc || allocator.malloc == &Hooks<false>::Malloc;
+  return allocator.malloc == &Hooks<true>::Malloc ||
+         allocator.malloc == &Hooks<false>::Malloc;
 }
 
 void Install() {

@@ -21,12 +21,12 @@
 #include "leakprobe/log.h"
 #include "leakprobe/native_stack.h"
 #include "leakprobe/process_stats.h"
-#include "leakprobe/python_frames.h"
-#include "leakprobe/stack_table.h"
 #include "leakprobe/prometheus/collector.h"
 #include "leakprobe/prometheus/exporter.h"
+#include "leakprobe/python_frames.h"
 #include "leakprobe/runtime_stats.h"
 #include "leakprobe/snapshot.h"
+#include "leakprobe/stack_table.h"
 #include "leakprobe/version.h"
 #include "prometheus/text_serializer.h"
 
@@ -298,7 +298,8 @@ PYBIND11_MODULE(_native, m) {
       "At exit: no more samples or stack captures.");
   m.def("heap_reinstall", &ReinstallHeapHooks,
         "Put the allocator hooks back on top after another tool removed them.");
-  m.def("heap_summary", &HeapSummaryDict, "Totals and top sites, as the exporter sees them.");
+  m.def("heap_summary", &HeapSummaryDict,
+        "Totals and top sites, as the exporter sees them.");
   m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
         "(site, frames) of the calling thread, captured as the hooks do.");

@@ -9,17 +9,16 @@
 namespace leakprobe {
 namespace detail {
 
-thread_local ThreadSampler tls_sampler __attribute__((tls_model("initial-exec"))) = {
-    0, 0, 0, false};
+thread_local ThreadSampler tls_sampler
+    __attribute__((tls_model("initial-exec"))) = {0, 0, 0, false};
 
 void AddressFilter::Add(const void* p) noexcept {
   std::atomic<std::uint8_t>& count = counts_[Slot(p)];
   std::uint8_t value = count.load(std::memory_order_relaxed);
   // Saturated counters stay set forever: a false positive, never a miss.
-  while (value != 0xFF &&
-         !count.compare_exchange_weak(value, static_cast<std::uint8_t>(value + 1),
-                                      std::memory_order_release,
-                                      std::memory_order_relaxed)) {
+  while (value != 0xFF && !count.compare_exchange_weak(
+                              value, static_cast<std::uint8_t>(value + 1),
+                              std::memory_order_release, std::memory_order_relaxed)) {
   }
 }
 
@@ -51,11 +50,10 @@ std::uint64_t Seed(const void* salt) {
   static std::atomic<std::uint64_t> counter{0};
   timespec now{};
   clock_gettime(CLOCK_MONOTONIC, &now);
-  const std::uint64_t seed =
-      SplitMix(reinterpret_cast<std::uintptr_t>(salt) ^
-               static_cast<std::uint64_t>(now.tv_nsec) ^
-               (static_cast<std::uint64_t>(now.tv_sec) << 32) ^
-               SplitMix(counter.fetch_add(1, std::memory_order_relaxed)));
+  const std::uint64_t seed = SplitMix(
+      reinterpret_cast<std::uintptr_t>(salt) ^ static_cast<std::uint64_t>(now.tv_nsec) ^
+      (static_cast<std::uint64_t>(now.tv_sec) << 32) ^
+      SplitMix(counter.fetch_add(1, std::memory_order_relaxed)));
   return seed != 0 ? seed : 1;
 }
 
@@ -119,7 +117,8 @@ void HeapTracker::SampleSlow(void* p, std::size_t size) noexcept {
       if (existing != blocks_.end()) {
         // A block freed behind our back (not through the hooks): forget it.
         StackStats& old = stacks_[existing->second.stack];
-        old.live_bytes -= static_cast<double>(existing->second.size) * existing->second.weight;
+        old.live_bytes -=
+            static_cast<double>(existing->second.size) * existing->second.weight;
         old.live_count -= existing->second.weight;
         blocks_.erase(existing);
         filter_.Remove(p);
@@ -159,7 +158,8 @@ void HeapTracker::FreeSlow(void* p) noexcept {
 void HeapTracker::Start(const HeapConfig& config) {
   MutexLock lock(&mu_);
   sample_bytes_.store(std::max<std::uint64_t>(config.sample_bytes, 1));
-  max_frames_.store(std::clamp(config.max_frames, 1, static_cast<int>(StackTable::kMaxDepth)));
+  max_frames_.store(
+      std::clamp(config.max_frames, 1, static_cast<int>(StackTable::kMaxDepth)));
   max_blocks_ = config.max_blocks;
   top_sites_.store(config.top_sites);
   frozen_.store(false);
@@ -191,7 +191,8 @@ HeapSummary HeapTracker::Summary(std::size_t top_n) const {
     summary.live_blocks = blocks_.size();
     summary.dropped_samples = dropped_;
     summary.memory_bytes =
-        sizeof(*this) + blocks_.capacity() * (sizeof(std::pair<std::uintptr_t, Block>) + 1) +
+        sizeof(*this) +
+        blocks_.capacity() * (sizeof(std::pair<std::uintptr_t, Block>) + 1) +
         stacks_.capacity() * (sizeof(std::pair<StackId, StackStats>) + 1);
     for (const auto& [stack, stats] : stacks_) {
       if (stats.live_count > 0.5) live.emplace_back(stack, stats);
@@ -209,7 +210,8 @@ HeapSummary HeapTracker::Summary(std::size_t top_n) const {
   absl::flat_hash_map<std::uint64_t, Aggregate> sites;
   for (const auto& [stack, stats] : live) {
     summary.live_bytes += stats.live_bytes;
-    Aggregate& site = sites.try_emplace(table.SiteKey(stack), Aggregate{stack}).first->second;
+    Aggregate& site =
+        sites.try_emplace(table.SiteKey(stack), Aggregate{stack}).first->second;
     site.live_bytes += stats.live_bytes;
     site.live_count += stats.live_count;
   }

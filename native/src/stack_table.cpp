@@ -144,11 +144,11 @@ std::uint64_t StackTable::overflows() const {
 
 std::size_t StackTable::MemoryBytes() const {
   MutexLock lock(&mu_);
-  std::size_t bytes = frames_.capacity() * sizeof(Frame) +
-                      stacks_.capacity() * sizeof(Stack) +
-                      frame_index_.capacity() * (sizeof(RawKey) + sizeof(std::uint32_t) + 1) +
-                      stack_index_.capacity() * (sizeof(std::string) + sizeof(StackId) + 1) +
-                      frame_by_text_.capacity() * (sizeof(std::string) + sizeof(std::uint32_t) + 1);
+  std::size_t bytes =
+      frames_.capacity() * sizeof(Frame) + stacks_.capacity() * sizeof(Stack) +
+      frame_index_.capacity() * (sizeof(RawKey) + sizeof(std::uint32_t) + 1) +
+      stack_index_.capacity() * (sizeof(std::string) + sizeof(StackId) + 1) +
+      frame_by_text_.capacity() * (sizeof(std::string) + sizeof(std::uint32_t) + 1);
   for (const Frame& frame : frames_) {
     // The strings, and the frame's text as a key of frame_by_text_.
     bytes += 2 * (frame.filename.capacity() + frame.function.capacity()) + 16;

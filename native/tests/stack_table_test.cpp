@@ -53,11 +53,11 @@ TEST_F(StackTableTest, SiteIsInnermostApplicationFrame) {
 
 TEST(StackTableRuleTest, FrozenModulesAreLibraryButStringCodeIsNot) {
   StackTable table(100, 100);
-  table.SetSource({&testing::FakeCapture, [](const LeakprobeRawFrame* f,
-                                             LeakprobeResolvedFrame* out) {
-                     std::snprintf(out->filename, sizeof out->filename, "%s",
-                                   f->offset == 0 ? "<frozen importlib._bootstrap>"
-                                                  : "<string>");
+  table.SetSource({&testing::FakeCapture,
+                   [](const LeakprobeRawFrame* f, LeakprobeResolvedFrame* out) {
+                     std::snprintf(
+                         out->filename, sizeof out->filename, "%s",
+                         f->offset == 0 ? "<frozen importlib._bootstrap>" : "<string>");
                      std::snprintf(out->function, sizeof out->function, "f");
                      out->line = 1;
                      return 0;

@@ -88,9 +88,10 @@ void AddHeapFamilies(const HeapSummary& heap, std::vector<MetricFamily>* out) {
   out->push_back(Single("leakprobe_heap_live_bytes",
                         "Estimated bytes of live Python heap blocks (sampled).",
                         MetricType::Gauge, heap.live_bytes));
-  out->push_back(Single("leakprobe_heap_allocated_bytes_total",
-                        "Estimated bytes allocated on the Python heap since tracking began.",
-                        MetricType::Counter, heap.allocated_bytes));
+  out->push_back(
+      Single("leakprobe_heap_allocated_bytes_total",
+             "Estimated bytes allocated on the Python heap since tracking began.",
+             MetricType::Counter, heap.allocated_bytes));
   out->push_back(Single("leakprobe_heap_freed_bytes_total",
                         "Estimated bytes freed on the Python heap since tracking began.",
                         MetricType::Counter, heap.freed_bytes));
@@ -107,17 +108,17 @@ void AddHeapFamilies(const HeapSummary& heap, std::vector<MetricFamily>* out) {
                         "table was full.",
                         MetricType::Counter, static_cast<double>(heap.stack_overflows)));
   out->push_back(Single("leakprobe_heap_tracker_memory_bytes",
-                        "Memory held by the heap tracker's own tables.", MetricType::Gauge,
-                        static_cast<double>(heap.memory_bytes)));
+                        "Memory held by the heap tracker's own tables.",
+                        MetricType::Gauge, static_cast<double>(heap.memory_bytes)));
   out->push_back(Single("leakprobe_heap_sample_interval_bytes",
                         "Mean number of bytes allocated between two samples.",
                         MetricType::Gauge, static_cast<double>(heap.sample_bytes)));
   MetricFamily bytes = Family("leakprobe_heap_site_live_bytes",
                               "Estimated live heap bytes by allocation site (top sites).",
                               MetricType::Gauge);
-  MetricFamily blocks = Family("leakprobe_heap_site_live_blocks",
-                               "Estimated live heap blocks by allocation site (top sites).",
-                               MetricType::Gauge);
+  MetricFamily blocks = Family(
+      "leakprobe_heap_site_live_blocks",
+      "Estimated live heap blocks by allocation site (top sites).", MetricType::Gauge);
   for (const HeapSite& site : heap.top_sites) {
     AddSample(&bytes, site.live_bytes, {{"site", site.site}});
     AddSample(&blocks, site.live_count, {{"site", site.site}});

@@ -47,10 +47,11 @@
 namespace leakprobe {
 
 struct HeapConfig {
-  std::uint64_t sample_bytes = 512 * 1024;  // mean interval between samples
-  int max_frames = 32;                      // Python frames kept per sample
-  std::size_t max_blocks = 1 << 17;         // live sampled blocks
-  std::size_t top_sites = 10;               // sites named in Summary()
+  std::uint64_t sample_bytes =
+      std::uint64_t{512} * 1024;     // mean interval between samples
+  int max_frames = 32;               // Python frames kept per sample
+  std::size_t max_blocks = 1 << 17;  // live sampled blocks
+  std::size_t top_sites = 10;        // sites named in Summary()
 };
 
 struct HeapSite {
@@ -69,7 +70,7 @@ struct HeapSummary {
   std::uint64_t live_blocks = 0;  // sampled blocks alive now
   std::uint64_t dropped_samples = 0;
   std::uint64_t stack_overflows = 0;
-  std::size_t memory_bytes = 0;  // the tracker's own tables
+  std::size_t memory_bytes = 0;     // the tracker's own tables
   std::vector<HeapSite> top_sites;  // by live bytes, descending
 };
 
@@ -140,7 +141,9 @@ class HeapTracker {
   }
 
   HeapSummary Summary(std::size_t top_n) const;
-  HeapSummary Summary() const { return Summary(top_sites_.load(std::memory_order_relaxed)); }
+  HeapSummary Summary() const {
+    return Summary(top_sites_.load(std::memory_order_relaxed));
+  }
   std::vector<HeapStackStat> Stacks() const;
 
   void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Lock(); }
@@ -165,7 +168,7 @@ class HeapTracker {
 
   std::atomic<bool> enabled_{false};
   std::atomic<bool> frozen_{false};
-  std::atomic<std::uint64_t> sample_bytes_{512 * 1024};
+  std::atomic<std::uint64_t> sample_bytes_{std::uint64_t{512} * 1024};
   std::atomic<int> max_frames_{32};
   std::atomic<std::size_t> top_sites_{10};
   detail::AddressFilter filter_;

@@ -24,13 +24,15 @@ extern "C" {
 #endif
 
 /* One frame as captured: identifies code and position without resolving. */
+/* NOLINTNEXTLINE(modernize-use-using): a C header */
 typedef struct LeakprobeRawFrame {
-  const void* code;      /* the PyCodeObject */
-  const void* filename;  /* its co_filename object: guards against address reuse */
-  int32_t offset;        /* bytecode offset in bytes */
-  int32_t first_line;    /* co_firstlineno: also a reuse guard */
+  const void* code;     /* the PyCodeObject */
+  const void* filename; /* its co_filename object: guards against address reuse */
+  int32_t offset;       /* bytecode offset in bytes */
+  int32_t first_line;   /* co_firstlineno: also a reuse guard */
 } LeakprobeRawFrame;
 
+/* NOLINTNEXTLINE(modernize-use-using): a C header */
 typedef struct LeakprobeResolvedFrame {
   char filename[512]; /* UTF-8, truncated if longer */
   char function[256]; /* co_qualname, UTF-8 */

@@ -20,7 +20,7 @@ namespace leakprobe {
 struct Snapshot {
   ProcessStats process;
   GcSnapshot gc;
-  std::optional<HeapSummary> heap;  // empty unless heap tracking is on
+  std::optional<HeapSummary> heap;   // empty unless heap tracking is on
   std::optional<PythonInfo> python;  // empty until the bindings set it
   const char* version = nullptr;     // leakprobe's own version
 };
