@@ -9,7 +9,7 @@
 namespace leakprobe {
 namespace detail {
 
-thread_local ThreadSampler tls_sampler
+__thread ThreadSampler tls_sampler
     __attribute__((tls_model("initial-exec"))) = {0, 0, 0, false};
 
 void AddressFilter::Add(const void* p) noexcept {
@@ -81,7 +81,9 @@ std::int64_t HeapTracker::NextInterval(detail::ThreadSampler& t) const noexcept 
 
 void HeapTracker::SampleSlow(void* p, std::size_t size) noexcept {
   detail::ThreadSampler& t = detail::tls_sampler;
-  if (t.busy) return;
+  // A zero-size block holds nothing (and would weigh 1/0): the sample point
+  // stays pending for the next real allocation.
+  if (t.busy || size == 0) return;
   t.busy = true;
   if (t.rng == 0) {
     // First allocation seen on this thread: start its countdown, then ask

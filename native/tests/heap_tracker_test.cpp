@@ -77,10 +77,19 @@ TEST_F(HeapTrackerTest, FreesRemoveSampledBlocks) {
   EXPECT_EQ(tracker_.Summary(10).live_blocks, 0u);
 }
 
+// A thread's countdown outlives a change of configuration; a fresh thread
+// starts from the configuration in force.
+template <typename F>
+void OnFreshThread(F f) {
+  std::thread(f).join();
+}
+
 TEST_F(HeapTrackerTest, FullTableDropsAndCounts) {
   Start(1, 10);  // every allocation is sampled; room for 10
-  testing::tls_fake_stack = {FakeFrame(4, 10)};
-  for (std::uintptr_t i = 0; i < 50; ++i) tracker_.OnAlloc(Address(i), 100);
+  OnFreshThread([&] {
+    testing::tls_fake_stack = {FakeFrame(4, 10)};
+    for (std::uintptr_t i = 0; i < 50; ++i) tracker_.OnAlloc(Address(i), 100);
+  });
   const HeapSummary s = tracker_.Summary(10);
   EXPECT_EQ(s.live_blocks, 10u);
   EXPECT_GE(s.dropped_samples, 39u);  // the first allocation per thread may not sample
@@ -89,8 +98,10 @@ TEST_F(HeapTrackerTest, FullTableDropsAndCounts) {
 
 TEST_F(HeapTrackerTest, StopForgetsAndLaterFreesArePassThrough) {
   Start(1);
-  testing::tls_fake_stack = {FakeFrame(5, 10)};
-  for (std::uintptr_t i = 0; i < 100; ++i) tracker_.OnAlloc(Address(i), 100);
+  OnFreshThread([&] {
+    testing::tls_fake_stack = {FakeFrame(5, 10)};
+    for (std::uintptr_t i = 0; i < 100; ++i) tracker_.OnAlloc(Address(i), 100);
+  });
   EXPECT_GT(tracker_.Summary(10).live_blocks, 90u);
   tracker_.Stop();
   EXPECT_FALSE(tracker_.enabled());

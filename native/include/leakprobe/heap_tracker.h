@@ -91,19 +91,26 @@ struct ThreadSampler {
   bool busy;               // re-entry guard for the slow path
 };
 
-// initial-exec: a plain %fs-relative access in the hot path, no
-// __tls_get_addr call. It needs a few bytes of static TLS, which glibc
-// reserves for dlopen'ed libraries.
-extern thread_local ThreadSampler tls_sampler __attribute__((tls_model("initial-exec")));
+// __thread, not thread_local: a C++ thread_local defined in another
+// translation unit is reached through a TLS wrapper call (it might need
+// dynamic initialisation); __thread is a plain access. initial-exec makes
+// that access %fs-relative, with no __tls_get_addr call; it needs a few
+// bytes of static TLS, which glibc reserves for dlopen'ed libraries.
+extern __thread ThreadSampler tls_sampler __attribute__((tls_model("initial-exec")));
 
-// A counting filter over sampled addresses: never a false negative.
+// A counting filter over sampled addresses: never a false negative. One
+// counter per 256-byte granule of address space (aliasing every 256 MiB):
+// frees of neighbouring blocks read the same cache line, so the probe
+// stays in cache; a hashed index would miss on nearly every free.
 class AddressFilter {
  public:
   static constexpr int kBits = 20;
+  static constexpr int kGranuleShift = 8;
 
   static std::size_t Slot(const void* p) noexcept {
-    const auto x = reinterpret_cast<std::uintptr_t>(p) >> 4;
-    return static_cast<std::size_t>((x * 0x9E3779B97F4A7C15ULL) >> (64 - kBits));
+    return static_cast<std::size_t>(reinterpret_cast<std::uintptr_t>(p) >>
+                                    kGranuleShift) &
+           ((std::size_t{1} << kBits) - 1);
   }
   bool MaybeContains(const void* p) const noexcept {
     return counts_[Slot(p)].load(std::memory_order_relaxed) != 0;
