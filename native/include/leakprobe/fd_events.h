@@ -1,0 +1,152 @@
+// leakprobe/fd_events.h — fd creation and close events, recorded by hooks on
+// the libc entry points that make and retire file descriptors, into a
+// bounded lock-free table indexed by fd number.
+//
+//   leakprobe::InstallFdHooks();
+//   for (const auto& r : leakprobe::ProcessFdTable().OpenFds()) use(r.fd, r.kind);
+//
+// The hooks (open*, creat, socket, socketpair, accept*, dup*, fcntl F_DUPFD*,
+// pipe*, epoll_create*, eventfd, timerfd_create, signalfd, inotify_init*,
+// memfd_create, fopen*, fclose, opendir, closedir, close, close_range) go
+// through leakprobe/interpose.h; docs/fd-hooks.md lists what CPython's
+// binaries import and what is and is not seen.
+//
+// Thread-safety: FdTable's Record*/Retire* methods are the hot path: lock-free,
+// noexcept, no allocation; any thread may call them concurrently. OpenFds(),
+// Find() and Counters() may run concurrently with them and see each record
+// either whole or not at all. Install/Remove are cold path and thread-safe.
+// Fork: the child keeps the parent's table (it inherited the same fds); a
+// record being written at the moment of fork is dropped in the child.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+namespace leakprobe {
+
+// The creating call's idea of what an fd is. Sockets are classified from
+// socket()'s arguments; dup'ed and accepted fds inherit their source's kind.
+enum class FdKind : std::uint8_t {
+  kFile,  // open*, creat, fopen*, opendir
+  kTcp,
+  kTcp6,
+  kUdp,  // AF_INET and AF_INET6 datagram sockets
+  kUnix,
+  kPipe,
+  kEventfd,
+  kEpoll,
+  kTimerfd,
+  kSignalfd,
+  kInotify,
+  kMemfd,
+  kOther,  // other sockets, fds dup'ed from an fd we never saw created
+};
+inline constexpr std::size_t kFdKindCount = static_cast<std::size_t>(FdKind::kOther) + 1;
+
+// "file", "tcp", ...: bounded, usable as a metric label.
+const char* FdKindName(FdKind kind) noexcept;
+
+// Stack id of "no stack captured".
+inline constexpr std::uint32_t kNoStackId = 0;
+
+struct FdRecord {
+  int fd = -1;
+  FdKind kind = FdKind::kOther;
+  std::uint64_t sequence = 0;           // creation order, process-wide, from 1
+  std::int64_t created_ns = 0;          // CLOCK_MONOTONIC
+  std::uint32_t stack_id = kNoStackId;  // from the StackIdProvider, if one is set
+};
+
+struct FdCounters {
+  // Only fds that fit the table are counted here; the rest go to `dropped`.
+  std::array<std::uint64_t, kFdKindCount> opened{};
+  std::array<std::uint64_t, kFdKindCount> closed{};
+  std::uint64_t dropped = 0;    // creations of fds >= capacity
+  std::uint64_t replaced = 0;   // a record for an fd closed where we could not
+                                // see it (also counted in `closed`)
+  std::uint64_t conflicts = 0;  // two threads recorded the same fd at once
+                                // (only when the application races close())
+};
+
+class FdTable {
+ public:
+  static constexpr std::size_t kDefaultCapacity = 65536;
+
+  explicit FdTable(std::size_t capacity = kDefaultCapacity);
+  FdTable(const FdTable&) = delete;
+  FdTable& operator=(const FdTable&) = delete;
+
+  // --- hot path ---
+  // A call returned the new fd `fd`.
+  void RecordOpen(int fd, FdKind kind, std::uint32_t stack_id) noexcept;
+  // Retires `fd`'s record; call *before* the real close, so that a thread
+  // that gets the same number back afterwards records after us.
+  void RetireBeforeClose(int fd) noexcept;
+  // Retires the records in [first, last] created at or before `sequence`
+  // (taken before the call that closed them, see CurrentSequence): records
+  // of fds reopened meanwhile by other threads survive.
+  void RetireRange(unsigned first, unsigned last, std::uint64_t sequence) noexcept;
+  std::uint64_t CurrentSequence() const noexcept;
+  // Kind of `fd`'s record, or kOther if none.
+  FdKind KindOf(int fd) const noexcept;
+
+  // --- cold path ---
+  std::vector<FdRecord> OpenFds() const;
+  std::optional<FdRecord> Find(int fd) const;
+  FdCounters Counters() const noexcept;
+  std::size_t capacity() const noexcept { return capacity_; }
+  // For the child side of fork: frees slots whose writer was another thread
+  // of the parent. No other thread exists yet.
+  void RecoverAfterFork() noexcept;
+
+ private:
+  // A slot is empty (sequence 0), busy (being written) or holds a record.
+  // The writer owns the other fields between claiming and publishing.
+  struct Slot {
+    std::atomic<std::uint64_t> sequence{0};
+    std::atomic<std::int64_t> created_ns{0};
+    std::atomic<std::uint64_t> meta{0};  // kind | stack_id << 8
+  };
+  static constexpr std::uint64_t kBusy = ~0ULL;
+
+  void CountClosed(std::uint64_t meta) noexcept;
+
+  const std::size_t capacity_;
+  std::unique_ptr<Slot[]> slots_;
+  std::atomic<std::uint64_t> next_sequence_{1};
+  std::atomic<std::size_t> high_water_{0};  // 1 + highest fd ever recorded
+  std::array<std::atomic<std::uint64_t>, kFdKindCount> opened_{};
+  std::array<std::atomic<std::uint64_t>, kFdKindCount> closed_{};
+  std::atomic<std::uint64_t> dropped_{0};
+  std::atomic<std::uint64_t> replaced_{0};
+  std::atomic<std::uint64_t> conflicts_{0};
+};
+
+// The process-wide table the hooks record into (created on first use,
+// never destroyed).
+FdTable& ProcessFdTable();
+
+// The hook point for the stack-capture service: called on the hot path for
+// every recorded creation, inside the hook's re-entry guard; must be
+// noexcept, must not block, and returns an interned stack id (kNoStackId if
+// it has none). nullptr (the default) records kNoStackId.
+using StackIdProvider = std::uint32_t (*)() noexcept;
+void SetFdStackIdProvider(StackIdProvider provider) noexcept;
+
+// Interposes the fd calls in every loaded object (and later ones). CPython's
+// _posixsubprocess is left alone: its fd calls all run in a child made with
+// vfork, which shares our memory, so recording them would corrupt the
+// parent's table. Idempotent; throws leakprobe::Error only on a conflicting
+// hook registration.
+void InstallFdHooks();
+// Restores every interposed entry (all hooks of the layer, see
+// Interposer::Restore) and stops recording.
+void RemoveFdHooks();
+bool FdHooksActive() noexcept;
+
+}  // namespace leakprobe

@@ -1,0 +1,614 @@
+// The fd table and the fd hooks (see leakprobe/fd_events.h).
+#include "leakprobe/fd_events.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <mutex>
+
+#include "leakprobe/interpose.h"
+
+namespace leakprobe {
+
+const char* FdKindName(FdKind kind) noexcept {
+  switch (kind) {
+    case FdKind::kFile:
+      return "file";
+    case FdKind::kTcp:
+      return "tcp";
+    case FdKind::kTcp6:
+      return "tcp6";
+    case FdKind::kUdp:
+      return "udp";
+    case FdKind::kUnix:
+      return "unix";
+    case FdKind::kPipe:
+      return "pipe";
+    case FdKind::kEventfd:
+      return "eventfd";
+    case FdKind::kEpoll:
+      return "epoll";
+    case FdKind::kTimerfd:
+      return "timerfd";
+    case FdKind::kSignalfd:
+      return "signalfd";
+    case FdKind::kInotify:
+      return "inotify";
+    case FdKind::kMemfd:
+      return "memfd";
+    case FdKind::kOther:
+      break;
+  }
+  return "other";
+}
+
+// --- FdTable -----------------------------------------------------------------
+
+namespace {
+
+std::int64_t MonotonicNs() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+std::size_t KindIndex(std::uint64_t meta) noexcept {
+  const std::size_t k = meta & 0xff;
+  return k < kFdKindCount ? k : static_cast<std::size_t>(FdKind::kOther);
+}
+
+}  // namespace
+
+FdTable::FdTable(std::size_t capacity)
+    : capacity_(capacity), slots_(new Slot[capacity]) {}
+
+void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id) noexcept {
+  if (fd < 0) return;
+  if (static_cast<std::size_t>(fd) >= capacity_) {
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  Slot& s = slots_[fd];
+  const std::uint64_t old = s.sequence.exchange(kBusy, std::memory_order_acquire);
+  if (old == kBusy) {  // another thread is recording this very fd
+    conflicts_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (old != 0) {  // its close happened where no hook could see it
+    CountClosed(s.meta.load(std::memory_order_relaxed));
+    replaced_.fetch_add(1, std::memory_order_relaxed);
+  }
+  s.created_ns.store(MonotonicNs(), std::memory_order_relaxed);
+  s.meta.store(static_cast<std::uint64_t>(kind) | (std::uint64_t{stack_id} << 8),
+               std::memory_order_relaxed);
+  const std::uint64_t sequence = next_sequence_.fetch_add(1, std::memory_order_relaxed);
+  std::size_t high = high_water_.load(std::memory_order_relaxed);
+  const auto mine = static_cast<std::size_t>(fd) + 1;
+  while (high < mine &&
+         !high_water_.compare_exchange_weak(high, mine, std::memory_order_relaxed)) {
+  }
+  s.sequence.store(sequence, std::memory_order_release);
+  opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+}
+
+void FdTable::RetireBeforeClose(int fd) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return;
+  RetireRange(static_cast<unsigned>(fd), static_cast<unsigned>(fd), kBusy - 1);
+}
+
+void FdTable::RetireRange(unsigned first, unsigned last,
+                          std::uint64_t sequence) noexcept {
+  const std::size_t high = high_water_.load(std::memory_order_acquire);
+  if (high == 0 || first >= high) return;
+  const std::size_t end = std::min<std::size_t>(last, high - 1);
+  for (std::size_t fd = first; fd <= end; ++fd) {
+    Slot& s = slots_[fd];
+    std::uint64_t old = s.sequence.load(std::memory_order_acquire);
+    while (old != 0 && old != kBusy && old <= sequence) {
+      // Read before the swap: a new record can only be written after a
+      // writer claims the slot, which would make the swap fail.
+      const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
+      if (s.sequence.compare_exchange_weak(old, 0, std::memory_order_acq_rel)) {
+        CountClosed(meta);
+        break;
+      }
+    }
+  }
+}
+
+std::uint64_t FdTable::CurrentSequence() const noexcept {
+  return next_sequence_.load(std::memory_order_acquire) - 1;
+}
+
+FdKind FdTable::KindOf(int fd) const noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return FdKind::kOther;
+  const Slot& s = slots_[fd];
+  const std::uint64_t seq = s.sequence.load(std::memory_order_acquire);
+  if (seq == 0 || seq == kBusy) return FdKind::kOther;
+  return static_cast<FdKind>(KindIndex(s.meta.load(std::memory_order_relaxed)));
+}
+
+void FdTable::CountClosed(std::uint64_t meta) noexcept {
+  closed_[KindIndex(meta)].fetch_add(1, std::memory_order_relaxed);
+}
+
+std::optional<FdRecord> FdTable::Find(int fd) const {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return std::nullopt;
+  const Slot& s = slots_[fd];
+  // Seqlock-style read: sequence numbers are never reused, so an unchanged
+  // sequence means the fields belong to it.
+  const std::uint64_t before = s.sequence.load(std::memory_order_acquire);
+  if (before == 0 || before == kBusy) return std::nullopt;
+  FdRecord r;
+  r.fd = fd;
+  r.created_ns = s.created_ns.load(std::memory_order_relaxed);
+  const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (s.sequence.load(std::memory_order_relaxed) != before) return std::nullopt;
+  r.sequence = before;
+  r.kind = static_cast<FdKind>(KindIndex(meta));
+  r.stack_id = static_cast<std::uint32_t>(meta >> 8);
+  return r;
+}
+
+std::vector<FdRecord> FdTable::OpenFds() const {
+  std::vector<FdRecord> out;
+  const std::size_t high = high_water_.load(std::memory_order_acquire);
+  for (std::size_t fd = 0; fd < high; ++fd) {
+    if (auto r = Find(static_cast<int>(fd))) out.push_back(*r);
+  }
+  return out;
+}
+
+FdCounters FdTable::Counters() const noexcept {
+  FdCounters c;
+  for (std::size_t k = 0; k < kFdKindCount; ++k) {
+    c.opened[k] = opened_[k].load(std::memory_order_relaxed);
+    c.closed[k] = closed_[k].load(std::memory_order_relaxed);
+  }
+  c.dropped = dropped_.load(std::memory_order_relaxed);
+  c.replaced = replaced_.load(std::memory_order_relaxed);
+  c.conflicts = conflicts_.load(std::memory_order_relaxed);
+  return c;
+}
+
+void FdTable::RecoverAfterFork() noexcept {
+  const std::size_t high = high_water_.load(std::memory_order_relaxed);
+  for (std::size_t fd = 0; fd < high; ++fd) {
+    std::uint64_t busy = kBusy;
+    slots_[fd].sequence.compare_exchange_strong(busy, 0, std::memory_order_relaxed);
+  }
+}
+
+FdTable& ProcessFdTable() {
+  // Leaked: hooks run until the very end of the process.
+  static FdTable* const table = [] {
+    auto* t = new FdTable();
+    pthread_atfork(nullptr, nullptr, [] { ProcessFdTable().RecoverAfterFork(); });
+    return t;
+  }();
+  return *table;
+}
+
+// --- Hooks -------------------------------------------------------------------
+
+namespace {
+
+std::atomic<FdTable*> g_table{nullptr};  // set once by InstallFdHooks
+std::atomic<bool> g_active{false};       // recording on/off
+std::atomic<StackIdProvider> g_stack_provider{nullptr};
+
+// Re-entry guard. initial-exec: a dynamic TLS access from a dlopen'ed module
+// may allocate on a thread's first use, which a hook must not do.
+__attribute__((tls_model("initial-exec"))) thread_local bool t_in_hook = false;
+
+class HookScope {
+ public:
+  HookScope() noexcept : entered_(!t_in_hook) { t_in_hook = true; }
+  ~HookScope() {
+    if (entered_) t_in_hook = false;
+  }
+  HookScope(const HookScope&) = delete;
+  HookScope& operator=(const HookScope&) = delete;
+  // The table to record into, or nullptr (nested call, or recording off).
+  FdTable* table() const noexcept {
+    if (!entered_ || !g_active.load(std::memory_order_relaxed)) return nullptr;
+    return g_table.load(std::memory_order_acquire);
+  }
+
+ private:
+  const bool entered_;
+};
+
+// errno is saved around everything we do after the real call.
+class ErrnoKeeper {
+ public:
+  ErrnoKeeper() noexcept : saved_(errno) {}
+  ~ErrnoKeeper() { errno = saved_; }
+  ErrnoKeeper(const ErrnoKeeper&) = delete;
+  ErrnoKeeper& operator=(const ErrnoKeeper&) = delete;
+
+ private:
+  const int saved_;
+};
+
+void Opened(FdTable* t, int fd, FdKind kind) noexcept {
+  if (t == nullptr || fd < 0) return;
+  const ErrnoKeeper keep;
+  const StackIdProvider provider = g_stack_provider.load(std::memory_order_relaxed);
+  t->RecordOpen(fd, kind, provider != nullptr ? provider() : kNoStackId);
+}
+
+void RetireBeforeClose(FdTable* t, int fd) noexcept {
+  if (t == nullptr) return;
+  const ErrnoKeeper keep;
+  t->RetireBeforeClose(fd);
+}
+
+// An fd that replaced `newfd` (dup2/dup3): the old one is implicitly closed.
+void Duplicated(FdTable* t, int oldfd, int newfd, std::uint64_t before) noexcept {
+  if (t == nullptr || newfd < 0 || oldfd == newfd) return;
+  const ErrnoKeeper keep;
+  const FdKind kind = t->KindOf(oldfd);
+  t->RetireRange(static_cast<unsigned>(newfd), static_cast<unsigned>(newfd), before);
+  Opened(t, newfd, kind);
+}
+
+FdKind SocketKind(int domain, int type, int protocol) noexcept {
+  const int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (domain == AF_UNIX) return FdKind::kUnix;
+  if (domain != AF_INET && domain != AF_INET6) return FdKind::kOther;
+  if (base == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP)) {
+    return domain == AF_INET ? FdKind::kTcp : FdKind::kTcp6;
+  }
+  if (base == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP)) {
+    return FdKind::kUdp;
+  }
+  return FdKind::kOther;
+}
+
+bool NeedsMode(int flags) noexcept {
+  return (flags & O_CREAT) != 0 || (flags & O_TMPFILE) == O_TMPFILE;
+}
+
+// The real functions, filled in by the interposition layer.
+std::atomic<void*> real_open, real_open64, real_open_2, real_open64_2, real_openat,
+    real_openat64, real_openat_2, real_openat64_2, real_creat, real_creat64, real_socket,
+    real_socketpair, real_accept, real_accept4, real_dup, real_dup2, real_dup3,
+    real_fcntl, real_fcntl64, real_pipe, real_pipe2, real_epoll_create,
+    real_epoll_create1, real_eventfd, real_timerfd_create, real_signalfd,
+    real_inotify_init, real_inotify_init1, real_memfd_create, real_fopen, real_fopen64,
+    real_fclose, real_opendir, real_closedir, real_close, real_close_range;
+
+template <typename Fn>
+Fn Real(const std::atomic<void*>& p) noexcept {
+  return reinterpret_cast<Fn>(p.load(std::memory_order_relaxed));
+}
+
+using OpenFn = int (*)(const char*, int, ...);
+using OpenatFn = int (*)(int, const char*, int, ...);
+using Open2Fn = int (*)(const char*, int);
+using Openat2Fn = int (*)(int, const char*, int);
+using CreatFn = int (*)(const char*, mode_t);
+
+template <std::atomic<void*>* kReal>
+int HookOpenT(const char* path, int flags, ...) noexcept {
+  mode_t mode = 0;
+  if (NeedsMode(flags)) {
+    va_list ap;
+    va_start(ap, flags);
+    mode = va_arg(ap, mode_t);
+    va_end(ap);
+  }
+  const HookScope scope;
+  const int fd = Real<OpenFn>(*kReal)(path, flags, mode);
+  Opened(scope.table(), fd, FdKind::kFile);
+  return fd;
+}
+
+template <std::atomic<void*>* kReal>
+int HookOpenatT(int dirfd, const char* path, int flags, ...) noexcept {
+  mode_t mode = 0;
+  if (NeedsMode(flags)) {
+    va_list ap;
+    va_start(ap, flags);
+    mode = va_arg(ap, mode_t);
+    va_end(ap);
+  }
+  const HookScope scope;
+  const int fd = Real<OpenatFn>(*kReal)(dirfd, path, flags, mode);
+  Opened(scope.table(), fd, FdKind::kFile);
+  return fd;
+}
+
+template <std::atomic<void*>* kReal>
+int HookOpen2T(const char* path, int flags) noexcept {
+  const HookScope scope;
+  const int fd = Real<Open2Fn>(*kReal)(path, flags);
+  Opened(scope.table(), fd, FdKind::kFile);
+  return fd;
+}
+
+template <std::atomic<void*>* kReal>
+int HookOpenat2T(int dirfd, const char* path, int flags) noexcept {
+  const HookScope scope;
+  const int fd = Real<Openat2Fn>(*kReal)(dirfd, path, flags);
+  Opened(scope.table(), fd, FdKind::kFile);
+  return fd;
+}
+
+template <std::atomic<void*>* kReal>
+int HookCreatT(const char* path, mode_t mode) noexcept {
+  const HookScope scope;
+  const int fd = Real<CreatFn>(*kReal)(path, mode);
+  Opened(scope.table(), fd, FdKind::kFile);
+  return fd;
+}
+
+int HookSocket(int domain, int type, int protocol) noexcept {
+  const HookScope scope;
+  const int fd = Real<int (*)(int, int, int)>(real_socket)(domain, type, protocol);
+  Opened(scope.table(), fd, SocketKind(domain, type, protocol));
+  return fd;
+}
+
+int HookSocketpair(int domain, int type, int protocol, int sv[2]) noexcept {
+  const HookScope scope;
+  const int r =
+      Real<int (*)(int, int, int, int*)>(real_socketpair)(domain, type, protocol, sv);
+  if (r == 0) {
+    Opened(scope.table(), sv[0], SocketKind(domain, type, protocol));
+    Opened(scope.table(), sv[1], SocketKind(domain, type, protocol));
+  }
+  return r;
+}
+
+int HookAccept(int fd, sockaddr* addr, socklen_t* len) noexcept {
+  const HookScope scope;
+  const int r = Real<int (*)(int, sockaddr*, socklen_t*)>(real_accept)(fd, addr, len);
+  if (FdTable* t = scope.table()) Opened(t, r, t->KindOf(fd));
+  return r;
+}
+
+int HookAccept4(int fd, sockaddr* addr, socklen_t* len, int flags) noexcept {
+  const HookScope scope;
+  const int r =
+      Real<int (*)(int, sockaddr*, socklen_t*, int)>(real_accept4)(fd, addr, len, flags);
+  if (FdTable* t = scope.table()) Opened(t, r, t->KindOf(fd));
+  return r;
+}
+
+int HookDup(int fd) noexcept {
+  const HookScope scope;
+  const int r = Real<int (*)(int)>(real_dup)(fd);
+  if (FdTable* t = scope.table()) Opened(t, r, t->KindOf(fd));
+  return r;
+}
+
+int HookDup2(int oldfd, int newfd) noexcept {
+  const HookScope scope;
+  FdTable* t = scope.table();
+  const std::uint64_t before = t != nullptr ? t->CurrentSequence() : 0;
+  const int r = Real<int (*)(int, int)>(real_dup2)(oldfd, newfd);
+  Duplicated(t, oldfd, r, before);
+  return r;
+}
+
+int HookDup3(int oldfd, int newfd, int flags) noexcept {
+  const HookScope scope;
+  FdTable* t = scope.table();
+  const std::uint64_t before = t != nullptr ? t->CurrentSequence() : 0;
+  const int r = Real<int (*)(int, int, int)>(real_dup3)(oldfd, newfd, flags);
+  Duplicated(t, oldfd, r, before);
+  return r;
+}
+
+// fcntl's third argument is an int or a pointer depending on `cmd`; like
+// glibc's own fcntl we pass it on as a pointer-sized value.
+template <std::atomic<void*>* kReal>
+int HookFcntlT(int fd, int cmd, ...) noexcept {
+  va_list ap;
+  va_start(ap, cmd);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  const HookScope scope;
+  const int r = Real<int (*)(int, int, ...)>(*kReal)(fd, cmd, arg);
+  if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) {
+    if (FdTable* t = scope.table()) Opened(t, r, t->KindOf(fd));
+  }
+  return r;
+}
+
+int HookPipe(int fds[2]) noexcept {
+  const HookScope scope;
+  const int r = Real<int (*)(int*)>(real_pipe)(fds);
+  if (r == 0) {
+    Opened(scope.table(), fds[0], FdKind::kPipe);
+    Opened(scope.table(), fds[1], FdKind::kPipe);
+  }
+  return r;
+}
+
+int HookPipe2(int fds[2], int flags) noexcept {
+  const HookScope scope;
+  const int r = Real<int (*)(int*, int)>(real_pipe2)(fds, flags);
+  if (r == 0) {
+    Opened(scope.table(), fds[0], FdKind::kPipe);
+    Opened(scope.table(), fds[1], FdKind::kPipe);
+  }
+  return r;
+}
+
+template <std::atomic<void*>* kReal, FdKind kKind>
+int HookIntArgT(int arg) noexcept {
+  const HookScope scope;
+  const int fd = Real<int (*)(int)>(*kReal)(arg);
+  Opened(scope.table(), fd, kKind);
+  return fd;
+}
+
+int HookInotifyInit() noexcept {
+  const HookScope scope;
+  const int fd = Real<int (*)()>(real_inotify_init)();
+  Opened(scope.table(), fd, FdKind::kInotify);
+  return fd;
+}
+
+int HookEventfd(unsigned int initval, int flags) noexcept {
+  const HookScope scope;
+  const int fd = Real<int (*)(unsigned int, int)>(real_eventfd)(initval, flags);
+  Opened(scope.table(), fd, FdKind::kEventfd);
+  return fd;
+}
+
+int HookTimerfdCreate(clockid_t clock, int flags) noexcept {
+  const HookScope scope;
+  const int fd = Real<int (*)(clockid_t, int)>(real_timerfd_create)(clock, flags);
+  Opened(scope.table(), fd, FdKind::kTimerfd);
+  return fd;
+}
+
+int HookSignalfd(int fd, const sigset_t* mask, int flags) noexcept {
+  const HookScope scope;
+  const int r = Real<int (*)(int, const sigset_t*, int)>(real_signalfd)(fd, mask, flags);
+  if (fd == -1) Opened(scope.table(), r, FdKind::kSignalfd);  // else: same fd, new mask
+  return r;
+}
+
+int HookMemfdCreate(const char* name, unsigned int flags) noexcept {
+  const HookScope scope;
+  const int fd = Real<int (*)(const char*, unsigned int)>(real_memfd_create)(name, flags);
+  Opened(scope.table(), fd, FdKind::kMemfd);
+  return fd;
+}
+
+template <std::atomic<void*>* kReal>
+FILE* HookFopenT(const char* path, const char* mode) noexcept {
+  const HookScope scope;
+  FILE* f = Real<FILE* (*)(const char*, const char*)>(*kReal)(path, mode);
+  if (f != nullptr) Opened(scope.table(), fileno_unlocked(f), FdKind::kFile);
+  return f;
+}
+
+int HookFclose(FILE* f) noexcept {
+  const HookScope scope;
+  if (f != nullptr) RetireBeforeClose(scope.table(), fileno_unlocked(f));
+  return Real<int (*)(FILE*)>(real_fclose)(f);
+}
+
+DIR* HookOpendir(const char* path) noexcept {
+  const HookScope scope;
+  DIR* d = Real<DIR* (*)(const char*)>(real_opendir)(path);
+  if (d != nullptr) Opened(scope.table(), dirfd(d), FdKind::kFile);
+  return d;
+}
+
+int HookClosedir(DIR* d) noexcept {
+  const HookScope scope;
+  if (d != nullptr) RetireBeforeClose(scope.table(), dirfd(d));
+  return Real<int (*)(DIR*)>(real_closedir)(d);
+}
+
+int HookClose(int fd) noexcept {
+  const HookScope scope;
+  RetireBeforeClose(scope.table(), fd);
+  return Real<int (*)(int)>(real_close)(fd);
+}
+
+int HookCloseRange(unsigned int first, unsigned int last, int flags) noexcept {
+  const HookScope scope;
+  FdTable* t = scope.table();
+  const std::uint64_t before = t != nullptr ? t->CurrentSequence() : 0;
+  const int r = Real<int (*)(unsigned int, unsigned int, int)>(real_close_range)(
+      first, last, flags);
+  // CLOSE_RANGE_CLOEXEC only marks the fds; on failure nothing was closed.
+  if (r == 0 && t != nullptr && (flags & CLOSE_RANGE_CLOEXEC) == 0) {
+    const ErrnoKeeper keep;
+    t->RetireRange(first, last, before);
+  }
+  return r;
+}
+
+template <typename F>
+void* Fn(F* f) noexcept {
+  return reinterpret_cast<void*>(f);
+}
+
+const InterposeHook kFdHooks[] = {
+    {"open", Fn(&HookOpenT<&real_open>), &real_open},
+    {"open64", Fn(&HookOpenT<&real_open64>), &real_open64},
+    {"__open_2", Fn(&HookOpen2T<&real_open_2>), &real_open_2},
+    {"__open64_2", Fn(&HookOpen2T<&real_open64_2>), &real_open64_2},
+    {"openat", Fn(&HookOpenatT<&real_openat>), &real_openat},
+    {"openat64", Fn(&HookOpenatT<&real_openat64>), &real_openat64},
+    {"__openat_2", Fn(&HookOpenat2T<&real_openat_2>), &real_openat_2},
+    {"__openat64_2", Fn(&HookOpenat2T<&real_openat64_2>), &real_openat64_2},
+    {"creat", Fn(&HookCreatT<&real_creat>), &real_creat},
+    {"creat64", Fn(&HookCreatT<&real_creat64>), &real_creat64},
+    {"socket", Fn(&HookSocket), &real_socket},
+    {"socketpair", Fn(&HookSocketpair), &real_socketpair},
+    {"accept", Fn(&HookAccept), &real_accept},
+    {"accept4", Fn(&HookAccept4), &real_accept4},
+    {"dup", Fn(&HookDup), &real_dup},
+    {"dup2", Fn(&HookDup2), &real_dup2},
+    {"dup3", Fn(&HookDup3), &real_dup3},
+    {"fcntl", Fn(&HookFcntlT<&real_fcntl>), &real_fcntl},
+    {"fcntl64", Fn(&HookFcntlT<&real_fcntl64>), &real_fcntl64},
+    {"pipe", Fn(&HookPipe), &real_pipe},
+    {"pipe2", Fn(&HookPipe2), &real_pipe2},
+    {"epoll_create", Fn(&HookIntArgT<&real_epoll_create, FdKind::kEpoll>),
+     &real_epoll_create},
+    {"epoll_create1", Fn(&HookIntArgT<&real_epoll_create1, FdKind::kEpoll>),
+     &real_epoll_create1},
+    {"eventfd", Fn(&HookEventfd), &real_eventfd},
+    {"timerfd_create", Fn(&HookTimerfdCreate), &real_timerfd_create},
+    {"signalfd", Fn(&HookSignalfd), &real_signalfd},
+    {"inotify_init", Fn(&HookInotifyInit), &real_inotify_init},
+    {"inotify_init1", Fn(&HookIntArgT<&real_inotify_init1, FdKind::kInotify>),
+     &real_inotify_init1},
+    {"memfd_create", Fn(&HookMemfdCreate), &real_memfd_create},
+    {"fopen", Fn(&HookFopenT<&real_fopen>), &real_fopen},
+    {"fopen64", Fn(&HookFopenT<&real_fopen64>), &real_fopen64},
+    {"fclose", Fn(&HookFclose), &real_fclose},
+    {"opendir", Fn(&HookOpendir), &real_opendir},
+    {"closedir", Fn(&HookClosedir), &real_closedir},
+    {"close", Fn(&HookClose), &real_close},
+    {"close_range", Fn(&HookCloseRange), &real_close_range},
+};
+
+}  // namespace
+
+void SetFdStackIdProvider(StackIdProvider provider) noexcept {
+  g_stack_provider.store(provider, std::memory_order_release);
+}
+
+void InstallFdHooks() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    g_table.store(&ProcessFdTable(), std::memory_order_release);
+    Interposer::Instance().ExcludeObject("/_posixsubprocess.");
+  });
+  // On before the first entry is patched, so no creation is missed.
+  g_active.store(true, std::memory_order_release);
+  Interposer::Instance().Install(kFdHooks, sizeof kFdHooks / sizeof kFdHooks[0]);
+}
+
+void RemoveFdHooks() {
+  g_active.store(false, std::memory_order_release);
+  Interposer::Instance().Restore();
+}
+
+bool FdHooksActive() noexcept {
+  return g_active.load(std::memory_order_acquire) && Interposer::Instance().installed();
+}
+
+}  // namespace leakprobe
