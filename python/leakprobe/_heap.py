@@ -8,15 +8,13 @@ docs/heap.md): close to the truth for sites holding many multiples of
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Literal
+from typing import Literal, NamedTuple  # not dataclasses: slow to import
 
 KeyType = Literal["site", "traceback"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     filename: str
     lineno: int
     function: str
@@ -25,8 +23,7 @@ class Frame:
         return f"{self.filename}:{self.lineno} in {self.function}"
 
 
-@dataclasses.dataclass(frozen=True)
-class HeapStat:
+class HeapStat(NamedTuple):
     """Estimated live heap held by one site (or one full stack)."""
 
     site: Frame | None  # None for allocations with no Python frame
@@ -38,8 +35,7 @@ class HeapStat:
         return f"{self.site or '<native>'}: size={_bytes(self.size)}, count={self.count:.0f}"
 
 
-@dataclasses.dataclass(frozen=True)
-class HeapStatDiff:
+class HeapStatDiff(NamedTuple):
     """One site's (or stack's) change between two snapshots."""
 
     site: Frame | None
@@ -89,8 +85,8 @@ class HeapSnapshot:
         for stat in self._stacks:
             key = stat.site if key_type == "site" else stat.traceback
             old = groups.get(key)
-            groups[key] = stat if old is None else dataclasses.replace(
-                old, size=old.size + stat.size, count=old.count + stat.count)
+            groups[key] = stat if old is None else old._replace(
+                size=old.size + stat.size, count=old.count + stat.count)
         return groups
 
     def statistics(self, key_type: KeyType = "site") -> list[HeapStat]:
