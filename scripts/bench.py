@@ -1,0 +1,893 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks: every workload with and without leakprobe.
+
+Why this shape: the machines this runs on are small and shared (two noisy
+cores), so absolute times drift from one minute to the next by more than
+leakprobe's overhead. So every measurement runs in a fresh subprocess of
+``sys.executable``, the two arms (``baseline`` without leakprobe,
+``leakprobe`` with ``import leakprobe`` first thing) alternate within one run
+(A/B, B/A, A/B, ... so neither arm always goes first), and the result of a row
+is the median of the per-pair ratios ``leakprobe / baseline``. Absolute times
+are printed for orientation only. A ratio above 1.0 means slower with
+leakprobe.
+
+Usage::
+
+    .venv/bin/python scripts/bench.py                 # every row, 7 pairs
+    .venv/bin/python scripts/bench.py --quick         # 3 pairs, fewer requests
+    .venv/bin/python scripts/bench.py --only exit --repeat 15
+    .venv/bin/python scripts/bench.py --markdown      # also a Markdown table
+    .venv/bin/python scripts/bench.py --list          # what each row measures
+
+Adding a row: write a function ``measure_<name>(arm, options) -> Sample`` that
+runs one measurement in a fresh subprocess for the given arm, and register it
+in ``WORKLOADS``. A workload that is plain Python code in the child only needs
+a function in ``CHILD_WORKLOADS`` and a ``Workload`` entry using
+``measure_in_child``. Children must not import httpx or other libraries that
+leakprobe integrates with unless the workload is about them: leakprobe reacts
+when the application imports them, which changes what is measured.
+
+Benchmarks are not tests: this is run by hand (or by a dedicated job), never
+from the test suite, and nothing here asserts on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import collections
+import dataclasses
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import selectors
+import shutil
+import signal
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+MARKER = "LEAKPROBE-BENCH"
+"""Prefix of the one stdout line a child reports its figures on, so that any
+other output (a stray log line, a warning) cannot be mistaken for a result."""
+
+BASELINE = "baseline"
+PROBE = "leakprobe"
+ARMS = (BASELINE, PROBE)
+
+ARM_SETUP = {
+    BASELINE: "pass",
+    PROBE: "import leakprobe",
+}
+"""The statement a child runs before anything else, per arm."""
+
+ARM_ENV = {
+    BASELINE: {},
+    # Port 0: any free port, so runs never collide with each other or with a
+    # service on this machine. Logging off: the child's output is our protocol.
+    PROBE: {"LEAKPROBE_PORT": "0", "LEAKPROBE_LOG_LEVEL": "off"},
+}
+
+CHILD_TIMEOUT_S = 120.0
+SHORT_CHILD_TIMEOUT_S = 30.0
+"""For children that do next to nothing (the import and exit rows): a hang
+there, say at exit, should cost half a minute, not two."""
+SERVER_START_TIMEOUT_S = 60.0
+SERVER_STOP_TIMEOUT_S = 15.0
+
+
+class BenchError(Exception):
+    """One measurement failed (child crashed, hung or answered wrongly)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Knobs shared by all workloads, set from the command line."""
+
+    requests: int
+    warmup_requests: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One measurement of one arm.
+
+    ``value`` is the row's metric (lower is better). ``extra`` holds secondary
+    figures worth a line under the table, keyed by a human-readable label with
+    its unit. ``threads`` is the child's OS thread count, a sanity check that
+    the leakprobe arm really profiled (its exporter and sampler threads).
+    """
+
+    value: float
+    extra: dict[str, float]
+    threads: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One row of the table."""
+
+    unit: str
+    what: str
+    measure: Callable[[str, Options], Sample]
+
+
+# --------------------------------------------------------------------------
+# Helpers shared by parent and child
+
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC in ns: system-wide on Linux, so stamps taken in a child
+    and in the parent can be subtracted from each other."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def os_thread_count() -> int:
+    """Threads of this process as the kernel sees them: native threads (the
+    exporter) count too, not only those the threading module knows."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def emit(**fields: object) -> None:
+    """Report a child's figures to the parent on one marked stdout line."""
+    print(MARKER, json.dumps(fields), flush=True)
+
+
+def parse_marker(line: str) -> dict | None:
+    """The payload of a marked line, or None for any other line."""
+    if not line.startswith(MARKER + " "):
+        return None
+    return json.loads(line[len(MARKER) + 1:])
+
+
+# --------------------------------------------------------------------------
+# Parent side: running children
+
+
+def child_env(arm: str) -> dict[str, str]:
+    """The environment for a child of ``arm``.
+
+    Inherited ``LEAKPROBE_*`` variables are dropped from both arms so that a
+    ``LEAKPROBE_DISABLE=1`` left in the shell cannot silently turn the
+    leakprobe arm into a second baseline.
+    """
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("LEAKPROBE_")}
+    env.update(ARM_ENV[arm])
+    return env
+
+
+@functools.cache
+def child_cwd() -> str:
+    """An empty directory for children to run in, so that ``python -c``
+    (which puts the current directory first on sys.path) imports the
+    installed leakprobe, never a source tree it happens to be started in."""
+    path = tempfile.mkdtemp(prefix="leakprobe-bench-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _stderr_tail(err_file, limit: int = 1500) -> str:
+    err_file.seek(0)
+    text = err_file.read().decode(errors="replace").strip()
+    return ("\n    stderr: " + text[-limit:]) if text else ""
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
+
+
+def run_child(argv: list[str], arm: str,
+              timeout: float = CHILD_TIMEOUT_S) -> tuple[dict, int, int]:
+    """Run one child to completion.
+
+    Returns its reported payload, the moment just before it was spawned and
+    the moment ``wait()`` returned (both ``now_ns()``). A child that hangs,
+    crashes or exits non-zero raises BenchError: for leakprobe such a failure
+    is itself a finding, so it is reported, not retried.
+    """
+    with tempfile.TemporaryFile() as err:
+        spawned_ns = now_ns()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=err, env=child_env(arm), cwd=child_cwd(), text=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise BenchError(
+                f"{arm}: child did not finish within {timeout:.0f} s"
+                + _stderr_tail(err)) from None
+        exited_ns = now_ns()
+        if proc.returncode != 0:
+            raise BenchError(
+                f"{arm}: child failed ({_describe_exit(proc.returncode)})"
+                + _stderr_tail(err))
+        payloads = [payload for payload in map(parse_marker, out.splitlines())
+                    if payload is not None]
+        if len(payloads) != 1:
+            raise BenchError(
+                f"{arm}: expected one {MARKER} line, got {len(payloads)}"
+                + _stderr_tail(err))
+    return payloads[0], spawned_ns, exited_ns
+
+
+def child_script_argv(workload: str, arm: str) -> list[str]:
+    """Run this very file in child mode for one workload and arm."""
+    return [sys.executable, os.path.abspath(__file__),
+            "--child", workload, "--arm", arm]
+
+
+# --------------------------------------------------------------------------
+# Row: import time
+
+IMPORT_SNIPPET = string.Template("""\
+import os, time
+before_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+$setup
+ready_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+import json
+print($marker, json.dumps({"before_ns": before_ns, "ready_ns": ready_ns,
+                           "threads": len(os.listdir("/proc/self/task"))}),
+      flush=True)
+""")
+
+
+def measure_import(arm: str, options: Options) -> Sample:
+    """Start-up as a user sees it: from spawning ``python -c 'import
+    leakprobe'`` (baseline: ``pass``) until the line after the import runs.
+
+    The row's value is spawn-to-ready time, so the ratio compares against a
+    whole interpreter start-up rather than against an empty import (which
+    takes ~0 ms and would make any ratio meaningless). The import statement
+    alone, timed inside the child, is reported under the table.
+    """
+    code = IMPORT_SNIPPET.substitute(setup=ARM_SETUP[arm], marker=repr(MARKER))
+    payload, spawned_ns, _ = run_child([sys.executable, "-c", code], arm,
+                                       timeout=SHORT_CHILD_TIMEOUT_S)
+    return Sample(
+        value=(payload["ready_ns"] - spawned_ns) / 1e6,
+        extra={"import statement in the child (ms)":
+               (payload["ready_ns"] - payload["before_ns"]) / 1e6},
+        threads=payload["threads"])
+
+
+# --------------------------------------------------------------------------
+# Row: interpreter exit time
+
+EXIT_SETTLE_S = 0.5
+"""How long the exit child lets the profiler run before it exits: long enough
+for the sampler to have ticked and for the exporter to be serving, as in any
+real process. Its sampling phase at exit is then random across runs, which is
+what we want: a shutdown that waits for the sampler's next tick shows up."""
+
+EXIT_SNIPPET = string.Template("""\
+import json, os, time
+$setup
+junk = [{"i": i, "s": str(i)} for i in range(100_000)]
+del junk
+time.sleep($settle)
+threads = len(os.listdir("/proc/self/task"))
+last_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+print($marker, json.dumps({"threads": threads, "last_ns": last_ns}),
+      flush=True)
+""")
+
+
+def measure_exit(arm: str, options: Options) -> Sample:
+    """Exit as a process manager sees it: from the child's last line of main
+    code to the moment the parent's ``wait()`` returns.
+
+    That span holds atexit handlers, thread shutdown, interpreter
+    finalization and the kernel tearing the process down: all of what
+    leakprobe adds to stopping a worker (target: at most 50 ms).
+    """
+    code = EXIT_SNIPPET.substitute(setup=ARM_SETUP[arm], marker=repr(MARKER),
+                                   settle=EXIT_SETTLE_S)
+    payload, _, exited_ns = run_child([sys.executable, "-c", code], arm,
+                                      timeout=SHORT_CHILD_TIMEOUT_S)
+    return Sample(value=(exited_ns - payload["last_ns"]) / 1e6, extra={},
+                  threads=payload["threads"])
+
+
+# --------------------------------------------------------------------------
+# Rows: pure-Python allocation-heavy work, timed inside the child
+
+
+class Node:
+    """A tree node with a back reference: every tree is a web of reference
+    cycles, so dropping it exercises the cyclic GC and mass deallocation as
+    well as allocation."""
+
+    def __init__(self, key: int, parent: Node | None) -> None:
+        self.key = key
+        self.parent = parent
+        self.children: list[Node] = []
+        self.attrs = {"key": key, "label": f"node-{key}",
+                      "weights": [key, key + 1, key + 2]}
+
+
+def child_object_graphs() -> None:
+    """Build and drop object graphs: many small objects, dicts and lists of
+    mixed lifetimes, the typical allocation pattern of service code."""
+    for _ in range(4):
+        nodes = [Node(0, None)]
+        for i in range(1, 20_000):
+            parent = nodes[i // 4]
+            node = Node(i, parent)
+            parent.children.append(node)
+            nodes.append(node)
+        del nodes, node, parent
+
+
+def child_json_roundtrip() -> None:
+    """Encode and decode a response-sized JSON document in a loop: the
+    allocation churn of an API serializing its payloads."""
+    document = {
+        "users": [
+            {"id": i, "name": f"user{i}", "email": f"user{i}@example.test",
+             "tags": ["alpha", "beta", str(i % 7)], "score": i * 0.5,
+             "active": i % 2 == 0,
+             "address": {"city": "Springfield", "zip": f"{10000 + i}"}}
+            for i in range(500)
+        ],
+    }
+    for _ in range(150):
+        decoded = json.loads(json.dumps(document))
+    if decoded != document:
+        raise AssertionError("JSON round trip changed the document")
+
+
+CHILD_WORKLOADS: dict[str, Callable[[], None]] = {
+    "alloc-graphs": child_object_graphs,
+    "alloc-json": child_json_roundtrip,
+}
+"""Python code run inside a child, after its arm's setup, by name."""
+
+
+CHILD_ROUNDS = 3
+"""Times a child runs its workload; it reports the median. On a shared
+machine a single run now and then takes half as long again for no reason of
+its own; the median of three in one process shrugs that off."""
+
+
+def measure_in_child(name: str, arm: str, options: Options) -> Sample:
+    """Time ``CHILD_WORKLOADS[name]`` inside a fresh child (after leakprobe
+    is imported, so start-up is not part of the figure)."""
+    payload, _, _ = run_child(child_script_argv(name, arm), arm)
+    return Sample(value=payload["ms"], extra={}, threads=payload["threads"])
+
+
+def run_child_workload(name: str) -> None:
+    """Child mode for CHILD_WORKLOADS: time the workload, report it."""
+    times_ms = []
+    for _ in range(CHILD_ROUNDS):
+        started = time.perf_counter()
+        CHILD_WORKLOADS[name]()
+        times_ms.append((time.perf_counter() - started) * 1e3)
+    emit(ms=statistics.median(times_ms), threads=os_thread_count())
+
+
+# --------------------------------------------------------------------------
+# Rows: FastAPI under uvicorn, driven over HTTP
+
+
+def run_fastapi_server() -> None:
+    """Child mode: serve a trivial FastAPI app on 127.0.0.1, any free port.
+
+    The socket is bound and listening before it is handed to uvicorn, so the
+    real port can be reported at once, with no race for a "free" port and
+    none with the first connect (the kernel queues it until uvicorn
+    accepts). The HTTP implementation and the event loop are pinned (h11,
+    asyncio) so the figures do not depend on which optional speed-ups are
+    installed.
+    """
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/async/{item_id}")
+    async def read_item_async(item_id: int) -> dict:
+        return {"id": item_id, "name": f"item-{item_id}", "tags": ["a", "b"]}
+
+    @app.get("/sync/{item_id}")
+    def read_item_sync(item_id: int) -> dict:
+        return {"id": item_id, "name": f"item-{item_id}", "tags": ["a", "b"]}
+
+    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted
+    # connections only then, and without it every response waits ~40 ms for
+    # a delayed ACK (Nagle), which would swamp everything we measure.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    config = uvicorn.Config(app, loop="asyncio", http="h11",
+                            log_level="warning", access_log=False)
+    emit(port=sock.getsockname()[1], threads=os_thread_count())
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _read_marker(proc: subprocess.Popen, timeout: float) -> dict:
+    """Wait for a running child's marked line, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not selector.select(remaining):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                raise BenchError(f"server exited before it was ready "
+                                 f"({_describe_exit(proc.wait())})")
+            payload = parse_marker(line)
+            if payload is not None:
+                return payload
+    raise BenchError(f"server not ready within {timeout:.0f} s")
+
+
+def _stop_server(proc: subprocess.Popen) -> float:
+    """SIGTERM the server, as a process manager would; return ms until it
+    exited. A server that will not exit is killed and reported, since a hang
+    at shutdown is exactly what leakprobe must never cause."""
+    started = now_ns()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=SERVER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BenchError(f"server did not exit within "
+                         f"{SERVER_STOP_TIMEOUT_S:.0f} s of SIGTERM") from None
+    return (now_ns() - started) / 1e6
+
+
+def measure_fastapi(route: str, arm: str, options: Options) -> Sample:
+    """Sequential keep-alive requests from one httpx client to the server
+    child; the value is the mean time per request in microseconds."""
+    import httpx  # Parent only: the server child must not import it.
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            child_script_argv("fastapi-server", arm), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=err, env=child_env(arm),
+            cwd=child_cwd(), text=True)
+        try:
+            ready = _read_marker(proc, SERVER_START_TIMEOUT_S)
+            base_url = f"http://127.0.0.1:{ready['port']}"
+            with httpx.Client(base_url=base_url, timeout=10.0) as client:
+                for i in range(options.warmup_requests):
+                    client.get(f"/{route}/{i}").raise_for_status()
+                started = time.perf_counter()
+                for i in range(options.requests):
+                    client.get(f"/{route}/{i}").raise_for_status()
+                elapsed = time.perf_counter() - started
+            stop_ms = _stop_server(proc)
+        except (BenchError, httpx.HTTPError) as exc:
+            raise BenchError(f"{arm}: {exc}" + _stderr_tail(err)) from None
+        finally:
+            # Whatever went wrong (even Ctrl-C), leave no server behind.
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode not in (0, -signal.SIGTERM):
+            raise BenchError(
+                f"{arm}: server failed ({_describe_exit(proc.returncode)})"
+                + _stderr_tail(err))
+    return Sample(
+        value=elapsed / options.requests * 1e6,
+        extra={"requests/s": options.requests / elapsed,
+               "server exit after SIGTERM (ms)": stop_ms},
+        threads=ready["threads"])
+
+
+# --------------------------------------------------------------------------
+# The registry: one entry per row, in table order
+
+WORKLOADS: dict[str, Workload] = {
+    "import": Workload(
+        unit="ms",
+        what="spawn of `python -c 'import leakprobe'` until the next line "
+             "runs (baseline: `python -c 'pass'`)",
+        measure=measure_import),
+    "exit": Workload(
+        unit="ms",
+        what="last line of main code until the parent's wait() returns "
+             f"(after {EXIT_SETTLE_S} s of profiling)",
+        measure=measure_exit),
+    "alloc-graphs": Workload(
+        unit="ms",
+        what="build and drop 4 trees of 20,000 cyclic objects with "
+             f"dicts/lists (median of {CHILD_ROUNDS} rounds in the child)",
+        measure=functools.partial(measure_in_child, "alloc-graphs")),
+    "alloc-json": Workload(
+        unit="ms",
+        what="150 json.dumps/json.loads round trips of a 500-record "
+             f"document (median of {CHILD_ROUNDS} rounds in the child)",
+        measure=functools.partial(measure_in_child, "alloc-json")),
+    "fastapi-async": Workload(
+        unit="us/req",
+        what="uvicorn + FastAPI `async def` endpoint, sequential keep-alive "
+             "requests from httpx",
+        measure=functools.partial(measure_fastapi, "async")),
+    "fastapi-sync": Workload(
+        unit="us/req",
+        what="as fastapi-async, but a plain `def` endpoint (runs in the "
+             "threadpool)",
+        measure=functools.partial(measure_fastapi, "sync")),
+}
+
+
+# --------------------------------------------------------------------------
+# Running rows and summarizing
+
+
+@dataclasses.dataclass
+class RowResult:
+    """All pairs measured for one row, and the errors of those that failed."""
+
+    name: str
+    pairs: list[tuple[Sample, Sample]] = dataclasses.field(
+        default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    others: float = 0.0
+    """Share of the CPUs that other processes used while this row ran."""
+
+
+MAX_FAILURES_PER_ROW = 2
+"""A row that fails twice is broken, not noisy: stop it rather than wait
+for more timeouts (a hang at exit would otherwise cost minutes per pair)."""
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that stdout holds only the results."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_row(name: str, repeat: int, warmup: int,
+            options: Options) -> RowResult:
+    """Measure ``repeat`` baseline/leakprobe pairs, alternating which arm goes
+    first, after ``warmup`` pairs that are thrown away (they absorb cold
+    file caches and .pyc compilation)."""
+    workload = WORKLOADS[name]
+    result = RowResult(name)
+    cpu_before = CpuSnapshot.take()
+    for index in range(-warmup, repeat):
+        order = ARMS if index % 2 == 0 else ARMS[::-1]
+        label = "warm-up" if index < 0 else f"pair {index + 1}/{repeat}"
+        samples: dict[str, Sample] = {}
+        try:
+            for arm in order:
+                samples[arm] = workload.measure(arm, options)
+        except BenchError as exc:
+            result.errors.append(str(exc))
+            log(f"{name}: {label} failed: {exc}")
+            if len(result.errors) >= MAX_FAILURES_PER_ROW:
+                log(f"{name}: giving up on this row after "
+                    f"{len(result.errors)} failures")
+                break
+            continue
+        base, probe = samples[BASELINE], samples[PROBE]
+        log(f"{name}: {label}: baseline {fmt(base.value)}, leakprobe "
+            f"{fmt(probe.value)} {workload.unit} "
+            f"(ratio {probe.value / base.value:.3f})")
+        if index >= 0:
+            result.pairs.append((base, probe))
+    result.others, _ = machine_noise(cpu_before, CpuSnapshot.take())
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """The figures of one table row."""
+
+    name: str
+    unit: str
+    n: int
+    baseline: float
+    probe: float
+    added: float
+    ratio: float
+    ratio_q1: float
+    ratio_q3: float
+    ratio_min: float
+    ratio_max: float
+    others: float
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartile (inclusive method: stays within the data)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def summarize(row: RowResult) -> Summary | None:
+    """Medians of each arm, the median paired difference (``added``) and the
+    median and spread of the per-pair ratios; None if no pair succeeded."""
+    if not row.pairs:
+        return None
+    base = [b.value for b, _ in row.pairs]
+    probe = [p.value for _, p in row.pairs]
+    ratios = [p / b for b, p in zip(base, probe)]
+    q1, q3 = quartiles(ratios)
+    return Summary(
+        name=row.name, unit=WORKLOADS[row.name].unit, n=len(row.pairs),
+        baseline=statistics.median(base), probe=statistics.median(probe),
+        added=statistics.median(p - b for b, p in zip(base, probe)),
+        ratio=statistics.median(ratios), ratio_q1=q1, ratio_q3=q3,
+        ratio_min=min(ratios), ratio_max=max(ratios), others=row.others)
+
+
+def notes(row: RowResult) -> list[str]:
+    """Lines for under the table: secondary figures and sanity checks."""
+    if not row.pairs:
+        return []
+    lines = []
+    for key in row.pairs[0][0].extra:
+        base = statistics.median(b.extra[key] for b, _ in row.pairs)
+        probe = statistics.median(p.extra[key] for _, p in row.pairs)
+        lines.append(f"{row.name}: {key}: baseline {fmt(base)}, "
+                     f"leakprobe {fmt(probe)}")
+    base_threads = statistics.median(b.threads for b, _ in row.pairs)
+    probe_threads = statistics.median(p.threads for _, p in row.pairs)
+    if probe_threads <= base_threads:
+        lines.append(f"{row.name}: WARNING: the leakprobe arm ran no extra "
+                     f"thread ({base_threads:g} vs {probe_threads:g}); was "
+                     "it really profiling?")
+    return lines
+
+
+def fmt(value: float) -> str:
+    """Three or four significant figures, without exponent notation."""
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+HEADER = ("row", "unit", "baseline", "leakprobe", "added", "ratio",
+          "ratio IQR", "ratio min-max", "pairs", "other CPU")
+
+
+def table_cells(summary: Summary) -> tuple[str, ...]:
+    return (summary.name, summary.unit,
+            fmt(summary.baseline), fmt(summary.probe),
+            ("+" if summary.added >= 0 else "") + fmt(summary.added),
+            f"{summary.ratio:.3f}",
+            f"{summary.ratio_q1:.3f}-{summary.ratio_q3:.3f}",
+            f"{summary.ratio_min:.3f}-{summary.ratio_max:.3f}",
+            str(summary.n), f"{summary.others:.0%}")
+
+
+def failed_cells(row: RowResult) -> tuple[str, ...]:
+    """A row none of whose pairs succeeded: it stays in the table, marked."""
+    cells = [row.name, WORKLOADS[row.name].unit] + ["-"] * (len(HEADER) - 2)
+    cells[HEADER.index("ratio")] = "FAILED"
+    cells[HEADER.index("pairs")] = "0"
+    cells[HEADER.index("other CPU")] = f"{row.others:.0%}"
+    return tuple(cells)
+
+
+def render_text(rows: list[tuple[str, ...]]) -> str:
+    """A plain table, left-aligned names, right-aligned figures."""
+    widths = [max(len(row[i]) for row in [HEADER, *rows])
+              for i in range(len(HEADER))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(HEADER), line(tuple("-" * w for w in widths)),
+                      *map(line, rows)])
+
+
+def render_markdown(rows: list[tuple[str, ...]]) -> str:
+    align = ["---", "---"] + ["---:"] * (len(HEADER) - 2)
+    return "\n".join("| " + " | ".join(cells) + " |"
+                     for cells in [HEADER, tuple(align), *rows])
+
+
+def machine_description() -> str:
+    """What the numbers were measured on, printed with every table."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        version = importlib.metadata.version("leakprobe")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(no package metadata)"
+    # Versions do not change with every build; the install time tells which
+    # build of a working tree was measured.
+    spec = importlib.util.find_spec("leakprobe")
+    if spec is not None and spec.origin:
+        installed = time.gmtime(os.path.getmtime(spec.origin))
+        version += time.strftime(" installed %Y-%m-%d %H:%M UTC", installed)
+    return (f"CPython {platform.python_version()} ({sys.executable}); "
+            f"{platform.system()} {platform.release()} {platform.machine()}; "
+            f"{os.cpu_count()} CPUs ({cpu}); leakprobe {version}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuSnapshot:
+    """Machine-wide and own CPU time at one moment.
+
+    Two of them tell how much of the machine other processes took while we
+    measured (and, on a VM, how much the hypervisor stole): the honest
+    caveat to print with figures from a shared machine. Load average cannot
+    tell this, since it counts our own children as load too.
+    """
+
+    wall_s: float
+    busy_s: float   # every process: user + nice + system + irq + softirq
+    steal_s: float
+    own_s: float    # this process and the children it has waited for
+
+    @classmethod
+    def take(cls) -> CpuSnapshot:
+        with open("/proc/stat") as f:
+            ticks = [int(field) for field in f.readline().split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+        hz = os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        return cls(wall_s=time.monotonic(),
+                   busy_s=(user + nice + system + irq + softirq) / hz,
+                   steal_s=steal / hz,
+                   own_s=(own.user + own.system + own.children_user
+                          + own.children_system))
+
+
+def machine_noise(before: CpuSnapshot,
+                  after: CpuSnapshot) -> tuple[float, float]:
+    """Shares of the machine's CPU capacity between two snapshots taken by
+    other processes and by hypervisor steal."""
+    capacity = (after.wall_s - before.wall_s) * (os.cpu_count() or 1)
+    others = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
+    steal = after.steal_s - before.steal_s
+    return max(others, 0.0) / capacity, steal / capacity
+
+
+NOISE_WARN_SHARE = 0.10
+"""Above this share of the CPUs taken by others, the run gets a warning."""
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark workloads with and without leakprobe, side by "
+                    "side; ratios > 1.0 mean slower with leakprobe.")
+    parser.add_argument("--repeat", type=int, default=None, metavar="N",
+                        help="baseline/leakprobe pairs per row (default 7, "
+                             "3 with --quick)")
+    parser.add_argument("--warmup", type=int, default=1, metavar="N",
+                        help="pairs run first and thrown away (default 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer pairs and HTTP requests: a smoke run, "
+                             "not figures for the docs")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="run only these rows (repeatable, or "
+                             "comma-separated); see --list")
+    parser.add_argument("--requests", type=int, default=None, metavar="N",
+                        help="timed HTTP requests per FastAPI run "
+                             "(default 2000, 500 with --quick)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print the table as Markdown")
+    parser.add_argument("--list", action="store_true",
+                        help="list the rows and what each measures, then exit")
+    # Child mode, used by this script on itself.
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 7
+    if args.requests is None:
+        args.requests = 500 if args.quick else 2000
+    if args.repeat < 1 or args.warmup < 0 or args.requests < 1:
+        parser.error("--repeat and --requests must be >= 1, --warmup >= 0")
+    names = [n for group in args.only or [] for n in group.split(",") if n]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(WORKLOADS)}")
+    args.only = names or list(WORKLOADS)
+    return args
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """Entry point of a child: the arm's setup first, then the workload."""
+    # The very statement the ``python -c`` children run, so that an arm is
+    # defined in one place (ARM_SETUP) for every row.
+    exec(ARM_SETUP[args.arm], {})
+    if args.child == "fastapi-server":
+        run_fastapi_server()
+    else:
+        run_child_workload(args.child)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    if args.list:
+        for name, workload in WORKLOADS.items():
+            print(f"{name:14} [{workload.unit}] {workload.what}")
+        return 0
+    if importlib.util.find_spec("leakprobe") is None:
+        print(f"leakprobe is not importable by {sys.executable}; install it "
+              "first (scripts/setup.sh)", file=sys.stderr)
+        return 2
+
+    options = Options(requests=args.requests,
+                      warmup_requests=min(200, args.requests))
+    cpu_before = CpuSnapshot.take()
+    results = [run_row(name, args.repeat, args.warmup, options)
+               for name in args.only]
+    others, steal = machine_noise(cpu_before, CpuSnapshot.take())
+
+    rows = [table_cells(summary) if summary else failed_cells(row)
+            for row, summary in zip(results, map(summarize, results))]
+    extra_lines = [line for r in results for line in notes(r)]
+    # The same failure in every pair is one finding: print it once, counted.
+    failures = collections.Counter(
+        (row.name, error) for row in results for error in row.errors)
+    context = [
+        f"machine: {machine_description()}",
+        f"{args.repeat} pairs per row after {args.warmup} warm-up pair(s), "
+        "arm order alternating; baseline/leakprobe: medians; added: median "
+        "paired difference; ratio: median of per-pair leakprobe/baseline "
+        "(> 1.0 = slower with leakprobe); other CPU: share of the CPUs that "
+        "other processes used while the row ran",
+        f"during the run, other processes used {others:.0%} of the "
+        f"{os.cpu_count()} CPUs and hypervisor steal took {steal:.0%}",
+    ]
+    if max(others, steal) > NOISE_WARN_SHARE:
+        context.append("WARNING: the machine was busy with other work, so "
+                       "even the ratios are noisier than usual")
+    if any(name.startswith("fastapi") for name in args.only):
+        context.append(f"FastAPI rows: {args.requests} timed requests per run "
+                       f"after {options.warmup_requests} warm-up requests")
+
+    print("\n".join(context))
+    print()
+    print(render_text(rows))
+    for line in extra_lines:
+        print(f"  {line}")
+    for (name, error), count in failures.items():
+        print(f"  {name}: FAILED ({count}x): {error}")
+    if args.markdown:
+        print()
+        print(render_markdown(rows))
+        print()
+        for line in context + extra_lines:
+            print(f"- {line}")
+        for (name, error), count in failures.items():
+            print(f"- {name}: FAILED ({count}x): {error.splitlines()[0]}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
