@@ -46,16 +46,22 @@ def _parse_bool(value: Any) -> bool:
     raise _Invalid
 
 
-def _parse_port(value: Any) -> int:
-    if isinstance(value, bool):
-        raise _Invalid
-    try:
-        port = int(str(value).strip(), 10)
-    except ValueError:
-        raise _Invalid from None
-    if not 0 <= port <= 65535:
-        raise _Invalid
-    return port
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise _Invalid
+        try:
+            number = int(str(value).strip(), 10)
+        except ValueError:
+            raise _Invalid from None
+        if not low <= number <= high:
+            raise _Invalid
+        return number
+
+    return parse
+
+
+_parse_port = _int_in(0, 65535)
 
 
 def _parse_host(value: Any) -> str:
@@ -74,21 +80,6 @@ def _parse_log_level(value: Any) -> str:
     if text not in LOG_LEVELS:
         raise _Invalid
     return text
-
-
-def _int_in(low: int, high: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise _Invalid
-        try:
-            number = int(str(value).strip(), 10)
-        except ValueError:
-            raise _Invalid from None
-        if not low <= number <= high:
-            raise _Invalid
-        return number
-
-    return parse
 
 
 def _parse_interval(value: Any) -> float:
