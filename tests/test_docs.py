@@ -1,10 +1,13 @@
 """Docs move with code: every option the code reads is in
-docs/configuration.md, and the documented table matches the code's table."""
+docs/configuration.md, and the documented table matches the code's table;
+every public name is in the README or docs, every fd record field in
+docs/fds.md."""
 
 from __future__ import annotations
 
 import re
 
+import leakprobe
 from conftest import ROOT
 from leakprobe import _config
 
@@ -37,3 +40,20 @@ def test_every_variable_the_code_mentions_is_an_option():
     known = {o.variable for o in _config.OPTIONS}
     assert mentioned - known == set(), "read but not an option"
     assert mentioned  # the scan found the code
+
+
+def test_every_public_name_is_documented():
+    text = (ROOT / "README.md").read_text() + "".join(
+        p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    missing = [name for name in leakprobe.__all__
+               if name != "__version__" and not re.search(rf"\b{name}\b", text)]
+    assert missing == []
+
+
+def test_every_fd_record_field_is_in_the_fds_page():
+    documented = set(re.findall(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)? \|",
+                                (ROOT / "docs" / "fds.md").read_text(), re.M))
+    names = {name for row in documented for name in row if name}
+    fields = set(leakprobe.FdRecord._fields) | {"site_name"}
+    assert fields - names == set(), "FdRecord fields missing from docs/fds.md"
+    assert names - fields == set(), "docs/fds.md documents fields FdRecord lacks"

@@ -82,16 +82,22 @@ def _parse_log_level(value: Any) -> str:
     return text
 
 
-def _parse_interval(value: Any) -> float:
-    if isinstance(value, bool):
-        raise _Invalid
-    try:
-        seconds = float(str(value).strip())
-    except ValueError:
-        raise _Invalid from None
-    if not (math.isfinite(seconds) and 0.01 <= seconds <= 3600):
-        raise _Invalid
-    return seconds
+def _seconds_in(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise _Invalid
+        try:
+            seconds = float(str(value).strip())
+        except ValueError:
+            raise _Invalid from None
+        if not (math.isfinite(seconds) and low <= seconds <= high):
+            raise _Invalid
+        return seconds
+
+    return parse
+
+
+_parse_interval = _seconds_in(0.01, 3600)
 
 
 class Option(NamedTuple):
@@ -123,6 +129,11 @@ OPTIONS: tuple[Option, ...] = (
            "an integer number of bytes from 1 to 1073741824"),
     Option("heap_frames", 32, _int_in(1, 128), "an integer from 1 to 128"),
     Option("heap_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
+    Option("fds", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("fd_frames", 32, _int_in(1, 128), "an integer from 1 to 128"),
+    Option("fd_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
+    Option("fd_reconcile_interval", 5.0, _seconds_in(0.05, 3600),
+           "a number of seconds from 0.05 to 3600"),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 _BY_VARIABLE = {option.variable: option for option in OPTIONS}
@@ -139,6 +150,10 @@ class Config(NamedTuple):
     heap_sample_bytes: int = 512 * 1024
     heap_frames: int = 32
     heap_top_sites: int = 10
+    fds: bool = True
+    fd_frames: int = 32
+    fd_top_sites: int = 10
+    fd_reconcile_interval: float = 5.0
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:

@@ -9,9 +9,11 @@ docs/heap.md): close to the truth for sites holding many multiples of
 from __future__ import annotations
 
 import time
-from typing import Literal, NamedTuple  # not dataclasses: slow to import
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, NamedTuple, TypeVar  # not dataclasses: slow to import
 
 KeyType = Literal["site", "traceback"]
+T = TypeVar("T")
 
 
 class Frame(NamedTuple):
@@ -51,12 +53,39 @@ class HeapStatDiff(NamedTuple):
                 f"count={self.count:.0f} ({self.count_diff:+.0f})")
 
 
+def _frames(raw: Iterable[Sequence[Any]]) -> tuple[Frame, ...]:
+    """Frames from the native module's tuples, whose first three items are
+    (filename, line, function); innermost first."""
+    return tuple(Frame(item[0], item[1], item[2]) for item in raw)
+
+
+def _group(items: Iterable[T], key: Callable[[T], Hashable]) -> dict[Hashable, list[T]]:
+    """`items` by `key`, in their order."""
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def _pairs(new: Mapping[Hashable, T], old: Mapping[Hashable, T]
+           ) -> Iterator[tuple[T | None, T | None]]:
+    """(new, old) for every key of either snapshot's groups; one side is
+    None where the key is in only one."""
+    for key in new.keys() | old.keys():
+        yield new.get(key), old.get(key)
+
+
 def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def _check_key_type(key_type: str) -> None:
+    if key_type not in ("site", "traceback"):
+        raise ValueError(f"key_type must be 'site' or 'traceback', not {key_type!r}")
 
 
 class HeapSnapshot:
@@ -73,21 +102,18 @@ class HeapSnapshot:
         for _id, _site, site_index, frames, live_bytes, live_count, _ab, _ac in native.heap_stacks():
             if live_count < 0.5:
                 continue
-            traceback = tuple(Frame(f, line, fn) for f, line, fn in frames)
+            traceback = _frames(frames)
             site = traceback[site_index] if traceback else None
             stats.append(HeapStat(site, traceback, live_bytes, live_count))
         return cls(stats, native.heap_summary()["sample_bytes"])
 
-    def _grouped(self, key_type: KeyType) -> dict[object, HeapStat]:
-        if key_type not in ("site", "traceback"):
-            raise ValueError(f"key_type must be 'site' or 'traceback', not {key_type!r}")
-        groups: dict[object, HeapStat] = {}
-        for stat in self._stacks:
-            key = stat.site if key_type == "site" else stat.traceback
-            old = groups.get(key)
-            groups[key] = stat if old is None else old._replace(
-                size=old.size + stat.size, count=old.count + stat.count)
-        return groups
+    def _grouped(self, key_type: KeyType) -> dict[Hashable, HeapStat]:
+        _check_key_type(key_type)
+        groups = _group(self._stacks, (lambda s: s.site) if key_type == "site"
+                        else (lambda s: s.traceback))
+        return {key: stats[0]._replace(size=sum(s.size for s in stats),
+                                       count=sum(s.count for s in stats))
+                for key, stats in groups.items()}
 
     def statistics(self, key_type: KeyType = "site") -> list[HeapStat]:
         """Live heap per site (or per full stack), largest first."""
@@ -95,10 +121,8 @@ class HeapSnapshot:
 
     def compare_to(self, old: HeapSnapshot, key_type: KeyType = "site") -> list[HeapStatDiff]:
         """Differences from an older snapshot, largest growth first."""
-        new_groups, old_groups = self._grouped(key_type), old._grouped(key_type)
         diffs = []
-        for key in new_groups.keys() | old_groups.keys():
-            new, before = new_groups.get(key), old_groups.get(key)
+        for new, before in _pairs(self._grouped(key_type), old._grouped(key_type)):
             ref = new or before
             size = new.size if new else 0.0
             count = new.count if new else 0.0

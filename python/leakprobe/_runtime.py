@@ -17,10 +17,13 @@ import gc
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from . import _config
 from ._config import Config, ConfigError
+from ._fds import FdRecord, FdSnapshot
 from ._heap import HeapSnapshot, HeapStat
 
 VERSION = "0.1.0"
@@ -40,14 +43,18 @@ def _native() -> Any:
 
 class _Sampler(threading.Thread):
     """Reads interpreter figures under the GIL and caches them natively, so
-    the exporter's scrape thread never needs the GIL."""
+    the exporter's scrape thread never needs the GIL; and, every
+    ``reconcile_interval`` seconds (None: never), reconciles the fd table
+    with /proc/self/fd (native, without the GIL)."""
 
-    def __init__(self, interval: float, heap: bool) -> None:
+    def __init__(self, interval: float, heap: bool,
+                 reconcile_interval: float | None = None) -> None:
         super().__init__(name="leakprobe-sampler", daemon=True)
         self.interval = interval
+        self.reconcile_interval = reconcile_interval
         self.stopping = threading.Event()
         self._native = _native()
-        self._failed = False
+        self._failed: set[str] = set()  # tasks whose failure was logged
         # tracemalloc.stop() restores the allocator it found at its start:
         # if it was tracing under our hooks, stopping it removes them too.
         self._heap = heap
@@ -63,14 +70,29 @@ class _Sampler(threading.Thread):
             self._native.log("warning", "tracemalloc was stopped and took leakprobe's "
                              "allocator hooks with it; hooks reinstalled")
 
+    def reconcile_once(self) -> None:
+        self._native.fd_reconcile()
+
     def run(self) -> None:
-        while not self.stopping.wait(self.interval):
-            try:
-                self.sample_once()
-            except Exception as exc:  # never let the sampler die silently
-                if not self._failed:
-                    self._native.log("error", f"sampler failed: {exc!r}; will retry")
-                    self._failed = True
+        tasks: list[tuple[str, float, Callable[[], None]]] = [
+            ("sampler", self.interval, self.sample_once)]
+        if self.reconcile_interval is not None:
+            tasks.append(("fd reconcile", self.reconcile_interval, self.reconcile_once))
+        due = [time.monotonic() + period for _, period, _ in tasks]
+        while not self.stopping.wait(max(0.0, min(due) - time.monotonic())):
+            for i, (name, period, task) in enumerate(tasks):
+                if time.monotonic() < due[i]:
+                    continue
+                self._guarded(name, task)
+                due[i] = time.monotonic() + period
+
+    def _guarded(self, name: str, task: Callable[[], None]) -> None:
+        try:
+            task()
+        except Exception as exc:  # never let the sampler die silently
+            if name not in self._failed:
+                self._native.log("error", f"{name} failed: {exc!r}; will retry")
+                self._failed.add(name)
 
 
 def _tracemalloc_tracing() -> bool:
@@ -97,11 +119,12 @@ def _library_prefixes() -> list[str]:
 
 class _State:
     def __init__(self, config: Config, sampler: _Sampler, port: int | None,
-                 error: str | None) -> None:
+                 error: str | None, fds: bool) -> None:
         self.config = config
         self.sampler = sampler
         self.port = port
         self.error = error  # why the exporter is not serving, if it is not
+        self.fds = fds  # fd tracking is on (config.fds, and the hooks went in)
 
 
 def _python_info(native: Any) -> None:
@@ -119,8 +142,8 @@ def start(**options: Any) -> dict[str, Any]:
     """Starts profiling in this process; returns :func:`status`.
 
     Options are the ``LEAKPROBE_*`` variables in lower case without the
-    prefix (``host``, ``port``, ``log_level``, ``strict``,
-    ``sample_interval``); they override the environment. Calling it again
+    prefix (``host``, ``port``, ``log_level``, ``heap``, ``fds``, ...: see
+    docs/configuration.md); they override the environment. Calling it again
     with the same configuration does nothing; with a different one it
     restarts. A bad configuration logs one line per problem and leaves
     leakprobe stopped, or raises :class:`ConfigError` in strict mode.
@@ -148,13 +171,26 @@ def start(**options: Any) -> dict[str, Any]:
         if config.heap:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,
                               config.heap_top_sites, _library_prefixes())
-        sampler = _Sampler(config.sample_interval, config.heap)
+        fds = config.fds and _start_fds(native, config)
+        sampler = _Sampler(config.sample_interval, config.heap,
+                           config.fd_reconcile_interval if fds else None)
         sampler.sample_once()  # the first scrape already has gc figures
         port, error = _start_exporter(native, config)
         sampler.start()
-        _state = _State(config, sampler, port, error)
+        _state = _State(config, sampler, port, error, fds)
         _options = dict(options)
         return status()
+
+
+def _start_fds(native: Any, config: Config) -> bool:
+    # After heap_start: the stack service's library prefixes are set there.
+    try:
+        native.fd_start(config.fd_frames, config.fd_top_sites)
+    except Exception as exc:  # the host runs on; so does the rest of leakprobe
+        native.log("warning", f"fd tracking could not start: {exc}; "
+                   "profiling continues without it")
+        return False
+    return True
 
 
 def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None]:
@@ -187,6 +223,8 @@ def _stop_locked() -> None:
     state.sampler.stopping.set()
     if state.sampler is not threading.current_thread():
         state.sampler.join(timeout=5)
+    if state.fds:
+        _native().fd_stop()
     if state.config.heap:
         _native().heap_stop()
     _native().stop_exporter()
@@ -212,7 +250,8 @@ def status() -> dict[str, Any]:
             "error": None,
         }
         if state is not None:
-            result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else [])
+            result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else []) \
+                + (["fds"] if state.fds else [])
             result["error"] = state.error
             if state.port is not None:
                 result.update(host=state.config.host, port=state.port,
@@ -234,6 +273,32 @@ def heap_snapshot() -> HeapSnapshot:
 def top_sites(n: int = 10) -> list[HeapStat]:
     """The `n` sites holding the most live heap, largest first."""
     return heap_snapshot().statistics("site")[:n]
+
+
+def _fds_on() -> Any:
+    if _state is None or not _state.fds:
+        raise RuntimeError("fd tracking is off: leakprobe is not running with "
+                           "LEAKPROBE_FDS=1, or its hooks could not be installed "
+                           "(see leakprobe.status() and the log)")
+    return _native()
+
+
+def open_fds(reconcile: bool = True) -> list[FdRecord]:
+    """The process's open fds, by fd number, each with its creation site and
+    stack. First reconciles with /proc/self/fd (unless `reconcile` is
+    False), so fds made unseen are listed too, with ``attributed=False``.
+    Raises RuntimeError when fd tracking is off."""
+    return list(fd_snapshot(reconcile).fds)
+
+
+def fd_snapshot(reconcile: bool = True) -> FdSnapshot:
+    """The open fds now, for :meth:`FdSnapshot.compare_to` a later one.
+    Reconciles first, as :func:`open_fds` does."""
+    with _lock:
+        native = _fds_on()
+        if reconcile:
+            native.fd_reconcile()
+        return FdSnapshot._take(native)
 
 
 def _after_fork_in_child() -> None:
