@@ -15,10 +15,12 @@
 // holds the loader's list lock, so no listed object can be unmapped during
 // the callback), only into objects still loaded, and only where the entry
 // still holds our hook.
+//
+// ELF reading and GOT writes are in interpose_elf.cpp; the dl* entry points
+// (assembly stubs) in interpose_dl.cpp.
 #include "leakprobe/interpose.h"
 
 #include <dlfcn.h>
-#include <elf.h>
 #include <link.h>
 #include <pthread.h>
 #include <sys/auxv.h>
@@ -26,8 +28,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <map>
 #include <string>
 #include <string_view>
@@ -35,6 +35,8 @@
 #include <utility>
 #include <vector>
 
+#include "interpose_dl.h"
+#include "interpose_elf.h"
 #include "leakprobe/error.h"
 #include "leakprobe/mutex.h"
 
@@ -42,144 +44,24 @@
 #error "leakprobe's interposition layer supports x86-64 glibc only"
 #endif
 
-// --- The dl* entry points -------------------------------------------------
-//
-// glibc's dlopen looks at its return address to find the calling object, and
-// uses that object's DT_RPATH/DT_RUNPATH to search for a bare file name, its
-// origin to expand "$ORIGIN", and its namespace. dlsym does the same for
-// RTLD_DEFAULT and RTLD_NEXT. A hook written in C++ that calls the real
-// function makes leakprobe the caller and silently changes what gets loaded
-// (the classic LD_PRELOAD-dlopen bug; libpython and _ctypes both carry a
-// RUNPATH here). So these three entry points are small assembly stubs that
-// save the arguments, run our bookkeeping, restore the arguments and
-// *jump* (not call) to the real function, which then sees the original
-// return address. Only a dlopen of a path that contains '/' and no '$' is
-// independent of the caller (in the base namespace, which is the only one we
-// patch); that one is routed to LeakprobeDlopenAndPatch, which patches the
-// new objects as soon as the real dlopen returns. Every other load is patched
-// at the next dlopen/dlmopen/dlsym from any patched object: CPython looks up
-// PyInit_<name> and ctypes looks up every function with dlsym before calling
-// anything in a new library, so nothing is missed there.
-
-extern "C" {
-// The real functions, read by the stubs with `jmp *sym(%rip)`: an
-// std::atomic<void*> has the layout of a void*. Written once, before any GOT
-// entry points at a stub.
-__attribute__((visibility("hidden"), used)) std::atomic<void*> LeakprobeRealDlopen{
-    nullptr};
-__attribute__((visibility("hidden"), used)) std::atomic<void*> LeakprobeRealDlmopen{
-    nullptr};
-__attribute__((visibility("hidden"), used)) std::atomic<void*> LeakprobeRealDlsym{
-    nullptr};
-
-// Defined in assembly below.
-void LeakprobeDlopenEntry();
-void LeakprobeDlmopenEntry();
-void LeakprobeDlsymEntry();
-
-__attribute__((visibility("hidden"), used)) void LeakprobeOnDlActivity() noexcept;
-__attribute__((visibility("hidden"), used)) int LeakprobeDlopenIsCallerIndependent(
-    const char* file) noexcept;
-__attribute__((visibility("hidden"), used)) void* LeakprobeDlopenAndPatch(
-    const char* file, int mode) noexcept;
-}
-
-// Each stub: endbr64 (for IBT), save the argument registers, keep the stack
-// 16-byte aligned for the call (it is 8 mod 16 on entry), tail-jump.
-asm(R"(
-  .text
-  .p2align 4
-  .globl LeakprobeDlopenEntry
-  .hidden LeakprobeDlopenEntry
-  .type LeakprobeDlopenEntry, @function
-LeakprobeDlopenEntry:
-  .cfi_startproc
-  endbr64
-  pushq %rdi
-  .cfi_adjust_cfa_offset 8
-  pushq %rsi
-  .cfi_adjust_cfa_offset 8
-  subq $8, %rsp
-  .cfi_adjust_cfa_offset 8
-  call LeakprobeDlopenIsCallerIndependent
-  addq $8, %rsp
-  .cfi_adjust_cfa_offset -8
-  popq %rsi
-  .cfi_adjust_cfa_offset -8
-  popq %rdi
-  .cfi_adjust_cfa_offset -8
-  testl %eax, %eax
-  jnz 1f
-  jmpq *LeakprobeRealDlopen(%rip)
-1:
-  jmp LeakprobeDlopenAndPatch
-  .cfi_endproc
-  .size LeakprobeDlopenEntry, .-LeakprobeDlopenEntry
-
-  .p2align 4
-  .globl LeakprobeDlmopenEntry
-  .hidden LeakprobeDlmopenEntry
-  .type LeakprobeDlmopenEntry, @function
-LeakprobeDlmopenEntry:
-  .cfi_startproc
-  endbr64
-  pushq %rdi
-  .cfi_adjust_cfa_offset 8
-  pushq %rsi
-  .cfi_adjust_cfa_offset 8
-  pushq %rdx
-  .cfi_adjust_cfa_offset 8
-  call LeakprobeOnDlActivity
-  popq %rdx
-  .cfi_adjust_cfa_offset -8
-  popq %rsi
-  .cfi_adjust_cfa_offset -8
-  popq %rdi
-  .cfi_adjust_cfa_offset -8
-  jmpq *LeakprobeRealDlmopen(%rip)
-  .cfi_endproc
-  .size LeakprobeDlmopenEntry, .-LeakprobeDlmopenEntry
-
-  .p2align 4
-  .globl LeakprobeDlsymEntry
-  .hidden LeakprobeDlsymEntry
-  .type LeakprobeDlsymEntry, @function
-LeakprobeDlsymEntry:
-  .cfi_startproc
-  endbr64
-  pushq %rdi
-  .cfi_adjust_cfa_offset 8
-  pushq %rsi
-  .cfi_adjust_cfa_offset 8
-  subq $8, %rsp
-  .cfi_adjust_cfa_offset 8
-  call LeakprobeOnDlActivity
-  addq $8, %rsp
-  .cfi_adjust_cfa_offset -8
-  popq %rsi
-  .cfi_adjust_cfa_offset -8
-  popq %rdi
-  .cfi_adjust_cfa_offset -8
-  jmpq *LeakprobeRealDlsym(%rip)
-  .cfi_endproc
-  .size LeakprobeDlsymEntry, .-LeakprobeDlsymEntry
-)");
-
 namespace leakprobe {
 namespace {
 
-using Addr = std::uintptr_t;
-
-template <typename T>
-Addr AddrOf(T* p) noexcept {
-  return reinterpret_cast<Addr>(p);
-}
-
-// The one place where a loader-provided address becomes a pointer.
-template <typename T>
-T* PtrAt(Addr a) noexcept {
-  return reinterpret_cast<T*>(a);  // NOLINT(performance-no-int-to-ptr)
-}
+using interpose_detail::Addr;
+using interpose_detail::AddrOf;
+using interpose_detail::CompareAndSwap;
+using interpose_detail::Contains;
+using interpose_detail::DynamicInfo;
+using interpose_detail::FindDynamic;
+using interpose_detail::LoadSlot;
+using interpose_detail::ObjectView;
+using interpose_detail::PageSize;
+using interpose_detail::PtrAt;
+using interpose_detail::ReadDynamic;
+using interpose_detail::RelroPages;
+using interpose_detail::ReprotectPages;
+using interpose_detail::RequiredVersion;
+using interpose_detail::UnprotectPages;
 
 struct Registered {
   std::string name;
@@ -245,176 +127,6 @@ State& GetState() {
 
 // The object containing this address is leakprobe's own.
 Addr OwnAddress() noexcept { return AddrOf(&LeakprobeDlsymEntry); }
-
-Addr PageSize() noexcept {
-  static const Addr page = static_cast<Addr>(sysconf(_SC_PAGESIZE));
-  return page;
-}
-
-// One loaded object, as dl_iterate_phdr describes it.
-struct ObjectView {
-  std::string name;
-  Addr base = 0;
-  Addr dynamic = 0;
-  const ElfW(Phdr) * phdr = nullptr;
-  ElfW(Half) phnum = 0;
-};
-
-bool FindDynamic(const dl_phdr_info* info, Addr* dynamic) noexcept {
-  for (ElfW(Half) i = 0; i < info->dlpi_phnum; ++i) {
-    if (info->dlpi_phdr[i].p_type == PT_DYNAMIC) {
-      *dynamic = info->dlpi_addr + info->dlpi_phdr[i].p_vaddr;
-      return true;
-    }
-  }
-  return false;
-}
-
-bool Contains(const ObjectView& o, Addr a, bool need_writable) noexcept {
-  for (ElfW(Half) i = 0; i < o.phnum; ++i) {
-    const ElfW(Phdr)& p = o.phdr[i];
-    if (p.p_type != PT_LOAD) continue;
-    if (need_writable && (p.p_flags & PF_W) == 0) continue;
-    const Addr start = o.base + p.p_vaddr;
-    if (a >= start && a < start + p.p_memsz) return true;
-  }
-  return false;
-}
-
-// The pages the loader made read-only after relocation, as glibc computes
-// them (_dl_protect_relro rounds both ends down).
-std::pair<Addr, Addr> RelroPages(const ObjectView& o) noexcept {
-  for (ElfW(Half) i = 0; i < o.phnum; ++i) {
-    const ElfW(Phdr)& p = o.phdr[i];
-    if (p.p_type != PT_GNU_RELRO) continue;
-    const Addr mask = ~(PageSize() - 1);
-    return {(o.base + p.p_vaddr) & mask, (o.base + p.p_vaddr + p.p_memsz) & mask};
-  }
-  return {0, 0};
-}
-
-// Makes the RELRO pages holding `slots` writable; false (with nothing left
-// changed) if any mprotect fails.
-bool UnprotectPages(const std::vector<Addr>& pages) noexcept {
-  for (std::size_t i = 0; i < pages.size(); ++i) {
-    if (mprotect(PtrAt<void>(pages[i]), PageSize(), PROT_READ | PROT_WRITE) != 0) {
-      for (std::size_t j = 0; j < i; ++j) {
-        mprotect(PtrAt<void>(pages[j]), PageSize(), PROT_READ);
-      }
-      return false;
-    }
-  }
-  return true;
-}
-
-void ReprotectPages(const std::vector<Addr>& pages) noexcept {
-  for (Addr page : pages) {
-    mprotect(PtrAt<void>(page), PageSize(), PROT_READ);
-  }
-}
-
-bool CompareAndSwap(Addr slot, void* expected, void* desired) noexcept {
-  auto* p = PtrAt<void*>(slot);
-  return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE);
-}
-
-void* LoadSlot(Addr slot) noexcept {
-  auto* p = PtrAt<void*>(slot);
-  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
-
-// The dynamic section of an object, read once. On x86-64 glibc relocates
-// the d_ptr values in place; the vdso and some loaders do not, so values
-// below the load base are rebased.
-struct DynamicInfo {
-  const ElfW(Sym) * symtab = nullptr;
-  const char* strtab = nullptr;
-  const ElfW(Rela) * jmprel = nullptr;
-  std::size_t jmprel_count = 0;
-  const ElfW(Rela) * rela = nullptr;
-  std::size_t rela_count = 0;
-  const ElfW(Half) * versym = nullptr;
-  const ElfW(Verneed) * verneed = nullptr;
-  std::size_t verneed_count = 0;
-};
-
-DynamicInfo ReadDynamic(const ObjectView& o) noexcept {
-  DynamicInfo d;
-  auto ptr = [&](const ElfW(Dyn) * e) -> Addr {
-    const Addr v = e->d_un.d_ptr;
-    return v < o.base ? v + o.base : v;
-  };
-  std::size_t pltrelsz = 0, relasz = 0, relaent = sizeof(ElfW(Rela));
-  bool plt_is_rela = true;
-  for (auto* e = PtrAt<const ElfW(Dyn)>(o.dynamic); e->d_tag != DT_NULL; ++e) {
-    switch (e->d_tag) {
-      case DT_SYMTAB:
-        d.symtab = PtrAt<const ElfW(Sym)>(ptr(e));
-        break;
-      case DT_STRTAB:
-        d.strtab = PtrAt<const char>(ptr(e));
-        break;
-      case DT_JMPREL:
-        d.jmprel = PtrAt<const ElfW(Rela)>(ptr(e));
-        break;
-      case DT_PLTRELSZ:
-        pltrelsz = e->d_un.d_val;
-        break;
-      case DT_PLTREL:
-        plt_is_rela = e->d_un.d_val == DT_RELA;
-        break;
-      case DT_RELA:
-        d.rela = PtrAt<const ElfW(Rela)>(ptr(e));
-        break;
-      case DT_RELASZ:
-        relasz = e->d_un.d_val;
-        break;
-      case DT_RELAENT:
-        relaent = e->d_un.d_val;
-        break;
-      case DT_VERSYM:
-        d.versym = PtrAt<const ElfW(Half)>(ptr(e));
-        break;
-      case DT_VERNEED:
-        d.verneed = PtrAt<const ElfW(Verneed)>(ptr(e));
-        break;
-      case DT_VERNEEDNUM:
-        d.verneed_count = e->d_un.d_val;
-        break;
-      default:
-        break;
-    }
-  }
-  if (relaent != sizeof(ElfW(Rela))) relasz = 0;  // not a layout we understand
-  if (!plt_is_rela) pltrelsz = 0;                 // x86-64 uses RELA only
-  d.jmprel_count = d.jmprel != nullptr ? pltrelsz / sizeof(ElfW(Rela)) : 0;
-  d.rela_count = d.rela != nullptr ? relasz / sizeof(ElfW(Rela)) : 0;
-  if (d.symtab == nullptr || d.strtab == nullptr) d.jmprel_count = d.rela_count = 0;
-  return d;
-}
-
-// The version an object requires for symbol `index` ("GLIBC_2.2.5"), or
-// nullptr when it requires none (or defines the symbol itself).
-const char* RequiredVersion(const DynamicInfo& d, std::size_t index) noexcept {
-  if (d.versym == nullptr || d.verneed == nullptr) return nullptr;
-  const ElfW(Half) ndx = d.versym[index] & 0x7fff;
-  if (ndx < 2) return nullptr;  // local or global: unversioned
-  const auto* need = d.verneed;
-  for (std::size_t i = 0; i < d.verneed_count; ++i) {
-    const auto* aux = reinterpret_cast<const ElfW(Vernaux)*>(
-        reinterpret_cast<const char*>(need) + need->vn_aux);
-    for (ElfW(Half) j = 0; j < need->vn_cnt; ++j) {
-      if (aux->vna_other == ndx) return d.strtab + aux->vna_name;
-      aux = reinterpret_cast<const ElfW(Vernaux)*>(reinterpret_cast<const char*>(aux) +
-                                                   aux->vna_next);
-    }
-    if (need->vn_next == 0) break;
-    need = reinterpret_cast<const ElfW(Verneed)*>(reinterpret_cast<const char*>(need) +
-                                                  need->vn_next);
-  }
-  return nullptr;
-}
 
 // A GOT (or data) entry we intend to change.
 struct PlannedSlot {
@@ -735,18 +447,6 @@ int RestoreCallback(dl_phdr_info* info, std::size_t /*size*/, void* data) noexce
   return 0;
 }
 
-// dl* activity: patch what was loaded since the last pass. Keeps errno and
-// swallows failures: this runs inside the application's dl* call.
-void PatchNewObjectsQuietly() noexcept {
-  const int saved_errno = errno;
-  try {
-    Interposer::Instance().PatchNewObjects();
-  } catch (...) {
-    // Out of memory: the next dl* call retries.
-  }
-  errno = saved_errno;
-}
-
 }  // namespace
 
 Interposer& Interposer::Instance() {
@@ -848,31 +548,3 @@ InterposeStats Interposer::stats() const noexcept {
 }
 
 }  // namespace leakprobe
-
-// --- C++ halves of the dl* stubs --------------------------------------------
-
-extern "C" void LeakprobeOnDlActivity() noexcept { leakprobe::PatchNewObjectsQuietly(); }
-
-extern "C" int LeakprobeDlopenIsCallerIndependent(const char* file) noexcept {
-  const bool independent = file != nullptr && std::strchr(file, '/') != nullptr &&
-                           std::strchr(file, '$') == nullptr;
-  // A load the stub hands straight to the loader is patched at the next dl*
-  // call; objects loaded by earlier such calls are patched now.
-  if (!independent) leakprobe::PatchNewObjectsQuietly();
-  return independent ? 1 : 0;
-}
-
-extern "C" void* LeakprobeDlopenAndPatch(const char* file, int mode) noexcept {
-  using DlopenFn = void* (*)(const char*, int);
-  auto real =
-      reinterpret_cast<DlopenFn>(LeakprobeRealDlopen.load(std::memory_order_relaxed));
-  void* handle = real(file, mode);
-  if (handle != nullptr) {
-    leakprobe::PatchNewObjectsQuietly();
-    // The dlopen succeeded, so dlerror() must report nothing; our own
-    // RTLD_NOLOAD probes may have left a message. (glibc keeps dlerror's
-    // state per thread.)
-    dlerror();  // NOLINT(concurrency-mt-unsafe)
-  }
-  return handle;
-}
