@@ -42,10 +42,11 @@ def leakprobe_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("[leakprobe]")]
 
 
-def scrape(url: str) -> dict[str, dict]:
-    """GETs the exposition; returns {family name: {labels tuple: value}} and
-    keeps the raw text under the key '__text__'."""
-    response = httpx.get(url, timeout=10)
+def scrape(url: str, client: httpx.Client | None = None) -> dict[str, dict]:
+    """GETs the exposition (over `client`'s kept-alive connection if given);
+    returns {family name: {labels tuple: value}} and keeps the raw text
+    under the key '__text__'."""
+    response = (client or httpx).get(url, timeout=10)
     response.raise_for_status()
     families: dict[str, dict] = {"__text__": response.text}
     for family in text_string_to_metric_families(response.text):
