@@ -26,18 +26,35 @@ bool g_installed = false;
 // hook marks the thread while it calls down; the RAW hook then only
 // forwards, and each block is counted once, at the level the caller used.
 // Outer = the MEM and OBJ domains; RAW is never outer.
+//
+// The mark costs two thread-local writes per call, on the hottest path
+// there is, so it is set only where a call can reach RAW:
+//  - malloc/calloc of more than kNestingBytes. pymalloc serves requests of
+//    up to 512 bytes from its pools and never calls RAW for them (except
+//    to grow its array of arenas, a rare and real allocation). The margin
+//    below 512 covers the debug hooks (PYTHONMALLOC=debug, -X dev), which
+//    add their own bytes before pymalloc sees the request.
+//  - every realloc: a RAW-served block stays RAW-served at any new size.
+//  - never on free. A large block freed through MEM/OBJ then also passes
+//    through the RAW hook's OnFree: a second probe for an address that was
+//    forgotten a moment ago, and not yet freed, so it finds nothing.
+constexpr std::size_t kNestingBytes = 256;
+
 template <bool kOuter>
 struct Hooks {
   static bool Skip() noexcept { return !kOuter && detail::tls_sampler.nesting != 0; }
   struct Scope {  // marks the thread while an outer hook calls down
-    Scope() noexcept {
-      if (kOuter) ++detail::tls_sampler.nesting;
+    explicit Scope(bool mark) noexcept : mark_(kOuter && mark) {
+      if (mark_) ++detail::tls_sampler.nesting;
     }
     ~Scope() {
-      if (kOuter) --detail::tls_sampler.nesting;
+      if (mark_) --detail::tls_sampler.nesting;
     }
     Scope(const Scope&) = delete;
     Scope& operator=(const Scope&) = delete;
+
+   private:
+    const bool mark_;
   };
 
   static void* Malloc(void* ctx, size_t size) {
@@ -45,7 +62,7 @@ struct Hooks {
     if (Skip()) return d->original.malloc(d->original.ctx, size);
     void* p;
     {
-      Scope scope;
+      Scope scope(size > kNestingBytes);
       p = d->original.malloc(d->original.ctx, size);
     }
     g_tracker->OnAlloc(p, size);
@@ -57,7 +74,7 @@ struct Hooks {
     if (Skip()) return d->original.calloc(d->original.ctx, count, size);
     void* p;
     {
-      Scope scope;
+      Scope scope(count * size > kNestingBytes);
       p = d->original.calloc(d->original.ctx, count, size);
     }
     g_tracker->OnAlloc(p, count * size);  // the allocator checked for overflow
@@ -70,7 +87,7 @@ struct Hooks {
     g_tracker->OnFree(old);  // a failed realloc leaves `old` untracked, not wrong
     void* p;
     {
-      Scope scope;
+      Scope scope(true);
       p = d->original.realloc(d->original.ctx, old, size);
     }
     g_tracker->OnAlloc(p, size);
@@ -80,7 +97,6 @@ struct Hooks {
   static void Free(void* ctx, void* p) {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (!Skip()) g_tracker->OnFree(p);
-    Scope scope;
     d->original.free(d->original.ctx, p);
   }
 };
