@@ -71,7 +71,8 @@ std::size_t KindIndex(std::uint64_t meta) noexcept {
 FdTable::FdTable(std::size_t capacity)
     : capacity_(capacity), slots_(new Slot[capacity]) {}
 
-void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id) noexcept {
+void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
+                         std::uint64_t call_sequence) noexcept {
   if (fd < 0) return;
   if (static_cast<std::size_t>(fd) >= capacity_) {
     dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -83,21 +84,87 @@ void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id) noexcept {
     conflicts_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  if (old != 0) {  // its close happened where no hook could see it
-    CountClosed(s.meta.load(std::memory_order_relaxed));
-    replaced_.fetch_add(1, std::memory_order_relaxed);
+  bool count_opened = true;
+  if (old != 0) {
+    const std::uint64_t old_meta = s.meta.load(std::memory_order_relaxed);
+    if ((old_meta & kAttributedBit) == 0 && old > call_sequence) {
+      // A reconcile found our fd between the call and now: the same fd,
+      // counted once.
+      if (KindIndex(old_meta) == static_cast<std::size_t>(kind)) {
+        count_opened = false;
+      } else {
+        CountClosed(old_meta);
+      }
+    } else {  // its close happened where no hook could see it
+      CountClosed(old_meta);
+      replaced_.fetch_add(1, std::memory_order_relaxed);
+    }
   }
+  Publish(
+      s, fd,
+      static_cast<std::uint64_t>(kind) | (std::uint64_t{stack_id} << 8) | kAttributedBit,
+      FdIdentity{});
+  if (count_opened) {
+    opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta,
+                               FdIdentity identity) noexcept {
   s.created_ns.store(MonotonicNs(), std::memory_order_relaxed);
-  s.meta.store(static_cast<std::uint64_t>(kind) | (std::uint64_t{stack_id} << 8),
-               std::memory_order_relaxed);
+  s.meta.store(meta, std::memory_order_relaxed);
   const std::uint64_t sequence = next_sequence_.fetch_add(1, std::memory_order_relaxed);
+  if (identity.known()) {  // only the reconciler knows it, and writes it
+    s.dev.store(identity.dev, std::memory_order_relaxed);
+    s.ino.store(identity.ino, std::memory_order_relaxed);
+    s.identity_sequence.store(sequence, std::memory_order_relaxed);
+  }
   std::size_t high = high_water_.load(std::memory_order_relaxed);
   const auto mine = static_cast<std::size_t>(fd) + 1;
   while (high < mine &&
          !high_water_.compare_exchange_weak(high, mine, std::memory_order_relaxed)) {
   }
   s.sequence.store(sequence, std::memory_order_release);
+  return sequence;
+}
+
+bool FdTable::RecordFound(int fd, FdKind kind, FdIdentity identity) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return false;
+  Slot& s = slots_[fd];
+  std::uint64_t expected = 0;
+  if (!s.sequence.compare_exchange_strong(expected, kBusy, std::memory_order_acquire)) {
+    return false;
+  }
+  Publish(s, fd, static_cast<std::uint64_t>(kind), identity);
   opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool FdTable::ReplaceFound(int fd, std::uint64_t sequence, FdKind kind,
+                           FdIdentity identity) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return false;
+  Slot& s = slots_[fd];
+  // Read before the swap, as in RetireRange.
+  const std::uint64_t old_meta = s.meta.load(std::memory_order_relaxed);
+  std::uint64_t expected = sequence;
+  if (sequence == 0 || sequence == kBusy ||
+      !s.sequence.compare_exchange_strong(expected, kBusy, std::memory_order_acq_rel)) {
+    return false;
+  }
+  CountClosed(old_meta);
+  replaced_.fetch_add(1, std::memory_order_relaxed);
+  Publish(s, fd, static_cast<std::uint64_t>(kind), identity);
+  opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void FdTable::SetIdentity(int fd, std::uint64_t sequence, FdIdentity identity) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return;
+  Slot& s = slots_[fd];
+  if (s.sequence.load(std::memory_order_acquire) != sequence) return;
+  s.dev.store(identity.dev, std::memory_order_relaxed);
+  s.ino.store(identity.ino, std::memory_order_relaxed);
+  s.identity_sequence.store(sequence, std::memory_order_release);
 }
 
 void FdTable::RetireBeforeClose(int fd) noexcept {
@@ -105,10 +172,11 @@ void FdTable::RetireBeforeClose(int fd) noexcept {
   RetireRange(static_cast<unsigned>(fd), static_cast<unsigned>(fd), kBusy - 1);
 }
 
-void FdTable::RetireRange(unsigned first, unsigned last,
-                          std::uint64_t sequence) noexcept {
+std::size_t FdTable::RetireRange(unsigned first, unsigned last,
+                                 std::uint64_t sequence) noexcept {
   const std::size_t high = high_water_.load(std::memory_order_acquire);
-  if (high == 0 || first >= high) return;
+  if (high == 0 || first >= high) return 0;
+  std::size_t retired = 0;
   const std::size_t end = std::min<std::size_t>(last, high - 1);
   for (std::size_t fd = first; fd <= end; ++fd) {
     Slot& s = slots_[fd];
@@ -119,10 +187,12 @@ void FdTable::RetireRange(unsigned first, unsigned last,
       const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
       if (s.sequence.compare_exchange_weak(old, 0, std::memory_order_acq_rel)) {
         CountClosed(meta);
+        ++retired;
         break;
       }
     }
   }
+  return retired;
 }
 
 std::uint64_t FdTable::CurrentSequence() const noexcept {
@@ -152,11 +222,17 @@ std::optional<FdRecord> FdTable::Find(int fd) const {
   r.fd = fd;
   r.created_ns = s.created_ns.load(std::memory_order_relaxed);
   const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
+  const std::uint64_t identity_sequence =
+      s.identity_sequence.load(std::memory_order_acquire);
+  const FdIdentity identity{s.dev.load(std::memory_order_relaxed),
+                            s.ino.load(std::memory_order_relaxed)};
   std::atomic_thread_fence(std::memory_order_acquire);
   if (s.sequence.load(std::memory_order_relaxed) != before) return std::nullopt;
   r.sequence = before;
   r.kind = static_cast<FdKind>(KindIndex(meta));
-  r.stack_id = static_cast<std::uint32_t>(meta >> 8);
+  r.stack_id = static_cast<std::uint32_t>((meta >> 8) & 0xffffffffU);
+  r.attributed = (meta & kAttributedBit) != 0;
+  if (identity_sequence == before) r.identity = identity;
   return r;
 }
 
@@ -189,6 +265,24 @@ void FdTable::RecoverAfterFork() noexcept {
   }
 }
 
+void FdTable::Clear() noexcept {
+  const std::size_t high = high_water_.load(std::memory_order_acquire);
+  for (std::size_t fd = 0; fd < high; ++fd) {
+    std::uint64_t old = slots_[fd].sequence.load(std::memory_order_acquire);
+    while (
+        old != 0 && old != kBusy &&
+        !slots_[fd].sequence.compare_exchange_weak(old, 0, std::memory_order_acq_rel)) {
+    }
+  }
+  for (std::size_t k = 0; k < kFdKindCount; ++k) {
+    opened_[k].store(0, std::memory_order_relaxed);
+    closed_[k].store(0, std::memory_order_relaxed);
+  }
+  dropped_.store(0, std::memory_order_relaxed);
+  replaced_.store(0, std::memory_order_relaxed);
+  conflicts_.store(0, std::memory_order_relaxed);
+}
+
 FdTable& ProcessFdTable() {
   // Leaked: hooks run until the very end of the process.
   static FdTable* const table = [] {
@@ -211,24 +305,6 @@ std::atomic<StackIdProvider> g_stack_provider{nullptr};
 // may allocate on a thread's first use, which a hook must not do.
 __attribute__((tls_model("initial-exec"))) thread_local bool t_in_hook = false;
 
-class HookScope {
- public:
-  HookScope() noexcept : entered_(!t_in_hook) { t_in_hook = true; }
-  ~HookScope() {
-    if (entered_) t_in_hook = false;
-  }
-  HookScope(const HookScope&) = delete;
-  HookScope& operator=(const HookScope&) = delete;
-  // The table to record into, or nullptr (nested call, or recording off).
-  FdTable* table() const noexcept {
-    if (!entered_ || !g_active.load(std::memory_order_relaxed)) return nullptr;
-    return g_table.load(std::memory_order_acquire);
-  }
-
- private:
-  const bool entered_;
-};
-
 // errno is saved around everything we do after the real call.
 class ErrnoKeeper {
  public:
@@ -241,12 +317,45 @@ class ErrnoKeeper {
   const int saved_;
 };
 
-void Opened(FdTable* t, int fd, FdKind kind) noexcept {
-  if (t == nullptr || fd < 0) return;
-  const ErrnoKeeper keep;
-  const StackIdProvider provider = g_stack_provider.load(std::memory_order_relaxed);
-  t->RecordOpen(fd, kind, provider != nullptr ? provider() : kNoStackId);
-}
+// One hooked call: decides at entry whether it records (not nested,
+// recording on) and notes the table's sequence before the real call.
+class HookScope {
+ public:
+  HookScope() noexcept : entered_(!t_in_hook) {
+    t_in_hook = true;
+    if (entered_ && g_active.load(std::memory_order_relaxed)) {
+      table_ = g_table.load(std::memory_order_acquire);
+      if (table_ != nullptr) call_sequence_ = table_->CurrentSequence();
+    }
+  }
+  ~HookScope() {
+    if (entered_) t_in_hook = false;
+  }
+  HookScope(const HookScope&) = delete;
+  HookScope& operator=(const HookScope&) = delete;
+
+  // The table to record into, or nullptr (nested call, or recording off).
+  FdTable* table() const noexcept { return table_; }
+  // The table's sequence before the real call.
+  std::uint64_t call_sequence() const noexcept { return call_sequence_; }
+  FdKind KindOf(int fd) const noexcept {
+    return table_ != nullptr ? table_->KindOf(fd) : FdKind::kOther;
+  }
+
+  // The call made the new fd `fd` (ignored if negative).
+  void Opened(int fd, FdKind kind) const noexcept {
+    if (table_ == nullptr || fd < 0) return;
+    const ErrnoKeeper keep;
+    const StackIdProvider provider = g_stack_provider.load(std::memory_order_relaxed);
+    table_->RecordOpen(fd, kind, provider != nullptr ? provider() : kNoStackId,
+                       call_sequence_);
+  }
+
+ private:
+  const bool entered_;
+  FdTable* table_ = nullptr;
+  std::uint64_t call_sequence_ = FdTable::kNoCallSequence;
+};
 
 void RetireBeforeClose(FdTable* t, int fd) noexcept {
   if (t == nullptr) return;
@@ -255,13 +364,17 @@ void RetireBeforeClose(FdTable* t, int fd) noexcept {
 }
 
 // An fd that replaced `newfd` (dup2/dup3): the old one is implicitly closed.
-void Duplicated(FdTable* t, int oldfd, int newfd, std::uint64_t before) noexcept {
+void Duplicated(const HookScope& scope, int oldfd, int newfd) noexcept {
+  FdTable* t = scope.table();
   if (t == nullptr || newfd < 0 || oldfd == newfd) return;
   const ErrnoKeeper keep;
   const FdKind kind = t->KindOf(oldfd);
-  t->RetireRange(static_cast<unsigned>(newfd), static_cast<unsigned>(newfd), before);
-  Opened(t, newfd, kind);
+  t->RetireRange(static_cast<unsigned>(newfd), static_cast<unsigned>(newfd),
+                 scope.call_sequence());
+  scope.Opened(newfd, kind);
 }
+
+}  // namespace
 
 FdKind SocketKind(int domain, int type, int protocol) noexcept {
   const int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -275,6 +388,8 @@ FdKind SocketKind(int domain, int type, int protocol) noexcept {
   }
   return FdKind::kOther;
 }
+
+namespace {
 
 bool NeedsMode(int flags) noexcept {
   return (flags & O_CREAT) != 0 || (flags & O_TMPFILE) == O_TMPFILE;
@@ -311,7 +426,7 @@ int HookOpenT(const char* path, int flags, ...) noexcept {
   }
   const HookScope scope;
   const int fd = Real<OpenFn>(*kReal)(path, flags, mode);
-  Opened(scope.table(), fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile);
   return fd;
 }
 
@@ -326,7 +441,7 @@ int HookOpenatT(int dirfd, const char* path, int flags, ...) noexcept {
   }
   const HookScope scope;
   const int fd = Real<OpenatFn>(*kReal)(dirfd, path, flags, mode);
-  Opened(scope.table(), fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile);
   return fd;
 }
 
@@ -334,7 +449,7 @@ template <std::atomic<void*>* kReal>
 int HookOpen2T(const char* path, int flags) noexcept {
   const HookScope scope;
   const int fd = Real<Open2Fn>(*kReal)(path, flags);
-  Opened(scope.table(), fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile);
   return fd;
 }
 
@@ -342,7 +457,7 @@ template <std::atomic<void*>* kReal>
 int HookOpenat2T(int dirfd, const char* path, int flags) noexcept {
   const HookScope scope;
   const int fd = Real<Openat2Fn>(*kReal)(dirfd, path, flags);
-  Opened(scope.table(), fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile);
   return fd;
 }
 
@@ -350,14 +465,14 @@ template <std::atomic<void*>* kReal>
 int HookCreatT(const char* path, mode_t mode) noexcept {
   const HookScope scope;
   const int fd = Real<CreatFn>(*kReal)(path, mode);
-  Opened(scope.table(), fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile);
   return fd;
 }
 
 int HookSocket(int domain, int type, int protocol) noexcept {
   const HookScope scope;
   const int fd = Real<int (*)(int, int, int)>(real_socket)(domain, type, protocol);
-  Opened(scope.table(), fd, SocketKind(domain, type, protocol));
+  scope.Opened(fd, SocketKind(domain, type, protocol));
   return fd;
 }
 
@@ -366,8 +481,8 @@ int HookSocketpair(int domain, int type, int protocol, int sv[2]) noexcept {
   const int r =
       Real<int (*)(int, int, int, int*)>(real_socketpair)(domain, type, protocol, sv);
   if (r == 0) {
-    Opened(scope.table(), sv[0], SocketKind(domain, type, protocol));
-    Opened(scope.table(), sv[1], SocketKind(domain, type, protocol));
+    scope.Opened(sv[0], SocketKind(domain, type, protocol));
+    scope.Opened(sv[1], SocketKind(domain, type, protocol));
   }
   return r;
 }
@@ -375,7 +490,7 @@ int HookSocketpair(int domain, int type, int protocol, int sv[2]) noexcept {
 int HookAccept(int fd, sockaddr* addr, socklen_t* len) noexcept {
   const HookScope scope;
   const int r = Real<int (*)(int, sockaddr*, socklen_t*)>(real_accept)(fd, addr, len);
-  if (FdTable* t = scope.table()) Opened(t, r, t->KindOf(fd));
+  scope.Opened(r, scope.KindOf(fd));
   return r;
 }
 
@@ -383,32 +498,28 @@ int HookAccept4(int fd, sockaddr* addr, socklen_t* len, int flags) noexcept {
   const HookScope scope;
   const int r =
       Real<int (*)(int, sockaddr*, socklen_t*, int)>(real_accept4)(fd, addr, len, flags);
-  if (FdTable* t = scope.table()) Opened(t, r, t->KindOf(fd));
+  scope.Opened(r, scope.KindOf(fd));
   return r;
 }
 
 int HookDup(int fd) noexcept {
   const HookScope scope;
   const int r = Real<int (*)(int)>(real_dup)(fd);
-  if (FdTable* t = scope.table()) Opened(t, r, t->KindOf(fd));
+  scope.Opened(r, scope.KindOf(fd));
   return r;
 }
 
 int HookDup2(int oldfd, int newfd) noexcept {
   const HookScope scope;
-  FdTable* t = scope.table();
-  const std::uint64_t before = t != nullptr ? t->CurrentSequence() : 0;
   const int r = Real<int (*)(int, int)>(real_dup2)(oldfd, newfd);
-  Duplicated(t, oldfd, r, before);
+  Duplicated(scope, oldfd, r);
   return r;
 }
 
 int HookDup3(int oldfd, int newfd, int flags) noexcept {
   const HookScope scope;
-  FdTable* t = scope.table();
-  const std::uint64_t before = t != nullptr ? t->CurrentSequence() : 0;
   const int r = Real<int (*)(int, int, int)>(real_dup3)(oldfd, newfd, flags);
-  Duplicated(t, oldfd, r, before);
+  Duplicated(scope, oldfd, r);
   return r;
 }
 
@@ -423,7 +534,7 @@ int HookFcntlT(int fd, int cmd, ...) noexcept {
   const HookScope scope;
   const int r = Real<int (*)(int, int, ...)>(*kReal)(fd, cmd, arg);
   if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) {
-    if (FdTable* t = scope.table()) Opened(t, r, t->KindOf(fd));
+    scope.Opened(r, scope.KindOf(fd));
   }
   return r;
 }
@@ -432,8 +543,8 @@ int HookPipe(int fds[2]) noexcept {
   const HookScope scope;
   const int r = Real<int (*)(int*)>(real_pipe)(fds);
   if (r == 0) {
-    Opened(scope.table(), fds[0], FdKind::kPipe);
-    Opened(scope.table(), fds[1], FdKind::kPipe);
+    scope.Opened(fds[0], FdKind::kPipe);
+    scope.Opened(fds[1], FdKind::kPipe);
   }
   return r;
 }
@@ -442,8 +553,8 @@ int HookPipe2(int fds[2], int flags) noexcept {
   const HookScope scope;
   const int r = Real<int (*)(int*, int)>(real_pipe2)(fds, flags);
   if (r == 0) {
-    Opened(scope.table(), fds[0], FdKind::kPipe);
-    Opened(scope.table(), fds[1], FdKind::kPipe);
+    scope.Opened(fds[0], FdKind::kPipe);
+    scope.Opened(fds[1], FdKind::kPipe);
   }
   return r;
 }
@@ -452,42 +563,42 @@ template <std::atomic<void*>* kReal, FdKind kKind>
 int HookIntArgT(int arg) noexcept {
   const HookScope scope;
   const int fd = Real<int (*)(int)>(*kReal)(arg);
-  Opened(scope.table(), fd, kKind);
+  scope.Opened(fd, kKind);
   return fd;
 }
 
 int HookInotifyInit() noexcept {
   const HookScope scope;
   const int fd = Real<int (*)()>(real_inotify_init)();
-  Opened(scope.table(), fd, FdKind::kInotify);
+  scope.Opened(fd, FdKind::kInotify);
   return fd;
 }
 
 int HookEventfd(unsigned int initval, int flags) noexcept {
   const HookScope scope;
   const int fd = Real<int (*)(unsigned int, int)>(real_eventfd)(initval, flags);
-  Opened(scope.table(), fd, FdKind::kEventfd);
+  scope.Opened(fd, FdKind::kEventfd);
   return fd;
 }
 
 int HookTimerfdCreate(clockid_t clock, int flags) noexcept {
   const HookScope scope;
   const int fd = Real<int (*)(clockid_t, int)>(real_timerfd_create)(clock, flags);
-  Opened(scope.table(), fd, FdKind::kTimerfd);
+  scope.Opened(fd, FdKind::kTimerfd);
   return fd;
 }
 
 int HookSignalfd(int fd, const sigset_t* mask, int flags) noexcept {
   const HookScope scope;
   const int r = Real<int (*)(int, const sigset_t*, int)>(real_signalfd)(fd, mask, flags);
-  if (fd == -1) Opened(scope.table(), r, FdKind::kSignalfd);  // else: same fd, new mask
+  if (fd == -1) scope.Opened(r, FdKind::kSignalfd);  // else: same fd, new mask
   return r;
 }
 
 int HookMemfdCreate(const char* name, unsigned int flags) noexcept {
   const HookScope scope;
   const int fd = Real<int (*)(const char*, unsigned int)>(real_memfd_create)(name, flags);
-  Opened(scope.table(), fd, FdKind::kMemfd);
+  scope.Opened(fd, FdKind::kMemfd);
   return fd;
 }
 
@@ -495,7 +606,7 @@ template <std::atomic<void*>* kReal>
 FILE* HookFopenT(const char* path, const char* mode) noexcept {
   const HookScope scope;
   FILE* f = Real<FILE* (*)(const char*, const char*)>(*kReal)(path, mode);
-  if (f != nullptr) Opened(scope.table(), fileno_unlocked(f), FdKind::kFile);
+  if (f != nullptr) scope.Opened(fileno_unlocked(f), FdKind::kFile);
   return f;
 }
 
@@ -508,7 +619,7 @@ int HookFclose(FILE* f) noexcept {
 DIR* HookOpendir(const char* path) noexcept {
   const HookScope scope;
   DIR* d = Real<DIR* (*)(const char*)>(real_opendir)(path);
-  if (d != nullptr) Opened(scope.table(), dirfd(d), FdKind::kFile);
+  if (d != nullptr) scope.Opened(dirfd(d), FdKind::kFile);
   return d;
 }
 
@@ -526,14 +637,13 @@ int HookClose(int fd) noexcept {
 
 int HookCloseRange(unsigned int first, unsigned int last, int flags) noexcept {
   const HookScope scope;
-  FdTable* t = scope.table();
-  const std::uint64_t before = t != nullptr ? t->CurrentSequence() : 0;
   const int r = Real<int (*)(unsigned int, unsigned int, int)>(real_close_range)(
       first, last, flags);
   // CLOSE_RANGE_CLOEXEC only marks the fds; on failure nothing was closed.
+  FdTable* t = scope.table();
   if (r == 0 && t != nullptr && (flags & CLOSE_RANGE_CLOEXEC) == 0) {
     const ErrnoKeeper keep;
-    t->RetireRange(first, last, before);
+    t->RetireRange(first, last, scope.call_sequence());
   }
   return r;
 }

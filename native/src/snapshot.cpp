@@ -1,5 +1,6 @@
 #include "leakprobe/snapshot.h"
 
+#include "leakprobe/fd_events.h"
 #include "leakprobe/version.h"
 
 namespace leakprobe {
@@ -12,6 +13,7 @@ Snapshot TakeSnapshot() {
   if (const PythonInfo* info = runtime.python_info()) snapshot.python = *info;
   const HeapTracker& heap = HeapTracker::Instance();
   if (heap.enabled()) snapshot.heap = heap.Summary();
+  if (FdHooksActive()) snapshot.fd = SummarizeFds(ProcessFdTable());
   snapshot.version = kVersion;
   return snapshot;
 }

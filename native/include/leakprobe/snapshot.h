@@ -11,6 +11,7 @@
 
 #include <optional>
 
+#include "leakprobe/fd_summary.h"
 #include "leakprobe/heap_tracker.h"
 #include "leakprobe/process_stats.h"
 #include "leakprobe/runtime_stats.h"
@@ -21,6 +22,7 @@ struct Snapshot {
   ProcessStats process;
   GcSnapshot gc;
   std::optional<HeapSummary> heap;   // empty unless heap tracking is on
+  std::optional<FdSummary> fd;       // empty unless fd tracking is on
   std::optional<PythonInfo> python;  // empty until the bindings set it
   const char* version = nullptr;     // leakprobe's own version
 };
