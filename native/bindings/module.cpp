@@ -15,8 +15,11 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "fd_bindings.h"
 #include "heap_hooks.h"
 #include "leakprobe/error.h"
+#include "leakprobe/fd_events.h"
+#include "leakprobe/fd_stacks.h"
 #include "leakprobe/heap_tracker.h"
 #include "leakprobe/log.h"
 #include "leakprobe/native_stack.h"
@@ -56,7 +59,12 @@ ExporterSlot& Slot() {
 // without freeing anything, and give the child a fresh log.
 //
 // Lock order, everywhere: slot, heap tracker, stack table.
+//
+// While this thread holds the stack table's lock, fd hooks running on it
+// (in other libraries' atfork handlers) must not capture stacks:
+// FdStacksPrepareFork/AfterFork bracket the lock.
 void BeforeFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  FdStacksPrepareFork();
   Slot().mu.Lock();
   HeapTracker::Instance().PrepareFork();
   StackTable::Instance().PrepareFork();
@@ -65,12 +73,17 @@ void AfterForkParent() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   StackTable::Instance().AfterFork();
   HeapTracker::Instance().AfterFork();
   Slot().mu.Unlock();
+  FdStacksAfterFork();
 }
 void AfterForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // The heap tables describe blocks the child really has (copied memory):
   // they stay, consistent because their locks were held across fork().
   StackTable::Instance().AfterFork();
   HeapTracker::Instance().AfterFork();
+  // So do the fd records: the child inherited those fds. Records another
+  // thread was writing at the fork are dropped. The hooks stay installed.
+  RecoverProcessFdTableAfterFork();
+  FdStacksAfterFork();
   ExporterSlot& slot = Slot();
   if (slot.exporter != nullptr) {
     slot.exporter->AbandonAfterFork();
@@ -303,6 +316,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
         "(site, frames) of the calling thread, captured as the hooks do.");
+  RegisterFdBindings(m);
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");
   m.def(

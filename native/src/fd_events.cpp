@@ -283,14 +283,23 @@ void FdTable::Clear() noexcept {
   conflicts_.store(0, std::memory_order_relaxed);
 }
 
+namespace {
+std::atomic<FdTable*> g_process_table{nullptr};
+}  // namespace
+
 FdTable& ProcessFdTable() {
   // Leaked: hooks run until the very end of the process.
   static FdTable* const table = [] {
     auto* t = new FdTable();
     pthread_atfork(nullptr, nullptr, [] { ProcessFdTable().RecoverAfterFork(); });
+    g_process_table.store(t, std::memory_order_release);
     return t;
   }();
   return *table;
+}
+
+void RecoverProcessFdTableAfterFork() noexcept {
+  if (FdTable* t = g_process_table.load(std::memory_order_acquire)) t->RecoverAfterFork();
 }
 
 // --- Hooks -------------------------------------------------------------------

@@ -194,8 +194,12 @@ class FdTable {
 };
 
 // The process-wide table the hooks record into (created on first use,
-// never destroyed).
+// never destroyed). Its creation registers an atfork child handler that
+// calls RecoverAfterFork.
 FdTable& ProcessFdTable();
+// For atfork child handlers: RecoverAfterFork on the process-wide table if it
+// exists (never creates it). Async-signal-safe.
+void RecoverProcessFdTableAfterFork() noexcept;
 
 // The hook point for the stack-capture service: called on the hot path for
 // every recorded creation, inside the hook's re-entry guard; must be

@@ -1,0 +1,232 @@
+// leakprobe._native's fd tracking: thin bindings over the fd table, the
+// hooks, the reconciler and socket details. Everything that makes syscalls
+// or may wait for a lock runs with the GIL released; Python objects are
+// built afterwards.
+#include "fd_bindings.h"
+
+#include <pybind11/stl.h>
+#include <time.h>
+
+#include <exception>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "leakprobe/error.h"
+#include "leakprobe/fd_events.h"
+#include "leakprobe/fd_reconcile.h"
+#include "leakprobe/fd_stacks.h"
+#include "leakprobe/fd_summary.h"
+#include "leakprobe/interpose.h"
+#include "leakprobe/socket_info.h"
+#include "leakprobe/stack_table.h"
+
+namespace py = pybind11;
+
+namespace leakprobe {
+namespace {
+
+std::int64_t MonotonicNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+py::dict ReconcileDict(const ReconcileResult& r) {
+  py::dict d;
+  d["scanned"] = r.scanned;
+  d["added"] = r.added;
+  d["retired"] = r.retired;
+  d["replaced"] = r.replaced;
+  d["seconds"] = r.seconds;
+  return d;
+}
+
+// A reconcile, then the TCP state counts the exporter serves until the
+// next one. Without the GIL.
+ReconcileResult ReconcileNow() {
+  FdTable& table = ProcessFdTable();
+  const ReconcileResult r = ReconcileFds(table);
+  RefreshTcpStates(table);
+  return r;
+}
+
+void FdStart(int max_frames, int top_sites) {
+  if (max_frames < 0 || max_frames > static_cast<int>(StackTable::kMaxDepth)) {
+    throw Error("fd tracking: max_frames must be between 0 and " +
+                std::to_string(StackTable::kMaxDepth) + ", not " +
+                std::to_string(max_frames));
+  }
+  if (top_sites < 0) {
+    throw Error("fd tracking: top_sites must be 0 or more, not " +
+                std::to_string(top_sites));
+  }
+  // At interpreter exit, stacks are no longer captured: frames and thread
+  // states are being torn down while hooks still run.
+  static bool freeze_registered = false;
+  if (!freeze_registered) {
+    py::module_::import("atexit").attr("register")(
+        py::cpp_function([] { FreezeFdStacks(); }));
+    freeze_registered = true;
+  }
+  py::gil_scoped_release no_gil;  // patching takes the loader's locks
+  SetFdTopSites(static_cast<std::size_t>(top_sites));
+  EnableFdStacks(max_frames);
+  try {
+    InstallFdHooks();
+  } catch (const std::exception& e) {
+    DisableFdStacks();
+    throw Error(std::string("fd tracking could not start: ") + e.what());
+  }
+  if (!FdHooksActive()) {
+    DisableFdStacks();
+    throw Error("fd tracking could not start: the libc fd calls could not be interposed");
+  }
+  // fds that existed before start become known (unattributed, classified).
+  ReconcileNow();
+}
+
+void FdStop() {
+  py::gil_scoped_release no_gil;
+  RemoveFdHooks();
+  DisableFdStacks();
+  ProcessFdTable().Clear();
+  ResetReconcileStats();
+  ClearTcpStates();
+}
+
+// One open_fds() entry, gathered without the GIL.
+struct FdEntry {
+  FdRecord record;
+  std::string target;
+  SocketDetails socket;
+};
+
+py::object Optional(const std::optional<std::string>& s) {
+  return s ? py::object(py::str(*s)) : py::object(py::none());
+}
+
+py::list OpenFds() {
+  std::vector<FdEntry> entries;
+  std::unordered_map<std::uint32_t, std::pair<std::string, std::vector<Frame>>> stacks;
+  std::int64_t now = 0;
+  {
+    py::gil_scoped_release no_gil;
+    const StackTable& table = StackTable::Instance();
+    for (FdRecord& record : ProcessFdTable().OpenFds()) {
+      FdEntry e{record, FdTarget(record.fd), ResolveSocket(record.fd, record.kind)};
+      if (record.attributed && stacks.find(record.stack_id) == stacks.end()) {
+        stacks.emplace(record.stack_id, std::make_pair(table.SiteOf(record.stack_id),
+                                                       table.FramesOf(record.stack_id)));
+      }
+      entries.push_back(std::move(e));
+    }
+    now = MonotonicNs();
+  }
+  py::list out;
+  for (const FdEntry& e : entries) {
+    const FdRecord& r = e.record;
+    py::dict d;
+    d["fd"] = r.fd;
+    d["kind"] = FdKindName(r.kind);
+    d["sequence"] = r.sequence;
+    d["created_ns"] = r.created_ns;
+    d["age_seconds"] = static_cast<double>(now - r.created_ns) / 1e9;
+    d["attributed"] = r.attributed;
+    py::list frames;
+    if (r.attributed) {
+      const auto& [site, stack] = stacks.at(r.stack_id);
+      d["site"] = site;
+      for (const Frame& f : stack) {
+        frames.append(py::make_tuple(f.filename, f.line, f.function, f.library));
+      }
+    } else {
+      d["site"] = kUnattributedSite;
+    }
+    d["stack"] = frames;
+    d["target"] = e.target;
+    d["local"] = Optional(e.socket.local);
+    d["peer"] = Optional(e.socket.peer);
+    d["tcp_state"] = Optional(e.socket.tcp_state);
+    d["owner"] = py::none();
+    out.append(std::move(d));
+  }
+  return out;
+}
+
+py::dict ByKind(const std::array<std::uint64_t, kFdKindCount>& counts) {
+  py::dict d;
+  for (std::size_t k = 0; k < kFdKindCount; ++k) {
+    d[FdKindName(static_cast<FdKind>(k))] = counts[k];
+  }
+  return d;
+}
+
+py::dict FdCountersDict() {
+  FdCounters c;
+  ReconcileStats r;
+  InterposeStats interpose;
+  std::array<std::uint64_t, kFdKindCount> open{};
+  std::uint64_t unattributed = 0;
+  {
+    py::gil_scoped_release no_gil;
+    const FdTable& table = ProcessFdTable();
+    for (const FdRecord& record : table.OpenFds()) {
+      ++open[static_cast<std::size_t>(record.kind)];
+      if (!record.attributed) ++unattributed;
+    }
+    c = table.Counters();
+    r = GetReconcileStats();
+    interpose = Interposer::Instance().stats();
+  }
+  py::dict d;
+  d["opened"] = ByKind(c.opened);
+  d["closed"] = ByKind(c.closed);
+  d["open"] = ByKind(open);
+  d["unattributed"] = unattributed;
+  d["dropped"] = c.dropped;
+  d["replaced"] = c.replaced;
+  d["conflicts"] = c.conflicts;
+  d["reconciles"] = r.reconciles;
+  d["last_reconcile_seconds"] = r.last_seconds;
+  d["objects_patched"] = interpose.objects_patched;
+  d["slots_patched"] = interpose.slots_patched;
+  return d;
+}
+
+}  // namespace
+
+void RegisterFdBindings(py::module_& m) {
+  m.def("fd_start", &FdStart, py::arg("max_frames"), py::arg("top_sites"),
+        "Start fd tracking: interpose libc's fd calls (idempotent), record the "
+        "creating Python stack (up to max_frames frames), name top_sites sites "
+        "in the metrics, and reconcile once so fds open before start are known. "
+        "Raises Error when the calls cannot be interposed.");
+  m.def("fd_stop", &FdStop,
+        "Restore every interposed entry and forget every record; safe when not "
+        "started.");
+  m.def("fd_active", &FdHooksActive, "Whether fd tracking is on.");
+  m.def(
+      "fd_reconcile",
+      [] {
+        ReconcileResult r;
+        {
+          py::gil_scoped_release no_gil;
+          r = ReconcileNow();
+        }
+        return ReconcileDict(r);
+      },
+      "Reconcile the table with /proc/self/fd (GIL released): "
+      "{scanned, added, retired, replaced, seconds}.");
+  m.def("open_fds", &OpenFds,
+        "One dict per open fd record: fd, kind, sequence, created_ns, age_seconds, "
+        "attributed, site, stack, target, local, peer, tcp_state, owner.");
+  m.def("fd_counters", &FdCountersDict,
+        "opened/closed/open by kind, unattributed, dropped, replaced, conflicts, "
+        "reconciles, last_reconcile_seconds, objects_patched, slots_patched.");
+}
+
+}  // namespace leakprobe
