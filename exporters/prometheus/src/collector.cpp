@@ -127,6 +127,56 @@ void AddHeapFamilies(const HeapSummary& heap, std::vector<MetricFamily>* out) {
   out->push_back(std::move(blocks));
 }
 
+void AddFdFamilies(const FdSummary& fd, std::vector<MetricFamily>* out) {
+  MetricFamily open = Family("leakprobe_open_fds",
+                             "Open file descriptors leakprobe has a record of, by kind.",
+                             MetricType::Gauge);
+  MetricFamily opened =
+      Family("leakprobe_fds_opened_total",
+             "File descriptors created (or found by reconciliation), by kind.",
+             MetricType::Counter);
+  MetricFamily closed =
+      Family("leakprobe_fds_closed_total",
+             "File descriptors closed (or found gone), by kind.", MetricType::Counter);
+  // Every kind, even at 0: dashboards get a series per kind.
+  for (std::size_t k = 0; k < kFdKindCount; ++k) {
+    const std::vector<ClientMetric::Label> labels = {
+        {"kind", FdKindName(static_cast<FdKind>(k))}};
+    AddSample(&open, static_cast<double>(fd.open[k]), labels);
+    AddSample(&opened, static_cast<double>(fd.opened[k]), labels);
+    AddSample(&closed, static_cast<double>(fd.closed[k]), labels);
+  }
+  out->push_back(std::move(open));
+  out->push_back(std::move(opened));
+  out->push_back(std::move(closed));
+  MetricFamily sites = Family("leakprobe_fd_site_open_fds",
+                              "Open file descriptors by creation site (top sites only).",
+                              MetricType::Gauge);
+  for (const FdSite& site : fd.top_sites) {
+    AddSample(&sites, static_cast<double>(site.open_fds), {{"site", site.site}});
+  }
+  out->push_back(std::move(sites));
+  out->push_back(Single("leakprobe_unattributed_fds",
+                        "Open file descriptors found by reconciliation with "
+                        "/proc/self/fd, their creation unseen.",
+                        MetricType::Gauge, static_cast<double>(fd.unattributed)));
+  MetricFamily tcp = Family("leakprobe_tcp_sockets",
+                            "Open TCP sockets by state, as of the last reconciliation.",
+                            MetricType::Gauge);
+  for (int state = 1; state <= kTcpStateCount; ++state) {
+    AddSample(&tcp, static_cast<double>(fd.tcp_states[static_cast<std::size_t>(state)]),
+              {{"state", TcpStateName(state)}});
+  }
+  out->push_back(std::move(tcp));
+  out->push_back(Single("leakprobe_fd_dropped_total",
+                        "File descriptor creations not recorded: fd number beyond "
+                        "the table's capacity.",
+                        MetricType::Counter, static_cast<double>(fd.dropped)));
+  out->push_back(Single("leakprobe_fd_reconcile_seconds",
+                        "Wall time of the last reconciliation with /proc/self/fd.",
+                        MetricType::Gauge, fd.reconcile_seconds));
+}
+
 }  // namespace
 
 SnapshotCollector::SnapshotCollector(Source source) : source_(std::move(source)) {}
@@ -141,6 +191,7 @@ std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {
   AddProcessFamilies(snapshot.process, &families);
   AddGcFamilies(snapshot.gc, &families);
   if (snapshot.heap) AddHeapFamilies(*snapshot.heap, &families);
+  if (snapshot.fd) AddFdFamilies(*snapshot.fd, &families);
   if (snapshot.python) {
     MetricFamily info =
         Family("python_info", "Python platform information.", MetricType::Gauge);
