@@ -187,8 +187,10 @@ def _start_fds(native: Any, config: Config) -> bool:
     try:
         native.fd_start(config.fd_frames, config.fd_top_sites)
     except Exception as exc:  # the host runs on; so does the rest of leakprobe
-        native.log("warning", f"fd tracking could not start: {exc}; "
-                   "profiling continues without it")
+        # The native Error's text already says "fd tracking could not start: ...".
+        why = str(exc) if isinstance(exc, native.Error) else \
+            f"fd tracking could not start: {exc!r}"
+        native.log("warning", f"{why}; profiling continues without fd tracking")
         return False
     return True
 
