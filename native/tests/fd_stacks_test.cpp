@@ -1,0 +1,152 @@
+// The fd hooks' stack provider, with a fake frame source.
+#include "leakprobe/fd_stacks.h"
+
+#include <gtest/gtest.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "fake_frames.h"
+#include "fd_test_lib_loader.h"
+#include "leakprobe/fd_events.h"
+#include "leakprobe/fd_summary.h"
+#include "leakprobe/heap_tracker.h"
+#include "leakprobe/stack_table.h"
+
+namespace leakprobe {
+namespace {
+
+using testing::FakeFrame;
+using testing::tls_fake_stack;
+
+class FdStacksTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    StackTable::Instance().SetSource(testing::FakeSource());
+    StackTable::Instance().SetLibraryPrefixes({"/lib/"});
+    // Innermost first: a library frame, then application frames.
+    tls_fake_stack = {FakeFrame(1001, 8), FakeFrame(5, 20), FakeFrame(6, 40)};
+    EnableFdStacks(32);
+  }
+  void TearDown() override {
+    DisableFdStacks();
+    tls_fake_stack.clear();
+  }
+};
+
+TEST_F(FdStacksTest, CapturesTheCallingThreadsStackWithItsSite) {
+  const std::uint32_t id = CaptureFdStack();
+  ASSERT_NE(id, kEmptyStack);
+  ASSERT_NE(id, kOverflowStack);
+  const StackTable& table = StackTable::Instance();
+  EXPECT_EQ(table.SiteOf(id), "/app/file5.py:10 in f5");  // library frame skipped
+  const auto frames = table.FramesOf(id);
+  ASSERT_EQ(frames.size(), 3u);
+  EXPECT_EQ(frames[0].filename, "/lib/file1001.py");
+  EXPECT_TRUE(frames[0].library);
+  EXPECT_EQ(CaptureFdStack(), id);  // interned once
+}
+
+TEST_F(FdStacksTest, DepthIsConfigurable) {
+  EnableFdStacks(2);
+  EXPECT_EQ(StackTable::Instance().FramesOf(CaptureFdStack()).size(), 2u);
+  EnableFdStacks(0);
+  EXPECT_EQ(CaptureFdStack(), kEmptyStack);
+  EnableFdStacks(100000);  // clamped to the table's maximum
+  EXPECT_EQ(StackTable::Instance().FramesOf(CaptureFdStack()).size(), 3u);
+}
+
+TEST_F(FdStacksTest, ThreadWithoutPythonFramesIsNative) {
+  std::uint32_t id = 12345;
+  std::thread([&] { id = CaptureFdStack(); }).join();  // its tls_fake_stack is empty
+  EXPECT_EQ(id, kEmptyStack);
+  EXPECT_EQ(StackTable::Instance().SiteOf(id), "<native>");
+}
+
+TEST_F(FdStacksTest, NestedCaptureIsSkipped) {
+  // As when an fd hook runs inside the heap tracker's slow path, which holds
+  // the stack table's lock while it interns.
+  const std::uint64_t skips = FdStackSkips();
+  detail::tls_sampler.busy = true;
+  const std::uint32_t id = CaptureFdStack();
+  detail::tls_sampler.busy = false;
+  EXPECT_EQ(id, kEmptyStack);
+  EXPECT_EQ(FdStackSkips(), skips + 1);
+  EXPECT_FALSE(detail::tls_sampler.busy);
+  EXPECT_NE(CaptureFdStack(), kEmptyStack);
+  EXPECT_FALSE(detail::tls_sampler.busy);  // the provider's own guard is released
+}
+
+TEST_F(FdStacksTest, HookOnTheForkingThreadNeverWaitsForTheStackTableLock) {
+  testing::FdTestLib lib(LEAKPROBE_FD_TEST_LIB_A);
+  ASSERT_TRUE(lib.ok());
+  InstallFdHooks();
+  EnableFdStacks(32);  // InstallFdHooks leaves the provider alone
+  // What the extension's prepare handler does: then another library's
+  // atfork handler, on this thread, makes an fd. Without the guard the hook
+  // would wait forever for the lock this thread holds.
+  FdStacksPrepareFork();
+  StackTable::Instance().PrepareFork();
+  const int fd = lib.eventfd(0, 0);
+  StackTable::Instance().AfterFork();
+  FdStacksAfterFork();
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(ProcessFdTable().Find(fd)->stack_id, kEmptyStack);
+  // Other threads are not affected by this thread's fork.
+  const int fd2 = lib.eventfd(0, 0);
+  const auto record = ProcessFdTable().Find(fd2);
+  ASSERT_TRUE(record.has_value());
+  EXPECT_EQ(StackTable::Instance().SiteOf(record->stack_id), "/app/file5.py:10 in f5");
+  lib.close(fd);
+  lib.close(fd2);
+  RemoveFdHooks();
+}
+
+TEST_F(FdStacksTest, HookedCreationsCarryTheStackAndCountInTopSites) {
+  testing::FdTestLib lib(LEAKPROBE_FD_TEST_LIB_A);
+  ASSERT_TRUE(lib.ok());
+  InstallFdHooks();
+  EnableFdStacks(32);
+  int fds[3];
+  for (int& fd : fds) fd = lib.eventfd(0, 0);
+  tls_fake_stack = {FakeFrame(7, 2)};
+  const int other = lib.eventfd(0, 0);
+  SetFdTopSites(50);
+  const FdSummary s = SummarizeFds(ProcessFdTable());
+  auto count_of = [&](const std::string& site) {
+    for (const FdSite& f : s.top_sites) {
+      if (f.site == site) return f.open_fds;
+    }
+    return std::uint64_t{0};
+  };
+  EXPECT_EQ(count_of("/app/file5.py:10 in f5"), 3u);
+  EXPECT_EQ(count_of("/app/file7.py:1 in f7"), 1u);
+  SetFdTopSites(1);
+  const FdSummary top = SummarizeFds(ProcessFdTable());
+  ASSERT_EQ(top.top_sites.size(), 1u);
+  EXPECT_GE(top.top_sites[0].open_fds, 3u);
+  SetFdTopSites(10);
+  for (int fd : fds) lib.close(fd);
+  lib.close(other);
+  RemoveFdHooks();
+}
+
+TEST_F(FdStacksTest, FrozenAtExitForGood) {
+  // Last in this suite's file order is not guaranteed: run it in a child.
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    FreezeFdStacks();
+    EnableFdStacks(32);
+    _exit(CaptureFdStack() == kEmptyStack ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_NE(CaptureFdStack(), kEmptyStack);
+}
+
+}  // namespace
+}  // namespace leakprobe
