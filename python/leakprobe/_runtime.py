@@ -168,10 +168,11 @@ def start(**options: Any) -> dict[str, Any]:
             _stop_locked()
         _install_hooks()
         _python_info(native)
+        prefixes = _library_prefixes() if config.heap or config.fds else []
         if config.heap:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,
-                              config.heap_top_sites, _library_prefixes())
-        fds = config.fds and _start_fds(native, config)
+                              config.heap_top_sites, prefixes)
+        fds = config.fds and _start_fds(native, config, prefixes)
         sampler = _Sampler(config.sample_interval, config.heap,
                            config.fd_reconcile_interval if fds else None)
         sampler.sample_once()  # the first scrape already has gc figures
@@ -182,10 +183,9 @@ def start(**options: Any) -> dict[str, Any]:
         return status()
 
 
-def _start_fds(native: Any, config: Config) -> bool:
-    # After heap_start: the stack service's library prefixes are set there.
+def _start_fds(native: Any, config: Config, library_prefixes: list[str]) -> bool:
     try:
-        native.fd_start(config.fd_frames, config.fd_top_sites)
+        native.fd_start(config.fd_frames, config.fd_top_sites, library_prefixes)
     except Exception as exc:  # the host runs on; so does the rest of leakprobe
         # The native Error's text already says "fd tracking could not start: ...".
         why = str(exc) if isinstance(exc, native.Error) else \
