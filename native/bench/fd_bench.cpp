@@ -32,6 +32,7 @@
 
 #include "leakprobe/fd_events.h"
 #include "leakprobe/fd_reconcile.h"
+#include "leakprobe/fd_summary.h"
 #include "leakprobe/socket_info.h"
 
 namespace {
@@ -189,6 +190,13 @@ int main(int argc, char** argv) {
   }
   std::printf("reconcile, %zu open fds: first pass %.2f ms, steady pass %.2f ms\n",
               fds.size(), first * 1e3, steady * 1e3);
+  {
+    leakprobe::FdTable table;
+    leakprobe::ReconcileFds(table);
+    const double summary = Median(9, [&] { leakprobe::SummarizeFds(table); });
+    std::printf("scrape-time fd summary, %zu records: %.2f ms\n", table.OpenFds().size(),
+                summary * 1e3);
+  }
   for (int fd : fds) close(fd);
 
   // --- 2. TCP state of N sockets ---
@@ -228,6 +236,13 @@ int main(int argc, char** argv) {
   });
   std::printf("  with addresses (getsockname, getpeername, TCP_INFO): %.2f ms\n",
               details * 1e3);
+  {
+    leakprobe::FdTable table;
+    for (int fd : socks) table.RecordOpen(fd, FdKind::kTcp, 0);
+    const double refresh = Median(9, [&] { leakprobe::RefreshTcpStates(table); });
+    std::printf("  RefreshTcpStates over the table (what the sampler runs): %.2f ms\n",
+                refresh * 1e3);
+  }
 
   std::size_t netns = 0;
   const double netlink = Median(9, [&] {

@@ -70,7 +70,7 @@ FdKind Classify(int fd, const struct stat& st) {
 
 // The open fds, ascending, from getdents64 on `dir` (excluded itself).
 bool ListFds(int dir, std::vector<int>* fds) {
-  std::vector<char> buf(64 * 1024);
+  std::vector<char> buf(std::size_t{64} * 1024);
   for (;;) {
     const long n = syscall(SYS_getdents64, dir, buf.data(), buf.size());
     if (n < 0) return false;
