@@ -78,6 +78,47 @@ TEST(BuildFamiliesTest, MissingSourcesOmitTheirFamilies) {
   EXPECT_EQ(build->metric.at(0).label.at(0).value, "1.0");
 }
 
+TEST(BuildFamiliesTest, FdFamiliesListEveryKindAndTcpStateOnlyWhenTracking) {
+  Snapshot s = FakeSnapshot();
+  EXPECT_EQ(Find(BuildFamilies(s), "leakprobe_open_fds"), nullptr);
+  FdSummary fd;
+  fd.open[static_cast<std::size_t>(FdKind::kTcp)] = 3;
+  fd.opened[static_cast<std::size_t>(FdKind::kPipe)] = 8;
+  fd.closed[static_cast<std::size_t>(FdKind::kPipe)] = 6;
+  fd.unattributed = 2;
+  fd.tcp_states[8] = 1;  // CLOSE_WAIT
+  fd.top_sites = {{"app.py:3 in leak", 5}, {"<unattributed>", 2}};
+  fd.reconcile_seconds = 0.004;
+  s.fd = fd;
+  const auto families = BuildFamilies(s);
+  auto value = [&](const char* name, const std::string& label) {
+    const MetricFamily* f = Find(families, name);
+    EXPECT_NE(f, nullptr) << name;
+    if (f == nullptr) return -1.0;
+    for (const auto& m : f->metric) {
+      if (label.empty() ? m.label.empty()
+                        : !m.label.empty() && m.label[0].value == label) {
+        return f->type == MetricType::Counter ? m.counter.value : m.gauge.value;
+      }
+    }
+    ADD_FAILURE() << name << "{" << label << "} missing";
+    return -1.0;
+  };
+  EXPECT_EQ(Find(families, "leakprobe_open_fds")->metric.size(), kFdKindCount);
+  EXPECT_EQ(value("leakprobe_open_fds", "tcp"), 3);
+  EXPECT_EQ(value("leakprobe_open_fds", "memfd"), 0);
+  EXPECT_EQ(value("leakprobe_fds_opened_total", "pipe"), 8);
+  EXPECT_EQ(value("leakprobe_fds_closed_total", "pipe"), 6);
+  EXPECT_EQ(Find(families, "leakprobe_fds_opened_total")->type, MetricType::Counter);
+  EXPECT_EQ(value("leakprobe_unattributed_fds", ""), 2);
+  EXPECT_EQ(value("leakprobe_fd_site_open_fds", "app.py:3 in leak"), 5);
+  EXPECT_EQ(Find(families, "leakprobe_tcp_sockets")->metric.size(), 11u);
+  EXPECT_EQ(value("leakprobe_tcp_sockets", "CLOSE_WAIT"), 1);
+  EXPECT_EQ(value("leakprobe_tcp_sockets", "TIME_WAIT"), 0);
+  EXPECT_EQ(value("leakprobe_fd_reconcile_seconds", ""), 0.004);
+  EXPECT_EQ(value("leakprobe_fd_dropped_total", ""), 0);
+}
+
 TEST(SnapshotCollectorTest, StopsCallingTheSourceWhenClosed) {
   std::atomic<int> calls{0};
   SnapshotCollector collector([&] {
