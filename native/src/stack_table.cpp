@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace leakprobe {
 
@@ -90,8 +91,10 @@ StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
     }
     frame_index_.emplace(key, ids[i]);
   }
-  std::string key(reinterpret_cast<const char*>(ids),
-                  static_cast<std::size_t>(n) * sizeof(std::uint32_t));
+  // Looked up as a view: a stack seen before (the common case, and the one
+  // fd hooks hit on every creation) costs no allocation.
+  const absl::string_view key(reinterpret_cast<const char*>(ids),
+                              static_cast<std::size_t>(n) * sizeof(std::uint32_t));
   auto it = stack_index_.find(key);
   if (it != stack_index_.end()) return it->second;
   if (stacks_.size() >= max_stacks_) {
@@ -103,7 +106,7 @@ StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
   ComputeSite(&stack);
   const auto id = static_cast<StackId>(stacks_.size());
   stacks_.push_back(std::move(stack));
-  stack_index_.emplace(std::move(key), id);
+  stack_index_.emplace(std::string(key), id);
   return id;
 }
 
