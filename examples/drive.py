@@ -66,6 +66,31 @@ def scrape(client: httpx.Client, metrics_url: str) -> dict[str, float]:
     return totals
 
 
+def top_site(client: httpx.Client, metrics_url: str, sample: str) -> tuple[str, float] | None:
+    """The ``site`` label with the largest value of a per-site sample."""
+    response = client.get(metrics_url)
+    response.raise_for_status()
+    sites = [
+        (s.labels["site"], s.value)
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+        if s.name == sample
+    ]
+    return max(sites, key=lambda site: site[1]) if sites else None
+
+
+def where(client: httpx.Client, target: Target) -> str:
+    """The code leakprobe names for the fds and the heap a target holds."""
+    fds = top_site(client, target.metrics_url, "leakprobe_fd_site_open_fds")
+    heap = top_site(client, target.metrics_url, "leakprobe_heap_site_live_bytes")
+    parts = []
+    if fds is not None:
+        parts.append(f"{fds[1]:.0f} open fds created at {fds[0]}")
+    if heap is not None:
+        parts.append(f"{heap[1] / MIB:.1f} MiB of live heap allocated at {heap[0]}")
+    return f"  {target.name}: " + ("; ".join(parts) or "no per-site figures (fd/heap tracking off)")
+
+
 def wait_until_ready(client: httpx.Client, targets: list[Target], deadline: float) -> None:
     """Block until every service and every metrics endpoint answers 200."""
     pending = [url for t in targets for url in (t.service_url + "/healthz", t.metrics_url)]
@@ -187,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"stopping early: past the {args.deadline:.0f} s deadline", file=sys.stderr
                     )
                     break
+        print()
+        print("Where the largest holders were created (leakprobe's top sites at the end):")
+        for target in targets:
+            print(where(client, target))
 
     print()
     print(

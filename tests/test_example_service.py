@@ -149,6 +149,15 @@ def _scrape(client: httpx.Client, metrics_url: str) -> dict[str, float]:
     return totals
 
 
+def _fd_sites(client: httpx.Client, metrics_url: str) -> dict[str, float]:
+    """``leakprobe_fd_site_open_fds`` by its ``site`` label."""
+    response = client.get(metrics_url)
+    response.raise_for_status()
+    return {sample.labels["site"]: sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples if sample.name == "leakprobe_fd_site_open_fds"}
+
+
 def _open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -172,8 +181,10 @@ def _scrape_settled(client: httpx.Client, service: Service) -> dict[str, float]:
         time.sleep(0.2)
 
 
-def _load(service: Service, requests: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Scrape, send ``requests`` requests with new prompts, scrape again."""
+def _load(service: Service, requests: int
+          ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Scrape, send ``requests`` requests with new prompts, scrape again;
+    also the open fds by creation site at the end."""
     with httpx.Client(timeout=10.0) as client:
 
         def summarize(prompt: str) -> None:
@@ -189,14 +200,24 @@ def _load(service: Service, requests: int) -> tuple[dict[str, float], dict[str, 
         for i in range(requests):
             summarize(f"document-{i}")
         after = _scrape_settled(client, service)
-    return before, after
+        sites = _fd_sites(client, service.metrics_url)
+    return before, after, sites
 
 
 def test_leaky_service_leaks_a_socket_per_request(start_service: Callable[[str], Service]) -> None:
-    before, after = _load(start_service("leaky_service"), REQUESTS)
+    before, after, sites = _load(start_service("leaky_service"), REQUESTS)
 
     fds_grown = after["process_open_fds"] - before["process_open_fds"]
     assert fds_grown >= 0.8 * REQUESTS, f"open fds grew by {fds_grown:.0f} over {REQUESTS} requests"
+    # leakprobe names the line: the leaked sockets are made inside httpx
+    # (site-packages), so their site is the service's call into it.
+    top_site, top_count = max(sites.items(), key=lambda item: item[1])
+    call_line = next(i for i, line in enumerate(
+        (EXAMPLES / "leaky_service" / "app.py").read_text().splitlines(), 1)
+        if "self._client.post(" in line)
+    assert f"leaky_service/app.py:{call_line} in " in top_site, sites
+    assert top_site.endswith("summarize"), sites  # the qualified name from 3.11 on
+    assert top_count >= 0.8 * REQUESTS, sites
     # Each leaked client keeps its pool, its SSL context and the cached
     # summary: far more than 1 MiB over 100 requests.
     rss_grown = after["process_resident_memory_bytes"] - before["process_resident_memory_bytes"]
@@ -204,7 +225,9 @@ def test_leaky_service_leaks_a_socket_per_request(start_service: Callable[[str],
 
 
 def test_fixed_twin_keeps_fds_flat(start_service: Callable[[str], Service]) -> None:
-    before, after = _load(start_service("fixed_service"), REQUESTS)
+    before, after, sites = _load(start_service("fixed_service"), REQUESTS)
 
     fds_grown = after["process_open_fds"] - before["process_open_fds"]
     assert fds_grown < 10, f"open fds grew by {fds_grown:.0f} over {REQUESTS} requests"
+    assert not any("fixed_service/app.py" in site and count >= 10
+                   for site, count in sites.items()), sites
