@@ -187,19 +187,22 @@ def _describe_exit(returncode: int) -> str:
 
 
 def run_child(argv: list[str], arm: str,
-              timeout: float = CHILD_TIMEOUT_S) -> tuple[dict, int, int]:
+              timeout: float = CHILD_TIMEOUT_S,
+              extra_env: dict[str, str] | None = None) -> tuple[dict, int, int]:
     """Run one child to completion.
 
     Returns its reported payload, the moment just before it was spawned and
     the moment ``wait()`` returned (both ``now_ns()``). A child that hangs,
     crashes or exits non-zero raises BenchError: for leakprobe such a failure
-    is itself a finding, so it is reported, not retried.
+    is itself a finding, so it is reported, not retried. ``extra_env`` is
+    added to the arm's environment.
     """
+    env = child_env(arm) | (extra_env or {})
     with tempfile.TemporaryFile() as err:
         spawned_ns = now_ns()
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=err, env=child_env(arm), cwd=child_cwd(), text=True)
+            stderr=err, env=env, cwd=child_cwd(), text=True)
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -348,9 +351,72 @@ def child_json_roundtrip() -> None:
         raise AssertionError("JSON round trip changed the document")
 
 
+FD_LOOP = 20_000
+"""Iterations of the tight fd loops: ~0.1 s of work each."""
+
+
+def child_fd_open_close() -> None:
+    """os.open/os.close of /dev/null in a tight loop: nothing but the fd
+    hooks' creation and close paths on top of the two system calls."""
+    for _ in range(FD_LOOP):
+        os.close(os.open(os.devnull, os.O_RDONLY))
+
+
+def child_socket_close() -> None:
+    """socket.socket()/close() in a tight loop."""
+    import socket
+
+    for _ in range(FD_LOOP):
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+
+
+HTTP_REQUESTS = 500
+
+
+def child_http_requests() -> None:
+    """Real HTTP over 127.0.0.1, a new connection per request: a server
+    thread in this process accepts, answers a small JSON body and closes;
+    the client connects, reads and closes. Two fds are made and closed per
+    request (the client's socket and the accepted one), amid the
+    interpreter work of both sides: the fd hooks' share of real traffic."""
+    import http.client
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for _ in range(HTTP_REQUESTS):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_port)
+            conn.request("GET", "/item")
+            if conn.getresponse().read() != b'{"ok": true}':
+                raise AssertionError("unexpected HTTP response")
+            conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 CHILD_WORKLOADS: dict[str, Callable[[], None]] = {
     "alloc-graphs": child_object_graphs,
     "alloc-json": child_json_roundtrip,
+    "fd-open-close": child_fd_open_close,
+    "fd-socket": child_socket_close,
+    "fd-http": child_http_requests,
 }
 """Python code run inside a child, after its arm's setup, by name."""
 
@@ -368,14 +434,16 @@ def measure_in_child(name: str, arm: str, options: Options) -> Sample:
     return Sample(value=payload["ms"], extra={}, threads=payload["threads"])
 
 
-def run_child_workload(name: str) -> None:
-    """Child mode for CHILD_WORKLOADS: time the workload, report it."""
+def run_child_workload(name: str, rounds: int = CHILD_ROUNDS) -> None:
+    """Child mode for CHILD_WORKLOADS: time the workload, report the median
+    (``ms``) and the fastest (``ms_min``) of `rounds` runs."""
     times_ms = []
-    for _ in range(CHILD_ROUNDS):
+    for _ in range(rounds):
         started = time.perf_counter()
         CHILD_WORKLOADS[name]()
         times_ms.append((time.perf_counter() - started) * 1e3)
-    emit(ms=statistics.median(times_ms), threads=os_thread_count())
+    emit(ms=statistics.median(times_ms), ms_min=min(times_ms),
+         threads=os_thread_count())
 
 
 # --------------------------------------------------------------------------
@@ -518,6 +586,22 @@ WORKLOADS: dict[str, Workload] = {
         what="150 json.dumps/json.loads round trips of a 500-record "
              f"document (median of {CHILD_ROUNDS} rounds in the child)",
         measure=functools.partial(measure_in_child, "alloc-json")),
+    "fd-open-close": Workload(
+        unit="ms",
+        what=f"{FD_LOOP:,} os.open/os.close of /dev/null "
+             f"(median of {CHILD_ROUNDS} rounds in the child)",
+        measure=functools.partial(measure_in_child, "fd-open-close")),
+    "fd-socket": Workload(
+        unit="ms",
+        what=f"{FD_LOOP:,} socket.socket()/close() "
+             f"(median of {CHILD_ROUNDS} rounds in the child)",
+        measure=functools.partial(measure_in_child, "fd-socket")),
+    "fd-http": Workload(
+        unit="ms",
+        what=f"{HTTP_REQUESTS} HTTP requests over 127.0.0.1 to a server "
+             "thread in the child, a new connection each "
+             f"(median of {CHILD_ROUNDS} rounds in the child)",
+        measure=functools.partial(measure_in_child, "fd-http")),
     "fastapi-async": Workload(
         unit="us/req",
         what="uvicorn + FastAPI `async def` endpoint, sequential keep-alive "
@@ -684,23 +768,25 @@ def failed_cells(row: RowResult) -> tuple[str, ...]:
     return tuple(cells)
 
 
-def render_text(rows: list[tuple[str, ...]]) -> str:
+def render_text(rows: list[tuple[str, ...]],
+                header: tuple[str, ...] = HEADER) -> str:
     """A plain table, left-aligned names, right-aligned figures."""
-    widths = [max(len(row[i]) for row in [HEADER, *rows])
-              for i in range(len(HEADER))]
+    widths = [max(len(row[i]) for row in [header, *rows])
+              for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths)))
 
-    return "\n".join([line(HEADER), line(tuple("-" * w for w in widths)),
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)),
                       *map(line, rows)])
 
 
-def render_markdown(rows: list[tuple[str, ...]]) -> str:
-    align = ["---", "---"] + ["---:"] * (len(HEADER) - 2)
+def render_markdown(rows: list[tuple[str, ...]],
+                    header: tuple[str, ...] = HEADER) -> str:
+    align = ["---", "---"] + ["---:"] * (len(header) - 2)
     return "\n".join("| " + " | ".join(cells) + " |"
-                     for cells in [HEADER, tuple(align), *rows])
+                     for cells in [header, tuple(align), *rows])
 
 
 def machine_description() -> str:
