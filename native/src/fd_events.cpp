@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 
 #include "leakprobe/interpose.h"
@@ -324,13 +325,23 @@ std::atomic<pid_t> g_pid{0};
 // overwrite the parent's records. _posixsubprocess is excluded for that
 // reason, but its vfork child still calls libpython, whose GOT is patched:
 // _Py_open_noraise("/proc/self/fd") and _Py_closerange (close_range).
-// Checked on every creation and on close_range, dup2 and dup3: one getpid()
-// each (~0.3 us here, against ~4 us for open+close). A plain close() in such
-// a child is not checked (the hot path); CPython's child closes through
-// _posixsubprocess's own GOT, and the reconciler repairs anything else.
+// The check is a getpid() system call (~0.3 us here, against ~3 us for a
+// whole open+close), so it is made only where CPython's child reaches
+// patched code: close_range, dup2, dup3, and opens of /proc/self/fd (the
+// listing it closes fds by). Every other creation and a plain close() are
+// not checked (the hot paths); CPython's child makes and closes its other
+// fds through _posixsubprocess's own GOT, and the reconciler repairs what
+// other code does in such a child.
 bool InSharedMemoryChild() noexcept {
   const pid_t pid = g_pid.load(std::memory_order_relaxed);
   return pid != 0 && getpid() != pid;
+}
+
+// The directory CPython's vfork child opens to find the fds to close.
+bool IsOwnFdDirectory(const char* path) noexcept {
+  static constexpr char kFdDir[] = "/proc/self/fd";
+  return path != nullptr && path[0] == '/' &&
+         std::strncmp(path, kFdDir, sizeof(kFdDir) - 1) == 0;
 }
 
 // errno is saved around everything we do after the real call.
@@ -370,11 +381,12 @@ class HookScope {
     return table_ != nullptr ? table_->KindOf(fd) : FdKind::kOther;
   }
 
-  // The call made the new fd `fd` (ignored if negative).
-  void Opened(int fd, FdKind kind) const noexcept {
+  // The call made the new fd `fd` (ignored if negative); `path` is the
+  // path it opened, for calls that take one.
+  void Opened(int fd, FdKind kind, const char* path = nullptr) const noexcept {
     if (table_ == nullptr || fd < 0) return;
     const ErrnoKeeper keep;
-    if (InSharedMemoryChild()) return;
+    if (IsOwnFdDirectory(path) && InSharedMemoryChild()) return;
     const StackIdProvider provider = g_stack_provider.load(std::memory_order_relaxed);
     table_->RecordOpen(fd, kind, provider != nullptr ? provider() : kNoStackId,
                        call_sequence_);
@@ -455,7 +467,7 @@ int HookOpenT(const char* path, int flags, ...) noexcept {
   }
   const HookScope scope;
   const int fd = Real<OpenFn>(*kReal)(path, flags, mode);
-  scope.Opened(fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile, path);
   return fd;
 }
 
@@ -470,7 +482,7 @@ int HookOpenatT(int dirfd, const char* path, int flags, ...) noexcept {
   }
   const HookScope scope;
   const int fd = Real<OpenatFn>(*kReal)(dirfd, path, flags, mode);
-  scope.Opened(fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile, path);
   return fd;
 }
 
@@ -478,7 +490,7 @@ template <std::atomic<void*>* kReal>
 int HookOpen2T(const char* path, int flags) noexcept {
   const HookScope scope;
   const int fd = Real<Open2Fn>(*kReal)(path, flags);
-  scope.Opened(fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile, path);
   return fd;
 }
 
@@ -486,7 +498,7 @@ template <std::atomic<void*>* kReal>
 int HookOpenat2T(int dirfd, const char* path, int flags) noexcept {
   const HookScope scope;
   const int fd = Real<Openat2Fn>(*kReal)(dirfd, path, flags);
-  scope.Opened(fd, FdKind::kFile);
+  scope.Opened(fd, FdKind::kFile, path);
   return fd;
 }
 
@@ -648,7 +660,7 @@ int HookFclose(FILE* f) noexcept {
 DIR* HookOpendir(const char* path) noexcept {
   const HookScope scope;
   DIR* d = Real<DIR* (*)(const char*)>(real_opendir)(path);
-  if (d != nullptr) scope.Opened(dirfd(d), FdKind::kFile);
+  if (d != nullptr) scope.Opened(dirfd(d), FdKind::kFile, path);
   return d;
 }
 

@@ -13,7 +13,9 @@ std::string Frame::Describe() const {
 }
 
 StackTable::StackTable(std::size_t max_frames, std::size_t max_stacks)
-    : max_frames_(max_frames), max_stacks_(std::max<std::size_t>(max_stacks, 2)) {
+    : max_frames_(max_frames),
+      max_stacks_(std::max<std::size_t>(max_stacks, 2)),
+      cache_(new CacheSlot[kCacheSlots]) {
   MutexLock lock(&mu_);
   stacks_.resize(2);  // kEmptyStack, kOverflowStack
 }
@@ -56,9 +58,51 @@ void StackTable::ComputeSite(Stack* stack) const {
   }
 }
 
+std::uint64_t StackTable::HashRaw(const LeakprobeRawFrame* frames, int n) noexcept {
+  // splitmix64's finaliser over each field: cheap, and every input bit
+  // reaches every output bit.
+  auto mix = [](std::uint64_t h, std::uint64_t v) {
+    h ^= v + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBULL;
+    return h ^ (h >> 31);
+  };
+  std::uint64_t h = static_cast<std::uint64_t>(n);
+  for (int i = 0; i < n; ++i) {
+    h = mix(h, reinterpret_cast<std::uintptr_t>(frames[i].code));
+    h = mix(h, reinterpret_cast<std::uintptr_t>(frames[i].filename));
+    h = mix(h, (static_cast<std::uint64_t>(static_cast<std::uint32_t>(frames[i].offset))
+                << 32) |
+                   static_cast<std::uint32_t>(frames[i].first_line));
+  }
+  return h != 0 ? h : 1;  // 0 marks an empty or changing slot
+}
+
+bool StackTable::CacheLookup(std::uint64_t hash, StackId* id) const noexcept {
+  const CacheSlot& slot = cache_[hash & (kCacheSlots - 1)];
+  if (slot.hash.load(std::memory_order_acquire) != hash) return false;
+  const StackId found = slot.id.load(std::memory_order_acquire);
+  // An id written after our first read was published after the hash was
+  // cleared (release/acquire on id), so this re-read then sees 0 or the
+  // new hash, never ours.
+  if (slot.hash.load(std::memory_order_relaxed) != hash) return false;
+  *id = found;
+  return true;
+}
+
+void StackTable::CacheStore(std::uint64_t hash, StackId id) {
+  CacheSlot& slot = cache_[hash & (kCacheSlots - 1)];
+  slot.hash.store(0, std::memory_order_relaxed);
+  slot.id.store(id, std::memory_order_release);
+  slot.hash.store(hash, std::memory_order_release);
+}
+
 StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
   if (n <= 0) return kEmptyStack;
   n = std::min<int>(n, static_cast<int>(kMaxDepth));
+  const std::uint64_t hash = HashRaw(frames, n);
+  StackId cached = kEmptyStack;
+  if (CacheLookup(hash, &cached)) return cached;
   MutexLock lock(&mu_);
   std::uint32_t ids[kMaxDepth];
   for (int i = 0; i < n; ++i) {
@@ -96,7 +140,10 @@ StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
   const absl::string_view key(reinterpret_cast<const char*>(ids),
                               static_cast<std::size_t>(n) * sizeof(std::uint32_t));
   auto it = stack_index_.find(key);
-  if (it != stack_index_.end()) return it->second;
+  if (it != stack_index_.end()) {
+    CacheStore(hash, it->second);
+    return it->second;
+  }
   if (stacks_.size() >= max_stacks_) {
     ++overflows_;
     return kOverflowStack;
@@ -107,6 +154,7 @@ StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
   const auto id = static_cast<StackId>(stacks_.size());
   stacks_.push_back(std::move(stack));
   stack_index_.emplace(std::string(key), id);
+  CacheStore(hash, id);
   return id;
 }
 
@@ -148,7 +196,8 @@ std::uint64_t StackTable::overflows() const {
 std::size_t StackTable::MemoryBytes() const {
   MutexLock lock(&mu_);
   std::size_t bytes =
-      frames_.capacity() * sizeof(Frame) + stacks_.capacity() * sizeof(Stack) +
+      kCacheSlots * sizeof(CacheSlot) + frames_.capacity() * sizeof(Frame) +
+      stacks_.capacity() * sizeof(Stack) +
       frame_index_.capacity() * (sizeof(RawKey) + sizeof(std::uint32_t) + 1) +
       stack_index_.capacity() * (sizeof(std::string) + sizeof(StackId) + 1) +
       frame_by_text_.capacity() * (sizeof(std::string) + sizeof(std::uint32_t) + 1);

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+#include <thread>
+#include <vector>
+
 #include "fake_frames.h"
 
 namespace leakprobe {
@@ -87,11 +91,50 @@ TEST(StackTableCapsTest, FullTablesReturnTheOverflowStackAndCount) {
   EXPECT_EQ(table.overflows(), 1u);
   EXPECT_EQ(table.SiteOf(kOverflowStack), "[stack table full]");
 
+  // Overflows are not remembered as answers: the next try counts again.
+  frames = {FakeFrame(3, 2)};
+  EXPECT_EQ(table.Intern(frames.data(), 1), kOverflowStack);
+  EXPECT_EQ(table.overflows(), 2u);
+
   StackTable few_frames(2, 100);
   few_frames.SetSource(testing::FakeSource());
   frames = {FakeFrame(1, 2), FakeFrame(2, 2), FakeFrame(3, 2)};
   EXPECT_EQ(few_frames.Intern(frames.data(), 3), kOverflowStack);
   EXPECT_LT(few_frames.MemoryBytes(), 100'000u);
+}
+
+// Threads interning the same stacks at once, through the lock-free cache and
+// past it: every thread gets one id per stack, and distinct stacks get
+// distinct ids.
+TEST(StackTableConcurrencyTest, ThreadsAgreeOnIds) {
+  StackTable table(10'000, 10'000);
+  table.SetSource(testing::FakeSource());
+  constexpr int kThreads = 8;
+  constexpr int kStacks = 300;
+  std::vector<std::vector<StackId>> seen(kThreads, std::vector<StackId>(kStacks));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&table, &seen, t] {
+      for (int round = 0; round < 20; ++round) {
+        for (int i = 0; i < kStacks; ++i) {
+          const int s = (i + t * 37) % kStacks;  // threads walk in different orders
+          const LeakprobeRawFrame frames[] = {FakeFrame(s + 1, 2),
+                                              FakeFrame(s % 7 + 1, 4)};
+          const StackId id = table.Intern(frames, 2);
+          if (round == 0) {
+            seen[t][s] = id;
+          } else if (seen[t][s] != id) {
+            seen[t][s] = kOverflowStack;  // an id changed: reported below
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  std::set<StackId> distinct(seen[0].begin(), seen[0].end());
+  EXPECT_EQ(distinct.size(), static_cast<std::size_t>(kStacks));
+  EXPECT_EQ(distinct.count(kOverflowStack), 0u);
+  for (int t = 1; t < kThreads; ++t) EXPECT_EQ(seen[t], seen[0]) << "thread " << t;
 }
 
 }  // namespace

@@ -15,11 +15,16 @@
 // plus "<frozen ...>" modules); the innermost frame when all are library.
 // Code without a file ("<string>", "<stdin>") is application code.
 // Thread-safety: all methods are thread-safe (one internal mutex). Capture
-// takes no lock.
+// takes no lock, and neither does Intern of a stack interned recently: a
+// small lock-free cache keyed by a 64-bit hash of the raw frames answers
+// before the mutex (fd hooks intern on every creation, mostly the same few
+// stacks).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -106,6 +111,17 @@ class StackTable {
     std::vector<std::uint32_t> frames;  // indexes into frames_
     std::uint32_t site = 0;             // index into frames (not frames_)
   };
+  // One entry of the recent-stack cache. Written only under mu_: hash to 0,
+  // id (release), hash (release); read without a lock: hash, id (acquire),
+  // hash again, and used only if both hashes match the key's.
+  struct CacheSlot {
+    std::atomic<std::uint64_t> hash{0};
+    std::atomic<StackId> id{kEmptyStack};
+  };
+  static constexpr std::size_t kCacheSlots = 4096;
+  static std::uint64_t HashRaw(const LeakprobeRawFrame* frames, int n) noexcept;
+  bool CacheLookup(std::uint64_t hash, StackId* id) const noexcept;
+  void CacheStore(std::uint64_t hash, StackId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   bool IsLibrary(const std::string& filename) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ComputeSite(Stack* stack) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -122,6 +138,7 @@ class StackTable {
   std::vector<Stack> stacks_ ABSL_GUARDED_BY(mu_);  // [0] empty, [1] overflow
   absl::flat_hash_map<std::string, StackId> stack_index_ ABSL_GUARDED_BY(mu_);
   std::uint64_t overflows_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<CacheSlot[]> cache_;  // kCacheSlots, allocated once
 };
 
 }  // namespace leakprobe
