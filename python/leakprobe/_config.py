@@ -125,7 +125,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("sample_interval", 1.0, _parse_interval,
            "a number of seconds from 0.01 to 3600"),
     Option("heap", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
-    Option("heap_sample_bytes", 512 * 1024, _int_in(1, 1 << 30),
+    Option("heap_sample_bytes", 128 * 1024, _int_in(1, 1 << 30),
            "an integer number of bytes from 1 to 1073741824"),
     Option("heap_frames", 32, _int_in(1, 128), "an integer from 1 to 128"),
     Option("heap_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
@@ -147,7 +147,7 @@ class Config(NamedTuple):
     strict: bool = False
     sample_interval: float = 1.0
     heap: bool = True
-    heap_sample_bytes: int = 512 * 1024
+    heap_sample_bytes: int = 128 * 1024
     heap_frames: int = 32
     heap_top_sites: int = 10
     fds: bool = True

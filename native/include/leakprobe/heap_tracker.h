@@ -2,7 +2,7 @@
 // unbiased estimates of live bytes and counts per creation stack.
 //
 //   HeapTracker& heap = HeapTracker::Instance();
-//   heap.Start({.sample_bytes = 512 * 1024});
+//   heap.Start({.sample_bytes = 128 * 1024});
 //   // allocator hooks, after the real allocation / before the real free:
 //   heap.OnAlloc(ptr, size);
 //   heap.OnFree(ptr);
@@ -48,7 +48,7 @@ namespace leakprobe {
 
 struct HeapConfig {
   std::uint64_t sample_bytes =
-      std::uint64_t{512} * 1024;     // mean interval between samples
+      std::uint64_t{128} * 1024;     // mean interval between samples
   int max_frames = 32;               // Python frames kept per sample
   std::size_t max_blocks = 1 << 17;  // live sampled blocks
   std::size_t top_sites = 10;        // sites named in Summary()
@@ -175,7 +175,7 @@ class HeapTracker {
 
   std::atomic<bool> enabled_{false};
   std::atomic<bool> frozen_{false};
-  std::atomic<std::uint64_t> sample_bytes_{std::uint64_t{512} * 1024};
+  std::atomic<std::uint64_t> sample_bytes_{std::uint64_t{128} * 1024};
   std::atomic<int> max_frames_{32};
   std::atomic<std::size_t> top_sites_{10};
   detail::AddressFilter filter_;
