@@ -91,6 +91,12 @@ class Server:
     def readline(self) -> str:
         return self.proc.stdout.readline()
 
+    def ask(self, command: str) -> str:
+        """Sends one command line to the child's body; returns its answer line."""
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.readline().strip()
+
     def close(self, timeout: float = 30) -> tuple[int, str]:
         """Closes stdin (the child then exits); returns (exit code, stderr)."""
         try:

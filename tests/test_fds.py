@@ -668,12 +668,6 @@ for line in sys.stdin:
 """
 
 
-def _ask(server, command: str) -> str:
-    server.proc.stdin.write(command + "\n")
-    server.proc.stdin.flush()
-    return server.readline().strip()
-
-
 def test_metrics_count_leaked_sockets_exactly_and_pass_promtool(server_factory):
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package 'prometheus') is required; scripts/setup.sh installs it"
@@ -683,12 +677,12 @@ def test_metrics_count_leaked_sockets_exactly_and_pass_promtool(server_factory):
     with httpx.Client() as client:
         before = scrape(server.url, client)
         assert "leakprobe_open_fds" in before, "the exporter serves no fd metrics"
-        line = _ask(server, "leak 7")
+        line = server.ask("leak 7")
         site = f"<string>:{line} in <module>"
         first = scrape(server.url, client)
-        _ask(server, "leak 5")
+        server.ask("leak 5")
         second = scrape(server.url, client)
-        _ask(server, "close-wait")
+        server.ask("close-wait")
         deadline = time.monotonic() + 30
         while True:  # poll: the state is refreshed at each reconcile
             third = scrape(server.url, client)

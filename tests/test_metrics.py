@@ -46,12 +46,6 @@ for line in sys.stdin:
 """
 
 
-def ask(server, command: str) -> str:
-    server.proc.stdin.write(command + "\n")
-    server.proc.stdin.flush()
-    return server.readline().strip()
-
-
 def test_required_families_are_present_with_sane_values(server_factory):
     server = server_factory(COMMANDS)
     families = scrape(server.url)
@@ -64,7 +58,7 @@ def test_required_families_are_present_with_sane_values(server_factory):
     assert value(families, "process_start_time_seconds") == pytest.approx(time.time(), abs=120)
     # At scrape time the server also holds the scrape's own connection, which
     # it may or may not have closed yet when the child lists its fds.
-    assert value(families, "process_open_fds") - int(ask(server, "fds")) in (0, 1)
+    assert value(families, "process_open_fds") - int(server.ask("fds")) in (0, 1)
     for generation in ("0", "1", "2"):
         assert value(families, "python_gc_collections_total", generation=generation) >= 0
     info = families["python_info"]
@@ -77,9 +71,9 @@ def test_required_families_are_present_with_sane_values(server_factory):
 def test_values_follow_the_process(server_factory):
     server = server_factory(COMMANDS, LEAKPROBE_SAMPLE_INTERVAL="0.05")
     before = scrape(server.url)
-    ask(server, "open 50")
-    ask(server, "alloc 200")
-    ask(server, "gc 5")
+    server.ask("open 50")
+    server.ask("alloc 200")
+    server.ask("gc 5")
     time.sleep(0.5)  # > several sample intervals: the sampler has run
     after = scrape(server.url)
     assert value(after, "process_open_fds") - value(before, "process_open_fds") == 50
