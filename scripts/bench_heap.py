@@ -232,12 +232,18 @@ CHILD_TIMEOUT_S = 900.0
 """tracemalloc with 25 frames runs alloc-json ~50x slower than baseline."""
 
 
-def run_arm(arm_name: str, workload: str, extra: list[str]) -> dict:
+SLOW_ARM_TIMEOUT_S = 60.0
+"""A slow arm that cannot finish one value in this long is reported as at
+least this slow (tracemalloc-25 on json_loads ran for minutes)."""
+
+
+def run_arm(arm_name: str, workload: str, extra: list[str],
+            timeout: float = CHILD_TIMEOUT_S) -> dict:
     with tempfile.TemporaryDirectory(prefix="leakprobe-bench-heap-") as tmp:
         try:
             payload, _, _ = bench.run_child(
                 arm_argv(arm_name, workload, extra, tmp), bench.BASELINE,
-                timeout=CHILD_TIMEOUT_S, extra_env=dict(arm_by_name(arm_name).env))
+                timeout=timeout, extra_env=dict(arm_by_name(arm_name).env))
         except bench.BenchError as error:
             raise bench.BenchError(f"{workload}, arm {arm_name}: {error}") from None
     return payload
@@ -262,6 +268,10 @@ class Row(NamedTuple):
         return min(self.ms[arm])
 
     def ratio(self, arm: str) -> float:
+        """arm / baseline; for a slow arm that timed out, the lower bound
+        the timeout gives, as a negative number (rendered "> x")."""
+        if math.isinf(self.fastest(arm)):
+            return -SLOW_ARM_TIMEOUT_S * 1e3 / self.fastest("baseline")
         return self.fastest(arm) / self.fastest("baseline")
 
 
@@ -275,8 +285,14 @@ def run_workload(workload: str, arms: list[str], rounds: int, value_s: float) ->
             if not arm_by_name(arm).slow:
                 got[arm] = run_arm(arm, workload, extra)["ms_min"]
             elif index == 0:
-                got[arm] = run_arm(arm, workload,
-                                   [*extra, "--values", "1", "--warmups", "0"])["ms_min"]
+                try:
+                    got[arm] = run_arm(arm, workload,
+                                       [*extra, "--values", "1", "--warmups", "0"],
+                                       timeout=SLOW_ARM_TIMEOUT_S)["ms_min"]
+                except bench.BenchError as error:
+                    if "did not finish" not in str(error):
+                        raise
+                    got[arm] = math.inf  # shown as "> SLOW_ARM_TIMEOUT_S / baseline"
         for arm, value in got.items():
             ms[arm].append(value)
         bench.log(f"{workload} round {index + 1}/{rounds}: " + ", ".join(
@@ -343,7 +359,14 @@ def accuracy(arms: list[str], runs: int) -> dict[str, float]:
 
 
 def geometric_mean(values: list[float]) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values))
+    """Of ratios; negative ones are lower bounds (see Row.ratio), and make
+    the mean one too."""
+    mean = math.exp(statistics.fmean(math.log(abs(v)) for v in values))
+    return -mean if any(v < 0 for v in values) else mean
+
+
+def fmt_ratio(ratio: float) -> str:
+    return f"> {-ratio:.0f}" if ratio < 0 else f"{ratio:.3f}"
 
 
 def render(rows: list[Row], arms: list[str], errors: dict[str, float],
@@ -355,7 +378,7 @@ def render(rows: list[Row], arms: list[str], errors: dict[str, float],
 
     def cells(name: str, baseline: str, ratios: list[float],
               instr: float | None) -> tuple[str, ...]:
-        row = (name, baseline, *(f"{r:.3f}" for r in ratios))
+        row = (name, baseline, *(fmt_ratio(r) for r in ratios))
         if instructions:
             row += ("" if instr is None else f"{instr:.3f}",)
         return row
