@@ -324,12 +324,12 @@ def callgrind_instructions(arm: str, workload: str, extra: list[str],
     return int(found.group(1))
 
 
-def callgrind_ratio(workload: str) -> float:
+def callgrind_ratio(workload: str, value_s: float = TARGET_VALUE_S) -> float:
     """Instructions of one value with leakprobe / without, by difference
     (2 values minus 1 value), so start-up and exit cancel out."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
-    extra = calibrate(workload, TARGET_VALUE_S / 5)
+    extra = calibrate(workload, value_s / 5)
     runs = [(arm, values) for arm in ("baseline", "leakprobe") for values in (1, 2)]
     # Counts do not depend on neighbours: use every CPU.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -453,7 +453,7 @@ def main(argv: list[str]) -> int:
     before = bench.CpuSnapshot.take()
     rows = [run_workload(w, args.arm_list, args.rounds, args.value_seconds)
             for w in args.workloads]
-    instructions = ({w: callgrind_ratio(w) for w in args.workloads}
+    instructions = ({w: callgrind_ratio(w, args.value_seconds) for w in args.workloads}
                     if args.callgrind else {})
     errors = accuracy(args.arm_list, max(args.rounds, 10)) if args.accuracy else {}
     other, steal = bench.machine_noise(before, bench.CpuSnapshot.take())
