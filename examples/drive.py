@@ -49,6 +49,8 @@ class Target:
     requests_sent: int = 0
     # One (requests so far, {sample name: value}) pair per scrape.
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    # Per-site samples at the first scrape: {sample name: {site: value}}.
+    sites_at_start: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def scrape(client: httpx.Client, metrics_url: str) -> dict[str, float]:
@@ -66,29 +68,36 @@ def scrape(client: httpx.Client, metrics_url: str) -> dict[str, float]:
     return totals
 
 
-def top_site(client: httpx.Client, metrics_url: str, sample: str) -> tuple[str, float] | None:
-    """The ``site`` label with the largest value of a per-site sample."""
+def site_values(client: httpx.Client, metrics_url: str, sample: str) -> dict[str, float]:
+    """A per-site sample's values by their ``site`` label."""
     response = client.get(metrics_url)
     response.raise_for_status()
-    sites = [
-        (s.labels["site"], s.value)
+    return {
+        s.labels["site"]: s.value
         for family in text_string_to_metric_families(response.text)
         for s in family.samples
         if s.name == sample
-    ]
-    return max(sites, key=lambda site: site[1]) if sites else None
+    }
+
+
+SITE_SAMPLES = {
+    "leakprobe_fd_site_open_fds": ("open fds created at {site}", 1.0, "{:+.0f}"),
+    "leakprobe_heap_site_live_bytes": ("MiB of live heap allocated at {site}", MIB, "{:+.1f}"),
+}
 
 
 def where(client: httpx.Client, target: Target) -> str:
-    """The code leakprobe names for the fds and the heap a target holds."""
-    fds = top_site(client, target.metrics_url, "leakprobe_fd_site_open_fds")
-    heap = top_site(client, target.metrics_url, "leakprobe_heap_site_live_bytes")
+    """The code whose fds and heap grew most since the first scrape, as
+    leakprobe names it (its top sites; growth, not size, is the leak)."""
     parts = []
-    if fds is not None:
-        parts.append(f"{fds[1]:.0f} open fds created at {fds[0]}")
-    if heap is not None:
-        parts.append(f"{heap[1] / MIB:.1f} MiB of live heap allocated at {heap[0]}")
-    return f"  {target.name}: " + ("; ".join(parts) or "no per-site figures (fd/heap tracking off)")
+    for sample, (what, unit, number) in SITE_SAMPLES.items():
+        before = target.sites_at_start.get(sample, {})
+        now = site_values(client, target.metrics_url, sample)
+        growth = {site: value - before.get(site, 0.0) for site, value in now.items()}
+        site, grown = max(growth.items(), key=lambda item: item[1], default=("", 0.0))
+        if grown / unit >= 1:
+            parts.append(number.format(grown / unit) + " " + what.format(site=site))
+    return f"  {target.name}: " + ("; ".join(parts) or "no site grew")
 
 
 def wait_until_ready(client: httpx.Client, targets: list[Target], deadline: float) -> None:
@@ -197,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for target in targets:
             target.history.append((0, scrape(client, target.metrics_url)))
+            target.sites_at_start = {
+                sample: site_values(client, target.metrics_url, sample) for sample in SITE_SAMPLES
+            }
             print_row(0, target)
         # One thread per target: the services are separate processes, so
         # loading them side by side halves the demo's wall-clock time.
@@ -213,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     break
         print()
-        print("Where the largest holders were created (leakprobe's top sites at the end):")
+        print("What grew most, and where it was created (leakprobe's top sites):")
         for target in targets:
             print(where(client, target))
 
