@@ -54,8 +54,7 @@ ReconcileResult ReconcileNow() {
   return r;
 }
 
-void FdStart(int max_frames, int top_sites,
-             std::optional<std::vector<std::string>> library_prefixes) {
+void FdStart(int max_frames, int top_sites) {
   if (max_frames < 0 || max_frames > static_cast<int>(StackTable::kMaxDepth)) {
     throw Error("fd tracking: max_frames must be between 0 and " +
                 std::to_string(StackTable::kMaxDepth) + ", not " +
@@ -74,7 +73,6 @@ void FdStart(int max_frames, int top_sites,
     freeze_registered = true;
   }
   py::gil_scoped_release no_gil;  // patching takes the loader's locks
-  if (library_prefixes) StackTable::Instance().SetLibraryPrefixes(*library_prefixes);
   SetFdTopSites(static_cast<std::size_t>(top_sites));
   EnableFdStacks(max_frames);
   try {
@@ -203,12 +201,9 @@ py::dict FdCountersDict() {
 
 void RegisterFdBindings(py::module_& m) {
   m.def("fd_start", &FdStart, py::arg("max_frames"), py::arg("top_sites"),
-        py::arg("library_prefixes") = py::none(),
         "Start fd tracking: interpose libc's fd calls (idempotent), record the "
         "creating Python stack (up to max_frames frames), name top_sites sites "
         "in the metrics, and reconcile once so fds open before start are known. "
-        "library_prefixes, when given, sets the stack service's library code "
-        "(as heap_start does) for the attribution site. "
         "Raises Error when the calls cannot be interposed.");
   m.def("fd_stop", &FdStop,
         "Restore every interposed entry and forget every record; safe when not "

@@ -176,9 +176,7 @@ std::vector<std::string> NativeStack(std::size_t max_depth) {
   return frames;
 }
 
-void HeapStart(std::uint64_t sample_bytes, int max_frames, std::size_t top_sites,
-               std::vector<std::string> library_prefixes) {
-  StackTable::Instance().SetLibraryPrefixes(std::move(library_prefixes));
+void HeapStart(std::uint64_t sample_bytes, int max_frames, std::size_t top_sites) {
   HeapConfig config;
   config.sample_bytes = sample_bytes;
   config.max_frames = max_frames;
@@ -300,8 +298,16 @@ PYBIND11_MODULE(_native, m) {
   m.def("process_stats", &ProcessStatsDict, "Process figures read from /proc now.");
   m.def("native_stack", &NativeStack, py::arg("max_depth") = 32,
         "The calling thread's native stack, innermost first (libunwind).");
+  m.def(
+      "set_library_prefixes",
+      [](std::vector<std::string> prefixes) {
+        StackTable::Instance().SetLibraryPrefixes(std::move(prefixes));
+      },
+      py::arg("prefixes"),
+      "Set what the shared stack service counts as library code for "
+      "attribution sites (heap samples and fd records alike).");
   m.def("heap_start", &HeapStart, py::arg("sample_bytes"), py::arg("max_frames"),
-        py::arg("top_sites"), py::arg("library_prefixes"),
+        py::arg("top_sites"),
         "Start sampled heap tracking (installs the PEP 445 hooks once; GIL held).");
   m.def(
       "heap_stop", [] { HeapTracker::Instance().Stop(); },

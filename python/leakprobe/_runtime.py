@@ -168,11 +168,12 @@ def start(**options: Any) -> dict[str, Any]:
             _stop_locked()
         _install_hooks()
         _python_info(native)
-        prefixes = _library_prefixes() if config.heap or config.fds else []
+        if config.heap or config.fds:  # attribution sites of both
+            native.set_library_prefixes(_library_prefixes())
         if config.heap:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,
-                              config.heap_top_sites, prefixes)
-        fds = config.fds and _start_fds(native, config, prefixes)
+                              config.heap_top_sites)
+        fds = config.fds and _start_fds(native, config)
         sampler = _Sampler(config.sample_interval, config.heap,
                            config.fd_reconcile_interval if fds else None)
         sampler.sample_once()  # the first scrape already has gc figures
@@ -183,9 +184,9 @@ def start(**options: Any) -> dict[str, Any]:
         return status()
 
 
-def _start_fds(native: Any, config: Config, library_prefixes: list[str]) -> bool:
+def _start_fds(native: Any, config: Config) -> bool:
     try:
-        native.fd_start(config.fd_frames, config.fd_top_sites, library_prefixes)
+        native.fd_start(config.fd_frames, config.fd_top_sites)
     except Exception as exc:  # the host runs on; so does the rest of leakprobe
         # The native Error's text already says "fd tracking could not start: ...".
         why = str(exc) if isinstance(exc, native.Error) else \
