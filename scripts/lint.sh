@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # C++ style and static checks: clang-format (every C++ file) and clang-tidy
-# (the core and the exporter, against build/native/compile_commands.json).
+# (every source of the core, the exporter and, when the build has them, the
+# bindings, against the build's compile_commands.json).
 # Usage: scripts/lint.sh [build dir with compile_commands.json]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,17 @@ clang-format --dry-run --Werror "${files[@]}"
   echo "[lint] $build/compile_commands.json is missing: configure the native build first" >&2
   exit 1
 }
-mapfile -t sources < <(ls native/src/*.cpp exporters/prometheus/src/*.cpp)
+# Every C++ source of ours that the build compiles (tests and benchmarks
+# aside), as listed in the compile database: a file is checked with its own
+# flags or not at all.
+mapfile -t sources < <(python3 - "$build/compile_commands.json" <<'PY'
+import json, os, sys
+root = os.getcwd() + "/"
+files = {os.path.relpath(e["file"], root) for e in json.load(open(sys.argv[1]))}
+print("\n".join(sorted(f for f in files if f.endswith(".cpp") and
+      f.startswith(("native/src/", "native/bindings/", "exporters/prometheus/src/")))))
+PY
+)
 echo "[lint] clang-tidy: ${#sources[@]} files"
 # Only our own diagnostics are printed; third-party headers are filtered by
 # HeaderFilterRegex in .clang-tidy.

@@ -30,10 +30,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "leakprobe/fd_events.h"
-#include "leakprobe/fd_reconcile.h"
-#include "leakprobe/fd_summary.h"
-#include "leakprobe/socket_info.h"
+#include "leakprobe/fd/fd_reconcile.h"
+#include "leakprobe/fd/fd_summary.h"
+#include "leakprobe/fd/fd_table.h"
+#include "leakprobe/fd/socket_info.h"
 
 namespace {
 

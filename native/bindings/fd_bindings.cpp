@@ -15,25 +15,21 @@
 #include <utility>
 #include <vector>
 
-#include "leakprobe/error.h"
-#include "leakprobe/fd_events.h"
-#include "leakprobe/fd_reconcile.h"
-#include "leakprobe/fd_stacks.h"
-#include "leakprobe/fd_summary.h"
-#include "leakprobe/interpose.h"
-#include "leakprobe/socket_info.h"
-#include "leakprobe/stack_table.h"
+#include "leakprobe/fd/fd_hooks.h"
+#include "leakprobe/fd/fd_reconcile.h"
+#include "leakprobe/fd/fd_stacks.h"
+#include "leakprobe/fd/fd_summary.h"
+#include "leakprobe/fd/fd_table.h"
+#include "leakprobe/fd/socket_info.h"
+#include "leakprobe/interpose/interpose.h"
+#include "leakprobe/runtime/clock.h"
+#include "leakprobe/runtime/error.h"
+#include "leakprobe/stacks/stack_table.h"
 
 namespace py = pybind11;
 
 namespace leakprobe {
 namespace {
-
-std::int64_t MonotonicNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
 
 py::dict ReconcileDict(const ReconcileResult& r) {
   py::dict d;

@@ -1,7 +1,6 @@
 // leakprobe._native — the Python extension module: thin bindings over the
 // native core and the Prometheus exporter. The Python package
 // (python/leakprobe) is the public API; this module is private.
-#include <pthread.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -14,22 +13,22 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "fd_bindings.h"
-#include "heap_hooks.h"
-#include "leakprobe/error.h"
-#include "leakprobe/fd_events.h"
-#include "leakprobe/fd_stacks.h"
-#include "leakprobe/heap_tracker.h"
-#include "leakprobe/log.h"
-#include "leakprobe/native_stack.h"
-#include "leakprobe/process_stats.h"
+#include "leakprobe/fd/fd_table.h"
+#include "leakprobe/heap/heap_tracker.h"
+#include "leakprobe/heap/pymem_hooks.h"
+#include "leakprobe/process/process_stats.h"
+#include "leakprobe/process/runtime_stats.h"
 #include "leakprobe/prometheus/collector.h"
 #include "leakprobe/prometheus/exporter.h"
-#include "leakprobe/python_frames.h"
-#include "leakprobe/runtime_stats.h"
+#include "leakprobe/runtime/error.h"
+#include "leakprobe/runtime/fork.h"
+#include "leakprobe/runtime/log.h"
+#include "leakprobe/runtime/mutex.h"
 #include "leakprobe/snapshot.h"
-#include "leakprobe/stack_table.h"
+#include "leakprobe/stacks/native_stack.h"
+#include "leakprobe/stacks/python_frames.h"
+#include "leakprobe/stacks/stack_table.h"
 #include "leakprobe/version.h"
 #include "prometheus/text_serializer.h"
 
@@ -44,59 +43,41 @@ using prometheus_exporter::SnapshotCollector;
 // The one exporter of this process. Never destroyed (threads of a released
 // server may still run during exit).
 struct ExporterSlot {
-  absl::Mutex mu;
+  Mutex mu;
   Exporter* exporter ABSL_GUARDED_BY(mu) = nullptr;
 };
 
-ExporterSlot& Slot() {
-  static ExporterSlot* const slot = new ExporterSlot();
-  return *slot;
-}
+ExporterSlot& Slot();
 
-// fork(): the slot's lock is taken before the fork so the child never
-// inherits it held by a thread that does not exist there. In the child the
-// inherited server has no threads: abandon it (see Exporter::AbandonAfterFork)
-// without freeing anything, and give the child a fresh log.
-//
-// Lock order, everywhere: slot, heap tracker, stack table.
-//
-// While this thread holds the stack table's lock, fd hooks running on it
-// (in other libraries' atfork handlers) must not capture stacks:
-// FdStacksPrepareFork/AfterFork bracket the lock.
-void BeforeFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  FdStacksPrepareFork();
-  Slot().mu.Lock();
-  HeapTracker::Instance().PrepareFork();
-  StackTable::Instance().PrepareFork();
-}
-void AfterForkParent() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  StackTable::Instance().AfterFork();
-  HeapTracker::Instance().AfterFork();
-  Slot().mu.Unlock();
-  FdStacksAfterFork();
-}
-void AfterForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  // The heap tables describe blocks the child really has (copied memory):
-  // they stay, consistent because their locks were held across fork().
-  StackTable::Instance().AfterFork();
-  HeapTracker::Instance().AfterFork();
-  // So do the fd records: the child inherited those fds. Records another
-  // thread was writing at the fork are dropped. The hooks stay installed.
-  RecoverProcessFdTableAfterFork();
-  FdStacksAfterFork();
+// fork() (ForkStage::kExporter, the outermost lock): the slot's lock is taken
+// before the fork so the child never inherits it held by a thread that does
+// not exist there. In the child the inherited server has no threads:
+// abandon it (see Exporter::AbandonAfterFork) without freeing anything.
+void LockSlotForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { Slot().mu.Lock(); }
+void UnlockSlotInParent() ABSL_NO_THREAD_SAFETY_ANALYSIS { Slot().mu.Unlock(); }
+void AbandonSlotInChild() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   ExporterSlot& slot = Slot();
   if (slot.exporter != nullptr) {
     slot.exporter->AbandonAfterFork();
     slot.exporter = nullptr;  // leaked: freeing is not safe to do here
   }
   slot.mu.Unlock();
-  ResetLogAfterFork();
+}
+
+ExporterSlot& Slot() {
+  static ExporterSlot* const slot = [] {
+    auto* s = new ExporterSlot();
+    RegisterForkHandlers(ForkStage::kExporter,
+                         {&LockSlotForFork, &UnlockSlotInParent, &AbandonSlotInChild});
+    return s;
+  }();
+  return *slot;
 }
 
 int StartExporter(const std::string& host, int port) {
   py::gil_scoped_release no_gil;  // binding and starting threads takes a while
   ExporterSlot& slot = Slot();
-  absl::MutexLock lock(&slot.mu);
+  MutexLock lock(&slot.mu);
   if (slot.exporter != nullptr) {
     throw Error("the exporter is already running on " +
                 prometheus_exporter::ListeningAddress(slot.exporter->host(),
@@ -110,7 +91,7 @@ int StartExporter(const std::string& host, int port) {
 bool StopExporter() {
   py::gil_scoped_release no_gil;
   ExporterSlot& slot = Slot();
-  absl::MutexLock lock(&slot.mu);
+  MutexLock lock(&slot.mu);
   if (slot.exporter == nullptr) return false;
   delete slot.exporter;
   slot.exporter = nullptr;
@@ -121,7 +102,7 @@ bool StopExporter() {
 // process), so exit is not delayed by civetweb's shutdown.
 void ReleaseAtExit() {
   ExporterSlot& slot = Slot();
-  absl::MutexLock lock(&slot.mu);
+  MutexLock lock(&slot.mu);
   if (slot.exporter == nullptr) return;
   slot.exporter->Release();
   slot.exporter = nullptr;  // leaked on purpose
@@ -129,7 +110,7 @@ void ReleaseAtExit() {
 
 std::optional<std::tuple<std::string, int, std::vector<int>>> ExporterInfo() {
   ExporterSlot& slot = Slot();
-  absl::MutexLock lock(&slot.mu);
+  MutexLock lock(&slot.mu);
   if (slot.exporter == nullptr) return std::nullopt;
   return std::make_tuple(slot.exporter->host(), slot.exporter->port(),
                          slot.exporter->listening_fds());
@@ -266,11 +247,7 @@ PYBIND11_MODULE(_native, m) {
   StackTable::Instance().SetSource(
       {&LeakprobeCapturePythonFrames, &LeakprobeResolvePythonFrame});
 
-  static bool fork_handlers = false;
-  if (!fork_handlers) {
-    pthread_atfork(&BeforeFork, &AfterForkParent, &AfterForkChild);
-    fork_handlers = true;
-  }
+  Slot();  // registers the exporter's fork handlers
 
   m.def("start_exporter", &StartExporter, py::arg("host"), py::arg("port"),
         "Serve /metrics on host:port (0: any free port); returns the port. "

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "leakprobe/stack_table.h"
+#include "leakprobe/stacks/stack_table.h"
 
 namespace leakprobe::testing {
 

@@ -1,4 +1,5 @@
-#include "leakprobe/fd_events.h"
+#include "leakprobe/fd/fd_hooks.h"
+#include "leakprobe/fd/fd_table.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -24,7 +25,7 @@
 #include <vector>
 
 #include "fd_test_lib_loader.h"
-#include "leakprobe/interpose.h"
+#include "leakprobe/interpose/interpose.h"
 
 namespace leakprobe {
 namespace {

@@ -1,7 +1,7 @@
 // The reconciler against the real /proc/self/fd, with tables of the test's
 // own (the test executable is never patched, so its calls make fds no hook
 // sees: exactly the reconciler's job).
-#include "leakprobe/fd_reconcile.h"
+#include "leakprobe/fd/fd_reconcile.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "leakprobe/fd_events.h"
+#include "leakprobe/fd/fd_table.h"
 
 namespace leakprobe {
 namespace {

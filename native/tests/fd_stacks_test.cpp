@@ -1,5 +1,5 @@
 // The fd hooks' stack provider, with a fake frame source.
-#include "leakprobe/fd_stacks.h"
+#include "leakprobe/fd/fd_stacks.h"
 
 #include <gtest/gtest.h>
 #include <sys/eventfd.h>
@@ -10,10 +10,11 @@
 
 #include "fake_frames.h"
 #include "fd_test_lib_loader.h"
-#include "leakprobe/fd_events.h"
-#include "leakprobe/fd_summary.h"
-#include "leakprobe/heap_tracker.h"
-#include "leakprobe/stack_table.h"
+#include "leakprobe/fd/fd_hooks.h"
+#include "leakprobe/fd/fd_summary.h"
+#include "leakprobe/fd/fd_table.h"
+#include "leakprobe/runtime/guard.h"
+#include "leakprobe/stacks/stack_table.h"
 
 namespace leakprobe {
 namespace {
@@ -65,18 +66,34 @@ TEST_F(FdStacksTest, ThreadWithoutPythonFramesIsNative) {
   EXPECT_EQ(StackTable::Instance().SiteOf(id), "<native>");
 }
 
-TEST_F(FdStacksTest, NestedCaptureIsSkipped) {
-  // As when an fd hook runs inside the heap tracker's slow path, which holds
-  // the stack table's lock while it interns.
-  const std::uint64_t skips = FdStackSkips();
-  detail::tls_sampler.busy = true;
-  const std::uint32_t id = CaptureFdStack();
-  detail::tls_sampler.busy = false;
-  EXPECT_EQ(id, kEmptyStack);
-  EXPECT_EQ(FdStackSkips(), skips + 1);
-  EXPECT_FALSE(detail::tls_sampler.busy);
-  EXPECT_NE(CaptureFdStack(), kEmptyStack);
-  EXPECT_FALSE(detail::tls_sampler.busy);  // the provider's own guard is released
+TEST_F(FdStacksTest, HookPassesThroughWhileThisThreadHoldsATrackerLock) {
+  // As when an fd is made on a thread that holds the stack table's lock
+  // (interning a stack): the hook must not capture, or it would wait for
+  // the lock its own thread holds. It passes the call through, counted.
+  testing::FdTestLib lib(LEAKPROBE_FD_TEST_LIB_A);
+  ASSERT_TRUE(lib.ok());
+  InstallFdHooks();
+  EnableFdStacks(32);
+  const std::uint64_t passes = GuardedPasses(GuardedHook::kFd);
+  Mutex mu;
+  int fd = -1;
+  {
+    TrackerLock lock(&mu);
+    EXPECT_TRUE(HookGuardSet());
+    fd = lib.eventfd(0, 0);
+  }
+  EXPECT_FALSE(HookGuardSet());
+  ASSERT_GE(fd, 0);
+  EXPECT_FALSE(ProcessFdTable().Find(fd).has_value());
+  EXPECT_EQ(GuardedPasses(GuardedHook::kFd), passes + 1);
+  lib.close(fd);
+  // With the lock released, the next creation is recorded with its stack.
+  const int again = lib.eventfd(0, 0);
+  ASSERT_GE(again, 0);
+  const auto record = ProcessFdTable().Find(again);
+  ASSERT_TRUE(record.has_value());
+  EXPECT_NE(record->stack_id, kEmptyStack);
+  lib.close(again);
 }
 
 TEST_F(FdStacksTest, HookOnTheForkingThreadNeverWaitsForTheStackTableLock) {
@@ -84,16 +101,19 @@ TEST_F(FdStacksTest, HookOnTheForkingThreadNeverWaitsForTheStackTableLock) {
   ASSERT_TRUE(lib.ok());
   InstallFdHooks();
   EnableFdStacks(32);  // InstallFdHooks leaves the provider alone
-  // What the extension's prepare handler does: then another library's
-  // atfork handler, on this thread, makes an fd. Without the guard the hook
-  // would wait forever for the lock this thread holds.
-  FdStacksPrepareFork();
+  // What the fork protocol's prepare does (guard, then the stage locks);
+  // then another library's atfork handler, on this thread, makes an fd.
+  // Without the guard the hook would wait forever for the lock this thread
+  // holds; with it the call passes through, counted.
+  const std::uint64_t passes = GuardedPasses(GuardedHook::kFd);
+  detail::tls_hook_guard |= detail::kGuardForking;
   StackTable::Instance().PrepareFork();
   const int fd = lib.eventfd(0, 0);
   StackTable::Instance().AfterFork();
-  FdStacksAfterFork();
+  detail::tls_hook_guard &= ~detail::kGuardForking;
   ASSERT_GE(fd, 0);
-  EXPECT_EQ(ProcessFdTable().Find(fd)->stack_id, kEmptyStack);
+  EXPECT_FALSE(ProcessFdTable().Find(fd).has_value());
+  EXPECT_EQ(GuardedPasses(GuardedHook::kFd), passes + 1);
   // Other threads are not affected by this thread's fork.
   const int fd2 = lib.eventfd(0, 0);
   const auto record = ProcessFdTable().Find(fd2);

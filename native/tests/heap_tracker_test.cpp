@@ -1,4 +1,4 @@
-#include "leakprobe/heap_tracker.h"
+#include "leakprobe/heap/heap_tracker.h"
 
 #include <gtest/gtest.h>
 

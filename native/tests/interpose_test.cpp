@@ -1,4 +1,4 @@
-#include "leakprobe/interpose.h"
+#include "leakprobe/interpose/interpose.h"
 
 #include <dlfcn.h>
 #include <gtest/gtest.h>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "fd_test_lib_loader.h"
-#include "leakprobe/error.h"
+#include "leakprobe/runtime/error.h"
 
 namespace leakprobe {
 namespace {

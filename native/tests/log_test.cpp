@@ -1,4 +1,4 @@
-#include "leakprobe/log.h"
+#include "leakprobe/runtime/log.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "leakprobe/native_stack.h"
+#include "leakprobe/stacks/native_stack.h"
 
 #include <gtest/gtest.h>
 

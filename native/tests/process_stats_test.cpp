@@ -1,4 +1,4 @@
-#include "leakprobe/process_stats.h"
+#include "leakprobe/process/process_stats.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "leakprobe/runtime_stats.h"
+#include "leakprobe/process/runtime_stats.h"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // Socket details and TCP states from real loopback sockets.
-#include "leakprobe/socket_info.h"
+#include "leakprobe/fd/socket_info.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -13,7 +13,8 @@
 #include <string>
 #include <thread>
 
-#include "leakprobe/fd_summary.h"
+#include "leakprobe/fd/fd_summary.h"
+#include "leakprobe/fd/fd_table.h"
 
 namespace leakprobe {
 namespace {

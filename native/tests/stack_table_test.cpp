@@ -1,4 +1,4 @@
-#include "leakprobe/stack_table.h"
+#include "leakprobe/stacks/stack_table.h"
 
 #include <gtest/gtest.h>
 

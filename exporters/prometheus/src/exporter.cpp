@@ -13,7 +13,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "leakprobe/error.h"
+#include "leakprobe/runtime/error.h"
+#include "leakprobe/runtime/proc_fds.h"
 #include "prometheus/exposer.h"
 
 namespace leakprobe::prometheus_exporter {
@@ -83,12 +84,9 @@ std::string ListeningAddress(const std::string& host, int port) {
 
 std::vector<int> FindListeningFds(int port) {
   std::vector<int> fds;
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return fds;
-  // readdir is safe on a DIR* that no other thread uses.
-  while (const dirent* entry = readdir(dir)) {  // NOLINT(concurrency-mt-unsafe)
-    int fd = 0;
-    if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == dirfd(dir)) continue;
+  std::vector<int> open_fds;
+  ListOwnFds(&open_fds);
+  for (const int fd : open_fds) {
     int listening = 0;
     socklen_t len = sizeof listening;
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 ||
@@ -97,7 +95,6 @@ std::vector<int> FindListeningFds(int port) {
     }
     if (BoundPort(fd) == port) fds.push_back(fd);
   }
-  closedir(dir);
   return fds;
 }
 

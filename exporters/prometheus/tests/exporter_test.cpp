@@ -12,7 +12,7 @@
 #include <memory>
 #include <string>
 
-#include "leakprobe/error.h"
+#include "leakprobe/runtime/error.h"
 
 namespace leakprobe::prometheus_exporter {
 namespace {

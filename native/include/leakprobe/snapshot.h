@@ -11,10 +11,10 @@
 
 #include <optional>
 
-#include "leakprobe/fd_summary.h"
-#include "leakprobe/heap_tracker.h"
-#include "leakprobe/process_stats.h"
-#include "leakprobe/runtime_stats.h"
+#include "leakprobe/fd/fd_summary.h"
+#include "leakprobe/heap/heap_summary.h"
+#include "leakprobe/process/process_stats.h"
+#include "leakprobe/process/runtime_stats.h"
 
 namespace leakprobe {
 

@@ -1,0 +1,173 @@
+// leakprobe/fd/fd_table.h — the state of fd tracking: a bounded lock-free
+// table of open fds indexed by fd number, filled by the hooks of
+// leakprobe/fd/fd_hooks.h (hot path) and by the reconciler (cold path).
+//
+//   FdTable& table = leakprobe::ProcessFdTable();
+//   for (const auto& r : table.OpenFds()) use(r.fd, r.kind);
+//
+// Records made by a hook are *attributed* (they carry the creating stack);
+// records the reconciler (leakprobe/fd/fd_reconcile.h) adds for fds it finds
+// open in /proc/self/fd without one are *unattributed*.
+//
+// Thread-safety: FdTable's Record*/Retire* methods are the hot path: lock-free,
+// noexcept, no allocation; any thread may call them concurrently. OpenFds(),
+// Find() and Counters() may run concurrently with them and see each record
+// either whole or not at all. The reconciler's methods (RecordFound,
+// ReplaceFound, SetIdentity) are lock-free too, but expect one caller at a
+// time (the reconciler serialises itself).
+// Fork: the child keeps the parent's table (it inherited the same fds); a
+// record being written at the moment of fork is dropped in the child.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "leakprobe/fd/fd_kind.h"
+
+namespace leakprobe {
+
+// What an open fd refers to (fstat's st_dev and st_ino): tells a reused fd
+// number from the file it held before. ino 0 means unknown.
+struct FdIdentity {
+  std::uint64_t dev = 0;
+  std::uint64_t ino = 0;
+  bool known() const noexcept { return ino != 0; }
+  bool operator==(const FdIdentity& o) const noexcept {
+    return dev == o.dev && ino == o.ino;
+  }
+  bool operator!=(const FdIdentity& o) const noexcept { return !(*this == o); }
+};
+
+// Stack id of "no stack captured".
+inline constexpr std::uint32_t kNoStackId = 0;
+
+struct FdRecord {
+  int fd = -1;
+  FdKind kind = FdKind::kOther;
+  std::uint64_t sequence = 0;           // creation order, process-wide, from 1
+  std::int64_t created_ns = 0;          // CLOCK_MONOTONIC
+  std::uint32_t stack_id = kNoStackId;  // from the StackIdProvider, if one is set
+  bool attributed = true;               // false: found by the reconciler, creator unknown
+  FdIdentity identity;                  // learnt by the reconciler; unknown until then
+};
+
+struct FdCounters {
+  // Only fds that fit the table are counted here; the rest go to `dropped`.
+  std::array<std::uint64_t, kFdKindCount> opened{};
+  std::array<std::uint64_t, kFdKindCount> closed{};
+  std::uint64_t dropped = 0;    // creations of fds >= capacity
+  std::uint64_t replaced = 0;   // a record for an fd closed where we could not
+                                // see it (also counted in `closed`): its number
+                                // was reused by a hooked call, or the reconciler
+                                // found another file behind it
+  std::uint64_t conflicts = 0;  // two threads recorded the same fd at once
+                                // (only when the application races close())
+};
+
+class FdTable {
+ public:
+  static constexpr std::size_t kDefaultCapacity = 65536;
+
+  explicit FdTable(std::size_t capacity = kDefaultCapacity);
+  FdTable(const FdTable&) = delete;
+  FdTable& operator=(const FdTable&) = delete;
+
+  // "No call sequence": RecordOpen treats any record it finds as replaced.
+  static constexpr std::uint64_t kNoCallSequence = ~0ULL;
+
+  // --- hot path ---
+  // A call returned the new fd `fd`. `call_sequence` is CurrentSequence()
+  // taken before that call: an unattributed record newer than it was added
+  // by a reconcile that saw this very fd before we could record it, and is
+  // taken over (not counted as replaced, nor opened twice).
+  void RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
+                  std::uint64_t call_sequence = kNoCallSequence) noexcept;
+  // Retires `fd`'s record; call *before* the real close, so that a thread
+  // that gets the same number back afterwards records after us.
+  void RetireBeforeClose(int fd) noexcept;
+  // Retires the records in [first, last] created at or before `sequence`
+  // (taken before the call that closed them, see CurrentSequence): records
+  // of fds reopened meanwhile by other threads survive. Returns how many
+  // records it retired.
+  std::size_t RetireRange(unsigned first, unsigned last, std::uint64_t sequence) noexcept;
+  std::uint64_t CurrentSequence() const noexcept;
+  // Kind of `fd`'s record, or kOther if none.
+  FdKind KindOf(int fd) const noexcept;
+
+  // --- the reconciler (one caller at a time) ---
+  // Adds an unattributed record for `fd`, found open without one. False
+  // when the slot is not empty (a hook recorded the fd meanwhile) or the fd
+  // does not fit (counted in `dropped`).
+  bool RecordFound(int fd, FdKind kind, FdIdentity identity) noexcept;
+  // Record `sequence` of `fd` describes a file that is no longer behind the
+  // number: it is retired (counted closed and replaced) and an unattributed
+  // record for what is there now takes its place. False when the record
+  // changed meanwhile (then nothing is done).
+  bool ReplaceFound(int fd, std::uint64_t sequence, FdKind kind,
+                    FdIdentity identity) noexcept;
+  // Remembers the identity of record `sequence` of `fd` (no-op if that
+  // record is gone).
+  void SetIdentity(int fd, std::uint64_t sequence, FdIdentity identity) noexcept;
+
+  // --- cold path ---
+  std::vector<FdRecord> OpenFds() const;
+  std::optional<FdRecord> Find(int fd) const;
+  FdCounters Counters() const noexcept;
+  std::size_t capacity() const noexcept { return capacity_; }
+  // 1 + the highest fd ever recorded: OpenFds() looks below it.
+  std::size_t high_water() const noexcept {
+    return high_water_.load(std::memory_order_acquire);
+  }
+  // For the child side of fork: frees slots whose writer was another thread
+  // of the parent. No other thread exists yet.
+  void RecoverAfterFork() noexcept;
+  // Forgets every record and zeroes the counters (tracking stopped). A
+  // record being written concurrently may survive.
+  void Clear() noexcept;
+
+ private:
+  // A slot is empty (sequence 0), busy (being written) or holds a record.
+  // The writer owns created_ns and meta between claiming and publishing.
+  // The identity fields are written by the reconciler only (one at a time)
+  // and describe the record whose sequence is identity_sequence.
+  struct Slot {
+    std::atomic<std::uint64_t> sequence{0};
+    std::atomic<std::int64_t> created_ns{0};
+    std::atomic<std::uint64_t> meta{0};  // kind | stack_id << 8 | attributed << 40
+    std::atomic<std::uint64_t> identity_sequence{0};
+    std::atomic<std::uint64_t> dev{0};
+    std::atomic<std::uint64_t> ino{0};
+  };
+  static constexpr std::uint64_t kBusy = ~0ULL;
+  static constexpr std::uint64_t kAttributedBit = std::uint64_t{1} << 40;
+
+  void CountClosed(std::uint64_t meta) noexcept;
+  // Writes a claimed slot's record and publishes it; returns its sequence.
+  std::uint64_t Publish(Slot& s, int fd, std::uint64_t meta,
+                        FdIdentity identity) noexcept;
+
+  const std::size_t capacity_;
+  std::unique_ptr<Slot[]> slots_;
+  std::atomic<std::uint64_t> next_sequence_{1};
+  std::atomic<std::size_t> high_water_{0};  // 1 + highest fd ever recorded
+  std::array<std::atomic<std::uint64_t>, kFdKindCount> opened_{};
+  std::array<std::atomic<std::uint64_t>, kFdKindCount> closed_{};
+  std::atomic<std::uint64_t> dropped_{0};
+  std::atomic<std::uint64_t> replaced_{0};
+  std::atomic<std::uint64_t> conflicts_{0};
+};
+
+// The process-wide table the hooks record into (created on first use,
+// never destroyed). Its creation registers an atfork child handler that
+// calls RecoverAfterFork.
+FdTable& ProcessFdTable();
+// For atfork child handlers: RecoverAfterFork on the process-wide table if it
+// exists (never creates it). Async-signal-safe.
+void RecoverProcessFdTableAfterFork() noexcept;
+
+}  // namespace leakprobe

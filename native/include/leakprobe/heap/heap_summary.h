@@ -1,0 +1,38 @@
+// leakprobe/heap/heap_summary.h — the heap section of the snapshot: plain
+// values, copied out of HeapTracker (leakprobe/heap/heap_tracker.h) at one
+// moment; what the exporter and the API read.
+//
+//   HeapSummary s = HeapTracker::Instance().Summary(10);
+//   for (const HeapSite& site : s.top_sites) use(site.site, site.live_bytes);
+//
+// Thread-safety: plain values.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace leakprobe {
+
+struct HeapSite {
+  std::string site;  // "path:line in function"
+  double live_bytes = 0;
+  double live_count = 0;
+};
+
+struct HeapSummary {
+  bool enabled = false;
+  std::uint64_t sample_bytes = 0;
+  double live_bytes = 0;       // estimate
+  double allocated_bytes = 0;  // estimate, since start
+  double freed_bytes = 0;      // estimate, since start
+  std::uint64_t samples = 0;
+  std::uint64_t live_blocks = 0;  // sampled blocks alive now
+  std::uint64_t dropped_samples = 0;
+  std::uint64_t stack_overflows = 0;
+  std::size_t memory_bytes = 0;     // the tracker's own tables
+  std::vector<HeapSite> top_sites;  // by live bytes, descending
+};
+
+}  // namespace leakprobe

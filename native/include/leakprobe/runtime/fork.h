@@ -1,0 +1,64 @@
+// leakprobe/runtime/fork.h — the one fork protocol: every component that
+// holds a lock a hook can take, or state a child must repair, registers its
+// atfork handlers here, at its place in one documented lock order; the
+// registry makes the only pthread_atfork registration of the core.
+//
+//   RegisterForkHandlers(ForkStage::kHeap, {&LockHeap, &UnlockHeap, &UnlockHeap});
+//
+// Around fork(), on the forking thread:
+//   prepare: the hook guard is set (leakprobe/runtime/guard.h), then every
+//            stage's prepare runs in ForkStage order (outermost lock first);
+//   parent / child: every stage's handler runs in the reverse order, then
+//            the guard is cleared.
+// Other libraries' atfork handlers run before or after ours (POSIX runs
+// prepare handlers in reverse order of registration, the others in order)
+// and may allocate, free or open fds: on the forking thread the guard makes
+// our hooks pass those calls through, so they never wait for a lock that
+// the forking thread itself holds, and the child never inherits a lock held
+// by a thread that does not exist there.
+//
+// The lock order (a thread holding a lock of a stage may take the locks of
+// later stages only) is the ForkStage order below; docs/architecture.md
+// draws it.
+//
+// Thread-safety: Register may be called from any thread, once per stage
+// (a second registration of a stage replaces the first). The handlers run
+// on the forking thread; child handlers must be async-signal-safe in
+// spirit: no locks, no allocation.
+#pragma once
+
+#include <cstddef>
+
+namespace leakprobe {
+
+enum class ForkStage : unsigned char {
+  kExporter,    // the exporter slot (bindings): start/stop of the server
+  kReconciler,  // one fd reconcile pass at a time
+  kFdSummary,   // the TCP state cache
+  kInterposer,  // GOT patching; the dlopen hooks take it
+  kHeap,        // the heap tracker's tables; the heap hooks take it
+  kStacks,      // the stack table; every hook that captures a stack takes it
+  kFdTable,     // no lock: the child frees slots half-written at the fork
+  kFdHooks,     // no lock: the child learns its own pid
+  kLog,         // no lock: the child gets a fresh logger
+  kCount,
+};
+
+struct ForkHandlers {
+  void (*prepare)() = nullptr;
+  void (*parent)() = nullptr;
+  void (*child)() = nullptr;
+};
+
+// Registers the handlers of `stage` (the first call also registers the
+// registry itself with pthread_atfork).
+void RegisterForkHandlers(ForkStage stage, ForkHandlers handlers) noexcept;
+
+// The name of a stage ("heap", ...), for docs and tests.
+const char* ForkStageName(ForkStage stage) noexcept;
+
+// Forks seen by the registry in this process (and its ancestors before the
+// fork): for tests.
+std::size_t ForksSeen() noexcept;
+
+}  // namespace leakprobe

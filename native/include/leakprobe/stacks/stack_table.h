@@ -1,0 +1,144 @@
+// leakprobe/stacks/stack_table.h — the one Python-stack interning service: heap
+// samples, fd records and tracked objects all name their creation stack by
+// a StackId from here.
+//
+//   LeakprobeRawFrame raw[32];
+//   int n = table.Capture(raw, 32);             // hot: no allocation
+//   StackId id = table.Intern(raw, n);         // slow path: interns
+//   std::string where = table.SiteOf(id);      // "app.py:12 in handler"
+//
+// Frames are resolved (file, function, line) once, on first sight, and kept;
+// stacks are kept forever. Both tables have hard caps: when full, Intern
+// returns kOverflowStack and counts the overflow. The attribution site of a
+// stack is its innermost frame outside library code (the standard library,
+// site-packages, leakprobe itself: the prefixes set by SetLibraryPrefixes,
+// plus "<frozen ...>" modules); the innermost frame when all are library.
+// Code without a file ("<string>", "<stdin>") is application code.
+// Thread-safety: all methods are thread-safe (one internal mutex). Capture
+// takes no lock, and neither does Intern of a stack interned recently: a
+// small lock-free cache keyed by a 64-bit hash of the raw frames answers
+// before the mutex (fd hooks intern on every creation, mostly the same few
+// stacks).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "leakprobe/runtime/mutex.h"
+#include "leakprobe/stacks/python_frames.h"
+
+namespace leakprobe {
+
+using StackId = std::uint32_t;
+inline constexpr StackId kEmptyStack = 0;     // no Python frames ("<native>")
+inline constexpr StackId kOverflowStack = 1;  // the table was full
+
+struct Frame {
+  std::string filename;
+  std::string function;
+  int line = -1;
+  bool library = false;
+
+  // "path:line in function"
+  std::string Describe() const;
+};
+
+// Where raw frames come from: the Python frame walker in the extension; a
+// fake in native tests.
+struct FrameSource {
+  int (*capture)(LeakprobeRawFrame* out, int max_frames) = nullptr;
+  int (*resolve)(const LeakprobeRawFrame* frame, LeakprobeResolvedFrame* out) = nullptr;
+};
+
+class StackTable {
+ public:
+  static constexpr std::size_t kMaxDepth = 128;
+
+  StackTable(std::size_t max_frames, std::size_t max_stacks);
+
+  // The process-wide table (never destroyed: hooks may run during exit).
+  static StackTable& Instance();
+
+  void SetSource(FrameSource source);
+  void SetLibraryPrefixes(std::vector<std::string> prefixes);
+
+  // Captures up to `max_frames` raw frames of the calling thread; 0 when no
+  // source is set.
+  int Capture(LeakprobeRawFrame* out, int max_frames) const noexcept;
+  // Interns raw frames captured on this thread just now (they are resolved
+  // from live code objects).
+  StackId Intern(const LeakprobeRawFrame* frames, int n);
+
+  // Frames of a stack, innermost first.
+  std::vector<Frame> FramesOf(StackId id) const;
+  // Index into FramesOf(id) of the attribution site; 0 for an empty stack.
+  std::size_t SiteIndex(StackId id) const;
+  // The attribution site, "path:line in function"; "<native>" for the empty
+  // stack, "[stack table full]" for the overflow stack.
+  std::string SiteOf(StackId id) const;
+  // A key that is equal exactly for stacks with the same attribution site.
+  std::uint64_t SiteKey(StackId id) const;
+
+  std::uint64_t overflows() const;
+
+  // Around fork(): the child must not inherit mu_ held by a vanished thread.
+  void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Lock(); }
+  void AfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Unlock(); }
+  std::size_t MemoryBytes() const;
+
+ private:
+  struct RawKey {
+    const void* code;
+    const void* filename;
+    std::int32_t offset;
+    std::int32_t first_line;
+    bool operator==(const RawKey& o) const {
+      return code == o.code && filename == o.filename && offset == o.offset &&
+             first_line == o.first_line;
+    }
+    template <typename H>
+    friend H AbslHashValue(H h, const RawKey& k) {
+      return H::combine(std::move(h), k.code, k.filename, k.offset, k.first_line);
+    }
+  };
+  struct Stack {
+    std::vector<std::uint32_t> frames;  // indexes into frames_
+    std::uint32_t site = 0;             // index into frames (not frames_)
+  };
+  // One entry of the recent-stack cache. Written only under mu_: hash to 0,
+  // id (release), hash (release); read without a lock: hash, id (acquire),
+  // hash again, and used only if both hashes match the key's.
+  struct CacheSlot {
+    std::atomic<std::uint64_t> hash{0};
+    std::atomic<StackId> id{kEmptyStack};
+  };
+  static constexpr std::size_t kCacheSlots = 4096;
+  static std::uint64_t HashRaw(const LeakprobeRawFrame* frames, int n) noexcept;
+  bool CacheLookup(std::uint64_t hash, StackId* id) const noexcept;
+  void CacheStore(std::uint64_t hash, StackId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  bool IsLibrary(const std::string& filename) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ComputeSite(Stack* stack) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::size_t max_frames_;
+  const std::size_t max_stacks_;
+  FrameSource source_;  // set once before use; read without the lock
+  mutable Mutex mu_;
+  std::vector<std::string> prefixes_ ABSL_GUARDED_BY(mu_);
+  std::vector<Frame> frames_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<RawKey, std::uint32_t> frame_index_ ABSL_GUARDED_BY(mu_);
+  // Several code positions share a line: one Frame per "path:line in function".
+  absl::flat_hash_map<std::string, std::uint32_t> frame_by_text_ ABSL_GUARDED_BY(mu_);
+  std::vector<Stack> stacks_ ABSL_GUARDED_BY(mu_);  // [0] empty, [1] overflow
+  absl::flat_hash_map<std::string, StackId> stack_index_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t overflows_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<CacheSlot[]> cache_;  // kCacheSlots, allocated once
+};
+
+}  // namespace leakprobe

@@ -1,0 +1,118 @@
+// The fd section of the snapshot (see leakprobe/fd_summary.h).
+#include "leakprobe/fd/fd_summary.h"
+
+#include <pthread.h>
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "leakprobe/fd/fd_reconcile.h"
+#include "leakprobe/fd/fd_table.h"
+#include "leakprobe/fd/socket_info.h"
+#include "leakprobe/runtime/clock.h"
+#include "leakprobe/runtime/fork.h"
+#include "leakprobe/runtime/mutex.h"
+#include "leakprobe/stacks/stack_table.h"
+
+namespace leakprobe {
+namespace {
+
+std::atomic<std::size_t> g_top_sites{10};
+
+struct TcpCache {
+  Mutex mu;
+  TcpStateCounts counts ABSL_GUARDED_BY(mu){};
+};
+
+TcpCache& Cache();
+void LockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { Cache().mu.Lock(); }
+void UnlockAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { Cache().mu.Unlock(); }
+
+TcpCache& Cache() {
+  // Leaked: scrapes may run during exit.
+  static TcpCache* const cache = [] {
+    auto* c = new TcpCache();
+    RegisterForkHandlers(ForkStage::kFdSummary,
+                         {&LockForFork, &UnlockAfterFork, &UnlockAfterFork});
+    return c;
+  }();
+  return *cache;
+}
+
+}  // namespace
+
+void SetFdTopSites(std::size_t n) noexcept {
+  g_top_sites.store(n, std::memory_order_relaxed);
+}
+std::size_t FdTopSites() noexcept { return g_top_sites.load(std::memory_order_relaxed); }
+
+FdSummary SummarizeFds(const FdTable& table) {
+  FdSummary s;
+  const FdCounters c = table.Counters();
+  s.opened = c.opened;
+  s.closed = c.closed;
+  s.dropped = c.dropped;
+  s.replaced = c.replaced;
+  s.conflicts = c.conflicts;
+  const ReconcileStats r = GetReconcileStats();
+  s.reconciles = r.reconciles;
+  s.reconcile_seconds = r.last_seconds;
+  {
+    TcpCache& cache = Cache();
+    MutexLock lock(&cache.mu);
+    s.tcp_states = cache.counts;
+  }
+
+  absl::flat_hash_map<std::uint32_t, std::uint64_t> by_stack;
+  for (const FdRecord& record : table.OpenFds()) {
+    ++s.open[static_cast<std::size_t>(record.kind)];
+    if (record.attributed) {
+      ++by_stack[record.stack_id];
+    } else {
+      ++s.unattributed;
+    }
+  }
+  const std::size_t top = FdTopSites();
+  if (top == 0) return s;
+  // Stacks with the same attribution site count together.
+  const StackTable& stacks = StackTable::Instance();
+  absl::flat_hash_map<std::uint64_t, FdSite> by_site;
+  for (const auto& [stack, count] : by_stack) {
+    FdSite& site = by_site[stacks.SiteKey(stack)];
+    if (site.site.empty()) site.site = stacks.SiteOf(stack);
+    site.open_fds += count;
+  }
+  s.top_sites.reserve(by_site.size() + 1);
+  for (auto& [key, site] : by_site) s.top_sites.push_back(std::move(site));
+  if (s.unattributed > 0) s.top_sites.push_back({kUnattributedSite, s.unattributed});
+  std::sort(s.top_sites.begin(), s.top_sites.end(), [](const FdSite& a, const FdSite& b) {
+    return a.open_fds != b.open_fds ? a.open_fds > b.open_fds : a.site < b.site;
+  });
+  if (s.top_sites.size() > top) s.top_sites.resize(top);
+  return s;
+}
+
+double RefreshTcpStates(const FdTable& table) {
+  const std::int64_t start = MonotonicNs();
+  TcpStateCounts counts{};
+  for (const FdRecord& record : table.OpenFds()) {
+    if (record.kind == FdKind::kTcp || record.kind == FdKind::kTcp6) {
+      ++counts[static_cast<std::size_t>(TcpStateOf(record.fd))];
+    }
+  }
+  TcpCache& cache = Cache();
+  MutexLock lock(&cache.mu);
+  cache.counts = counts;
+  return SecondsSince(start);
+}
+
+void ClearTcpStates() {
+  TcpCache& cache = Cache();
+  MutexLock lock(&cache.mu);
+  cache.counts = TcpStateCounts{};
+}
+
+}  // namespace leakprobe

@@ -1,0 +1,255 @@
+// The fd table (see leakprobe/fd/fd_table.h).
+#include "leakprobe/fd/fd_table.h"
+
+#include "leakprobe/runtime/clock.h"
+#include "leakprobe/runtime/fork.h"
+
+namespace leakprobe {
+
+// --- FdTable -----------------------------------------------------------------
+
+namespace {
+
+std::size_t KindIndex(std::uint64_t meta) noexcept {
+  const std::size_t k = meta & 0xff;
+  return k < kFdKindCount ? k : static_cast<std::size_t>(FdKind::kOther);
+}
+
+}  // namespace
+
+FdTable::FdTable(std::size_t capacity)
+    : capacity_(capacity), slots_(new Slot[capacity]) {}
+
+void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
+                         std::uint64_t call_sequence) noexcept {
+  if (fd < 0) return;
+  if (static_cast<std::size_t>(fd) >= capacity_) {
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  Slot& s = slots_[fd];
+  const std::uint64_t old = s.sequence.exchange(kBusy, std::memory_order_acquire);
+  if (old == kBusy) {  // another thread is recording this very fd
+    conflicts_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  bool count_opened = true;
+  if (old != 0) {
+    const std::uint64_t old_meta = s.meta.load(std::memory_order_relaxed);
+    if ((old_meta & kAttributedBit) == 0 && old > call_sequence) {
+      // A reconcile found our fd between the call and now: the same fd,
+      // counted once.
+      if (KindIndex(old_meta) == static_cast<std::size_t>(kind)) {
+        count_opened = false;
+      } else {
+        CountClosed(old_meta);
+      }
+    } else {  // its close happened where no hook could see it
+      CountClosed(old_meta);
+      replaced_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  Publish(
+      s, fd,
+      static_cast<std::uint64_t>(kind) | (std::uint64_t{stack_id} << 8) | kAttributedBit,
+      FdIdentity{});
+  if (count_opened) {
+    opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta,
+                               FdIdentity identity) noexcept {
+  s.created_ns.store(MonotonicNs(), std::memory_order_relaxed);
+  s.meta.store(meta, std::memory_order_relaxed);
+  const std::uint64_t sequence = next_sequence_.fetch_add(1, std::memory_order_relaxed);
+  if (identity.known()) {  // only the reconciler knows it, and writes it
+    s.dev.store(identity.dev, std::memory_order_relaxed);
+    s.ino.store(identity.ino, std::memory_order_relaxed);
+    s.identity_sequence.store(sequence, std::memory_order_relaxed);
+  }
+  std::size_t high = high_water_.load(std::memory_order_relaxed);
+  const auto mine = static_cast<std::size_t>(fd) + 1;
+  while (high < mine &&
+         !high_water_.compare_exchange_weak(high, mine, std::memory_order_relaxed)) {
+  }
+  s.sequence.store(sequence, std::memory_order_release);
+  return sequence;
+}
+
+bool FdTable::RecordFound(int fd, FdKind kind, FdIdentity identity) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return false;
+  Slot& s = slots_[fd];
+  std::uint64_t expected = 0;
+  if (!s.sequence.compare_exchange_strong(expected, kBusy, std::memory_order_acquire)) {
+    return false;
+  }
+  Publish(s, fd, static_cast<std::uint64_t>(kind), identity);
+  opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool FdTable::ReplaceFound(int fd, std::uint64_t sequence, FdKind kind,
+                           FdIdentity identity) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return false;
+  Slot& s = slots_[fd];
+  // Read before the swap, as in RetireRange.
+  const std::uint64_t old_meta = s.meta.load(std::memory_order_relaxed);
+  std::uint64_t expected = sequence;
+  if (sequence == 0 || sequence == kBusy ||
+      !s.sequence.compare_exchange_strong(expected, kBusy, std::memory_order_acq_rel)) {
+    return false;
+  }
+  CountClosed(old_meta);
+  replaced_.fetch_add(1, std::memory_order_relaxed);
+  Publish(s, fd, static_cast<std::uint64_t>(kind), identity);
+  opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void FdTable::SetIdentity(int fd, std::uint64_t sequence, FdIdentity identity) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return;
+  Slot& s = slots_[fd];
+  if (s.sequence.load(std::memory_order_acquire) != sequence) return;
+  s.dev.store(identity.dev, std::memory_order_relaxed);
+  s.ino.store(identity.ino, std::memory_order_relaxed);
+  s.identity_sequence.store(sequence, std::memory_order_release);
+}
+
+void FdTable::RetireBeforeClose(int fd) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return;
+  RetireRange(static_cast<unsigned>(fd), static_cast<unsigned>(fd), kBusy - 1);
+}
+
+std::size_t FdTable::RetireRange(unsigned first, unsigned last,
+                                 std::uint64_t sequence) noexcept {
+  const std::size_t high = high_water_.load(std::memory_order_acquire);
+  if (high == 0 || first >= high) return 0;
+  std::size_t retired = 0;
+  const std::size_t end = std::min<std::size_t>(last, high - 1);
+  for (std::size_t fd = first; fd <= end; ++fd) {
+    Slot& s = slots_[fd];
+    std::uint64_t old = s.sequence.load(std::memory_order_acquire);
+    while (old != 0 && old != kBusy && old <= sequence) {
+      // Read before the swap: a new record can only be written after a
+      // writer claims the slot, which would make the swap fail.
+      const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
+      if (s.sequence.compare_exchange_weak(old, 0, std::memory_order_acq_rel)) {
+        CountClosed(meta);
+        ++retired;
+        break;
+      }
+    }
+  }
+  return retired;
+}
+
+std::uint64_t FdTable::CurrentSequence() const noexcept {
+  return next_sequence_.load(std::memory_order_acquire) - 1;
+}
+
+FdKind FdTable::KindOf(int fd) const noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return FdKind::kOther;
+  const Slot& s = slots_[fd];
+  const std::uint64_t seq = s.sequence.load(std::memory_order_acquire);
+  if (seq == 0 || seq == kBusy) return FdKind::kOther;
+  return static_cast<FdKind>(KindIndex(s.meta.load(std::memory_order_relaxed)));
+}
+
+void FdTable::CountClosed(std::uint64_t meta) noexcept {
+  closed_[KindIndex(meta)].fetch_add(1, std::memory_order_relaxed);
+}
+
+std::optional<FdRecord> FdTable::Find(int fd) const {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return std::nullopt;
+  const Slot& s = slots_[fd];
+  // Seqlock-style read: sequence numbers are never reused, so an unchanged
+  // sequence means the fields belong to it.
+  const std::uint64_t before = s.sequence.load(std::memory_order_acquire);
+  if (before == 0 || before == kBusy) return std::nullopt;
+  FdRecord r;
+  r.fd = fd;
+  r.created_ns = s.created_ns.load(std::memory_order_relaxed);
+  const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
+  const std::uint64_t identity_sequence =
+      s.identity_sequence.load(std::memory_order_acquire);
+  const FdIdentity identity{s.dev.load(std::memory_order_relaxed),
+                            s.ino.load(std::memory_order_relaxed)};
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (s.sequence.load(std::memory_order_relaxed) != before) return std::nullopt;
+  r.sequence = before;
+  r.kind = static_cast<FdKind>(KindIndex(meta));
+  r.stack_id = static_cast<std::uint32_t>((meta >> 8) & 0xffffffffU);
+  r.attributed = (meta & kAttributedBit) != 0;
+  if (identity_sequence == before) r.identity = identity;
+  return r;
+}
+
+std::vector<FdRecord> FdTable::OpenFds() const {
+  std::vector<FdRecord> out;
+  const std::size_t high = high_water_.load(std::memory_order_acquire);
+  for (std::size_t fd = 0; fd < high; ++fd) {
+    if (auto r = Find(static_cast<int>(fd))) out.push_back(*r);
+  }
+  return out;
+}
+
+FdCounters FdTable::Counters() const noexcept {
+  FdCounters c;
+  for (std::size_t k = 0; k < kFdKindCount; ++k) {
+    c.opened[k] = opened_[k].load(std::memory_order_relaxed);
+    c.closed[k] = closed_[k].load(std::memory_order_relaxed);
+  }
+  c.dropped = dropped_.load(std::memory_order_relaxed);
+  c.replaced = replaced_.load(std::memory_order_relaxed);
+  c.conflicts = conflicts_.load(std::memory_order_relaxed);
+  return c;
+}
+
+void FdTable::RecoverAfterFork() noexcept {
+  const std::size_t high = high_water_.load(std::memory_order_relaxed);
+  for (std::size_t fd = 0; fd < high; ++fd) {
+    std::uint64_t busy = kBusy;
+    slots_[fd].sequence.compare_exchange_strong(busy, 0, std::memory_order_relaxed);
+  }
+}
+
+void FdTable::Clear() noexcept {
+  const std::size_t high = high_water_.load(std::memory_order_acquire);
+  for (std::size_t fd = 0; fd < high; ++fd) {
+    std::uint64_t old = slots_[fd].sequence.load(std::memory_order_acquire);
+    while (
+        old != 0 && old != kBusy &&
+        !slots_[fd].sequence.compare_exchange_weak(old, 0, std::memory_order_acq_rel)) {
+    }
+  }
+  for (std::size_t k = 0; k < kFdKindCount; ++k) {
+    opened_[k].store(0, std::memory_order_relaxed);
+    closed_[k].store(0, std::memory_order_relaxed);
+  }
+  dropped_.store(0, std::memory_order_relaxed);
+  replaced_.store(0, std::memory_order_relaxed);
+  conflicts_.store(0, std::memory_order_relaxed);
+}
+
+namespace {
+std::atomic<FdTable*> g_process_table{nullptr};
+}  // namespace
+
+FdTable& ProcessFdTable() {
+  // Leaked: hooks run until the very end of the process.
+  static FdTable* const table = [] {
+    auto* t = new FdTable();
+    RegisterForkHandlers(ForkStage::kFdTable,
+                         {nullptr, nullptr, &RecoverProcessFdTableAfterFork});
+    g_process_table.store(t, std::memory_order_release);
+    return t;
+  }();
+  return *table;
+}
+
+void RecoverProcessFdTableAfterFork() noexcept {
+  if (FdTable* t = g_process_table.load(std::memory_order_acquire)) t->RecoverAfterFork();
+}
+
+}  // namespace leakprobe

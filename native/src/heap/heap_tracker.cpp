@@ -1,0 +1,246 @@
+#include "leakprobe/heap/heap_tracker.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/hash/hash.h"
+#include "leakprobe/runtime/clock.h"
+#include "leakprobe/runtime/fork.h"
+
+namespace leakprobe {
+namespace detail {
+
+__thread ThreadSampler tls_sampler __attribute__((tls_model("initial-exec"))) = {0, 0, 0};
+
+void AddressFilter::Add(const void* p) noexcept {
+  std::atomic<std::uint8_t>& count = counts_[Slot(p)];
+  std::uint8_t value = count.load(std::memory_order_relaxed);
+  // Saturated counters stay set forever: a false positive, never a miss.
+  while (value != 0xFF && !count.compare_exchange_weak(
+                              value, static_cast<std::uint8_t>(value + 1),
+                              std::memory_order_release, std::memory_order_relaxed)) {
+  }
+}
+
+void AddressFilter::Remove(const void* p) noexcept {
+  std::atomic<std::uint8_t>& count = counts_[Slot(p)];
+  std::uint8_t value = count.load(std::memory_order_relaxed);
+  while (value != 0 && value != 0xFF &&
+         !count.compare_exchange_weak(value, static_cast<std::uint8_t>(value - 1),
+                                      std::memory_order_relaxed)) {
+  }
+}
+
+void AddressFilter::Clear() noexcept {
+  for (auto& count : counts_) count.store(0, std::memory_order_relaxed);
+}
+
+}  // namespace detail
+
+namespace {
+
+// A per-thread seed: abseil's hash of the thread's state address, the time
+// and a process-wide counter.
+std::uint64_t Seed(const void* salt) {
+  static std::atomic<std::uint64_t> counter{0};
+  const std::uint64_t seed =
+      absl::HashOf(salt, MonotonicNs(), counter.fetch_add(1, std::memory_order_relaxed));
+  return seed != 0 ? seed : 1;
+}
+
+}  // namespace
+
+HeapTracker& HeapTracker::Instance() {
+  // Never destroyed: allocator hooks run until the process is gone.
+  static HeapTracker* const tracker = [] {
+    auto* t = new HeapTracker();
+    RegisterForkHandlers(ForkStage::kHeap, {[] { Instance().PrepareFork(); },
+                                            [] { Instance().AfterFork(); },
+                                            [] { Instance().AfterFork(); }});
+    return t;
+  }();
+  return *tracker;
+}
+
+HeapTracker::HeapTracker() = default;
+
+std::int64_t HeapTracker::NextInterval(detail::ThreadSampler& t) const noexcept {
+  // xorshift64*, then an exponential draw with the configured mean.
+  t.rng ^= t.rng >> 12;
+  t.rng ^= t.rng << 25;
+  t.rng ^= t.rng >> 27;
+  const std::uint64_t bits = (t.rng * 0x2545F4914F6CDD1DULL) >> 11;
+  const double u = (static_cast<double>(bits) + 1.0) * 0x1.0p-53;  // (0, 1]
+  const double interval =
+      -std::log(u) * static_cast<double>(sample_bytes_.load(std::memory_order_relaxed));
+  return static_cast<std::int64_t>(std::clamp(interval, 1.0, 0x1.0p62));
+}
+
+void HeapTracker::SampleSlow(void* p, std::size_t size) noexcept {
+  detail::ThreadSampler& t = detail::tls_sampler;
+  // A zero-size block holds nothing (and would weigh 1/0): the sample point
+  // stays pending for the next real allocation. So it does while the hook
+  // guard is set (re-entry, fork, a tracker lock held on this thread).
+  if (size == 0) return;
+  const HookGuard guard(GuardedHook::kHeapAlloc);
+  if (!guard.entered()) return;
+  if (t.rng == 0) {
+    // First allocation seen on this thread: start its countdown, then ask
+    // whether this allocation crosses it.
+    t.rng = Seed(&t);
+    t.countdown = NextInterval(t) - static_cast<std::int64_t>(size);
+    if (t.countdown >= 0) return;
+  }
+  // A sample point lies inside this allocation. The distance from its end
+  // to the next point is again exponential (memorylessness).
+  t.countdown = NextInterval(t);
+  if (!enabled_.load(std::memory_order_relaxed) ||
+      frozen_.load(std::memory_order_relaxed)) {
+    return;
+  }
+  const double mean = static_cast<double>(sample_bytes_.load(std::memory_order_relaxed));
+  const double weight = 1.0 / -std::expm1(-static_cast<double>(size) / mean);
+
+  LeakprobeRawFrame frames[StackTable::kMaxDepth];
+  StackTable& stacks = StackTable::Instance();
+  const int n = stacks.Capture(frames, max_frames_.load(std::memory_order_relaxed));
+  const StackId stack = stacks.Intern(frames, n);
+  {
+    TrackerLock lock(&mu_);
+    if (enabled_.load(std::memory_order_relaxed)) {
+      ++samples_;
+      const auto key = reinterpret_cast<std::uintptr_t>(p);
+      auto existing = blocks_.find(key);
+      if (existing != blocks_.end()) {
+        // A block freed behind our back (not through the hooks): forget it.
+        StackStats& old = stacks_[existing->second.stack];
+        old.live_bytes -=
+            static_cast<double>(existing->second.size) * existing->second.weight;
+        old.live_count -= existing->second.weight;
+        blocks_.erase(existing);
+        filter_.Remove(p);
+      }
+      if (blocks_.size() >= max_blocks_) {
+        ++dropped_;
+      } else {
+        blocks_.emplace(key, Block{size, weight, stack});
+        const double bytes = static_cast<double>(size) * weight;
+        StackStats& stats = stacks_[stack];
+        stats.live_bytes += bytes;
+        stats.live_count += weight;
+        stats.allocated_bytes += bytes;
+        stats.allocated_count += weight;
+        allocated_bytes_ += bytes;
+        filter_.Add(p);
+      }
+    }
+  }
+}
+
+void HeapTracker::FreeSlow(void* p) noexcept {
+  // With the guard set, the block stays in the table: it is forgotten when
+  // its address is sampled again (see SampleSlow), and the pass is counted.
+  const HookGuard guard(GuardedHook::kHeapFree);
+  if (!guard.entered()) return;
+  TrackerLock lock(&mu_);
+  auto it = blocks_.find(reinterpret_cast<std::uintptr_t>(p));
+  if (it == blocks_.end()) return;  // a filter false positive
+  const Block& block = it->second;
+  const double bytes = static_cast<double>(block.size) * block.weight;
+  StackStats& stats = stacks_[block.stack];
+  stats.live_bytes -= bytes;
+  stats.live_count -= block.weight;
+  freed_bytes_ += bytes;
+  blocks_.erase(it);
+  filter_.Remove(p);
+}
+
+void HeapTracker::Start(const HeapConfig& config) {
+  TrackerLock lock(&mu_);
+  sample_bytes_.store(std::max<std::uint64_t>(config.sample_bytes, 1));
+  max_frames_.store(
+      std::clamp(config.max_frames, 1, static_cast<int>(StackTable::kMaxDepth)));
+  max_blocks_ = config.max_blocks;
+  top_sites_.store(config.top_sites);
+  frozen_.store(false);
+  enabled_.store(true);
+}
+
+void HeapTracker::Stop() {
+  TrackerLock lock(&mu_);
+  enabled_.store(false);
+  blocks_.clear();
+  stacks_.clear();
+  allocated_bytes_ = freed_bytes_ = 0;
+  samples_ = dropped_ = 0;
+  filter_.Clear();
+}
+
+void HeapTracker::Freeze() noexcept { frozen_.store(true); }
+
+HeapSummary HeapTracker::Summary(std::size_t top_n) const {
+  HeapSummary summary;
+  std::vector<std::pair<StackId, StackStats>> live;
+  {
+    TrackerLock lock(&mu_);
+    summary.enabled = enabled_.load();
+    summary.sample_bytes = sample_bytes_.load();
+    summary.allocated_bytes = allocated_bytes_;
+    summary.freed_bytes = freed_bytes_;
+    summary.samples = samples_;
+    summary.live_blocks = blocks_.size();
+    summary.dropped_samples = dropped_;
+    summary.memory_bytes =
+        sizeof(*this) +
+        blocks_.capacity() * (sizeof(std::pair<std::uintptr_t, Block>) + 1) +
+        stacks_.capacity() * (sizeof(std::pair<StackId, StackStats>) + 1);
+    for (const auto& [stack, stats] : stacks_) {
+      if (stats.live_count > 0.5) live.emplace_back(stack, stats);
+    }
+  }
+  StackTable& table = StackTable::Instance();
+  summary.memory_bytes += table.MemoryBytes();
+  summary.stack_overflows = table.overflows();
+  // Aggregate stacks by attribution site; name only the top ones.
+  struct Aggregate {
+    StackId example;
+    double live_bytes = 0;
+    double live_count = 0;
+  };
+  absl::flat_hash_map<std::uint64_t, Aggregate> sites;
+  for (const auto& [stack, stats] : live) {
+    summary.live_bytes += stats.live_bytes;
+    Aggregate& site =
+        sites.try_emplace(table.SiteKey(stack), Aggregate{stack}).first->second;
+    site.live_bytes += stats.live_bytes;
+    site.live_count += stats.live_count;
+  }
+  std::vector<Aggregate> ranked;
+  ranked.reserve(sites.size());
+  for (const auto& [key, site] : sites) ranked.push_back(site);
+  const std::size_t n = std::min(top_n, ranked.size());
+  std::partial_sort(ranked.begin(), ranked.begin() + static_cast<std::ptrdiff_t>(n),
+                    ranked.end(), [](const Aggregate& a, const Aggregate& b) {
+                      return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes
+                                                          : a.example < b.example;
+                    });
+  for (std::size_t i = 0; i < n; ++i) {
+    summary.top_sites.push_back(
+        {table.SiteOf(ranked[i].example), ranked[i].live_bytes, ranked[i].live_count});
+  }
+  return summary;
+}
+
+std::vector<HeapStackStat> HeapTracker::Stacks() const {
+  TrackerLock lock(&mu_);
+  std::vector<HeapStackStat> out;
+  out.reserve(stacks_.size());
+  for (const auto& [stack, stats] : stacks_) {
+    out.push_back({stack, stats.live_bytes, stats.live_count, stats.allocated_bytes,
+                   stats.allocated_count});
+  }
+  return out;
+}
+
+}  // namespace leakprobe

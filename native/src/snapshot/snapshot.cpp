@@ -1,0 +1,23 @@
+#include "leakprobe/snapshot.h"
+
+#include "leakprobe/fd/fd_hooks.h"
+#include "leakprobe/fd/fd_table.h"
+#include "leakprobe/heap/heap_tracker.h"
+#include "leakprobe/version.h"
+
+namespace leakprobe {
+
+Snapshot TakeSnapshot() {
+  Snapshot snapshot;
+  snapshot.process = ReadProcessStats();
+  const RuntimeStats& runtime = RuntimeStats::Instance();
+  snapshot.gc = runtime.Gc();
+  if (const PythonInfo* info = runtime.python_info()) snapshot.python = *info;
+  const HeapTracker& heap = HeapTracker::Instance();
+  if (heap.enabled()) snapshot.heap = heap.Summary();
+  if (FdHooksActive()) snapshot.fd = SummarizeFds(ProcessFdTable());
+  snapshot.version = kVersion;
+  return snapshot;
+}
+
+}  // namespace leakprobe

@@ -1,0 +1,97 @@
+/* Frame walking per CPython version. Uses the interpreter's own internal
+ * frame layout (Py_BUILD_CORE_MODULE), so each build matches the Python it
+ * is built for. See python_frames.h for the rules. */
+#define Py_BUILD_CORE_MODULE 1
+#include <Python.h>
+
+#include "internal/pycore_frame.h"
+#include "leakprobe/stacks/python_frames.h"
+
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030E0000
+#error "leakprobe's frame walker supports CPython 3.11, 3.12 and 3.13"
+#endif
+
+static _PyInterpreterFrame* CurrentFrame(PyThreadState* tstate) {
+#if PY_VERSION_HEX >= 0x030D0000
+  return tstate->current_frame;
+#else
+  return tstate->cframe != NULL ? tstate->cframe->current_frame : NULL;
+#endif
+}
+
+static PyCodeObject* FrameCode(_PyInterpreterFrame* frame) {
+#if PY_VERSION_HEX >= 0x030D0000
+  PyObject* executable = frame->f_executable;
+  if (executable == NULL || !PyCode_Check(executable)) return NULL;
+  return (PyCodeObject*)executable;
+#else
+  return frame->f_code;
+#endif
+}
+
+int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames) {
+  /* The thread state bound to this OS thread, whether or not it holds the
+   * GIL (a thread-specific-storage read). */
+  PyThreadState* tstate = PyGILState_GetThisThreadState();
+  if (tstate == NULL || max_frames <= 0) return 0;
+  int n = 0;
+  for (_PyInterpreterFrame* frame = CurrentFrame(tstate);
+       frame != NULL && n < max_frames; frame = frame->previous) {
+#if PY_VERSION_HEX >= 0x030C0000
+    if (frame->owner == FRAME_OWNED_BY_CSTACK) continue; /* entry shims */
+#endif
+    PyCodeObject* code = FrameCode(frame);
+    if (code == NULL || _PyFrame_IsIncomplete(frame)) continue;
+    out[n].code = code;
+    out[n].filename = code->co_filename;
+    out[n].offset = _PyInterpreterFrame_LASTI(frame) * (int32_t)sizeof(_Py_CODEUNIT);
+    out[n].first_line = code->co_firstlineno;
+    ++n;
+  }
+  return n;
+}
+
+/* Copies a str object as UTF-8 into buf without calling into Python (no
+ * PyUnicode_AsUTF8: it allocates and caches). Truncates at a character
+ * boundary. */
+static void CopyUtf8(PyObject* text, char* buf, size_t cap) {
+  size_t used = 0;
+  if (text != NULL && PyUnicode_Check(text) && cap > 0) {
+    const int kind = PyUnicode_KIND(text);
+    const void* data = PyUnicode_DATA(text);
+    const Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0; i < length; ++i) {
+      const Py_UCS4 c = PyUnicode_READ(kind, data, i);
+      char enc[4];
+      size_t len = 0;
+      if (c < 0x80) {
+        enc[len++] = (char)c;
+      } else if (c < 0x800) {
+        enc[len++] = (char)(0xC0 | (c >> 6));
+        enc[len++] = (char)(0x80 | (c & 0x3F));
+      } else if (c < 0x10000) {
+        enc[len++] = (char)(0xE0 | (c >> 12));
+        enc[len++] = (char)(0x80 | ((c >> 6) & 0x3F));
+        enc[len++] = (char)(0x80 | (c & 0x3F));
+      } else {
+        enc[len++] = (char)(0xF0 | (c >> 18));
+        enc[len++] = (char)(0x80 | ((c >> 12) & 0x3F));
+        enc[len++] = (char)(0x80 | ((c >> 6) & 0x3F));
+        enc[len++] = (char)(0x80 | (c & 0x3F));
+      }
+      if (used + len + 1 > cap) break;
+      for (size_t j = 0; j < len; ++j) buf[used++] = enc[j];
+    }
+  }
+  if (cap > 0) buf[used] = '\0';
+}
+
+int LeakprobeResolvePythonFrame(const LeakprobeRawFrame* frame,
+                                LeakprobeResolvedFrame* out) {
+  PyCodeObject* code = (PyCodeObject*)frame->code;
+  if (code == NULL) return -1;
+  CopyUtf8(code->co_filename, out->filename, sizeof out->filename);
+  CopyUtf8(code->co_qualname, out->function, sizeof out->function);
+  out->line = PyCode_Addr2Line(code, frame->offset);
+  return 0;
+}
