@@ -1,5 +1,5 @@
 // Reconciliation of the fd table with /proc/self/fd (see
-// leakprobe/fd_reconcile.h).
+// leakprobe/fd/fd_reconcile.h).
 #include "leakprobe/fd/fd_reconcile.h"
 
 #include <fcntl.h>

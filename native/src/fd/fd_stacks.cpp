@@ -1,4 +1,4 @@
-// The fd hooks' stack provider (see leakprobe/fd_stacks.h).
+// The fd hooks' stack provider (see leakprobe/fd/fd_stacks.h).
 #include "leakprobe/fd/fd_stacks.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// The fd section of the snapshot (see leakprobe/fd_summary.h).
+// The fd section of the snapshot (see leakprobe/fd/fd_summary.h).
 #include "leakprobe/fd/fd_summary.h"
 
 #include <pthread.h>

@@ -1,4 +1,4 @@
-// Socket details from the fd (see leakprobe/socket_info.h).
+// Socket details from the fd (see leakprobe/fd/socket_info.h).
 #include "leakprobe/fd/socket_info.h"
 
 #include <arpa/inet.h>

@@ -1,4 +1,4 @@
-// GOT patching for the interposition layer (see leakprobe/interpose.h).
+// GOT patching for the interposition layer (see leakprobe/interpose/interpose.h).
 //
 // A pass over the loaded objects runs in three phases, so that no loader lock
 // is ever taken while our mutex is held (a constructor running under the

@@ -1,5 +1,5 @@
 // The dl* entry points of the interposition layer (see interpose_dl.h and
-// leakprobe/interpose.h).
+// leakprobe/interpose/interpose.h).
 #include "interpose_dl.h"
 
 #include <dlfcn.h>
