@@ -163,7 +163,7 @@ void HeapStart(std::uint64_t sample_bytes, int max_frames, std::size_t top_sites
   config.max_frames = max_frames;
   config.top_sites = top_sites;
   HeapTracker::Instance().Start(config);
-  InstallHeapHooks();  // after Start: the first sample already has a config
+  RestackHeapHooks();  // after Start: the first sample already has a config
 }
 
 py::dict HeapSummaryDict() {
@@ -292,8 +292,10 @@ PYBIND11_MODULE(_native, m) {
   m.def(
       "heap_freeze", [] { HeapTracker::Instance().Freeze(); },
       "At exit: no more samples or stack captures.");
-  m.def("heap_reinstall", &ReinstallHeapHooks,
-        "Put the allocator hooks back on top after another tool removed them.");
+  m.def("heap_restack", &RestackHeapHooks,
+        "Keep one recording layer of the allocator hooks, on top, after another "
+        "tool (tracemalloc) installed or removed hooks; returns the domains "
+        "where hooks were installed anew (GIL held).");
   m.def("heap_summary", &HeapSummaryDict,
         "Totals and top sites, as the exporter sees them.");
   m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");

@@ -13,6 +13,7 @@ a child never inherits it held by a thread that does not exist there.
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import os
 import sys
@@ -55,20 +56,14 @@ class _Sampler(threading.Thread):
         self.stopping = threading.Event()
         self._native = _native()
         self._failed: set[str] = set()  # tasks whose failure was logged
-        # tracemalloc.stop() restores the allocator it found at its start:
-        # if it was tracing under our hooks, stopping it removes them too.
         self._heap = heap
-        self._tracemalloc_under_us = heap and _tracemalloc_tracing()
 
     def sample_once(self) -> None:
         self._native.set_gc_stats(
             [(g["collections"], g["collected"], g["uncollectable"]) for g in gc.get_stats()]
         )
-        if self._tracemalloc_under_us and not _tracemalloc_tracing():
-            self._tracemalloc_under_us = False
-            self._native.heap_reinstall()
-            self._native.log("warning", "tracemalloc was stopped and took leakprobe's "
-                             "allocator hooks with it; hooks reinstalled")
+        if self._heap:
+            _restack_heap_hooks(self._native)
 
     def reconcile_once(self) -> None:
         self._native.fd_reconcile()
@@ -95,9 +90,45 @@ class _Sampler(threading.Thread):
                 self._failed.add(name)
 
 
-def _tracemalloc_tracing() -> bool:
-    module = sys.modules.get("tracemalloc")
-    return bool(module is not None and module.is_tracing())
+def _restack_heap_hooks(native: Any) -> None:
+    """Another tool changed the allocators (tracemalloc.start() installs its
+    hooks over ours, tracemalloc.stop() restores what it found): keep one
+    recording layer of ours, on top (see RestackHeapHooks)."""
+    if native.heap_restack():
+        native.log("warning", "another tool replaced leakprobe's allocator hooks "
+                   "(tracemalloc.start or stop); hooks reinstalled on top")
+
+
+def _watch_tracemalloc(native: Any) -> None:
+    """Restack the moment tracemalloc starts or stops, not at the next
+    sampler tick: between the two, tracemalloc's own trace records would go
+    through our hooks and count as the application's blocks. The wrappers
+    go on the built-in _tracemalloc module (which ``tracemalloc`` re-exports
+    when it is imported later) and on ``tracemalloc`` if it is imported."""
+    import _tracemalloc
+
+    def wrap(module: Any, name: str) -> None:
+        original = getattr(module, name, None)
+        if original is None or getattr(original, "__leakprobe_wrapped__", False):
+            return
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            finally:
+                try:
+                    _restack_heap_hooks(native)
+                except Exception:  # never fail the caller's call
+                    pass
+
+        wrapper.__leakprobe_wrapped__ = True  # type: ignore[attr-defined]
+        setattr(module, name, wrapper)
+
+    for module in (_tracemalloc, sys.modules.get("tracemalloc")):
+        if module is not None:
+            wrap(module, "start")
+            wrap(module, "stop")
 
 
 def _library_prefixes() -> list[str]:
@@ -173,6 +204,7 @@ def start(**options: Any) -> dict[str, Any]:
         if config.heap:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,
                               config.heap_top_sites)
+            _watch_tracemalloc(native)
         fds = config.fds and _start_fds(native, config)
         sampler = _Sampler(config.sample_interval, config.heap,
                            config.fd_reconcile_interval if fds else None)

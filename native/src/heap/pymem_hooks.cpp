@@ -2,6 +2,11 @@
 
 #include <Python.h>
 
+#include <atomic>
+#include <cstddef>
+#include <iterator>
+#include <vector>
+
 #include "leakprobe/heap/heap_tracker.h"
 
 namespace leakprobe {
@@ -10,6 +15,14 @@ namespace {
 struct Domain {
   PyMemAllocatorDomain domain = PYMEM_DOMAIN_RAW;
   PyMemAllocatorEx original{};  // what was installed before us
+  // Another tool's hooks were installed on top of these, and ours again on
+  // top of theirs (Restack): these only forward allocations, so that each
+  // block is counted once, by the hooks the application calls, and the
+  // other tool's own bookkeeping (tracemalloc's trace records, allocated
+  // through the allocator it found) is not counted as the application's.
+  // Frees are still honoured: a block sampled here before may be freed
+  // through the chain.
+  std::atomic<bool> forward_only{false};
 };
 
 constexpr PyMemAllocatorDomain kDomains[] = {PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
@@ -59,7 +72,9 @@ struct Hooks {
 
   static void* Malloc(void* ctx, size_t size) {
     const Domain* d = static_cast<const Domain*>(ctx);
-    if (Skip()) return d->original.malloc(d->original.ctx, size);
+    if (Skip() || d->forward_only.load(std::memory_order_relaxed)) {
+      return d->original.malloc(d->original.ctx, size);
+    }
     void* p;
     {
       Scope scope(size > kNestingBytes);
@@ -71,7 +86,9 @@ struct Hooks {
 
   static void* Calloc(void* ctx, size_t count, size_t size) {
     const Domain* d = static_cast<const Domain*>(ctx);
-    if (Skip()) return d->original.calloc(d->original.ctx, count, size);
+    if (Skip() || d->forward_only.load(std::memory_order_relaxed)) {
+      return d->original.calloc(d->original.ctx, count, size);
+    }
     void* p;
     {
       Scope scope(count * size > kNestingBytes);
@@ -84,7 +101,10 @@ struct Hooks {
   static void* Realloc(void* ctx, void* old, size_t size) {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip()) return d->original.realloc(d->original.ctx, old, size);
-    g_tracker->OnFree(old);  // a failed realloc leaves `old` untracked, not wrong
+    g_tracker->OnFree(old);
+    if (d->forward_only.load(std::memory_order_relaxed)) {
+      return d->original.realloc(d->original.ctx, old, size);
+    }  // a failed realloc leaves `old` untracked, not wrong
     void* p;
     {
       Scope scope(true);
@@ -106,15 +126,35 @@ bool IsOurs(const PyMemAllocatorEx& allocator) {
          allocator.malloc == &Hooks<false>::Malloc;
 }
 
-void Install() {
+// Every Domain we ever installed, per domain (never freed: another tool
+// may keep a copy of its allocator and call it later). Under the GIL.
+std::vector<Domain*>& Installed(PyMemAllocatorDomain domain) {
+  static auto* const installed = new std::vector<Domain*>[std::size(kDomains)];
+  return installed[static_cast<std::size_t>(domain)];
+}
+
+// Makes `top` the only recording Domain of its domain.
+void RecordOnlyThrough(const Domain* top) {
+  for (Domain* d : Installed(top->domain)) {
+    d->forward_only.store(d != top, std::memory_order_relaxed);
+  }
+}
+
+int Restack() {
   g_tracker = &HeapTracker::Instance();
+  int installed = 0;
   for (PyMemAllocatorDomain domain : kDomains) {
     PyMemAllocatorEx current;
     PyMem_GetAllocator(domain, &current);
-    if (IsOurs(current)) continue;  // ours already: never wrap ourselves
+    if (IsOurs(current)) {  // on top: ours records, the others forward
+      RecordOnlyThrough(static_cast<const Domain*>(current.ctx));
+      continue;
+    }
     // A fresh Domain each time, never freed: a thread still inside an older
     // hook keeps reading a consistent (function, context) pair.
     auto* d = new Domain{domain, current};
+    Installed(domain).push_back(d);
+    RecordOnlyThrough(d);
     PyMemAllocatorEx hooks =
         domain == PYMEM_DOMAIN_RAW
             ? PyMemAllocatorEx{d, Hooks<false>::Malloc, Hooks<false>::Calloc,
@@ -122,16 +162,18 @@ void Install() {
             : PyMemAllocatorEx{d, Hooks<true>::Malloc, Hooks<true>::Calloc,
                                Hooks<true>::Realloc, Hooks<true>::Free};
     PyMem_SetAllocator(domain, &hooks);
+    ++installed;
   }
   g_installed = true;
+  return installed;
 }
 
 }  // namespace
 
 void InstallHeapHooks() {
-  if (!g_installed) Install();
+  if (!g_installed) Restack();
 }
 
-void ReinstallHeapHooks() { Install(); }
+int RestackHeapHooks() { return Restack(); }
 
 }  // namespace leakprobe

@@ -3,6 +3,7 @@
 // or tracemalloc or another tool's hooks).
 //
 //   InstallHeapHooks();   // with the GIL held; idempotent
+//   RestackHeapHooks();   // after another tool changed the allocators
 //
 // Thread-safety: install with the GIL held. The hooks themselves run on any
 // thread (RAW without the GIL) and only call HeapTracker's hot path.
@@ -12,8 +13,14 @@ namespace leakprobe {
 
 // Installs the hooks once; later calls do nothing.
 void InstallHeapHooks();
-// Installs them again on top of whatever is installed now. For when another
-// tool removed them (tracemalloc.stop() restores the allocator it found).
-void ReinstallHeapHooks();
+// Keeps exactly one layer of our hooks recording, on top: when another
+// tool's hooks (tracemalloc's) were installed over ours, installs ours again
+// over theirs and makes the layer below forward only (else the other tool's
+// own allocations, made through the allocator it found, would count as the
+// application's); when the other tool removed ours (tracemalloc.stop()
+// restores the allocator it found), installs ours again; when its stop put
+// one of our forwarding layers back on top, makes that one record again.
+// Returns the number of domains where hooks were installed anew. GIL held.
+int RestackHeapHooks();
 
 }  // namespace leakprobe
