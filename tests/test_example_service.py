@@ -32,7 +32,7 @@ START_TIMEOUT = 30.0  # seconds for a process to print its address
 SETTLE_TIMEOUT = 5.0  # seconds for a scraped fd count to match /proc
 FD_TOLERANCE = 5  # scrape connections, the thread pool: fds that come and go
 # "[leakprobe] [info] serving metrics on http://127.0.0.1:PORT/metrics (pid N)"
-METRICS_LINE = r"serving metrics on (http://\S+?/metrics)(?: \(pid (\d+)\))?"
+METRICS_LINE = r"serving metrics on (http://\S+?/metrics) \(pid (\d+)\)"
 UVICORN_LINE = r"Uvicorn running on (http://127\.0\.0\.1:\d+)"
 
 
@@ -126,8 +126,7 @@ def start_service(upstream: str, tmp_path: Path) -> Iterator[Callable[[str], Ser
         proc = _spawn(args, log_path, env)
         procs.append(proc)
         metrics = _wait_for_line(proc, log_path, METRICS_LINE)
-        if metrics.group(2) is not None:
-            assert int(metrics.group(2)) == proc.pid, "leakprobe reports another process's pid"
+        assert int(metrics.group(2)) == proc.pid, "leakprobe reports another process's pid"
         url = _wait_for_line(proc, log_path, UVICORN_LINE).group(1)
         return Service(url=url, metrics_url=metrics.group(1), pid=proc.pid)
 

@@ -796,9 +796,10 @@ def test_snapshot_records_are_typed_frozen_and_print(tmp_path):
     script = tmp_path / "app.py"
     script.write_text(textwrap.dedent(
         """
-        import json, socket, leakprobe
+        import json, socket, time, leakprobe
         def handler():
             return socket.socket()                                   # line 4
+        created = time.monotonic_ns()
         s = handler()
         (rec,) = [r for r in leakprobe.open_fds() if r.fd == s.fileno()]
         try:
@@ -809,7 +810,8 @@ def test_snapshot_records_are_typed_frozen_and_print(tmp_path):
         print(json.dumps([type(rec).__name__, frozen, hasattr(rec, "__dict__"),
                           type(rec.site).__name__, [type(f).__name__ for f in rec.stack][:1],
                           rec.site.function, rec.stack[-1].function == "<module>",
-                          str(rec), rec.created_ns > 0, rec.age_seconds >= 0]))
+                          str(rec), created <= rec.created_ns <= time.monotonic_ns(),
+                          0 <= rec.age_seconds < 60]))
         """))
     out = _json_run(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')")
     assert out[:7] == ["FdRecord", True, False, "Frame", ["Frame"], "handler", True]

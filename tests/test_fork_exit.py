@@ -138,7 +138,9 @@ def test_exit_under_scrape_load_is_clean(how):
     body = {
         "return": "pass",
         "sys.exit": "sys.exit(3)",
-        "exception": "raise SystemExit(3)",
+        # A real uncaught exception: sys.excepthook prints it, then the
+        # interpreter finalizes and exits with status 1.
+        "exception": "raise RuntimeError('uncaught at exit')",
         "os._exit": "os._exit(3)",
     }[how]
     proc = run_python(
@@ -159,5 +161,11 @@ def test_exit_under_scrape_load_is_clean(how):
         """,
         timeout=30, LEAKPROBE_LOG_LEVEL="warning",
     )
-    assert proc.returncode == (0 if how == "return" else 3), proc.stderr
-    assert "Traceback" not in proc.stderr and "Fatal" not in proc.stderr, proc.stderr
+    assert proc.returncode == {"return": 0, "exception": 1}.get(how, 3), proc.stderr
+    assert "Fatal" not in proc.stderr and leakprobe_lines(proc.stderr) == [], proc.stderr
+    if how == "exception":
+        # The exception's own traceback, once, and nothing after it.
+        assert proc.stderr.count("Traceback") == 1, proc.stderr
+        assert proc.stderr.rstrip().endswith("RuntimeError: uncaught at exit"), proc.stderr
+    else:
+        assert "Traceback" not in proc.stderr, proc.stderr

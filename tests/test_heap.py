@@ -69,14 +69,12 @@ def test_estimates_match_ground_truth_and_tracemalloc(tmp_path, order):
     assert top[0][3] == pytest.approx(exact_a, rel=0.10)
     assert top[1][3] == pytest.approx(exact_b, rel=0.10)
     # Counts of blocks: precise where there are many samples (A); B's 56-byte
-    # bytearray headers are too few at this interval to assert on. With
-    # tracemalloc on top of leakprobe, tracemalloc's own per-trace entries
-    # (allocated from the RAW domain, under our hooks, while line A runs)
-    # are blocks leakprobe sees too: about one more small block per object.
-    if order == "tracemalloc-first":
-        assert top[0][4] == pytest.approx(count_a, rel=0.10)
-    else:
-        assert 1.5 * count_a < top[0][4] < 3.5 * count_a
+    # bytearray headers are too few at this interval to assert on. Line A
+    # made count_a blocks, whichever tool was started first. (Known to fail
+    # with tracemalloc started on top of leakprobe: tracemalloc's own 16-byte
+    # trace record per traced block is allocated through our RAW hook while
+    # line A runs and counted as one more block of line A; see docs/heap.md.)
+    assert top[0][4] == pytest.approx(count_a, rel=0.10)
     # The churn is freed: it must not be among the live sites.
     assert all(entry[1] != _line_of(source, "# SITE_CHURN") or entry[3] < (1 << 20)
                for entry in top)
@@ -170,8 +168,12 @@ def test_heap_metrics_are_exported(server_factory):
     assert server.readline().strip() == "ready"
     families = scrape(server.url)
     assert value(families, "leakprobe_heap_live_bytes") > 90e6
-    assert value(families, "leakprobe_heap_allocated_bytes_total") >= \
-        value(families, "leakprobe_heap_freed_bytes_total")
+    # Every sampled block is either still live or was freed: the counters
+    # add up to the live estimate, and the 100 MB kept were all allocated.
+    allocated = value(families, "leakprobe_heap_allocated_bytes_total")
+    freed = value(families, "leakprobe_heap_freed_bytes_total")
+    assert allocated - freed == pytest.approx(value(families, "leakprobe_heap_live_bytes"), rel=0.01)
+    assert allocated > 0.85 * 100_000 * 1033
     assert value(families, "leakprobe_heap_sample_interval_bytes") == 65536
     assert value(families, "leakprobe_heap_tracker_memory_bytes") < 32 << 20
     sites = families["leakprobe_heap_site_live_bytes"]

@@ -4,6 +4,7 @@ gathered without the GIL, and every family documented."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -37,6 +38,8 @@ for line in sys.stdin:
         for _ in range(int(cmd[1])): gc.collect()
     elif cmd[0] == "fds":
         print(len(os.listdir("/proc/self/fd")) - 1, flush=True); continue
+    elif cmd[0] == "gcstats":
+        print(json.dumps(gc.get_stats()), flush=True); continue
     elif cmd[0] == "hold-gil":
         print("holding", flush=True)
         # One C call that never releases the GIL: exponential backtracking
@@ -47,8 +50,11 @@ for line in sys.stdin:
 
 
 def test_required_families_are_present_with_sane_values(server_factory):
-    server = server_factory(COMMANDS)
+    server = server_factory(COMMANDS, LEAKPROBE_SAMPLE_INTERVAL="0.05")
+    server.ask("gc 3")
+    time.sleep(0.5)  # > several sample intervals: the sampler has read gc.get_stats()
     families = scrape(server.url)
+    gc_now = json.loads(server.ask("gcstats"))
     for name in REQUIRED:
         assert name in families, name
     assert value(families, "process_resident_memory_bytes") > 5 << 20
@@ -59,8 +65,16 @@ def test_required_families_are_present_with_sane_values(server_factory):
     # At scrape time the server also holds the scrape's own connection, which
     # it may or may not have closed yet when the child lists its fds.
     assert value(families, "process_open_fds") - int(server.ask("fds")) in (0, 1)
-    for generation in ("0", "1", "2"):
-        assert value(families, "python_gc_collections_total", generation=generation) >= 0
+    # One series per generation, each a figure gc.get_stats() gave: counters
+    # read before the child's own read, after its three full collections.
+    assert {dict(labels)["generation"] for _, labels in families["python_gc_collections"]} \
+        == {"0", "1", "2"}
+    for generation, stats in enumerate(gc_now):
+        for family, key in (("python_gc_collections_total", "collections"),
+                            ("python_gc_objects_collected_total", "collected"),
+                            ("python_gc_objects_uncollectable_total", "uncollectable")):
+            assert value(families, family, generation=str(generation)) <= stats[key], family
+    assert value(families, "python_gc_collections_total", generation="2") >= 3
     info = families["python_info"]
     ((_, labels),) = info.keys()
     assert dict(labels)["implementation"] == "CPython"
@@ -143,20 +157,25 @@ def test_concurrent_scrapes_under_load(server_factory):
         t.start()
     for t in threads:
         t.join(120)
+    assert not any(t.is_alive() for t in threads), "a scraper is still waiting after 120 s"
     assert errors == []
     assert value(scrape(server.url), "exposer_scrapes_total") >= 16 * 25 + 3 * 100
     code, _ = server.close()
     assert code == 0
 
 
-def test_every_exported_family_is_documented(server_factory):
+def test_every_exported_family_is_documented_and_every_documented_one_exported(server_factory):
+    # Every feature on (the defaults), and one scrape before, so that
+    # prometheus-cpp's own latency summary has values.
     server = server_factory()
+    assert server.status["features"] == ["process", "gc", "heap", "fds", "exporter"]
     httpx.get(server.url)
-    families = [name for name in scrape(server.url) if name != "__text__"]
     documented = set(re.findall(r"^\| `([a-z_]+)`", (ROOT / "docs" / "metrics.md").read_text(), re.M))
+    assert documented
     text = scrape(server.url)["__text__"]
     exported = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
     assert exported, text
     missing = exported - documented
     assert not missing, f"exported but not in docs/metrics.md: {sorted(missing)}"
-    assert families
+    stale = documented - exported
+    assert not stale, f"in docs/metrics.md but not exported: {sorted(stale)}"

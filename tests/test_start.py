@@ -70,18 +70,31 @@ def test_stop_closes_the_port_and_start_reopens_with_new_options():
         "False None []", "refused", "True 200", "True 200", "False"]
 
 
-def test_disable_makes_import_do_nothing():
-    proc = run_python(
-        """
-        import sys, leakprobe
-        print(leakprobe.status()["running"], "leakprobe._native" in sys.modules)
-        print(leakprobe.start()["running"])
-        """,
-        LEAKPROBE_DISABLE="1", LEAKPROBE_PORT="not even checked at import",
-    )
+DISABLED = """
+import sys, threading, leakprobe
+print(leakprobe.status()["running"], "leakprobe._native" in sys.modules)
+s = leakprobe.start()
+print(s["running"], "leakprobe._native" in sys.modules, threading.active_count())
+"""
+
+
+def test_disable_makes_import_and_start_do_nothing():
+    proc = run_python(DISABLED, LEAKPROBE_DISABLE="1")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[0] == "False False"
-    assert leakprobe_lines(proc.stderr)[0].startswith("[leakprobe] [warning] LEAKPROBE_PORT=")
+    # Neither import nor start() loads the native module or starts a thread.
+    assert proc.stdout.splitlines() == ["False False", "False False 1"]
+    assert leakprobe_lines(proc.stderr) == []
+
+
+def test_disable_does_not_check_other_values_at_import_but_start_reports_them():
+    proc = run_python(DISABLED, LEAKPROBE_DISABLE="1",
+                      LEAKPROBE_PORT="not even checked at import")
+    assert proc.returncode == 0, proc.stderr
+    # start() loads the native module to log the bad value, and starts nothing.
+    assert proc.stdout.splitlines() == ["False False", "False True 1"]
+    (line,) = leakprobe_lines(proc.stderr)
+    assert line.startswith("[leakprobe] [warning] LEAKPROBE_PORT='not even checked at import'")
+    assert line.endswith("; leakprobe is not running")
 
 
 def test_log_level_off_silences_the_start_line():

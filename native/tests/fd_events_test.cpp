@@ -373,12 +373,20 @@ std::atomic<std::uint32_t> provided{0};
 std::uint32_t FakeStackId() noexcept { return provided.fetch_add(1) + 1000; }
 
 TEST_F(FdHooksTest, StackIdProviderIsAskedForEachCreation) {
+  const std::uint32_t asked = provided.load();
   SetFdStackIdProvider(&FakeStackId);
   const int fd = lib_.eventfd(0, 0);
+  int p[2];
+  const int piped = lib_.pipe(p);
   SetFdStackIdProvider(nullptr);
   ASSERT_GE(fd, 0);
-  EXPECT_GE(ProcessFdTable().Find(fd)->stack_id, 1000u);
-  lib_.close(fd);
+  ASSERT_EQ(piped, 0);
+  // Once per fd made, and each record keeps the id it was given.
+  EXPECT_EQ(provided.load(), asked + 3);
+  EXPECT_EQ(ProcessFdTable().Find(fd)->stack_id, asked + 1000);
+  EXPECT_EQ(ProcessFdTable().Find(p[0])->stack_id, asked + 1001);
+  EXPECT_EQ(ProcessFdTable().Find(p[1])->stack_id, asked + 1002);
+  for (int x : {fd, p[0], p[1]}) lib_.close(x);
 }
 
 std::uint64_t TotalOpened() {
@@ -400,6 +408,7 @@ TEST_F(FdHooksTest, ConcurrentOpenAndCloseKeepCountsConsistent) {
   const FdCounters c0 = ProcessFdTable().Counters();
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> made{0};
+  std::atomic<int> failed{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < 8; ++i) {
     threads.emplace_back([&, i] {
@@ -409,7 +418,10 @@ TEST_F(FdHooksTest, ConcurrentOpenAndCloseKeepCountsConsistent) {
         int p[2];
         const int f = lib_.open(path.c_str(), O_CREAT | O_RDWR, 0600);
         const int s = lib_.socket(AF_INET, SOCK_STREAM, 0);
-        if (lib_.pipe(p) != 0 || f < 0 || s < 0) continue;
+        if (lib_.pipe(p) != 0 || f < 0 || s < 0) {
+          failed.fetch_add(1);  // a call that failed: reported below
+          break;
+        }
         const int d = lib_.dup2(f, p[0]);  // implicit close of p[0]
         lib_.close(d);
         lib_.close(p[1]);
@@ -423,6 +435,7 @@ TEST_F(FdHooksTest, ConcurrentOpenAndCloseKeepCountsConsistent) {
   std::this_thread::sleep_for(std::chrono::seconds(3));
   stop.store(true);
   for (auto& t : threads) t.join();
+  ASSERT_EQ(failed.load(), 0) << "an open, socket or pipe call failed";
   const FdCounters c1 = ProcessFdTable().Counters();
   EXPECT_GT(made.load(), 1000u);
   EXPECT_EQ(c1.conflicts, c0.conflicts);

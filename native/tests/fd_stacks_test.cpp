@@ -143,9 +143,13 @@ TEST_F(FdStacksTest, HookedCreationsCarryTheStackAndCountInTopSites) {
   };
   EXPECT_EQ(count_of("/app/file5.py:10 in f5"), 3u);
   EXPECT_EQ(count_of("/app/file7.py:1 in f7"), 1u);
+  // With room for one site, the one kept is the one holding the most.
+  ASSERT_GE(s.top_sites.size(), 2u);
   SetFdTopSites(1);
   const FdSummary top = SummarizeFds(ProcessFdTable());
   ASSERT_EQ(top.top_sites.size(), 1u);
+  EXPECT_EQ(top.top_sites[0].site, s.top_sites[0].site);
+  EXPECT_EQ(top.top_sites[0].open_fds, s.top_sites[0].open_fds);
   EXPECT_GE(top.top_sites[0].open_fds, 3u);
   SetFdTopSites(10);
   for (int fd : fds) lib.close(fd);

@@ -116,15 +116,18 @@ TEST_F(InterposeTest, DlopenByBareNameKeepsTheCallersRunpath) {
   FdTestLib a(LEAKPROBE_FD_TEST_LIB_A);  // RUNPATH $ORIGIN: finds B by name
   ASSERT_TRUE(a.ok());
   void* without_hooks = a.dlopen(LEAKPROBE_FD_TEST_LIB_B_NAME, RTLD_NOW | RTLD_LOCAL);
-  if (without_hooks != nullptr) a.dlclose(without_hooks);
+#if defined(__SANITIZE_ADDRESS__)
+  if (without_hooks == nullptr) {
+    GTEST_SKIP() << "under ASan, whose own dlopen interceptor loses the caller's RUNPATH "
+                    "(hooks or not), B cannot be loaded by bare name: "
+                 << dlerror();
+  }
+#endif
+  ASSERT_NE(without_hooks, nullptr) << dlerror();
+  a.dlclose(without_hooks);
   Interposer::Instance().Install(kHooks, 1);
   void* with_hooks = a.dlopen(LEAKPROBE_FD_TEST_LIB_B_NAME, RTLD_NOW | RTLD_LOCAL);
-  EXPECT_EQ(with_hooks != nullptr, without_hooks != nullptr);
-#if !defined(__SANITIZE_ADDRESS__)
-  // (ASan's own dlopen interceptor loses the RUNPATH, hooks or not.)
   ASSERT_NE(with_hooks, nullptr) << dlerror();
-#endif
-  if (with_hooks == nullptr) return;
   // A bare-name load is handed to the loader untouched and patched at the
   // next dl* call from a patched object, e.g. the dlsym that finds a function.
   auto b_getppid = reinterpret_cast<int (*)()>(a.dlsym(with_hooks, "fdtest_getppid"));

@@ -96,6 +96,8 @@ TEST(ExporterTest, DestroyingClosesTheListeningSocket) {
     port = exporter.port();
     fds = exporter.listening_fds();
   }
+  ASSERT_FALSE(fds.empty());
+  for (int fd : fds) EXPECT_FALSE(IsOpen(fd)) << fd;
   EXPECT_TRUE(FindListeningFds(port).empty());
   EXPECT_EQ(HttpGet(port), "");
 }
