@@ -172,7 +172,8 @@ def start(**options: Any) -> dict[str, Any]:
         _install_hooks()
         _python_info(native)
         if config.heap or config.fds:  # attribution sites of both
-            native.set_library_prefixes(_library_prefixes())
+            # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
+            native.set_library_prefixes([os.fsencode(p) for p in _library_prefixes()])
         if config.heap:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,
                               config.heap_top_sites)
