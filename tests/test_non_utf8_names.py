@@ -122,3 +122,38 @@ def test_invalid_utf8_paths_in_heap_fds_and_scrape(server_factory, bad_dir):
     assert ("leakprobe_fd_site_open_fds", f"{prog}:{line_of('file')} in make_fds") in labels
     code, stderr = server.close()
     assert code == 0, stderr
+
+
+def test_library_code_under_an_invalid_utf8_path_is_still_library(bad_dir):
+    # The user site directory (one of the library prefixes) lives under a
+    # path with invalid bytes; code there allocates for its caller, which
+    # must be the attribution site.
+    from conftest import run_python
+
+    user_base = os.path.join(bad_dir, b"userbase")
+    proc = run_python(
+        """
+        import json, os, site, sys
+        import leakprobe
+        lib = os.fsencode(site.getusersitepackages())
+        os.makedirs(lib)
+        with open(os.path.join(lib, b"helper.py"), "wb") as f:
+            f.write(b"def alloc(out):\\n    for _ in range(200):\\n        out.append(bytearray(65536))\\n")
+        sys.path.insert(0, os.fsdecode(lib))
+        import helper
+        held = []
+        helper.alloc(held)  # L:caller
+        top = leakprobe.heap_snapshot().statistics("site")[0]
+        print(json.dumps([leakprobe.status()["running"], str(top.site), top.size,
+                          [str(f) for f in top.traceback[:2]]]))
+        """,
+        PYTHONUSERBASE=os.fsdecode(user_base), LEAKPROBE_HEAP_SAMPLE_BYTES="16384",
+    )
+    assert proc.returncode == 0, proc.stderr
+    running, site, size, traceback = json.loads(proc.stdout)
+    assert running
+    assert site == "<string>:11 in <module>"
+    assert size > 8 * 2**20
+    # The helper's own frame is there, its path escaped.
+    assert traceback[0].startswith(shown(user_base) + "/lib/python")
+    assert traceback[0].endswith("/site-packages/helper.py:3 in alloc"), traceback
