@@ -264,6 +264,10 @@ bool CallFromEvalLoop(py::object fn) {
     delete held;  // the queue is full
     return false;
   }
+  // In a child forked on a thread other than the main one, CPython 3.13
+  // does not flag the call on this thread: it ran only once the thread next
+  // took the GIL (seen with 3.13.0). Taking the GIL again here is that.
+  { const py::gil_scoped_release retake; }
   return true;
 }
 
