@@ -169,3 +169,98 @@ def test_exit_under_scrape_load_is_clean(how):
         assert proc.stderr.rstrip().endswith("RuntimeError: uncaught at exit"), proc.stderr
     else:
         assert "Traceback" not in proc.stderr, proc.stderr
+
+
+# What a subprocess child sees in its preexec_fn, between fork and exec: its
+# threads and the TCP sockets it listens on (its own fds whose inode is in
+# LISTEN state in /proc/self/net/tcp{,6}).
+PREEXEC_PROBE = """
+import json, os, subprocess, sys, threading, leakprobe
+
+def listening():
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/self/net/{table}") as f:
+            next(f)
+            inodes.update(row.split()[9] for row in f if row.split()[3] == "0A")
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[len("socket:["):-1])
+    return sorted(mine & inodes)
+
+def probe():
+    return {"threads": threading.active_count(),
+            "tasks": len(os.listdir("/proc/self/task")),
+            "listening": listening(),
+            "running": leakprobe.status()["running"]}
+
+r, w = os.pipe()
+def preexec():
+    os.write(w, json.dumps(probe()).encode())
+    os.close(w)
+
+assert leakprobe.status()["port"]
+parent = probe()
+ran = subprocess.run([sys.executable, "-c", "print('exec ok')"], preexec_fn=preexec,
+                     capture_output=True, text=True, timeout=30)
+os.close(w)
+child = json.loads(os.read(r, 65536))
+print(json.dumps({"parent": parent, "child": child, "stdout": ran.stdout,
+                  "code": ran.returncode, "after": probe()}))
+"""
+
+
+def test_subprocess_preexec_fn_child_starts_no_thread_and_no_exporter():
+    proc = run_python(PREEXEC_PROBE, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    # The parent serves (a listening socket) and samples (a thread).
+    assert len(result["parent"]["listening"]) >= 1 and result["parent"]["threads"] >= 2
+    # Between fork and exec the child has the forking thread only, and
+    # listens on nothing: the inherited listener is closed and none is made.
+    assert result["child"] == {"threads": 1, "tasks": 1, "listening": [],
+                               "running": False}, result["child"]
+    # The exec'd program ran; the parent is unharmed.
+    assert (result["code"], result["stdout"]) == (0, "exec ok\n")
+    assert result["after"]["listening"] == result["parent"]["listening"]
+    assert len(leakprobe_lines(proc.stderr)) == 1, proc.stderr  # the parent's start only
+
+
+def test_fork_from_a_thread_child_serves_without_running_more_python():
+    # The child forks on a non-main thread and then only sleeps in C: its
+    # exporter starts all the same (the parent finds it with ss and scrapes it).
+    proc = run_python(
+        """
+        import os, subprocess, threading, time, warnings, httpx, leakprobe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pids = []
+        def fork():
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            pids.append(pid)
+        t = threading.Thread(target=fork); t.start(); t.join()
+        pid = pids[0]
+        try:
+            for _ in range(200):
+                ss = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+                ports = [line.split()[3].rsplit(":", 1)[1] for line in ss.splitlines()
+                         if f"pid={pid}," in line]
+                if ports:
+                    break
+                time.sleep(0.05)
+            print(ports[0] != str(leakprobe.status()["port"]),
+                  httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=10).status_code)
+        finally:
+            os.kill(pid, 9); os.waitpid(pid, 0)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "200"]

@@ -224,6 +224,34 @@ void LogMessage(const std::string& level, const std::string& message) {
   Log(*parsed, message);
 }
 
+// A pending call (Py_AddPendingCall): the interpreter runs it on its main
+// thread, with the GIL, the next time its eval loop checks for pending work.
+// Never raises into the code it interrupts: a failure is reported as
+// unraisable.
+int RunPendingCall(void* arg) {
+  const std::unique_ptr<py::object> fn(static_cast<py::object*>(arg));
+  PyObject* result = PyObject_CallNoArgs(fn->ptr());
+  if (result == nullptr) {
+    PyErr_WriteUnraisable(fn->ptr());
+  } else {
+    Py_DECREF(result);
+  }
+  return 0;
+}
+
+bool CallFromEvalLoop(py::object fn) {
+  auto* held = new py::object(std::move(fn));
+  if (Py_AddPendingCall(&RunPendingCall, held) != 0) {
+    delete held;  // the queue is full
+    return false;
+  }
+  // In a child forked on a thread other than the main one, CPython 3.13
+  // does not flag the call on this thread: it ran only once the thread next
+  // took the GIL (seen with 3.13.0). Taking the GIL again here is that.
+  { const py::gil_scoped_release retake; }
+  return true;
+}
+
 }  // namespace
 }  // namespace leakprobe
 
@@ -258,6 +286,9 @@ PYBIND11_MODULE(_native, m) {
         "At interpreter exit: stop serving without waiting for server threads.");
   m.def("exporter_info", &ExporterInfo,
         "(host, port, listening fds) of the running exporter, or None.");
+  m.def("call_from_eval_loop", &CallFromEvalLoop, py::arg("fn"),
+        "Run fn() later, from the main thread's eval loop (a pending call): "
+        "only once Python code runs again. False if the queue is full.");
   m.def("collect_text", &CollectText,
         "The current exposition in Prometheus text format, without HTTP.");
   m.def("set_gc_stats", &SetGcStats, py::arg("generations"),

@@ -5,9 +5,10 @@ configuration, the background sampler that reads interpreter figures under
 the GIL, the exporter's lifecycle, and the fork and exit hooks that keep the
 host process safe.
 
-Shared state (``_state``, ``_last_problems``, ``_options``) is protected by
-``_lock``. ``_lock`` is held across ``os.fork()`` (see ``_install_hooks``), so
-a child never inherits it held by a thread that does not exist there.
+Shared state (``_state``, ``_last_problems``, ``_options``,
+``_restart_pending``) is protected by ``_lock``. ``_lock`` is held across
+``os.fork()`` (see ``_install_hooks``), so a child never inherits it held by
+a thread that does not exist there.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _lock = threading.RLock()
 _state: _State | None = None
 _last_problems: list[str] = []
 _options: dict[str, Any] = {}  # the overrides of the last start(), kept for fork
+_restart_pending = False  # a forked child's start is queued (_restart_in_child)
 _hooks_installed = False
 
 
@@ -179,8 +181,9 @@ def start(**options: Any) -> dict[str, Any]:
     restarts. A bad configuration logs one line per problem and leaves
     leakprobe stopped, or raises :class:`ConfigError` in strict mode.
     """
-    global _state, _last_problems, _options
+    global _state, _last_problems, _options, _restart_pending
     with _lock:
+        _restart_pending = False  # an explicit start() wins over a queued one
         config, problems = _config.resolve(os.environ, options)
         if config.disable and not problems:
             return status()
@@ -200,7 +203,8 @@ def start(**options: Any) -> dict[str, Any]:
         _install_hooks()
         _python_info(native)
         if config.heap or config.fds:  # attribution sites of both
-            native.set_library_prefixes(_library_prefixes())
+            # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
+            native.set_library_prefixes([os.fsencode(p) for p in _library_prefixes()])
         if config.heap:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,
                               config.heap_top_sites)
@@ -246,7 +250,9 @@ def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None
 
 def stop() -> None:
     """Stops profiling and the exporter; a later :func:`start` starts anew."""
+    global _restart_pending
     with _lock:
+        _restart_pending = False  # a forked child that stops stays stopped
         _stop_locked()
 
 
@@ -338,17 +344,59 @@ def fd_snapshot(reconcile: bool = True) -> FdSnapshot:
 
 def _after_fork_in_child() -> None:
     # The native side has already abandoned the inherited exporter (its
-    # threads do not exist here) and closed its listening sockets. Start
-    # this process's own profiler with the parent's configuration.
-    global _state, _lock
+    # threads do not exist here) and closed its listening sockets. This
+    # process's own profiler starts later, from the eval loop, not here:
+    # these hooks also run in a subprocess child between fork and exec when
+    # it has a preexec_fn, and such a child must start no thread and no
+    # exporter (see _restart_in_child).
+    global _state, _lock, _restart_pending
     _lock = threading.RLock()
     state, _state = _state, None
     if state is None:
         return
+    _restart_pending = True
     try:
-        start(**_options)
-    except Exception as exc:  # never raise into the host's fork
-        _native().log("error", f"could not restart in the forked child: {exc}")
+        if _native().call_from_eval_loop(_restart_in_child):
+            return
+    except Exception:  # never raise into the host's fork
+        pass
+    _restart_in_child()  # no pending call could be queued: start now
+
+
+def _restart_in_child() -> None:
+    """Starts the forked child's profiler with the parent's configuration,
+    the first time the child runs Python code after the fork: right after
+    ``os.fork()`` returns. Not in a child that is about to exec (a
+    subprocess's preexec_fn), nor when start() or stop() came first."""
+    global _restart_pending
+    with _lock:
+        if not _restart_pending:
+            return
+        _restart_pending = False
+        if _in_subprocess_child():
+            return  # exec follows, or _exit(255): nothing to profile
+        try:
+            start(**_options)
+        except Exception as exc:  # never raise into the host's code
+            _native().log("error", f"could not restart in the forked child: {exc}")
+
+
+def _in_subprocess_child() -> bool:
+    """Whether this code runs inside subprocess's fork-and-exec: the
+    child's preexec_fn is called from _posixsubprocess.fork_exec, a C
+    function, so the Popen._execute_child frame that called it is on the
+    stack (in the parent it never is while Python code runs)."""
+    subprocess = sys.modules.get("subprocess")
+    execute_child = getattr(getattr(subprocess, "Popen", None), "_execute_child", None)
+    code = getattr(execute_child, "__code__", None)
+    if code is None:
+        return False
+    frame: Any = sys._getframe()
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _before_fork() -> None:

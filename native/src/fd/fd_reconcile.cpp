@@ -21,6 +21,7 @@
 #include "leakprobe/runtime/fork.h"
 #include "leakprobe/runtime/mutex.h"
 #include "leakprobe/runtime/proc_fds.h"
+#include "leakprobe/runtime/utf8.h"
 
 namespace leakprobe {
 namespace {
@@ -94,7 +95,8 @@ std::string FdTarget(int fd) {
   char target[4096];
   const ssize_t n = readlink(path, target, sizeof target);
   if (n <= 0) return "";
-  return std::string(target, static_cast<std::size_t>(n));
+  // A path is bytes; the target becomes a str and may reach a label.
+  return ToValidUtf8(std::string_view(target, static_cast<std::size_t>(n)));
 }
 
 FdKind ClassifyFd(int fd) {

@@ -8,6 +8,9 @@
 #include <sys/un.h>
 
 #include <cstring>
+#include <string_view>
+
+#include "leakprobe/runtime/utf8.h"
 
 namespace leakprobe {
 namespace {
@@ -35,12 +38,13 @@ std::optional<std::string> FormatAddress(const sockaddr_storage& ss, socklen_t l
       const std::size_t path_offset = offsetof(sockaddr_un, sun_path);
       if (len <= path_offset) break;  // unnamed
       std::size_t n = std::min<std::size_t>(len - path_offset, sizeof un.sun_path);
+      // Paths and abstract names are bytes: kept as valid UTF-8.
       if (un.sun_path[0] == '\0') {  // abstract: not NUL-terminated
-        return "@" + std::string(un.sun_path + 1, n - 1);
+        return "@" + ToValidUtf8(std::string_view(un.sun_path + 1, n - 1));
       }
       n = strnlen(un.sun_path, n);
       if (n == 0) break;
-      return std::string(un.sun_path, n);
+      return ToValidUtf8(std::string_view(un.sun_path, n));
     }
     default:
       break;

@@ -52,8 +52,11 @@ int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames) {
 }
 
 /* Copies a str object as UTF-8 into buf without calling into Python (no
- * PyUnicode_AsUTF8: it allocates and caches). Truncates at a character
- * boundary. */
+ * PyUnicode_AsUTF8: it allocates, caches, and fails on lone surrogates).
+ * Truncates at a character boundary. A surrogate that stands for a byte
+ * (U+DC80..U+DCFF, from the file system's surrogateescape decoding) becomes
+ * that byte again, as os.fsencode() does: the stack table then escapes it
+ * like any invalid byte of a path (leakprobe/utf8.h). */
 static void CopyUtf8(PyObject* text, char* buf, size_t cap) {
   size_t used = 0;
   if (text != NULL && PyUnicode_Check(text) && cap > 0) {
@@ -66,6 +69,8 @@ static void CopyUtf8(PyObject* text, char* buf, size_t cap) {
       size_t len = 0;
       if (c < 0x80) {
         enc[len++] = (char)c;
+      } else if (c >= 0xDC80 && c <= 0xDCFF) {
+        enc[len++] = (char)(c - 0xDC00);
       } else if (c < 0x800) {
         enc[len++] = (char)(0xC0 | (c >> 6));
         enc[len++] = (char)(0x80 | (c & 0x3F));

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "leakprobe/runtime/utf8.h"
 
 namespace leakprobe {
 
@@ -39,6 +40,7 @@ StackTable& StackTable::Instance() {
 void StackTable::SetSource(FrameSource source) { source_ = source; }
 
 void StackTable::SetLibraryPrefixes(std::vector<std::string> prefixes) {
+  for (std::string& prefix : prefixes) prefix = ToValidUtf8(prefix);  // as file names are
   TrackerLock lock(&mu_);
   prefixes_ = std::move(prefixes);
   for (Frame& frame : frames_) frame.library = IsLibrary(frame.filename);
@@ -122,7 +124,9 @@ StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
       ++overflows_;
       return kOverflowStack;
     }
-    Frame frame{resolved.filename, resolved.function, resolved.line, false};
+    // Names become str objects and label values: valid UTF-8 only.
+    Frame frame{ToValidUtf8(resolved.filename), ToValidUtf8(resolved.function),
+                resolved.line, false};
     std::string text = frame.Describe();
     auto same = frame_by_text_.find(text);
     if (same != frame_by_text_.end()) {

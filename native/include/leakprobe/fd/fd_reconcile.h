@@ -58,7 +58,8 @@ FdKind ClassifyFd(int fd);
 // The kind a readlink target of /proc/self/fd names, for targets other than
 // "socket:[...]" (sockets need the fd: see ClassifyFd).
 FdKind KindOfTarget(std::string_view target) noexcept;
-// readlink of /proc/self/fd/<fd>; "" if the fd is not open.
+// readlink of /proc/self/fd/<fd>, as valid UTF-8 (bytes of the path that
+// are not are written "\xNN": leakprobe/utf8.h); "" if the fd is not open.
 std::string FdTarget(int fd);
 
 }  // namespace leakprobe

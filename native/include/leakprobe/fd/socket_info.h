@@ -23,7 +23,9 @@
 namespace leakprobe {
 
 struct SocketDetails {
-  std::optional<std::string> local;      // "127.0.0.1:8080", "[::1]:443", unix path
+  // "127.0.0.1:8080", "[::1]:443", a unix path ("@name" if abstract) as
+  // valid UTF-8: bytes that are not are written "\xNN" (leakprobe/utf8.h).
+  std::optional<std::string> local;
   std::optional<std::string> peer;       // when connected
   std::optional<std::string> tcp_state;  // tcp and tcp6 only
 };
