@@ -21,8 +21,10 @@ std::shared_ptr<SnapshotCollector> RealCollector() {
   return std::make_shared<SnapshotCollector>(&TakeSnapshot);
 }
 
-// GET http://127.0.0.1:port/path with a 5 s receive timeout; "" on failure.
-std::string HttpGet(int port, const std::string& path = "/metrics") {
+// One HTTP/1.1 request to 127.0.0.1:port with a 5 s receive timeout, read
+// until the server closes; "" on failure. `headers` end with "\r\n".
+std::string HttpRequest(int port, const std::string& method, const std::string& path,
+                        const std::string& headers) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return "";
   timeval timeout{5, 0};
@@ -34,7 +36,7 @@ std::string HttpGet(int port, const std::string& path = "/metrics") {
   std::string response;
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
     const std::string request =
-        "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + "\r\n";
     if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
         static_cast<ssize_t>(request.size())) {
       char buf[4096];
@@ -46,6 +48,11 @@ std::string HttpGet(int port, const std::string& path = "/metrics") {
   }
   close(fd);
   return response;
+}
+
+// GET http://127.0.0.1:port/path; "" on failure.
+std::string HttpGet(int port, const std::string& path = "/metrics") {
+  return HttpRequest(port, "GET", path, "Connection: close\r\n");
 }
 
 bool IsOpen(int fd) { return fcntl(fd, F_GETFD) != -1 || errno != EBADF; }
@@ -60,6 +67,25 @@ TEST(ExporterTest, ServesMetricsOnAnEphemeralPort) {
   EXPECT_NE(body.find("# TYPE process_cpu_seconds_total counter"), std::string::npos);
   // Values are read at scrape time: prometheus-cpp's own counter moves.
   EXPECT_NE(HttpGet(exporter.port()).find("exposer_scrapes_total 1"), std::string::npos);
+}
+
+TEST(ExporterTest, EveryResponseClosesItsConnection) {
+  Exporter exporter("127.0.0.1", 0, RealCollector());
+  // A client that asks for nothing gets HTTP/1.1's keep-alive by default:
+  // the server must say that it closes, so no client keeps (and holds a
+  // server thread with) an idle connection. HttpRequest reads until EOF.
+  const std::string response = HttpRequest(exporter.port(), "GET", "/metrics", "");
+  EXPECT_NE(response.find("200 OK"), std::string::npos) << response;
+  EXPECT_NE(response.find("\r\nConnection: close\r\n"), std::string::npos) << response;
+  EXPECT_NE(response.find("\nprocess_open_fds "), std::string::npos);
+}
+
+TEST(ExporterTest, OnlyGetIsServed) {
+  Exporter exporter("127.0.0.1", 0, RealCollector());
+  const std::string response =
+      HttpRequest(exporter.port(), "POST", "/metrics", "Content-Length: 0\r\n");
+  EXPECT_NE(response.find(" 405 "), std::string::npos) << response;
+  EXPECT_EQ(response.find("process_open_fds"), std::string::npos) << response;
 }
 
 TEST(ExporterTest, PortInUseIsABindErrorNamingAddressAndReason) {
