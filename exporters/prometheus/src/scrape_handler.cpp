@@ -80,7 +80,11 @@ int ScrapeHandler::Serve(mg_connection* conn) {
 
   const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - start);
-  latency_us_.Observe(static_cast<double>(elapsed.count()));
+  try {
+    latency_us_.Observe(static_cast<double>(elapsed.count()));
+  } catch (const std::exception&) {
+    // The response is sent: a latency the summary cannot store is dropped.
+  }
   bytes_.Increment(static_cast<double>(body.size()));
   scrapes_.Increment();
   return 200;
