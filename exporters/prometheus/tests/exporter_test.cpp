@@ -1,16 +1,22 @@
 #include "leakprobe/prometheus/exporter.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "leakprobe/error.h"
 
@@ -78,6 +84,41 @@ TEST(ExporterTest, EveryResponseClosesItsConnection) {
   EXPECT_NE(response.find("200 OK"), std::string::npos) << response;
   EXPECT_NE(response.find("\r\nConnection: close\r\n"), std::string::npos) << response;
   EXPECT_NE(response.find("\nprocess_open_fds "), std::string::npos);
+}
+
+// Nice values of this process's threads, from /proc/self/task/*/stat.
+std::vector<int> ThreadNiceValues() {
+  std::vector<int> values;
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return values;
+  while (const dirent* entry = readdir(dir)) {  // NOLINT(concurrency-mt-unsafe)
+    if (entry->d_name[0] == '.') continue;
+    std::ifstream stat(std::string("/proc/self/task/") + entry->d_name + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    // Fields after the ")" that closes the thread name: state is field 3,
+    // nice is field 19.
+    std::istringstream fields(line.substr(line.rfind(')') + 2));
+    std::string field;
+    for (int i = 3; i <= 19 && fields >> field; ++i) {
+      if (i == 19) values.push_back(std::stoi(field));
+    }
+  }
+  closedir(dir);
+  return values;
+}
+
+TEST(ExporterTest, ServerThreadsRunNicerThanTheHost) {
+  errno = 0;
+  const int own = getpriority(PRIO_PROCESS, 0);
+  ASSERT_EQ(errno, 0);
+  if (own >= 19) GTEST_SKIP() << "run at nice 19: no lower priority to tell apart";
+  Exporter exporter("127.0.0.1", 0, RealCollector());
+  ASSERT_NE(HttpGet(exporter.port()).find("200 OK"), std::string::npos);
+  const std::vector<int> values = ThreadNiceValues();
+  const auto nicer = std::count(values.begin(), values.end(), std::min(own + 10, 19));
+  EXPECT_GE(nicer, 4) << "the 4 server workers";  // and the master thread
+  EXPECT_EQ(getpriority(PRIO_PROCESS, 0), own) << "the calling thread is untouched";
 }
 
 TEST(ExporterTest, OnlyGetIsServed) {

@@ -17,6 +17,8 @@
 // - Scrapes never starve: a fixed pool of server threads, one request per
 //   connection ("Connection: close", keep-alive off), so no thread waits on
 //   a client idling between scrapes; more scrapers than threads queue.
+//   The server threads run 10 nice levels below their creator, so under CPU
+//   contention a scrape storm yields to the host's own threads.
 // Thread-safety: not thread-safe; the owner serialises calls. The server
 // threads only call the collector.
 #pragma once
