@@ -18,6 +18,7 @@ Usage::
     .venv/bin/python scripts/bench.py --only exit --repeat 15
     .venv/bin/python scripts/bench.py --markdown      # also a Markdown table
     .venv/bin/python scripts/bench.py --list          # what each row measures
+    .venv/bin/python scripts/bench.py --scrape-load   # host loop under a scrape storm
 
 Adding a row: write a function ``measure_<name>(arm, options) -> Sample`` that
 runs one measurement in a fresh subprocess for the given arm, and register it
@@ -563,6 +564,223 @@ def measure_fastapi(route: str, arm: str, options: Options) -> Sample:
 
 
 # --------------------------------------------------------------------------
+# Mode --scrape-load: the host's loop with and without a scrape storm
+
+SCRAPE_KEEP_ALIVE = 8
+SCRAPE_FRESH = 8
+"""Scrapers of the storm: clients that keep their connection (httpx.Client,
+back to back) and clients that open a new connection for every scrape."""
+SCRAPE_TIMEOUT_S = 10.0
+"""Prometheus' default scrape timeout: a scrape slower than this failed."""
+HOST_LOOP_ROUNDS = 15000
+"""Rounds of the host loop; about 2 s unscraped on the reference machine."""
+
+
+def child_scrape_host() -> None:
+    """Child mode: report the exporter's URL, wait for "go" on stdin, then run
+    the host loop (small allocations, files and sockets opened and closed)
+    and report how long it took."""
+    import socket
+
+    import leakprobe
+
+    import resource
+
+    emit(url=leakprobe.status()["url"], threads=os_thread_count())
+    sys.stdin.readline()
+    usage_before = resource.getrusage(resource.RUSAGE_THREAD)
+    process_before = os.times()
+    started = time.perf_counter()
+    for _ in range(HOST_LOOP_ROUNDS):
+        held = [bytearray(512) for _ in range(200)]
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(20)]
+        for fd in fds:
+            os.close(fd)
+        socket.socket().close()
+        del held
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    process = os.times()
+    emit(ms=elapsed_ms, threads=os_thread_count(),
+         # The loop's own thread: CPU it used, and how often it blocked (a
+         # lock the scrape holds, say) or was preempted (CPU taken by others).
+         loop_cpu_ms=(usage.ru_utime + usage.ru_stime - usage_before.ru_utime
+                      - usage_before.ru_stime) * 1e3,
+         loop_blocked=usage.ru_nvcsw - usage_before.ru_nvcsw,
+         loop_preempted=usage.ru_nivcsw - usage_before.ru_nivcsw,
+         # The whole process, the exporter's threads included.
+         process_cpu_ms=(process.user + process.system - process_before.user
+                         - process_before.system) * 1e3)
+    # Serve until the parent has stopped its scrapers: a scrape that finds
+    # the server gone would be counted as failed.
+    sys.stdin.read()
+
+
+@dataclasses.dataclass
+class ScrapeRun:
+    """One run of the host loop: its time, and the scrapes made meanwhile."""
+
+    host_ms: float
+    latencies_ms: list[float]
+    failures: list[str]
+    loop: dict[str, float]
+    """The child's other figures: loop_cpu_ms, loop_blocked, ..."""
+
+
+def measure_scrape_load(scraped: bool, scraper_nice: int = 0) -> ScrapeRun:
+    """Runs the host loop in a fresh leakprobe child; with ``scraped``, 16
+    scrapers in this process scrape its exporter back to back from just
+    before the loop starts until it ends. ``scraper_nice`` lowers the
+    scraper threads' priority, to tell the exporter's cost to the host from
+    the CPU that the clients themselves take on this machine."""
+    import threading
+
+    import httpx  # Parent only: the host child must not import it.
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    stop = threading.Event()
+    started = threading.Barrier(SCRAPE_KEEP_ALIVE + SCRAPE_FRESH + 1)
+
+    def scraper(url: str, client: httpx.Client) -> None:
+        if scraper_nice:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid,
+                           min(os.getpriority(os.PRIO_PROCESS, tid) + scraper_nice, 19))
+        with client:
+            started.wait()
+            while not stop.is_set():
+                began = time.perf_counter()
+                try:
+                    client.get(url).raise_for_status()
+                except httpx.HTTPError as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                latencies.append((time.perf_counter() - began) * 1e3)
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            child_script_argv("scrape-host", PROBE), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=err, env=child_env(PROBE),
+            cwd=child_cwd(), text=True)
+        threads: list[threading.Thread] = []
+        try:
+            url = _read_marker(proc, SERVER_START_TIMEOUT_S)["url"]
+            if scraped:
+                timeout = httpx.Timeout(SCRAPE_TIMEOUT_S)
+                fresh = httpx.Limits(max_keepalive_connections=0)
+                clients = ([httpx.Client(timeout=timeout)
+                            for _ in range(SCRAPE_KEEP_ALIVE)]
+                           + [httpx.Client(timeout=timeout, limits=fresh)
+                              for _ in range(SCRAPE_FRESH)])
+                threads = [threading.Thread(target=scraper, args=(url, c))
+                           for c in clients]
+                for t in threads:
+                    t.start()
+                started.wait()
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            loop = _read_marker(proc, CHILD_TIMEOUT_S)
+            host_ms = loop.pop("ms")
+        except BenchError as exc:
+            raise BenchError(f"scrape-load: {exc}" + _stderr_tail(err)) from None
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(2 * SCRAPE_TIMEOUT_S)
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=SERVER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            raise BenchError(f"scrape-load: host child failed "
+                             f"({_describe_exit(proc.returncode)})"
+                             + _stderr_tail(err))
+    return ScrapeRun(host_ms, latencies, failures, loop)
+
+
+SCRAPE_HEADER = ("row", "unit", "unscraped", "scraped", "added", "ratio",
+                 "ratio IQR", "ratio min-max", "pairs", "scrapes", "failed",
+                 "scrape p50 ms", "scrape p99 ms", "scrape max ms",
+                 "other CPU")
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile of ``values`` (share in 0..1)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+SCRAPE_NOTES = {
+    "loop_cpu_ms": "CPU time of the loop's thread (ms)",
+    "loop_blocked": "voluntary context switches of the loop's thread",
+    "loop_preempted": "involuntary context switches of the loop's thread",
+    "process_cpu_ms": "CPU time of the whole host process during the loop (ms)",
+}
+
+
+def run_scrape_load(repeat: int, warmup: int,
+                    scraper_nice: int = 0) -> tuple[list[str], list[str], int]:
+    """Alternating pairs of the host loop unscraped and scraped; returns the
+    table row's cells, lines for under the table, and the number of failed
+    measurements and scrapes."""
+    pairs: list[tuple[ScrapeRun, ScrapeRun]] = []
+    errors = 0
+    cpu_before = CpuSnapshot.take()
+    for index in range(-warmup, repeat):
+        order = (False, True) if index % 2 == 0 else (True, False)
+        label = "warm-up" if index < 0 else f"pair {index + 1}/{repeat}"
+        try:
+            runs = {scraped: measure_scrape_load(scraped, scraper_nice)
+                    for scraped in order}
+        except BenchError as exc:
+            errors += 1
+            log(f"scrape-load: {label} failed: {exc}")
+            if errors >= MAX_FAILURES_PER_ROW:
+                break
+            continue
+        idle, busy = runs[False], runs[True]
+        log(f"scrape-load: {label}: unscraped {fmt(idle.host_ms)}, scraped "
+            f"{fmt(busy.host_ms)} ms (ratio {busy.host_ms / idle.host_ms:.3f}); "
+            f"{len(busy.latencies_ms)} scrapes, {len(busy.failures)} failed, "
+            f"p50 {fmt(percentile(busy.latencies_ms, 0.5))} ms, p99 "
+            f"{fmt(percentile(busy.latencies_ms, 0.99))} ms")
+        if index >= 0:
+            pairs.append((idle, busy))
+    others, _ = machine_noise(cpu_before, CpuSnapshot.take())
+    if not pairs:
+        return ["scrape-load", "ms", "-", "-", "-", "FAILED", "-", "-", "0",
+                "-", "-", "-", "-", "-", f"{others:.0%}"], [], errors
+    idle_ms = [i.host_ms for i, _ in pairs]
+    busy_ms = [b.host_ms for _, b in pairs]
+    ratios = [b / i for i, b in zip(idle_ms, busy_ms)]
+    latencies = [ms for _, b in pairs for ms in b.latencies_ms]
+    failed = sum(len(b.failures) for _, b in pairs)
+    for _, b in pairs:
+        for failure in sorted(set(b.failures)):
+            log(f"scrape-load: failed scrape: {failure}")
+    q1, q3 = quartiles(ratios)
+    added = statistics.median(b - i for i, b in zip(idle_ms, busy_ms))
+    lines = [f"{label}: unscraped "
+             f"{fmt(statistics.median(i.loop[key] for i, _ in pairs))}, scraped "
+             f"{fmt(statistics.median(b.loop[key] for _, b in pairs))}"
+             for key, label in SCRAPE_NOTES.items()]
+    lines.append("scrapes per second during the scraped loop: "
+                 + fmt(statistics.median(len(b.latencies_ms) / b.host_ms * 1e3
+                                         for _, b in pairs)))
+    return ["scrape-load", "ms", fmt(statistics.median(idle_ms)),
+            fmt(statistics.median(busy_ms)),
+            ("+" if added >= 0 else "") + fmt(added),
+            f"{statistics.median(ratios):.3f}", f"{q1:.3f}-{q3:.3f}",
+            f"{min(ratios):.3f}-{max(ratios):.3f}", str(len(pairs)),
+            str(len(latencies) + failed), str(failed),
+            fmt(percentile(latencies, 0.5)), fmt(percentile(latencies, 0.99)),
+            fmt(max(latencies)), f"{others:.0%}"], lines, errors + failed
+
+
+# --------------------------------------------------------------------------
 # The registry: one entry per row, in table order
 
 WORKLOADS: dict[str, Workload] = {
@@ -882,6 +1100,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also print the table as Markdown")
     parser.add_argument("--list", action="store_true",
                         help="list the rows and what each measures, then exit")
+    parser.add_argument("--scrape-load", action="store_true",
+                        help="instead of the rows: the host loop (allocations, "
+                             "files, sockets) with leakprobe, unscraped vs "
+                             f"under {SCRAPE_KEEP_ALIVE + SCRAPE_FRESH} "
+                             "back-to-back scrapers, and the scrape latency")
+    parser.add_argument("--scraper-nice", type=int, default=0, metavar="N",
+                        help="with --scrape-load: run the scraper threads N "
+                             "nice levels lower, so that the clients' own CPU "
+                             "(on the same machine) takes less from the host "
+                             "(default 0)")
     # Child mode, used by this script on itself.
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
@@ -909,6 +1137,8 @@ def child_main(args: argparse.Namespace) -> int:
     exec(ARM_SETUP[args.arm], {})
     if args.child == "fastapi-server":
         run_fastapi_server()
+    elif args.child == "scrape-host":
+        child_scrape_host()
     else:
         run_child_workload(args.child)
     return 0
@@ -926,6 +1156,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"leakprobe is not importable by {sys.executable}; install it "
               "first (scripts/setup.sh)", file=sys.stderr)
         return 2
+
+    if args.scrape_load:
+        return scrape_load_main(args)
 
     options = Options(requests=args.requests,
                       warmup_requests=min(200, args.requests))
@@ -972,6 +1205,40 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- {line}")
         for (name, error), count in failures.items():
             print(f"- {name}: FAILED ({count}x): {error.splitlines()[0]}")
+    return 1 if failures else 0
+
+
+def scrape_load_main(args: argparse.Namespace) -> int:
+    """--scrape-load: one table row, printed as text (and Markdown)."""
+    cpu_before = CpuSnapshot.take()
+    cells, lines, failures = run_scrape_load(args.repeat, args.warmup,
+                                             args.scraper_nice)
+    others, steal = machine_noise(cpu_before, CpuSnapshot.take())
+    context = [
+        f"machine: {machine_description()}",
+        f"{args.repeat} pairs after {args.warmup} warm-up pair(s), order "
+        f"alternating; both arms import leakprobe; {HOST_LOOP_ROUNDS} rounds "
+        "of the host loop (200 x 512-byte allocations, 20 os.open/os.close, "
+        "one socket per round); scraped: "
+        f"{SCRAPE_KEEP_ALIVE} keep-alive httpx clients and {SCRAPE_FRESH} "
+        "opening a new connection per scrape, back to back for the whole "
+        f"loop, {SCRAPE_TIMEOUT_S:.0f} s timeout, scraper threads at nice "
+        f"+{args.scraper_nice}; ratio: median of per-pair "
+        "scraped/unscraped; scrape latencies pooled over the scraped runs",
+        f"during the run, other processes used {others:.0%} of the "
+        f"{os.cpu_count()} CPUs and hypervisor steal took {steal:.0%}",
+    ]
+    print("\n".join(context))
+    print()
+    print(render_text([tuple(cells)], SCRAPE_HEADER))
+    for line in lines:
+        print(f"  {line}")
+    if args.markdown:
+        print()
+        print(render_markdown([tuple(cells)], SCRAPE_HEADER))
+        print()
+        for line in context + lines:
+            print(f"- {line}")
     return 1 if failures else 0
 
 

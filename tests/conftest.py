@@ -48,8 +48,13 @@ def scrape(url: str, client: httpx.Client | None = None) -> dict[str, dict]:
     under the key '__text__'."""
     response = (client or httpx).get(url, timeout=10)
     response.raise_for_status()
-    families: dict[str, dict] = {"__text__": response.text}
-    for family in text_string_to_metric_families(response.text):
+    return parse_exposition(response.text)
+
+
+def parse_exposition(text: str) -> dict[str, dict]:
+    """Parses exposition text as scrape() does, text kept under '__text__'."""
+    families: dict[str, dict] = {"__text__": text}
+    for family in text_string_to_metric_families(text):
         samples = families.setdefault(family.name, {})
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value

@@ -131,8 +131,9 @@ def _line_ready(server) -> bool:
 def test_concurrent_scrapes_under_load(server_factory):
     """16 scrapers opening a connection per request, and 3 keeping theirs
     alive, all at once: every request is answered and the host is unharmed.
-    (The server has 4 threads, one per connection: more persistent clients
-    than that wait for a free thread.)"""
+    (The server has 4 threads and closes every connection after its one
+    response; the storm with more persistent clients than threads is
+    test_scrape_load.py.)"""
     server = server_factory()
     errors: list[BaseException] = []
 

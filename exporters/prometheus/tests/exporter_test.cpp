@@ -1,16 +1,22 @@
 #include "leakprobe/prometheus/exporter.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "leakprobe/runtime/error.h"
 
@@ -21,8 +27,10 @@ std::shared_ptr<SnapshotCollector> RealCollector() {
   return std::make_shared<SnapshotCollector>(&TakeSnapshot);
 }
 
-// GET http://127.0.0.1:port/path with a 5 s receive timeout; "" on failure.
-std::string HttpGet(int port, const std::string& path = "/metrics") {
+// One HTTP/1.1 request to 127.0.0.1:port with a 5 s receive timeout, read
+// until the server closes; "" on failure. `headers` end with "\r\n".
+std::string HttpRequest(int port, const std::string& method, const std::string& path,
+                        const std::string& headers) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return "";
   timeval timeout{5, 0};
@@ -34,7 +42,7 @@ std::string HttpGet(int port, const std::string& path = "/metrics") {
   std::string response;
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
     const std::string request =
-        "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + "\r\n";
     if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
         static_cast<ssize_t>(request.size())) {
       char buf[4096];
@@ -46,6 +54,11 @@ std::string HttpGet(int port, const std::string& path = "/metrics") {
   }
   close(fd);
   return response;
+}
+
+// GET http://127.0.0.1:port/path; "" on failure.
+std::string HttpGet(int port, const std::string& path = "/metrics") {
+  return HttpRequest(port, "GET", path, "Connection: close\r\n");
 }
 
 bool IsOpen(int fd) { return fcntl(fd, F_GETFD) != -1 || errno != EBADF; }
@@ -60,6 +73,60 @@ TEST(ExporterTest, ServesMetricsOnAnEphemeralPort) {
   EXPECT_NE(body.find("# TYPE process_cpu_seconds_total counter"), std::string::npos);
   // Values are read at scrape time: prometheus-cpp's own counter moves.
   EXPECT_NE(HttpGet(exporter.port()).find("exposer_scrapes_total 1"), std::string::npos);
+}
+
+TEST(ExporterTest, EveryResponseClosesItsConnection) {
+  Exporter exporter("127.0.0.1", 0, RealCollector());
+  // A client that asks for nothing gets HTTP/1.1's keep-alive by default:
+  // the server must say that it closes, so no client keeps (and holds a
+  // server thread with) an idle connection. HttpRequest reads until EOF.
+  const std::string response = HttpRequest(exporter.port(), "GET", "/metrics", "");
+  EXPECT_NE(response.find("200 OK"), std::string::npos) << response;
+  EXPECT_NE(response.find("\r\nConnection: close\r\n"), std::string::npos) << response;
+  EXPECT_NE(response.find("\nprocess_open_fds "), std::string::npos);
+}
+
+// Nice values of this process's threads, from /proc/self/task/*/stat.
+std::vector<int> ThreadNiceValues() {
+  std::vector<int> values;
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return values;
+  while (const dirent* entry = readdir(dir)) {  // NOLINT(concurrency-mt-unsafe)
+    if (entry->d_name[0] == '.') continue;
+    std::ifstream stat(std::string("/proc/self/task/") + entry->d_name + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    // Fields after the ")" that closes the thread name: state is field 3,
+    // nice is field 19.
+    std::istringstream fields(line.substr(line.rfind(')') + 2));
+    std::string field;
+    for (int i = 3; i <= 19 && fields >> field; ++i) {
+      if (i == 19) values.push_back(std::stoi(field));
+    }
+  }
+  closedir(dir);
+  return values;
+}
+
+TEST(ExporterTest, ServerThreadsRunNicerThanTheHost) {
+  errno = 0;
+  const int own = getpriority(PRIO_PROCESS, 0);
+  ASSERT_EQ(errno, 0);
+  if (own >= 19) GTEST_SKIP() << "run at nice 19: no lower priority to tell apart";
+  Exporter exporter("127.0.0.1", 0, RealCollector());
+  ASSERT_NE(HttpGet(exporter.port()).find("200 OK"), std::string::npos);
+  const std::vector<int> values = ThreadNiceValues();
+  const auto nicer = std::count(values.begin(), values.end(), std::min(own + 10, 19));
+  EXPECT_GE(nicer, 4) << "the 4 server workers";  // and the master thread
+  EXPECT_EQ(getpriority(PRIO_PROCESS, 0), own) << "the calling thread is untouched";
+}
+
+TEST(ExporterTest, OnlyGetIsServed) {
+  Exporter exporter("127.0.0.1", 0, RealCollector());
+  const std::string response =
+      HttpRequest(exporter.port(), "POST", "/metrics", "Content-Length: 0\r\n");
+  EXPECT_NE(response.find(" 405 "), std::string::npos) << response;
+  EXPECT_EQ(response.find("process_open_fds"), std::string::npos) << response;
 }
 
 TEST(ExporterTest, PortInUseIsABindErrorNamingAddressAndReason) {

@@ -2,7 +2,7 @@
 // Prometheus metric families at scrape time.
 //
 //   auto collector = std::make_shared<SnapshotCollector>(&leakprobe::TakeSnapshot);
-//   exposer.RegisterCollectable(collector);
+//   Exporter exporter("127.0.0.1", 0, collector);  // serves collector->Collect()
 //
 // Values are gathered when Prometheus scrapes, never cached here; the GIL is
 // never taken (the snapshot source must not need it).
@@ -37,7 +37,7 @@ class SnapshotCollector : public prometheus::Collectable {
 };
 
 // The families for one snapshot; exposed for tests and for rendering the
-// exposition without a server. (prometheus-cpp's Exposer adds its own
+// exposition without a server. (The exporter's scrape handler adds its own
 // exposer_* families to what it serves.)
 std::vector<prometheus::MetricFamily> BuildFamilies(const Snapshot& snapshot);
 

@@ -1,5 +1,5 @@
-// leakprobe/prometheus/exporter.h — the in-process HTTP endpoint
-// (prometheus-cpp's Exposer on civetweb) serving /metrics.
+// leakprobe/prometheus/exporter.h — the in-process HTTP endpoint (civetweb,
+// with prometheus-cpp's metric model and text format) serving /metrics.
 //
 //   auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
 //   Exporter exporter("127.0.0.1", 0, collector);  // throws BindError
@@ -14,6 +14,11 @@
 //   inherited listening sockets and leaks the server object instead.
 // - At exit, Release() leaks the server (its threads die with the process)
 //   and closes the collector, so exit costs nothing.
+// - Scrapes never starve: a fixed pool of server threads, one request per
+//   connection ("Connection: close", keep-alive off), so no thread waits on
+//   a client idling between scrapes; more scrapers than threads queue.
+//   The server threads run 10 nice levels below their creator, so under CPU
+//   contention a scrape storm yields to the host's own threads.
 // Thread-safety: not thread-safe; the owner serialises calls. The server
 // threads only call the collector.
 #pragma once
@@ -24,11 +29,11 @@
 
 #include "leakprobe/prometheus/collector.h"
 
-namespace prometheus {
-class Exposer;
-}  // namespace prometheus
+struct mg_context;
 
 namespace leakprobe::prometheus_exporter {
+
+class ScrapeHandler;
 
 class Exporter {
  public:
@@ -55,8 +60,9 @@ class Exporter {
  private:
   std::string host_;
   int port_ = 0;
-  std::shared_ptr<SnapshotCollector> collector_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  // Both leaked by Release() and AbandonAfterFork(); context_ is null then.
+  std::unique_ptr<ScrapeHandler> handler_;
+  mg_context* context_ = nullptr;
   std::vector<int> listening_fds_;
 };
 

@@ -1,0 +1,100 @@
+#include "scrape_handler.h"
+
+#include <civetweb.h>
+
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <iterator>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/text_serializer.h"
+
+namespace leakprobe::prometheus_exporter {
+namespace {
+
+// Quantiles of the latency summary, with their allowed rank error.
+const prometheus::Summary::Quantiles& LatencyQuantiles() {
+  static const auto* const quantiles =
+      new prometheus::Summary::Quantiles{{0.5, 0.05}, {0.9, 0.01}, {0.99, 0.001}};
+  return *quantiles;
+}
+
+}  // namespace
+
+ScrapeHandler::ScrapeHandler(std::shared_ptr<SnapshotCollector> collector)
+    : collector_(std::move(collector)),
+      scrapes_(prometheus::BuildCounter()
+                   .Name("exposer_scrapes_total")
+                   .Help("Scrapes served by this exporter")
+                   .Register(registry_)
+                   .Add({})),
+      bytes_(prometheus::BuildCounter()
+                 .Name("exposer_transferred_bytes_total")
+                 .Help("Bytes of exposition text sent to scrapers")
+                 .Register(registry_)
+                 .Add({})),
+      latency_us_(prometheus::BuildSummary()
+                      .Name("exposer_request_latencies")
+                      .Help("Time to serve a scrape, in microseconds")
+                      .Register(registry_)
+                      .Add({}, LatencyQuantiles())) {}
+
+int ScrapeHandler::Handle(mg_connection* conn, void* handler) noexcept {
+  const mg_request_info* request = mg_get_request_info(conn);
+  if (request == nullptr || request->request_method == nullptr ||
+      std::strcmp(request->request_method, "GET") != 0) {
+    mg_send_http_error(conn, 405, "Only GET is served here.\n");
+    return 405;
+  }
+  try {
+    return static_cast<ScrapeHandler*>(handler)->Serve(conn);
+  } catch (const std::exception&) {
+    // Out of memory while collecting or rendering: nothing was sent yet.
+    mg_send_http_error(conn, 500, "The exporter could not render the metrics.\n");
+    return 500;
+  }
+}
+
+int ScrapeHandler::Serve(mg_connection* conn) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<prometheus::MetricFamily> families = registry_.Collect();
+  std::vector<prometheus::MetricFamily> collected = collector_->Collect();
+  families.insert(families.end(), std::make_move_iterator(collected.begin()),
+                  std::make_move_iterator(collected.end()));
+  const std::string body = prometheus::TextSerializer().Serialize(families);
+
+  // Sent uncompressed: gzip would cost the host CPU at every scrape for a
+  // page of a few kilobytes. "Connection: close" tells the client not to
+  // reuse the connection, which the server closes after this response.
+  // Headers and body go out in one write: a small header segment followed
+  // by the body is what Nagle's algorithm holds back until the client's
+  // delayed ACK (~48 ms per scrape on kept-alive connections with
+  // prometheus-cpp's handler, which wrote headers in two pieces).
+  std::string response = absl::StrCat(
+      "HTTP/1.1 200 OK\r\n"
+      "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+      "Content-Length: ",
+      body.size(),
+      "\r\n"
+      "Connection: close\r\n\r\n",
+      body);
+  mg_write(conn, response.data(), response.size());
+
+  const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::steady_clock::now() - start);
+  try {
+    latency_us_.Observe(static_cast<double>(elapsed.count()));
+  } catch (const std::exception&) {
+    // The response is sent: a latency the summary cannot store is dropped.
+  }
+  bytes_.Increment(static_cast<double>(body.size()));
+  scrapes_.Increment();
+  return 200;
+}
+
+}  // namespace leakprobe::prometheus_exporter
