@@ -40,6 +40,9 @@ bool g_installed = false;
 //    forgotten a moment ago, and not yet freed, so it finds nothing.
 constexpr std::size_t kNestingBytes = 256;
 
+// Every hook is noexcept: an exception cannot cross the C allocator, and
+// nothing it reaches throws (out of memory on the sampled path drops the
+// sample and counts it; see HeapTracker).
 template <bool kOuter>
 struct Hooks {
   static bool Skip() noexcept { return !kOuter && detail::tls_sampler.nesting != 0; }
@@ -57,7 +60,7 @@ struct Hooks {
     const bool mark_;
   };
 
-  static void* Malloc(void* ctx, size_t size) {
+  static void* Malloc(void* ctx, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip()) return d->original.malloc(d->original.ctx, size);
     void* p;
@@ -69,7 +72,7 @@ struct Hooks {
     return p;
   }
 
-  static void* Calloc(void* ctx, size_t count, size_t size) {
+  static void* Calloc(void* ctx, size_t count, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip()) return d->original.calloc(d->original.ctx, count, size);
     void* p;
@@ -81,7 +84,7 @@ struct Hooks {
     return p;
   }
 
-  static void* Realloc(void* ctx, void* old, size_t size) {
+  static void* Realloc(void* ctx, void* old, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip()) return d->original.realloc(d->original.ctx, old, size);
     g_tracker->OnFree(old);  // a failed realloc leaves `old` untracked, not wrong
@@ -94,7 +97,7 @@ struct Hooks {
     return p;
   }
 
-  static void Free(void* ctx, void* p) {
+  static void Free(void* ctx, void* p) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (!Skip()) g_tracker->OnFree(p);
     d->original.free(d->original.ctx, p);
