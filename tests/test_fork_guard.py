@@ -14,13 +14,16 @@ CHILD_TIMEOUT s); the parent program runs in its own session under a
 timeout too, so a hang in the parent's fork fails the test instead of
 blocking the suite.
 
-Checked against builds without the protocol (runtime/fork.cpp edited in a
-scratch build): without the forking bit the first test hangs in the
-parent's first fork (the earlier library's prepare handler frees a sampled
-block and waits for the heap lock leakprobe's own prepare handler holds);
-with no fork protocol at all, the second test saw a child hang (1 of 500
-in the run tried: a lock held by a thread interning a stack at the fork).
-Run time on a 2-core machine at load 18: about 3 s and 53 s."""
+Checked against scratch builds without the protocol (runtime/fork.cpp
+edited): without the forking bit the first test hangs in the parent's first
+fork (the earlier library's prepare handler frees a sampled block and waits
+for the heap lock that leakprobe's own prepare handler holds); with no fork
+protocol at all it fails on the pass counts. The second test catches a
+missing protocol only by chance: with no protocol, a child hung (a lock
+held by a thread interning a stack at the fork) in 1 of 3 runs of this
+version (1 of 500 children), and in 2 of 2 runs of an earlier version that
+polled waitpid (1 and 4 of 500).
+Run time on a shared 2-core machine at load 11-18: 2-3 s and 17-47 s."""
 
 from __future__ import annotations
 
@@ -41,20 +44,22 @@ CHILD_TIMEOUT = 10.0
 # Helpers shared by both programs: wait for a child with a timeout; read the
 # guard's pass counters from the exposition (leakprobe_hook_passes_total).
 COMMON = f"""
-import json, os, re, signal, sys, time, warnings
+import json, os, re, select, signal, sys, time, warnings
 warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
 
 def wait_child(pid, timeout={CHILD_TIMEOUT}):
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None  # hung
-        time.sleep(0.001)
+    # One wait without the GIL (a pidfd turns readable when the child
+    # exits), not a polling loop that competes for the GIL with the threads.
+    pidfd = os.pidfd_open(pid)
+    try:
+        exited, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not exited:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None  # hung
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 def passes():
     import leakprobe._native as native
@@ -171,20 +176,24 @@ loops = [0] * {THREADS}
 # Each loop opens a file from a code object never seen before: its stack
 # is new, so the fd hook interns it under the stack table's lock, without
 # the GIL, while the main thread forks.
-OPENER = "def opener():\\n    with open(os.devnull, 'rb'):\\n        pass\\n"
+OPENER = (
+    "def opener():\\n"
+    "    with open(os.devnull, 'rb'):\\n"
+    "        pass\\n"
+    "    socket.socket().close()\\n"
+    "    r, w = os.pipe()\\n"
+    "    os.close(r)\\n"
+    "    os.close(w)\\n"
+)
 
 def work(n):
     held = collections.deque(maxlen=64)
     while not stop.is_set():
         held.append(bytearray(4096 + n))
         held.append({{i: str(i) * 8 for i in range(16)}})
-        scope = {{"os": os}}
+        scope = {{"os": os, "socket": socket}}
         exec(compile(OPENER, f"<opener {{n}}.{{loops[n]}}>", "exec"), scope)
         scope["opener"]()
-        socket.socket().close()
-        r, w = os.pipe()
-        os.close(r)
-        os.close(w)
         loops[n] += 1
         time.sleep(0.0005)  # lets the forking thread at the GIL: bounds the run time
 
