@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -36,6 +38,23 @@ def run_python(code: str, timeout: float = 60, **env: str) -> subprocess.Complet
         [sys.executable, "-c", textwrap.dedent(code)],
         env=child_env(**env), capture_output=True, text=True, timeout=timeout,
     )
+
+
+def compile_c(*args: str) -> None:
+    """Builds a shared object with the system C compiler: `cc -shared -fPIC -O1 ARGS`."""
+    cc = shutil.which("cc")
+    assert cc, "a C compiler is required (Debian: build-essential)"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", *args], check=True, timeout=120)
+
+
+def build_extension(directory: Path, name: str, source: str) -> Path:
+    """Compiles `source` as the Python extension module `name` in `directory`
+    (against this interpreter's headers); returns the module's path."""
+    (directory / f"{name}.c").write_text(source)
+    module = directory / (name + sysconfig.get_config_var("EXT_SUFFIX"))
+    compile_c(f"-I{sysconfig.get_paths()['include']}", str(directory / f"{name}.c"),
+              "-o", str(module))
+    return module
 
 
 def leakprobe_lines(stderr: str) -> list[str]:

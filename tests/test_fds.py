@@ -12,14 +12,13 @@ import json
 import platform
 import shutil
 import subprocess
-import sysconfig
 import textwrap
 import time
 
 import httpx
 import pytest
 
-from conftest import leakprobe_lines, run_python, scrape, value
+from conftest import build_extension, compile_c, leakprobe_lines, run_python, scrape, value
 
 # Syscall numbers for ctypes' syscall(): what no libc hook sees.
 SYS = {"x86_64": {"openat": 257, "close": 3},
@@ -271,21 +270,13 @@ def _line_of(source: str, marker: str) -> int:
     return lines[0]
 
 
-def _cc(*args: str) -> None:
-    cc = shutil.which("cc")
-    assert cc, "a C compiler is required (Debian: build-essential)"
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", *args], check=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def creations(tmp_path_factory):
     """Builds the native pieces, runs CREATIONS once; returns (output, script, source)."""
     d = tmp_path_factory.mktemp("fds")
     (d / "fdtest.c").write_text(SHARED_LIB_C)
-    _cc(str(d / "fdtest.c"), "-o", str(d / "libfdtest.so"))
-    (d / "fdtest_ext.c").write_text(EXTENSION_C)
-    _cc(f"-I{sysconfig.get_paths()['include']}", str(d / "fdtest_ext.c"),
-        "-o", str(d / ("fdtest_ext" + sysconfig.get_config_var("EXT_SUFFIX"))))
+    compile_c(str(d / "fdtest.c"), "-o", str(d / "libfdtest.so"))
+    build_extension(d, "fdtest_ext", EXTENSION_C)
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "1",

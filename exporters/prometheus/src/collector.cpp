@@ -177,6 +177,21 @@ void AddFdFamilies(const FdSummary& fd, std::vector<MetricFamily>* out) {
                         MetricType::Gauge, fd.reconcile_seconds));
 }
 
+void AddHookPassFamily(const HookPasses& hooks, std::vector<MetricFamily>* out) {
+  MetricFamily passes =
+      Family("leakprobe_hook_passes_total",
+             "Calls a hook passed through untracked because its thread was already in a "
+             "hook, forking, or holding a tracker lock, by hook.",
+             MetricType::Counter);
+  // Every kind, even at 0: the series exist before the first pass.
+  for (std::size_t k = 0; k < kGuardedHookCount; ++k) {
+    const auto hook = static_cast<GuardedHook>(k);
+    AddSample(&passes, static_cast<double>(hooks.of(hook)),
+              {{"hook", GuardedHookName(hook)}});
+  }
+  out->push_back(std::move(passes));
+}
+
 }  // namespace
 
 SnapshotCollector::SnapshotCollector(Source source) : source_(std::move(source)) {}
@@ -192,6 +207,7 @@ std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {
   AddGcFamilies(snapshot.gc, &families);
   if (snapshot.heap) AddHeapFamilies(*snapshot.heap, &families);
   if (snapshot.fd) AddFdFamilies(*snapshot.fd, &families);
+  AddHookPassFamily(snapshot.hook_passes, &families);
   if (snapshot.python) {
     MetricFamily info =
         Family("python_info", "Python platform information.", MetricType::Gauge);

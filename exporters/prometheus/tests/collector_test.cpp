@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace leakprobe::prometheus_exporter {
 namespace {
@@ -117,6 +119,26 @@ TEST(BuildFamiliesTest, FdFamiliesListEveryKindAndTcpStateOnlyWhenTracking) {
   EXPECT_EQ(value("leakprobe_tcp_sockets", "TIME_WAIT"), 0);
   EXPECT_EQ(value("leakprobe_fd_reconcile_seconds", ""), 0.004);
   EXPECT_EQ(value("leakprobe_fd_dropped_total", ""), 0);
+}
+
+TEST(BuildFamiliesTest, HookPassesAreOneCounterWithEveryHookLabelled) {
+  Snapshot s = FakeSnapshot();
+  s.hook_passes.passes[static_cast<std::size_t>(GuardedHook::kHeapAlloc)] = 7;
+  s.hook_passes.passes[static_cast<std::size_t>(GuardedHook::kHeapFree)] = 3;
+  s.hook_passes.passes[static_cast<std::size_t>(GuardedHook::kFd)] = 11;
+  const auto families = BuildFamilies(s);
+  const MetricFamily* passes = Find(families, "leakprobe_hook_passes_total");
+  ASSERT_NE(passes, nullptr);
+  EXPECT_EQ(passes->type, MetricType::Counter);
+  std::vector<std::pair<std::string, double>> got;
+  for (const auto& m : passes->metric) {
+    ASSERT_EQ(m.label.size(), 1u);
+    EXPECT_EQ(m.label[0].name, "hook");
+    got.emplace_back(m.label[0].value, m.counter.value);
+  }
+  const std::vector<std::pair<std::string, double>> want = {
+      {"heap_alloc", 7}, {"heap_free", 3}, {"fd", 11}, {"stack", 0}};
+  EXPECT_EQ(got, want);
 }
 
 TEST(SnapshotCollectorTest, StopsCallingTheSourceWhenClosed) {

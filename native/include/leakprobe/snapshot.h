@@ -15,6 +15,7 @@
 #include "leakprobe/heap/heap_summary.h"
 #include "leakprobe/process/process_stats.h"
 #include "leakprobe/process/runtime_stats.h"
+#include "leakprobe/runtime/hook_passes.h"
 
 namespace leakprobe {
 
@@ -24,6 +25,7 @@ struct Snapshot {
   std::optional<HeapSummary> heap;   // empty unless heap tracking is on
   std::optional<FdSummary> fd;       // empty unless fd tracking is on
   std::optional<PythonInfo> python;  // empty until the bindings set it
+  HookPasses hook_passes;            // calls the hooks passed through untracked
   const char* version = nullptr;     // leakprobe's own version
 };
 

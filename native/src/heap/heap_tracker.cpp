@@ -113,24 +113,21 @@ void HeapTracker::SampleSlow(void* p, std::size_t size) noexcept {
       const auto key = reinterpret_cast<std::uintptr_t>(p);
       auto existing = blocks_.find(key);
       if (existing != blocks_.end()) {
-        // A block freed behind our back (not through the hooks): forget it.
-        StackStats& old = stacks_[existing->second.stack];
-        old.live_bytes -=
-            static_cast<double>(existing->second.size) * existing->second.weight;
-        old.live_count -= existing->second.weight;
-        blocks_.erase(existing);
+        // A block freed behind our back (not through the hooks, or while
+        // the guard was set): forget it.
+        ForgetLocked(existing);
         filter_.Remove(p);
       }
-      if (blocks_.size() >= max_blocks_) {
-        ++dropped_;
+      StackStats* stats = nullptr;
+      if (blocks_.size() >= max_blocks_ ||
+          (stats = InsertLocked(key, Block{size, weight, stack})) == nullptr) {
+        ++dropped_;  // the table is full, or memory ran out
       } else {
-        blocks_.emplace(key, Block{size, weight, stack});
         const double bytes = static_cast<double>(size) * weight;
-        StackStats& stats = stacks_[stack];
-        stats.live_bytes += bytes;
-        stats.live_count += weight;
-        stats.allocated_bytes += bytes;
-        stats.allocated_count += weight;
+        stats->live_bytes += bytes;
+        stats->live_count += weight;
+        stats->allocated_bytes += bytes;
+        stats->allocated_count += weight;
         allocated_bytes_ += bytes;
         filter_.Add(p);
       }
@@ -146,14 +143,43 @@ void HeapTracker::FreeSlow(void* p) noexcept {
   TrackerLock lock(&mu_);
   auto it = blocks_.find(reinterpret_cast<std::uintptr_t>(p));
   if (it == blocks_.end()) return;  // a filter false positive
+  freed_bytes_ += ForgetLocked(it);
+  filter_.Remove(p);
+}
+
+// Allocates (it may run out of memory), on the sampled path where nothing
+// may throw: each map's growth is reserved before its insert, and an insert
+// that cannot be reserved is not attempted, so both tables stay as they
+// were (a stack entry inserted for a block that then cannot be is undone).
+HeapTracker::StackStats* HeapTracker::InsertLocked(std::uintptr_t key,
+                                                   const Block& block) noexcept {
+  try {
+    const ReservedInsert stack_insert(&stacks_reserve_, stacks_);
+    if (!stack_insert.ok()) return nullptr;
+    const auto [stats, new_stack] = stacks_.try_emplace(block.stack);
+    const ReservedInsert block_insert(&blocks_reserve_, blocks_);
+    if (!block_insert.ok()) {
+      if (new_stack) stacks_.erase(stats);
+      return nullptr;
+    }
+    blocks_.emplace(key, block);
+    return &stats->second;
+  } catch (...) {  // not expected (the inserts are reserved): drop all the same
+    return nullptr;
+  }
+}
+
+// Allocates nothing: a free must succeed whatever the memory.
+double HeapTracker::ForgetLocked(TableMap<std::uintptr_t, Block>::iterator it) noexcept {
   const Block& block = it->second;
   const double bytes = static_cast<double>(block.size) * block.weight;
-  StackStats& stats = stacks_[block.stack];
-  stats.live_bytes -= bytes;
-  stats.live_count -= block.weight;
-  freed_bytes_ += bytes;
+  auto stats = stacks_.find(block.stack);
+  if (stats != stacks_.end()) {  // always: a block's stack is inserted first
+    stats->second.live_bytes -= bytes;
+    stats->second.live_count -= block.weight;
+  }
   blocks_.erase(it);
-  filter_.Remove(p);
+  return bytes;
 }
 
 void HeapTracker::Start(const HeapConfig& config) {
@@ -194,7 +220,8 @@ HeapSummary HeapTracker::Summary(std::size_t top_n) const {
     summary.memory_bytes =
         sizeof(*this) +
         blocks_.capacity() * (sizeof(std::pair<std::uintptr_t, Block>) + 1) +
-        stacks_.capacity() * (sizeof(std::pair<StackId, StackStats>) + 1);
+        stacks_.capacity() * (sizeof(std::pair<StackId, StackStats>) + 1) +
+        blocks_reserve_.bytes() + stacks_reserve_.bytes();
     for (const auto& [stack, stats] : stacks_) {
       if (stats.live_count > 0.5) live.emplace_back(stack, stats);
     }

@@ -53,6 +53,9 @@ bool g_installed = false;
 //    forgotten a moment ago, and not yet freed, so it finds nothing.
 constexpr std::size_t kNestingBytes = 256;
 
+// Every hook is noexcept: an exception cannot cross the C allocator, and
+// nothing it reaches throws (out of memory on the sampled path drops the
+// sample and counts it; see HeapTracker).
 template <bool kOuter>
 struct Hooks {
   static bool Skip() noexcept { return !kOuter && detail::tls_sampler.nesting != 0; }
@@ -70,7 +73,7 @@ struct Hooks {
     const bool mark_;
   };
 
-  static void* Malloc(void* ctx, size_t size) {
+  static void* Malloc(void* ctx, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip() || d->forward_only.load(std::memory_order_relaxed)) {
       return d->original.malloc(d->original.ctx, size);
@@ -84,7 +87,7 @@ struct Hooks {
     return p;
   }
 
-  static void* Calloc(void* ctx, size_t count, size_t size) {
+  static void* Calloc(void* ctx, size_t count, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip() || d->forward_only.load(std::memory_order_relaxed)) {
       return d->original.calloc(d->original.ctx, count, size);
@@ -98,7 +101,7 @@ struct Hooks {
     return p;
   }
 
-  static void* Realloc(void* ctx, void* old, size_t size) {
+  static void* Realloc(void* ctx, void* old, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip()) return d->original.realloc(d->original.ctx, old, size);
     g_tracker->OnFree(old);
@@ -114,7 +117,7 @@ struct Hooks {
     return p;
   }
 
-  static void Free(void* ctx, void* p) {
+  static void Free(void* ctx, void* p) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (!Skip()) g_tracker->OnFree(p);
     d->original.free(d->original.ctx, p);

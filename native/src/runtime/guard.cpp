@@ -24,4 +24,28 @@ std::uint64_t GuardedPasses(GuardedHook hook) noexcept {
   return detail::g_passes[static_cast<std::size_t>(hook)].load(std::memory_order_relaxed);
 }
 
+HookPasses ReadHookPasses() noexcept {
+  HookPasses out;
+  for (std::size_t i = 0; i < kGuardedHookCount; ++i) {
+    out.passes[i] = detail::g_passes[i].load(std::memory_order_relaxed);
+  }
+  return out;
+}
+
+const char* GuardedHookName(GuardedHook hook) noexcept {
+  switch (hook) {
+    case GuardedHook::kHeapAlloc:
+      return "heap_alloc";
+    case GuardedHook::kHeapFree:
+      return "heap_free";
+    case GuardedHook::kFd:
+      return "fd";
+    case GuardedHook::kStack:
+      return "stack";
+    case GuardedHook::kCount:
+      break;
+  }
+  return "?";
+}
+
 }  // namespace leakprobe

@@ -16,6 +16,7 @@ Snapshot TakeSnapshot() {
   const HeapTracker& heap = HeapTracker::Instance();
   if (heap.enabled()) snapshot.heap = heap.Summary();
   if (FdHooksActive()) snapshot.fd = SummarizeFds(ProcessFdTable());
+  snapshot.hook_passes = ReadHookPasses();
   snapshot.version = kVersion;
   return snapshot;
 }

@@ -5,6 +5,7 @@
 #include "leakprobe/runtime/guard.h"
 
 #include <algorithm>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -99,7 +100,17 @@ void StackTable::CacheStore(std::uint64_t hash, StackId id) {
   slot.hash.store(hash, std::memory_order_release);
 }
 
-StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
+StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) noexcept {
+  try {
+    return InternOrThrow(frames, n);
+  } catch (...) {  // out of memory: the tables are as they were before
+    TrackerLock lock(&mu_);
+    ++overflows_;
+    return kOverflowStack;
+  }
+}
+
+StackId StackTable::InternOrThrow(const LeakprobeRawFrame* frames, int n) {
   if (n <= 0) return kEmptyStack;
   n = std::min<int>(n, static_cast<int>(kMaxDepth));
   const std::uint64_t hash = HashRaw(frames, n);
@@ -134,9 +145,18 @@ StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
     } else {
       frame.library = IsLibrary(frame.filename);
       ids[i] = static_cast<std::uint32_t>(frames_.size());
+      const ReservedInsert insert(&frame_by_text_reserve_, frame_by_text_);
+      if (!insert.ok()) throw std::bad_alloc();
       frames_.push_back(std::move(frame));
-      frame_by_text_.emplace(std::move(text), ids[i]);
+      try {
+        frame_by_text_.emplace(std::move(text), ids[i]);
+      } catch (...) {
+        frames_.pop_back();  // no frame without its text key
+        throw;
+      }
     }
+    const ReservedInsert insert(&frame_index_reserve_, frame_index_);
+    if (!insert.ok()) throw std::bad_alloc();
     frame_index_.emplace(key, ids[i]);
   }
   // Looked up as a view: a stack seen before (the common case, and the one
@@ -152,12 +172,19 @@ StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) {
     ++overflows_;
     return kOverflowStack;
   }
+  const ReservedInsert insert(&stack_index_reserve_, stack_index_);
+  if (!insert.ok()) throw std::bad_alloc();
   Stack stack;
   stack.frames.assign(ids, ids + n);
   ComputeSite(&stack);
   const auto id = static_cast<StackId>(stacks_.size());
   stacks_.push_back(std::move(stack));
-  stack_index_.emplace(std::string(key), id);
+  try {
+    stack_index_.emplace(std::string(key), id);
+  } catch (...) {
+    stacks_.pop_back();  // no stack without its index key
+    throw;
+  }
   CacheStore(hash, id);
   return id;
 }
@@ -204,7 +231,9 @@ std::size_t StackTable::MemoryBytes() const {
       stacks_.capacity() * sizeof(Stack) +
       frame_index_.capacity() * (sizeof(RawKey) + sizeof(std::uint32_t) + 1) +
       stack_index_.capacity() * (sizeof(std::string) + sizeof(StackId) + 1) +
-      frame_by_text_.capacity() * (sizeof(std::string) + sizeof(std::uint32_t) + 1);
+      frame_by_text_.capacity() * (sizeof(std::string) + sizeof(std::uint32_t) + 1) +
+      frame_index_reserve_.bytes() + frame_by_text_reserve_.bytes() +
+      stack_index_reserve_.bytes();
   for (const Frame& frame : frames_) {
     // The strings, and the frame's text as a key of frame_by_text_.
     bytes += 2 * (frame.filename.capacity() + frame.function.capacity()) + 16;

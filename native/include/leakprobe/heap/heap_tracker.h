@@ -22,8 +22,10 @@
 // updates the tables under `mu_`.
 //
 // Bounds: at most `max_blocks` live sampled blocks; a sample that finds the
-// table full is dropped and counted (dropped_samples). Stacks are capped by
-// StackTable (overflow stack). The filter is 1 MiB.
+// table full, or that cannot be recorded because memory ran out, is dropped
+// and counted (dropped_samples). Stacks are capped by StackTable (overflow
+// stack; also its answer when interning runs out of memory). The filter is
+// 1 MiB. Nothing on the sampled path throws: the hooks are noexcept.
 //
 // Thread-safety: OnAlloc/OnFree may run on any thread, with or without the
 // GIL, concurrently. Start/Stop/Summary/Stacks are thread-safe. Fork: the
@@ -44,6 +46,7 @@
 #include "leakprobe/heap/heap_summary.h"
 #include "leakprobe/runtime/guard.h"
 #include "leakprobe/runtime/mutex.h"
+#include "leakprobe/runtime/table_map.h"
 #include "leakprobe/stacks/stack_table.h"
 
 namespace leakprobe {
@@ -153,6 +156,12 @@ class HeapTracker {
 
   void SampleSlow(void* p, std::size_t size) noexcept;
   void FreeSlow(void* p) noexcept;
+  // The block's stack entry, or nullptr (nothing inserted) when out of memory.
+  StackStats* InsertLocked(std::uintptr_t key, const Block& block) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes a block out of the tables; returns its estimated bytes.
+  double ForgetLocked(TableMap<std::uintptr_t, Block>::iterator it) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::int64_t NextInterval(detail::ThreadSampler& t) const noexcept;
 
   std::atomic<bool> enabled_{false};
@@ -164,8 +173,12 @@ class HeapTracker {
 
   mutable Mutex mu_;
   std::size_t max_blocks_ ABSL_GUARDED_BY(mu_) = 1 << 17;
-  absl::flat_hash_map<std::uintptr_t, Block> blocks_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<StackId, StackStats> stacks_ ABSL_GUARDED_BY(mu_);
+  // Inserted into on the sampled path: TableMaps, each with the reserve of
+  // its next growth (leakprobe/runtime/table_map.h).
+  TableMap<std::uintptr_t, Block> blocks_ ABSL_GUARDED_BY(mu_);
+  TableMap<StackId, StackStats> stacks_ ABSL_GUARDED_BY(mu_);
+  TableReserve blocks_reserve_ ABSL_GUARDED_BY(mu_);
+  TableReserve stacks_reserve_ ABSL_GUARDED_BY(mu_);
   double allocated_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   double freed_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t samples_ ABSL_GUARDED_BY(mu_) = 0;

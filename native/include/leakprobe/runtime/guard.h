@@ -20,6 +20,9 @@
 //    allocate or open fds;
 //  - it holds a tracker lock (TrackerLock), on the hot or the cold path.
 //
+// The pass counts are also in the snapshot (leakprobe/runtime/hook_passes.h)
+// and exported as leakprobe_hook_passes_total{hook}.
+//
 // Cost on the hot path: one initial-exec TLS load and a compare.
 // Thread-safety: per thread; the pass counters are relaxed atomics.
 #pragma once
@@ -27,12 +30,10 @@
 #include <cstdint>
 
 #include "absl/base/thread_annotations.h"
+#include "leakprobe/runtime/hook_passes.h"
 #include "leakprobe/runtime/mutex.h"
 
 namespace leakprobe {
-
-// Who passed a call through: the figure is kept per kind of hook.
-enum class GuardedHook : std::uint8_t { kHeapAlloc, kHeapFree, kFd, kStack, kCount };
 
 namespace detail {
 

@@ -31,6 +31,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "leakprobe/runtime/mutex.h"
+#include "leakprobe/runtime/table_map.h"
 #include "leakprobe/stacks/python_frames.h"
 
 namespace leakprobe {
@@ -72,8 +73,9 @@ class StackTable {
   // source is set.
   int Capture(LeakprobeRawFrame* out, int max_frames) const noexcept;
   // Interns raw frames captured on this thread just now (they are resolved
-  // from live code objects).
-  StackId Intern(const LeakprobeRawFrame* frames, int n);
+  // from live code objects). Never throws: out of memory, it returns
+  // kOverflowStack and counts an overflow, the tables left as they were.
+  StackId Intern(const LeakprobeRawFrame* frames, int n) noexcept;
 
   // Frames of a stack, innermost first.
   std::vector<Frame> FramesOf(StackId id) const;
@@ -119,6 +121,7 @@ class StackTable {
     std::atomic<StackId> id{kEmptyStack};
   };
   static constexpr std::size_t kCacheSlots = 4096;
+  StackId InternOrThrow(const LeakprobeRawFrame* frames, int n);
   static std::uint64_t HashRaw(const LeakprobeRawFrame* frames, int n) noexcept;
   bool CacheLookup(std::uint64_t hash, StackId* id) const noexcept;
   void CacheStore(std::uint64_t hash, StackId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -132,11 +135,16 @@ class StackTable {
   mutable Mutex mu_;
   std::vector<std::string> prefixes_ ABSL_GUARDED_BY(mu_);
   std::vector<Frame> frames_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<RawKey, std::uint32_t> frame_index_ ABSL_GUARDED_BY(mu_);
+  // The indexes are TableMaps, each with the reserve of its next growth
+  // (leakprobe/runtime/table_map.h): Intern runs in hooks.
+  TableMap<RawKey, std::uint32_t> frame_index_ ABSL_GUARDED_BY(mu_);
   // Several code positions share a line: one Frame per "path:line in function".
-  absl::flat_hash_map<std::string, std::uint32_t> frame_by_text_ ABSL_GUARDED_BY(mu_);
+  TableMap<std::string, std::uint32_t> frame_by_text_ ABSL_GUARDED_BY(mu_);
   std::vector<Stack> stacks_ ABSL_GUARDED_BY(mu_);  // [0] empty, [1] overflow
-  absl::flat_hash_map<std::string, StackId> stack_index_ ABSL_GUARDED_BY(mu_);
+  TableMap<std::string, StackId> stack_index_ ABSL_GUARDED_BY(mu_);
+  TableReserve frame_index_reserve_ ABSL_GUARDED_BY(mu_);
+  TableReserve frame_by_text_reserve_ ABSL_GUARDED_BY(mu_);
+  TableReserve stack_index_reserve_ ABSL_GUARDED_BY(mu_);
   std::uint64_t overflows_ ABSL_GUARDED_BY(mu_) = 0;
   std::unique_ptr<CacheSlot[]> cache_;  // kCacheSlots, allocated once
 };
