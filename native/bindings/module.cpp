@@ -244,6 +244,8 @@ PYBIND11_MODULE(_native, m) {
 
   static py::exception<Error> error(m, "Error");
   static py::exception<BindError> bind_error(m, "BindError", error.ptr());
+  // By value: pybind11's ExceptionTranslator is void (*)(std::exception_ptr).
+  // NOLINTNEXTLINE(performance-unnecessary-value-param)
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
