@@ -54,8 +54,8 @@ StackTable::StackTable(std::size_t max_frames, std::size_t max_stacks)
           Limits{max_frames, max_frames * 7 / 2, max_stacks, Limits().name_bytes}) {}
 
 StackTable& StackTable::Instance() {
-  // Default limits: about 10 MiB with typical paths, 26 MiB at most (see
-  // docs/heap.md).
+  // Default limits: about 14 MiB when full with short paths, about 27 MiB
+  // at most (see docs/heap.md).
   static StackTable* const table = [] {
     auto* t = new StackTable(Limits{});
     RegisterForkHandlers(ForkStage::kStacks, {[] { Instance().PrepareFork(); },
