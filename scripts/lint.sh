@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# C++ style and static checks: clang-format (every C++ file) and clang-tidy
-# (every source of the core, the exporter and, when the build has them, the
-# bindings, against the build's compile_commands.json).
-# Usage: scripts/lint.sh [build dir with compile_commands.json]
+# C++ style and static checks: clang-format (every C++ file) and clang-tidy,
+# with clang's -Wthread-safety (the ABSL_GUARDED_BY annotations), over every
+# source of ours in a compile database that includes the Python extension's
+# (native/bindings, the PEP 445 hooks, the frame walker).
+# Usage: scripts/lint.sh [build dir]
+#   Without an argument it configures build/lint (configure only, nothing is
+#   compiled) with -DLEAKPROBE_BUILD_PYTHON=ON against .venv's Python and
+#   pybind11 (scripts/setup.sh installs both). A build dir given must have
+#   been configured that way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build="${1:-build/native}"
+if [ $# -eq 0 ]; then
+  build=build/lint
+  py=.venv/bin/python
+  [ -x "$py" ] || { echo "[lint] $py is missing: run scripts/setup.sh first" >&2; exit 1; }
+  cmake -S . -B "$build" -G Ninja -DLEAKPROBE_BUILD_PYTHON=ON -DLEAKPROBE_BUILD_TESTS=ON \
+    -DPython_EXECUTABLE="$py" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" >/dev/null
+else
+  build="$1"
+fi
 
 mapfile -t files < <(git ls-files -co --exclude-standard '*.cpp' '*.h' | grep -v '^build/')
 echo "[lint] clang-format: ${#files[@]} files"
@@ -15,19 +28,28 @@ clang-format --dry-run --Werror "${files[@]}"
   echo "[lint] $build/compile_commands.json is missing: configure the native build first" >&2
   exit 1
 }
-# Every C++ source of ours that the build compiles (tests and benchmarks
-# aside), as listed in the compile database: a file is checked with its own
-# flags or not at all.
+# Every source of ours that the build compiles (tests and benchmarks aside),
+# as listed in the compile database: a file is checked with its own flags or
+# not at all. The extension's must be there.
 mapfile -t sources < <(python3 - "$build/compile_commands.json" <<'PY'
 import json, os, sys
 root = os.getcwd() + "/"
 files = {os.path.relpath(e["file"], root) for e in json.load(open(sys.argv[1]))}
-print("\n".join(sorted(f for f in files if f.endswith(".cpp") and
+print("\n".join(sorted(f for f in files if f.endswith((".cpp", ".c")) and
       f.startswith(("native/src/", "native/bindings/", "exporters/prometheus/src/")))))
 PY
 )
-echo "[lint] clang-tidy: ${#sources[@]} files"
+for required in native/bindings/module.cpp native/src/heap/pymem_hooks.cpp \
+                native/src/stacks/python_frames.c; do
+  printf '%s\n' "${sources[@]}" | grep -qx "$required" || {
+    echo "[lint] $required is not in $build/compile_commands.json: configure it with -DLEAKPROBE_BUILD_PYTHON=ON" >&2
+    exit 1
+  }
+done
+echo "[lint] clang-tidy (with -Wthread-safety): ${#sources[@]} files"
 # Only our own diagnostics are printed; third-party headers are filtered by
-# HeaderFilterRegex in .clang-tidy.
-clang-tidy --quiet -p "$build" "${sources[@]}" 2> >(grep -v 'warnings generated' >&2)
+# HeaderFilterRegex in .clang-tidy. The thread-safety warnings are checks
+# there (clang-diagnostic-thread-safety*), so they are errors.
+clang-tidy --quiet -p "$build" --extra-arg=-Wthread-safety "${sources[@]}" \
+  2> >(grep -v 'warnings generated' >&2)
 echo "[lint] clean"

@@ -71,6 +71,9 @@ leakprobe_venv() {
   fi
   leakprobe_log "building and installing leakprobe into $venv"
   "$venv/bin/python" -m pip install -q "$REPO_ROOT[test]"
+  # pybind11 at the version the build requires (pyproject.toml): scripts/lint.sh
+  # configures the extension's sources against it.
+  "$venv/bin/python" -m pip install -q "$(grep -o 'pybind11==[0-9.]*' "$REPO_ROOT/pyproject.toml")"
   VENV_PY="$venv/bin/python"
   export VENV_PY
 }

@@ -2,9 +2,10 @@
 # Runs every test, doing all of its own set-up on a fresh Debian 12 machine:
 #   1. Debian packages, .venv (CPython 3.11) and leakprobe built into it
 #      (scripts/setup.sh);
-#   2. lint: clang-format and clang-tidy (scripts/lint.sh);
+#   2. lint: clang-format, and clang-tidy with -Wthread-safety over the core,
+#      the exporter and the extension (scripts/lint.sh);
 #   3. the GoogleTest suite (ctest), then again under ASan+UBSan, and the
-#      concurrent heap-tracker tests under TSan;
+#      heap tracker, stack table and fd table tests under TSan;
 #   4. pytest on CPython 3.11, 3.12 and 3.13 (.venv, .venv-3.12, .venv-3.13).
 # Exits non-zero on any failure. Safe to run again on the same machine.
 set -euo pipefail
@@ -23,7 +24,7 @@ cmake --build build/native
 ctest --test-dir build/native --output-on-failure -j2 --timeout 120
 
 step "lint"
-scripts/lint.sh build/native
+scripts/lint.sh  # configures build/lint with the extension (-DLEAKPROBE_BUILD_PYTHON=ON)
 
 step "GoogleTest under ASan+UBSan (no recovery)"
 cmake -S . -B build/asan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_SANITIZE=ON \
@@ -38,14 +39,14 @@ HEAP_STRESS_SECONDS=30 ctest --test-dir build/asan --output-on-failure --timeout
   -R ThirtyTwoThreads
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
-step "GoogleTest under TSan: the heap tracker and stack table (32 threads, 30 s)"
+step "GoogleTest under TSan: the heap tracker, stack table and fd table (32 threads, 30 s)"
 # Only our own concurrent code: civetweb and prometheus-cpp are not built
 # with TSan here, so the exporter tests would report their internals.
 cmake -S . -B build/tsan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_TSAN=ON \
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/tsan
 TSAN_OPTIONS=halt_on_error=1 HEAP_STRESS_SECONDS=30 \
-  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|StackTable'
+  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|StackTable|FdTable'
 
 for version in 3.11 3.12 3.13; do
   step "pytest on CPython $version"

@@ -322,3 +322,27 @@ def test_own_memory_stays_bounded_with_2_gib_live_heap():
     assert live == pytest.approx(2 * 1024 * 1024 * 1033, rel=0.1)
     assert tracker_memory < 32 << 20
     assert rss_with - rss_without < 32 << 20
+
+
+def test_stack_table_reports_its_indexes_for_code_compiled_at_run_time():
+    # 3000 code objects compiled from one template: 3000 code positions of
+    # the same line, so the position index grows and the frame index does
+    # not. Each run allocates 1 MiB, sampled at 64 KiB: nearly always.
+    code = """
+        import json, leakprobe
+        from leakprobe import _native
+        keep, codes = [], []
+        for i in range(3000):
+            codes.append(compile("keep.append(bytearray(1 << 20)); keep.pop()", "<tpl>", "exec"))
+            exec(codes[-1])
+        summary = _native.heap_summary()
+        print(json.dumps([summary["stack_table"], summary["memory_bytes"]]))
+        """
+    proc = run_python(code, timeout=120, LEAKPROBE_HEAP_SAMPLE_BYTES="65536")
+    assert proc.returncode == 0, proc.stderr
+    table, tracker_memory = json.loads(proc.stdout)
+    assert set(table) == {"frames", "positions", "stacks", "frames_full", "positions_full",
+                          "stacks_full", "unresolved", "memory_bytes"}
+    assert table["positions"] >= table["frames"] + 2500, table
+    assert table["frames_full"] == table["stacks_full"] == table["positions_full"] == 0
+    assert 0 < table["memory_bytes"] < tracker_memory

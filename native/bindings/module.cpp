@@ -179,6 +179,17 @@ py::dict HeapSummaryDict() {
   d["dropped_samples"] = s.dropped_samples;
   d["stack_overflows"] = s.stack_overflows;
   d["memory_bytes"] = s.memory_bytes;
+  py::dict stacks;
+  stacks["frames"] = s.stack_table.frames;
+  stacks["positions"] = s.stack_table.positions;
+  stacks["stacks"] = s.stack_table.stacks;
+  stacks["frames_full"] = s.stack_table.frames_full;
+  stacks["positions_full"] = s.stack_table.positions_full;
+  stacks["stacks_full"] = s.stack_table.stacks_full;
+  stacks["unresolved"] = s.stack_table.unresolved;
+  stacks["out_of_memory"] = s.stack_table.out_of_memory;
+  stacks["memory_bytes"] = s.stack_table.memory_bytes;
+  d["stack_table"] = stacks;
   py::list sites;
   for (const HeapSite& site : s.top_sites) {
     sites.append(py::make_tuple(site.site, site.live_bytes, site.live_count));
@@ -262,6 +273,8 @@ PYBIND11_MODULE(_native, m) {
 
   static py::exception<Error> error(m, "Error");
   static py::exception<BindError> bind_error(m, "BindError", error.ptr());
+  // By value: pybind11's ExceptionTranslator is void (*)(std::exception_ptr).
+  // NOLINTNEXTLINE(performance-unnecessary-value-param)
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);

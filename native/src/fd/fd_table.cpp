@@ -60,13 +60,14 @@ void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
 
 std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta,
                                FdIdentity identity) noexcept {
-  s.created_ns.store(MonotonicNs(), std::memory_order_relaxed);
-  s.meta.store(meta, std::memory_order_relaxed);
+  // Release: each payload store orders the claim before it (see Slot).
+  s.created_ns.store(MonotonicNs(), std::memory_order_release);
+  s.meta.store(meta, std::memory_order_release);
   const std::uint64_t sequence = next_sequence_.fetch_add(1, std::memory_order_relaxed);
   if (identity.known()) {  // only the reconciler knows it, and writes it
-    s.dev.store(identity.dev, std::memory_order_relaxed);
-    s.ino.store(identity.ino, std::memory_order_relaxed);
-    s.identity_sequence.store(sequence, std::memory_order_relaxed);
+    s.dev.store(identity.dev, std::memory_order_release);
+    s.ino.store(identity.ino, std::memory_order_release);
+    s.identity_sequence.store(sequence, std::memory_order_release);
   }
   std::size_t high = high_water_.load(std::memory_order_relaxed);
   const auto mine = static_cast<std::size_t>(fd) + 1;
@@ -111,8 +112,11 @@ void FdTable::SetIdentity(int fd, std::uint64_t sequence, FdIdentity identity) n
   if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return;
   Slot& s = slots_[fd];
   if (s.sequence.load(std::memory_order_acquire) != sequence) return;
-  s.dev.store(identity.dev, std::memory_order_relaxed);
-  s.ino.store(identity.ino, std::memory_order_relaxed);
+  // A hook may claim the slot from here on: these stores then carry an old
+  // identity_sequence, and release orders our load of `sequence` before
+  // them, so a reader that sees them re-reads a newer sequence (see Slot).
+  s.dev.store(identity.dev, std::memory_order_release);
+  s.ino.store(identity.ino, std::memory_order_release);
   s.identity_sequence.store(sequence, std::memory_order_release);
 }
 
@@ -153,7 +157,8 @@ FdKind FdTable::KindOf(int fd) const noexcept {
   const Slot& s = slots_[fd];
   const std::uint64_t seq = s.sequence.load(std::memory_order_acquire);
   if (seq == 0 || seq == kBusy) return FdKind::kOther;
-  return static_cast<FdKind>(KindIndex(s.meta.load(std::memory_order_relaxed)));
+  // Not re-checked: a hint for dup() and accept(), which may race close().
+  return static_cast<FdKind>(KindIndex(s.meta.load(std::memory_order_acquire)));
 }
 
 void FdTable::CountClosed(std::uint64_t meta) noexcept {
@@ -163,19 +168,20 @@ void FdTable::CountClosed(std::uint64_t meta) noexcept {
 std::optional<FdRecord> FdTable::Find(int fd) const {
   if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return std::nullopt;
   const Slot& s = slots_[fd];
-  // Seqlock-style read: sequence numbers are never reused, so an unchanged
-  // sequence means the fields belong to it.
+  // The seqlock read (see Slot): sequence numbers are never reused, so an
+  // unchanged sequence means the fields belong to it. The payload loads are
+  // acquire, so that one reading a later writer's store orders that
+  // writer's claim before the re-check.
   const std::uint64_t before = s.sequence.load(std::memory_order_acquire);
   if (before == 0 || before == kBusy) return std::nullopt;
   FdRecord r;
   r.fd = fd;
-  r.created_ns = s.created_ns.load(std::memory_order_relaxed);
-  const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
+  r.created_ns = s.created_ns.load(std::memory_order_acquire);
+  const std::uint64_t meta = s.meta.load(std::memory_order_acquire);
   const std::uint64_t identity_sequence =
       s.identity_sequence.load(std::memory_order_acquire);
-  const FdIdentity identity{s.dev.load(std::memory_order_relaxed),
-                            s.ino.load(std::memory_order_relaxed)};
-  std::atomic_thread_fence(std::memory_order_acquire);
+  const FdIdentity identity{s.dev.load(std::memory_order_acquire),
+                            s.ino.load(std::memory_order_acquire)};
   if (s.sequence.load(std::memory_order_relaxed) != before) return std::nullopt;
   r.sequence = before;
   r.kind = static_cast<FdKind>(KindIndex(meta));

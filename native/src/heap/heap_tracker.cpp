@@ -227,8 +227,11 @@ HeapSummary HeapTracker::Summary(std::size_t top_n) const {
     }
   }
   StackTable& table = StackTable::Instance();
-  summary.memory_bytes += table.MemoryBytes();
-  summary.stack_overflows = table.overflows();
+  summary.stack_table = table.Stats();
+  summary.memory_bytes += summary.stack_table.memory_bytes;
+  summary.stack_overflows =
+      summary.stack_table.frames_full + summary.stack_table.stacks_full +
+      summary.stack_table.unresolved + summary.stack_table.out_of_memory;
   // Aggregate stacks by attribution site; name only the top ones.
   struct Aggregate {
     StackId example;

@@ -314,13 +314,12 @@ class Pass {
     s_.seen_valid.store(true, std::memory_order_release);
   }
 
-  void MarkProcessed(const ObjectKey& k) {
+  void MarkProcessed(const ObjectKey& k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s_.mu) {
     auto it = std::lower_bound(s_.processed.begin(), s_.processed.end(), k);
     if (it == s_.processed.end() || !(*it == k)) s_.processed.insert(it, k);
   }
 
-  // Under s_.mu.
-  void ApplyObject(PlannedObject& o) {
+  void ApplyObject(PlannedObject& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s_.mu) {
     Counters& c = s_.counters;
     struct Change {
       Addr slot;
@@ -374,7 +373,7 @@ class Pass {
     if (done > 0) c.objects_patched.fetch_add(1, std::memory_order_relaxed);
   }
 
-  void Remember(const PatchedSlot& p) {
+  void Remember(const PatchedSlot& p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s_.mu) {
     for (auto& existing : s_.slots) {
       if (existing.slot == p.slot) {  // an unloaded object's address, reused
         existing = p;
@@ -424,7 +423,10 @@ struct RestoreContext {
   std::vector<bool> done;
 };
 
-int RestoreCallback(dl_phdr_info* info, std::size_t /*size*/, void* data) noexcept {
+// Runs inside Restore's dl_iterate_phdr, which holds ctx->state->mu: the
+// analysis cannot follow a lock into a C callback.
+int RestoreCallback(dl_phdr_info* info, std::size_t /*size*/,
+                    void* data) noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
   auto* ctx = static_cast<RestoreContext*>(data);
   ObjectView v;
   v.base = info->dlpi_addr;

@@ -3,14 +3,15 @@
 #include "absl/hash/hash.h"
 #include "leakprobe/runtime/fork.h"
 #include "leakprobe/runtime/guard.h"
+#include "leakprobe/runtime/utf8.h"
 
 #include <algorithm>
 #include <new>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "leakprobe/runtime/utf8.h"
 
 namespace leakprobe {
 
@@ -18,18 +19,77 @@ std::string Frame::Describe() const {
   return absl::StrCat(filename, ":", line, " in ", function);
 }
 
-StackTable::StackTable(std::size_t max_frames, std::size_t max_stacks)
-    : max_frames_(max_frames),
-      max_stacks_(std::max<std::size_t>(max_stacks, 2)),
+namespace {
+
+// What glibc's malloc takes for a request of `n` bytes: 8 bytes of header,
+// rounded up to 16, at least 32.
+std::size_t MallocBytes(std::size_t n) {
+  return n == 0 ? 0 : std::max<std::size_t>(32, (n + 8 + 15) & ~std::size_t{15});
+}
+
+std::size_t StringHeapBytes(const std::string& s) {
+  static const std::size_t kInline = std::string().capacity();  // SSO
+  return s.capacity() > kInline ? MallocBytes(s.capacity() + 1) : 0;
+}
+
+// An abseil flat_hash_map: one control byte per slot plus a group's worth of
+// cloned ones, and the slots.
+template <typename Map>
+std::size_t HashMapBytes(const Map& map) {
+  if (map.capacity() == 0) return 0;
+  return MallocBytes(map.capacity() * (sizeof(typename Map::value_type) + 1) + 16);
+}
+
+// The stack table never erases, so one of its maps grows exactly when its
+// size reaches abseil's growth threshold for its capacity (7/8 of it); only
+// that insert allocates the map's arrays. The margin of two covers the
+// threshold's rounding.
+template <class Map>
+bool GrowsOnInsert(const Map& map) noexcept {
+  const std::size_t capacity = map.capacity();
+  return map.size() + 2 >= capacity - capacity / 8;
+}
+
+// Covers the one insert that grows `map` with memory for its next arrays
+// (leakprobe/runtime/table_map.h), held only for that insert: a full
+// table would otherwise keep a second table's worth for a growth that
+// never comes. ok() is false when that memory cannot be had.
+class GrowthReserve {
+ public:
+  template <class Map>
+  explicit GrowthReserve(const Map& map) noexcept {
+    if (GrowsOnInsert(map)) insert_.emplace(&reserve_, map);
+  }
+  GrowthReserve(const GrowthReserve&) = delete;
+  GrowthReserve& operator=(const GrowthReserve&) = delete;
+  bool ok() const noexcept { return !insert_.has_value() || insert_->ok(); }
+
+ private:
+  TableReserve reserve_;                  // freed after the insert_
+  std::optional<ReservedInsert> insert_;  // restores the thread's reserve first
+};
+
+}  // namespace
+
+StackTable::StackTable(const Limits& limits)
+    : max_frames_(limits.frames),
+      max_positions_(limits.positions),
+      max_stacks_(std::max<std::size_t>(limits.stacks, 2)),
+      max_name_bytes_(limits.name_bytes),
       cache_(new CacheSlot[kCacheSlots]) {
   TrackerLock lock(&mu_);
   stacks_.resize(2);  // kEmptyStack, kOverflowStack
 }
 
+StackTable::StackTable(std::size_t max_frames, std::size_t max_stacks)
+    : StackTable(
+          Limits{max_frames, max_frames * 7 / 2, max_stacks, Limits().name_bytes}) {}
+
 StackTable& StackTable::Instance() {
-  // 32768 frames and 16384 stacks: a few MiB at most (see docs/metrics.md).
+  // Default limits: about 14 MiB when full with short paths, about 27 MiB
+  // at most (see docs/heap.md).
   static StackTable* const table = [] {
-    auto* t = new StackTable(32768, 16384);
+    auto* t = new StackTable(Limits{});
     RegisterForkHandlers(ForkStage::kStacks, {[] { Instance().PrepareFork(); },
                                               [] { Instance().AfterFork(); },
                                               [] { Instance().AfterFork(); }});
@@ -105,7 +165,7 @@ StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) noexcept {
     return InternOrThrow(frames, n);
   } catch (...) {  // out of memory: the tables are as they were before
     TrackerLock lock(&mu_);
-    ++overflows_;
+    ++counts_.out_of_memory;
     return kOverflowStack;
   }
 }
@@ -122,42 +182,29 @@ StackId StackTable::InternOrThrow(const LeakprobeRawFrame* frames, int n) {
     const RawKey key{frames[i].code, frames[i].filename, frames[i].offset,
                      frames[i].first_line};
     auto it = frame_index_.find(key);
+    std::uint32_t id = kNoFrame;
     if (it != frame_index_.end()) {
-      ids[i] = it->second;
-      continue;
-    }
-    if (frames_.size() >= max_frames_ || source_.resolve == nullptr) {
-      ++overflows_;
-      return kOverflowStack;
-    }
-    LeakprobeResolvedFrame resolved;
-    if (source_.resolve(&frames[i], &resolved) != 0) {
-      ++overflows_;
-      return kOverflowStack;
-    }
-    // Names become str objects and label values: valid UTF-8 only.
-    Frame frame{ToValidUtf8(resolved.filename), ToValidUtf8(resolved.function),
-                resolved.line, false};
-    std::string text = frame.Describe();
-    auto same = frame_by_text_.find(text);
-    if (same != frame_by_text_.end()) {
-      ids[i] = same->second;
+      id = it->second;
     } else {
-      frame.library = IsLibrary(frame.filename);
-      ids[i] = static_cast<std::uint32_t>(frames_.size());
-      const ReservedInsert insert(&frame_by_text_reserve_, frame_by_text_);
-      if (!insert.ok()) throw std::bad_alloc();
-      frames_.push_back(std::move(frame));
-      try {
-        frame_by_text_.emplace(std::move(text), ids[i]);
-      } catch (...) {
-        frames_.pop_back();  // no frame without its text key
-        throw;
+      if (!ResolveFrame(frames[i], &id)) {
+        ++counts_.unresolved;
+        return kOverflowStack;
+      }
+      // Remembered even when its frame did not fit (kNoFrame): the next
+      // sight then costs no resolve.
+      if (frame_index_.size() < max_positions_) {
+        const GrowthReserve insert(frame_index_);
+        if (!insert.ok()) throw std::bad_alloc();
+        frame_index_.emplace(key, id);
+      } else {
+        ++counts_.positions_full;  // still exact, but resolved again next time
       }
     }
-    const ReservedInsert insert(&frame_index_reserve_, frame_index_);
-    if (!insert.ok()) throw std::bad_alloc();
-    frame_index_.emplace(key, ids[i]);
+    if (id == kNoFrame) {
+      ++counts_.frames_full;
+      return kOverflowStack;
+    }
+    ids[i] = id;
   }
   // Looked up as a view: a stack seen before (the common case, and the one
   // fd hooks hit on every creation) costs no allocation.
@@ -168,11 +215,14 @@ StackId StackTable::InternOrThrow(const LeakprobeRawFrame* frames, int n) {
     CacheStore(hash, it->second);
     return it->second;
   }
-  if (stacks_.size() >= max_stacks_) {
-    ++overflows_;
+  // The list and the key, each n ids.
+  const std::size_t stack_bytes =
+      2 * MallocBytes(static_cast<std::size_t>(n) * sizeof(std::uint32_t));
+  if (stacks_.size() >= max_stacks_ || heap_bytes_ + stack_bytes > max_name_bytes_) {
+    ++counts_.stacks_full;
     return kOverflowStack;
   }
-  const ReservedInsert insert(&stack_index_reserve_, stack_index_);
+  const GrowthReserve insert(stack_index_);
   if (!insert.ok()) throw std::bad_alloc();
   Stack stack;
   stack.frames.assign(ids, ids + n);
@@ -180,13 +230,49 @@ StackId StackTable::InternOrThrow(const LeakprobeRawFrame* frames, int n) {
   const auto id = static_cast<StackId>(stacks_.size());
   stacks_.push_back(std::move(stack));
   try {
-    stack_index_.emplace(std::string(key), id);
+    heap_bytes_ +=
+        StringHeapBytes(stack_index_.emplace(std::string(key), id).first->first);
   } catch (...) {
     stacks_.pop_back();  // no stack without its index key
     throw;
   }
+  heap_bytes_ += MallocBytes(stacks_.back().frames.capacity() * sizeof(std::uint32_t));
   CacheStore(hash, id);
   return id;
+}
+
+bool StackTable::ResolveFrame(const LeakprobeRawFrame& raw, std::uint32_t* id) {
+  LeakprobeResolvedFrame resolved;
+  if (source_.resolve == nullptr || source_.resolve(&raw, &resolved) != 0) return false;
+  // Names become str objects and label values: valid UTF-8 only.
+  Frame frame{ToValidUtf8(resolved.filename), ToValidUtf8(resolved.function),
+              resolved.line, false};
+  std::string text = frame.Describe();
+  auto same = frame_by_text_.find(text);
+  if (same != frame_by_text_.end()) {
+    *id = same->second;  // another position on a known line
+  } else if (frames_.size() >= max_frames_ ||
+             heap_bytes_ + 2 * MallocBytes(text.size() + 1) > max_name_bytes_) {
+    *id = kNoFrame;  // its names are shorter than its text: twice the text is enough
+  } else {
+    const GrowthReserve insert(frame_by_text_);
+    if (!insert.ok()) throw std::bad_alloc();
+    frame.library = IsLibrary(frame.filename);
+    const auto next = static_cast<std::uint32_t>(frames_.size());
+    frames_.push_back(std::move(frame));
+    std::size_t text_bytes = 0;
+    try {
+      text_bytes =
+          StringHeapBytes(frame_by_text_.emplace(std::move(text), next).first->first);
+    } catch (...) {
+      frames_.pop_back();  // no frame without its text key
+      throw;
+    }
+    *id = next;
+    heap_bytes_ += StringHeapBytes(frames_.back().filename) +
+                   StringHeapBytes(frames_.back().function) + text_bytes;
+  }
+  return true;
 }
 
 std::vector<Frame> StackTable::FramesOf(StackId id) const {
@@ -221,27 +307,32 @@ std::uint64_t StackTable::SiteKey(StackId id) const {
 
 std::uint64_t StackTable::overflows() const {
   TrackerLock lock(&mu_);
-  return overflows_;
+  return counts_.frames_full + counts_.stacks_full + counts_.unresolved +
+         counts_.out_of_memory;
+}
+
+StackTableStats StackTable::Stats() const {
+  TrackerLock lock(&mu_);
+  StackTableStats stats = counts_;
+  stats.frames = frames_.size();
+  stats.positions = frame_index_.size();
+  stats.stacks = stacks_.size();
+  stats.memory_bytes = MemoryBytesLocked();
+  return stats;
 }
 
 std::size_t StackTable::MemoryBytes() const {
   TrackerLock lock(&mu_);
-  std::size_t bytes =
-      kCacheSlots * sizeof(CacheSlot) + frames_.capacity() * sizeof(Frame) +
-      stacks_.capacity() * sizeof(Stack) +
-      frame_index_.capacity() * (sizeof(RawKey) + sizeof(std::uint32_t) + 1) +
-      stack_index_.capacity() * (sizeof(std::string) + sizeof(StackId) + 1) +
-      frame_by_text_.capacity() * (sizeof(std::string) + sizeof(std::uint32_t) + 1) +
-      frame_index_reserve_.bytes() + frame_by_text_reserve_.bytes() +
-      stack_index_reserve_.bytes();
-  for (const Frame& frame : frames_) {
-    // The strings, and the frame's text as a key of frame_by_text_.
-    bytes += 2 * (frame.filename.capacity() + frame.function.capacity()) + 16;
-  }
-  for (const Stack& stack : stacks_) {
-    bytes += stack.frames.capacity() * sizeof(std::uint32_t) * 2;  // + index key
-  }
-  return bytes;
+  return MemoryBytesLocked();
+}
+
+std::size_t StackTable::MemoryBytesLocked() const {
+  std::size_t prefixes = MallocBytes(prefixes_.capacity() * sizeof(std::string));
+  for (const std::string& prefix : prefixes_) prefixes += StringHeapBytes(prefix);
+  return sizeof(*this) + MallocBytes(kCacheSlots * sizeof(CacheSlot)) + prefixes +
+         MallocBytes(frames_.capacity() * sizeof(Frame)) +
+         MallocBytes(stacks_.capacity() * sizeof(Stack)) + HashMapBytes(frame_index_) +
+         HashMapBytes(frame_by_text_) + HashMapBytes(stack_index_) + heap_bytes_;
 }
 
 }  // namespace leakprobe

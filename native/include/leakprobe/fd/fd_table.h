@@ -135,6 +135,32 @@ class FdTable {
   // The writer owns created_ns and meta between claiming and publishing.
   // The identity fields are written by the reconciler only (one at a time)
   // and describe the record whose sequence is identity_sequence.
+  //
+  // Each slot is a seqlock whose every field is an atomic, ordered so that
+  // the C++ memory model (not x86's locked xchg) makes it correct; the form
+  // is the one H.-J. Boehm derives in "Can seqlocks get along with
+  // programming language memory models?" (MSPC 2012), with acquire/release
+  // payload accesses instead of fences, which ThreadSanitizer models:
+  //  - A writer claims the slot with an RMW of `sequence` to kBusy (acquire:
+  //    it may read the payload of the record it replaces).
+  //  - It writes the payload with *release* stores. The claim cannot order
+  //    them (a release, even acq_rel, orders only what comes before it), so
+  //    each payload store releases the claim: a reader whose acquire load
+  //    reads any of them then happens-after the claim, and its re-check of
+  //    `sequence` reads kBusy or later, never the old sequence.
+  //  - It publishes with a release store of a new sequence (never reused).
+  //  - A reader loads `sequence` (acquire: that record's payload is visible),
+  //    loads the payload with acquire loads, then re-checks `sequence`: the
+  //    same value means every field read belongs to that record.
+  //  - Retiring (and ReplaceFound) read the payload *before* their CAS
+  //    (acq_rel) from that sequence: if another writer had claimed meanwhile
+  //    the CAS fails; if it claims later, it happens-after the CAS (every
+  //    change of `sequence` is an acquire RMW or a release store), so the
+  //    read cannot see its writes.
+  // On x86 every one of these is a plain load or store; Boehm's fence form
+  // (a release fence after the claim, an acquire fence before the re-check)
+  // costs the same but is invisible to GCC's TSan. FdTableConcurrencyTest
+  // runs the protocol under TSan (scripts/test.sh).
   struct Slot {
     std::atomic<std::uint64_t> sequence{0};
     std::atomic<std::int64_t> created_ns{0};

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "leakprobe/stacks/stack_stats.h"
+
 namespace leakprobe {
 
 struct HeapSite {
@@ -30,7 +32,9 @@ struct HeapSummary {
   std::uint64_t samples = 0;
   std::uint64_t live_blocks = 0;  // sampled blocks alive now
   std::uint64_t dropped_samples = 0;
-  std::uint64_t stack_overflows = 0;
+  std::uint64_t stack_overflows =
+      0;                            // stack_table.frames_full + stacks_full + unresolved
+  StackTableStats stack_table;      // the shared stack table's indexes
   std::size_t memory_bytes = 0;     // the tracker's own tables
   std::vector<HeapSite> top_sites;  // by live bytes, descending
 };

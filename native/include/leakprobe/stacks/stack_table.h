@@ -8,8 +8,22 @@
 //   std::string where = table.SiteOf(id);      // "app.py:12 in handler"
 //
 // Frames are resolved (file, function, line) once, on first sight, and kept;
-// stacks are kept forever. Both tables have hard caps: when full, Intern
-// returns kOverflowStack and counts the overflow. The attribution site of a
+// stacks are kept forever. Every index has a hard cap (Limits), so memory is
+// bounded however many code objects the process creates (code compiled at
+// run time: eval, exec, templates):
+//   frames     (file, line, function) and its text index: when full (in
+//              count, or in name_bytes for names and frame lists), a stack
+//              with a new frame is interned as kOverflowStack (counted);
+//   positions  the raw (code object, offset) → frame index: when full, a new
+//              position is resolved on every sight instead of remembered
+//              (slower, still exact; counted);
+//   stacks     and their index: when full, a new stack is kOverflowStack
+//              (counted);
+//   the recent-stack cache: fixed, 4096 slots.
+// Keys are bounded too: a frame's text by LeakprobeResolvedFrame's fixed
+// fields, a stack key by kMaxDepth. Stats() reports each index's size and
+// overflows; MemoryBytes() estimates every index, heap blocks included.
+// The attribution site of a
 // stack is its innermost frame outside library code (the standard library,
 // site-packages, leakprobe itself: the prefixes set by SetLibraryPrefixes,
 // plus "<frozen ...>" modules); the innermost frame when all are library.
@@ -33,12 +47,27 @@
 #include "leakprobe/runtime/mutex.h"
 #include "leakprobe/runtime/table_map.h"
 #include "leakprobe/stacks/python_frames.h"
+#include "leakprobe/stacks/stack_stats.h"
 
 namespace leakprobe {
 
 using StackId = std::uint32_t;
 inline constexpr StackId kEmptyStack = 0;     // no Python frames ("<native>")
 inline constexpr StackId kOverflowStack = 1;  // the table was full
+
+// The caps of a StackTable's indexes; the defaults are the process-wide
+// table's.
+struct StackTableLimits {
+  std::size_t frames = 32768;
+  // 3.5 per frame: 114688 fills an abseil table of 131072 slots to its 7/8
+  // load factor, so reaching the cap never doubles the table.
+  std::size_t positions = 114688;
+  std::size_t stacks = 16384;
+  // Heap blocks of names and frame lists (keys included): a frame or stack
+  // that would pass it does not fit, as when its index is full. Typical
+  // frames take ~100 bytes; names can be up to ~1.6 KiB a frame.
+  std::size_t name_bytes = std::size_t{16} << 20;
+};
 
 struct Frame {
   std::string filename;
@@ -61,6 +90,10 @@ class StackTable {
  public:
   static constexpr std::size_t kMaxDepth = 128;
 
+  using Limits = StackTableLimits;
+
+  explicit StackTable(const Limits& limits);
+  // positions: 3.5 per frame.
   StackTable(std::size_t max_frames, std::size_t max_stacks);
 
   // The process-wide table (never destroyed: hooks may run during exit).
@@ -74,7 +107,8 @@ class StackTable {
   int Capture(LeakprobeRawFrame* out, int max_frames) const noexcept;
   // Interns raw frames captured on this thread just now (they are resolved
   // from live code objects). Never throws: out of memory, it returns
-  // kOverflowStack and counts an overflow, the tables left as they were.
+  // kOverflowStack and counts it (out_of_memory), the tables left as they
+  // were.
   StackId Intern(const LeakprobeRawFrame* frames, int n) noexcept;
 
   // Frames of a stack, innermost first.
@@ -87,11 +121,17 @@ class StackTable {
   // A key that is equal exactly for stacks with the same attribution site.
   std::uint64_t SiteKey(StackId id) const;
 
+  // Interns that returned kOverflowStack (frames_full + stacks_full +
+  // unresolved + out_of_memory of Stats()).
   std::uint64_t overflows() const;
+  StackTableStats Stats() const;
 
   // Around fork(): the child must not inherit mu_ held by a vanished thread.
   void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Lock(); }
   void AfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Unlock(); }
+  // The table's own memory: the object, the cache, the vectors and hash
+  // tables at their capacity, and every heap block of their strings and
+  // frame lists (rounded as glibc's malloc rounds them).
   std::size_t MemoryBytes() const;
 
  private:
@@ -126,27 +166,39 @@ class StackTable {
   bool CacheLookup(std::uint64_t hash, StackId* id) const noexcept;
   void CacheStore(std::uint64_t hash, StackId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // frame_index_'s value for a position whose frame did not fit frames_:
+  // remembered so that it costs no resolve on the next sight.
+  static constexpr std::uint32_t kNoFrame = ~std::uint32_t{0};
+  // The frame of a position not in frame_index_: resolved, then found by
+  // text or added (kNoFrame when frames_ is full). False when the source
+  // cannot resolve it.
+  bool ResolveFrame(const LeakprobeRawFrame& raw, std::uint32_t* id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::size_t MemoryBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   bool IsLibrary(const std::string& filename) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ComputeSite(Stack* stack) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::size_t max_frames_;
+  const std::size_t max_positions_;
   const std::size_t max_stacks_;
+  const std::size_t max_name_bytes_;
   FrameSource source_;  // set once before use; read without the lock
   mutable Mutex mu_;
   std::vector<std::string> prefixes_ ABSL_GUARDED_BY(mu_);
   std::vector<Frame> frames_ ABSL_GUARDED_BY(mu_);
-  // The indexes are TableMaps, each with the reserve of its next growth
-  // (leakprobe/runtime/table_map.h): Intern runs in hooks.
+  // The indexes are TableMaps (leakprobe/runtime/table_map.h): Intern runs
+  // in hooks, so the insert that grows one is covered by a reserve taken
+  // just for it.
   TableMap<RawKey, std::uint32_t> frame_index_ ABSL_GUARDED_BY(mu_);
   // Several code positions share a line: one Frame per "path:line in function".
   TableMap<std::string, std::uint32_t> frame_by_text_ ABSL_GUARDED_BY(mu_);
   std::vector<Stack> stacks_ ABSL_GUARDED_BY(mu_);  // [0] empty, [1] overflow
   TableMap<std::string, StackId> stack_index_ ABSL_GUARDED_BY(mu_);
-  TableReserve frame_index_reserve_ ABSL_GUARDED_BY(mu_);
-  TableReserve frame_by_text_reserve_ ABSL_GUARDED_BY(mu_);
-  TableReserve stack_index_reserve_ ABSL_GUARDED_BY(mu_);
-  std::uint64_t overflows_ ABSL_GUARDED_BY(mu_) = 0;
-  std::unique_ptr<CacheSlot[]> cache_;  // kCacheSlots, allocated once
+  // Heap blocks of the strings and frame lists above (keys included).
+  std::size_t heap_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  StackTableStats counts_ ABSL_GUARDED_BY(mu_);  // the overflow counts only
+  std::unique_ptr<CacheSlot[]> cache_;           // kCacheSlots, allocated once
 };
 
 }  // namespace leakprobe
