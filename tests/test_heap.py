@@ -342,7 +342,8 @@ def test_stack_table_reports_its_indexes_for_code_compiled_at_run_time():
     assert proc.returncode == 0, proc.stderr
     table, tracker_memory = json.loads(proc.stdout)
     assert set(table) == {"frames", "positions", "stacks", "frames_full", "positions_full",
-                          "stacks_full", "unresolved", "memory_bytes"}
+                          "stacks_full", "unresolved", "out_of_memory", "memory_bytes"}
     assert table["positions"] >= table["frames"] + 2500, table
     assert table["frames_full"] == table["stacks_full"] == table["positions_full"] == 0
+    assert table["out_of_memory"] == 0
     assert 0 < table["memory_bytes"] < tracker_memory
