@@ -2,6 +2,8 @@
 
 #include <Python.h>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "leakprobe/heap/heap_tracker.h"
 
 namespace leakprobe {
@@ -57,15 +59,30 @@ struct Hooks {
     const bool mark_;
   };
 
+  // The fast path is the countdown and a tail call to the real allocator:
+  // no stack frame, no work after the call. Only a request that may reach
+  // RAW (marked) or that crosses a sample point takes MallocSlow.
+  // Malloc and Free are deliberately not noexcept: a noexcept function must
+  // be ready to terminate around its call to the real (C) allocator, which
+  // rules the tail call out. Nothing on their fast paths can throw, and the
+  // slow halves they call are noexcept.
   static void* Malloc(void* ctx, size_t size) {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip()) return d->original.malloc(d->original.ctx, size);
+    const bool crossed = HeapTracker::CountdownCrossed(size);
+    if (ABSL_PREDICT_TRUE(!crossed && (!kOuter || size <= kNestingBytes))) {
+      return d->original.malloc(d->original.ctx, size);
+    }
+    return MallocSlow(d, size, crossed);
+  }
+  ABSL_ATTRIBUTE_NOINLINE static void* MallocSlow(const Domain* d, size_t size,
+                                                  bool crossed) noexcept {
     void* p;
     {
       Scope scope(size > kNestingBytes);
       p = d->original.malloc(d->original.ctx, size);
     }
-    g_tracker->OnAlloc(p, size);
+    if (crossed) g_tracker->OnCrossedAlloc(p, size);
     return p;
   }
 
@@ -94,9 +111,18 @@ struct Hooks {
     return p;
   }
 
+  // The fast path is one probe of the sampled-address filter and a tail
+  // call to the real free.
   static void Free(void* ctx, void* p) {
     const Domain* d = static_cast<const Domain*>(ctx);
-    if (!Skip()) g_tracker->OnFree(p);
+    if (ABSL_PREDICT_FALSE(!Skip() && g_tracker->MaybeSampled(p))) {
+      FreeSampled(d, p);
+      return;
+    }
+    d->original.free(d->original.ctx, p);
+  }
+  ABSL_ATTRIBUTE_NOINLINE static void FreeSampled(const Domain* d, void* p) noexcept {
+    g_tracker->OnMaybeSampledFree(p);
     d->original.free(d->original.ctx, p);
   }
 };
