@@ -74,6 +74,11 @@ class StackTable {
   // Interns raw frames captured on this thread just now (they are resolved
   // from live code objects).
   StackId Intern(const LeakprobeRawFrame* frames, int n);
+  // Capture(max_frames) then Intern, for hooks that intern on every event
+  // (fd creations): a stack in the recent-stack cache costs one walk of the
+  // frames, one hash and one cache probe, takes no lock and resolves
+  // nothing. Throws only where Intern does (on a cache miss).
+  StackId CaptureAndIntern(int max_frames);
 
   // Frames of a stack, innermost first.
   std::vector<Frame> FramesOf(StackId id) const;
