@@ -23,7 +23,8 @@ Adding a row: write a function ``measure_<name>(arm, options) -> Sample`` that
 runs one measurement in a fresh subprocess for the given arm, and register it
 in ``WORKLOADS``. A workload that is plain Python code in the child only needs
 a function in ``CHILD_WORKLOADS`` and a ``Workload`` entry using
-``measure_in_child``. Children must not import httpx or other libraries that
+``measure_in_child`` (timed inside the child) or, for a row timed as a
+whole process, an entry in ``PROCESS_UNITS`` and ``measure_process``. Children must not import httpx or other libraries that
 leakprobe integrates with unless the workload is about them: leakprobe reacts
 when the application imports them, which changes what is measured.
 
