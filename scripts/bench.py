@@ -24,7 +24,8 @@ Adding a row: write a function ``measure_<name>(arm, options) -> Sample`` that
 runs one measurement in a fresh subprocess for the given arm, and register it
 in ``WORKLOADS``. A workload that is plain Python code in the child only needs
 a function in ``CHILD_WORKLOADS`` and a ``Workload`` entry using
-``measure_in_child``. Children must not import httpx or other libraries that
+``measure_in_child`` (timed inside the child) or, for a row timed as a
+whole process, an entry in ``PROCESS_UNITS`` and ``measure_process``. Children must not import httpx or other libraries that
 leakprobe integrates with unless the workload is about them: leakprobe reacts
 when the application imports them, which changes what is measured.
 
@@ -44,6 +45,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import selectors
 import shutil
 import signal
@@ -334,10 +336,9 @@ def child_object_graphs() -> None:
         del nodes, node, parent
 
 
-def child_json_roundtrip() -> None:
-    """Encode and decode a response-sized JSON document in a loop: the
-    allocation churn of an API serializing its payloads."""
-    document = {
+def json_document() -> dict:
+    """A response-sized document: 500 records of nested dicts and lists."""
+    return {
         "users": [
             {"id": i, "name": f"user{i}", "email": f"user{i}@example.test",
              "tags": ["alpha", "beta", str(i % 7)], "score": i * 0.5,
@@ -346,28 +347,38 @@ def child_json_roundtrip() -> None:
             for i in range(500)
         ],
     }
-    for _ in range(150):
+
+
+JSON_LOOP = 100
+"""Iterations of one unit of the JSON workload: ~0.25 s of work."""
+
+
+def child_json_roundtrip() -> None:
+    """Build a response-sized document of dicts and lists, encode and decode
+    it, in a loop: the allocation churn of an API building and serializing
+    its payloads."""
+    for _ in range(JSON_LOOP):
+        document = json_document()
         decoded = json.loads(json.dumps(document))
     if decoded != document:
         raise AssertionError("JSON round trip changed the document")
 
 
 FD_LOOP = 20_000
-"""Iterations of the tight fd loops: ~0.1 s of work each."""
+"""os.open/os.close pairs in one unit of the fd workload."""
+SOCKET_LOOP = 5_000
+"""socket()/close() pairs in one unit of the fd workload (~0.1 s in all)."""
 
 
 def child_fd_open_close() -> None:
-    """os.open/os.close of /dev/null in a tight loop: nothing but the fd
-    hooks' creation and close paths on top of the two system calls."""
-    for _ in range(FD_LOOP):
-        os.close(os.open(os.devnull, os.O_RDONLY))
-
-
-def child_socket_close() -> None:
-    """socket.socket()/close() in a tight loop."""
+    """os.open/os.close of /dev/null, then socket.socket()/close(), in tight
+    loops: nothing but the system calls and the fd hooks' creation (with its
+    stack capture) and close paths."""
     import socket
 
     for _ in range(FD_LOOP):
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    for _ in range(SOCKET_LOOP):
         socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
 
 
@@ -416,7 +427,6 @@ CHILD_WORKLOADS: dict[str, Callable[[], None]] = {
     "alloc-graphs": child_object_graphs,
     "alloc-json": child_json_roundtrip,
     "fd-open-close": child_fd_open_close,
-    "fd-socket": child_socket_close,
     "fd-http": child_http_requests,
 }
 """Python code run inside a child, after its arm's setup, by name."""
@@ -433,6 +443,42 @@ def measure_in_child(name: str, arm: str, options: Options) -> Sample:
     is imported, so start-up is not part of the figure)."""
     payload, _, _ = run_child(child_script_argv(name, arm), arm)
     return Sample(value=payload["ms"], extra={}, threads=payload["threads"])
+
+
+PROCESS_UNITS = {
+    "alloc-json": 10,
+    "fd-open-close": 100,
+}
+"""Rows timed as whole processes: how many units of the CHILD_WORKLOADS
+function one child runs. Sized for >= 2 s of work without leakprobe, so that
+start-up and exit (``import leakprobe`` adds ~40 ms) weigh under 2 %: the
+figure is what a long-running worker pays."""
+
+
+def measure_process(name: str, arm: str, options: Options) -> Sample:
+    """Time a whole child process, spawn to ``wait()``, that runs
+    ``PROCESS_UNITS[name]`` units of ``CHILD_WORKLOADS[name]``. Also reported:
+    the loop alone, timed inside the child, and the child's CPU time (user +
+    system, from the kernel's accounting of the waited-for child), which
+    other processes on a busy machine disturb less than wall time."""
+    argv = child_script_argv(name, arm) + ["--units", str(PROCESS_UNITS[name])]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    payload, spawned_ns, exited_ns = run_child(argv, arm)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = ((after.ru_utime - before.ru_utime)
+             + (after.ru_stime - before.ru_stime))
+    return Sample(value=(exited_ns - spawned_ns) / 1e6,
+                  extra={"loop in the child (ms)": payload["ms"],
+                         "child CPU, user + system (ms)": cpu_s * 1e3},
+                  threads=payload["threads"])
+
+
+def run_child_units(name: str, units: int) -> None:
+    """Child mode for PROCESS_UNITS rows: one timed loop of `units` units."""
+    started = time.perf_counter()
+    for _ in range(units):
+        CHILD_WORKLOADS[name]()
+    emit(ms=(time.perf_counter() - started) * 1e3, threads=os_thread_count())
 
 
 def run_child_workload(name: str, rounds: int = CHILD_ROUNDS) -> None:
@@ -801,19 +847,17 @@ WORKLOADS: dict[str, Workload] = {
         measure=functools.partial(measure_in_child, "alloc-graphs")),
     "alloc-json": Workload(
         unit="ms",
-        what="150 json.dumps/json.loads round trips of a 500-record "
-             f"document (median of {CHILD_ROUNDS} rounds in the child)",
-        measure=functools.partial(measure_in_child, "alloc-json")),
+        what=f"whole process: {PROCESS_UNITS['alloc-json'] * JSON_LOOP:,} "
+             "times build a 500-record document of dicts, json.dumps it and "
+             "json.loads it back",
+        measure=functools.partial(measure_process, "alloc-json")),
     "fd-open-close": Workload(
         unit="ms",
-        what=f"{FD_LOOP:,} os.open/os.close of /dev/null "
-             f"(median of {CHILD_ROUNDS} rounds in the child)",
-        measure=functools.partial(measure_in_child, "fd-open-close")),
-    "fd-socket": Workload(
-        unit="ms",
-        what=f"{FD_LOOP:,} socket.socket()/close() "
-             f"(median of {CHILD_ROUNDS} rounds in the child)",
-        measure=functools.partial(measure_in_child, "fd-socket")),
+        what=f"whole process: {PROCESS_UNITS['fd-open-close'] * FD_LOOP:,} "
+             "os.open/os.close of /dev/null, then "
+             f"{PROCESS_UNITS['fd-open-close'] * SOCKET_LOOP:,} "
+             "socket.socket()/close()",
+        measure=functools.partial(measure_process, "fd-open-close")),
     "fd-http": Workload(
         unit="ms",
         what=f"{HTTP_REQUESTS} HTTP requests over 127.0.0.1 to a server "
@@ -943,8 +987,15 @@ def notes(row: RowResult) -> list[str]:
     for key in row.pairs[0][0].extra:
         base = statistics.median(b.extra[key] for b, _ in row.pairs)
         probe = statistics.median(p.extra[key] for _, p in row.pairs)
+        ratios = [p.extra[key] / b.extra[key] for b, p in row.pairs
+                  if b.extra[key] > 0]
+        paired = ""
+        if ratios:
+            q1, q3 = quartiles(ratios)
+            paired = (f" (ratio {statistics.median(ratios):.3f}, "
+                      f"IQR {q1:.3f}-{q3:.3f})")
         lines.append(f"{row.name}: {key}: baseline {fmt(base)}, "
-                     f"leakprobe {fmt(probe)}")
+                     f"leakprobe {fmt(probe)}{paired}")
     base_threads = statistics.median(b.threads for b, _ in row.pairs)
     probe_threads = statistics.median(p.threads for _, p in row.pairs)
     if probe_threads <= base_threads:
@@ -1113,6 +1164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Child mode, used by this script on itself.
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
+    parser.add_argument("--units", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.repeat is None:
@@ -1139,6 +1191,8 @@ def child_main(args: argparse.Namespace) -> int:
         run_fastapi_server()
     elif args.child == "scrape-host":
         child_scrape_host()
+    elif args.units is not None:
+        run_child_units(args.child, args.units)
     else:
         run_child_workload(args.child)
     return 0

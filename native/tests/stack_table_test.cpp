@@ -35,6 +35,30 @@ TEST_F(StackTableTest, SameStackSameId) {
   EXPECT_EQ(table_.SiteOf(kEmptyStack), "<native>");
 }
 
+TEST_F(StackTableTest, CaptureAndInternMatchesInternAndTellsCallersApart) {
+  // The fast path answers from the recent-stack cache: it must give the
+  // id Intern gives, and a hit must never be taken for a stack that only
+  // shares the innermost frame (another caller, or the caller at another
+  // position).
+  testing::tls_fake_stack = {FakeFrame(1, 10), FakeFrame(2, 20)};
+  const StackId a = table_.CaptureAndIntern(32);
+  EXPECT_NE(a, kEmptyStack);
+  EXPECT_EQ(table_.CaptureAndIntern(32), a);  // a cache hit
+  EXPECT_EQ(Intern({FakeFrame(1, 10), FakeFrame(2, 20)}), a);
+  testing::tls_fake_stack = {FakeFrame(1, 10), FakeFrame(3, 20)};
+  const StackId other_caller = table_.CaptureAndIntern(32);
+  testing::tls_fake_stack = {FakeFrame(1, 10), FakeFrame(2, 40)};
+  const StackId caller_moved = table_.CaptureAndIntern(32);
+  const std::set<StackId> ids = {a, other_caller, caller_moved};
+  EXPECT_EQ(ids.size(), 3u);
+  EXPECT_EQ(table_.FramesOf(other_caller).at(1).function, "f3");
+  EXPECT_EQ(table_.FramesOf(caller_moved).at(1).line, 20);
+  testing::tls_fake_stack = {FakeFrame(1, 10), FakeFrame(2, 20)};
+  EXPECT_EQ(table_.CaptureAndIntern(1), Intern({FakeFrame(1, 10)}));  // depth
+  testing::tls_fake_stack.clear();
+  EXPECT_EQ(table_.CaptureAndIntern(32), kEmptyStack);
+}
+
 TEST_F(StackTableTest, PositionsOnOneLineShareAFrameAndASite) {
   // Offsets 10 and 11 resolve to the same line (offset / 2).
   const StackId a = Intern({FakeFrame(1, 10), FakeFrame(2, 20)});

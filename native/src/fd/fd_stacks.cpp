@@ -38,9 +38,7 @@ std::uint32_t CaptureFdStack() noexcept {
   if (max_frames <= 0) return kEmptyStack;
   StackId id = kEmptyStack;
   try {
-    LeakprobeRawFrame frames[StackTable::kMaxDepth];
-    StackTable& table = StackTable::Instance();
-    id = table.Intern(frames, table.Capture(frames, max_frames));
+    id = StackTable::Instance().CaptureAndIntern(max_frames);
   } catch (...) {  // out of memory while interning
     id = kOverflowStack;
   }

@@ -121,8 +121,13 @@ void FdTable::SetIdentity(int fd, std::uint64_t sequence, FdIdentity identity) n
 }
 
 void FdTable::RetireBeforeClose(int fd) noexcept {
-  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_) return;
-  RetireRange(static_cast<unsigned>(fd), static_cast<unsigned>(fd), kBusy - 1);
+  // Every close() comes here: one slot, without RetireRange's loop set-up.
+  // high_water_ <= capacity_, so this also bounds the index.
+  if (fd < 0 ||
+      static_cast<std::size_t>(fd) >= high_water_.load(std::memory_order_acquire)) {
+    return;
+  }
+  RetireSlot(slots_[fd], kBusy - 1);
 }
 
 std::size_t FdTable::RetireRange(unsigned first, unsigned last,
@@ -132,20 +137,23 @@ std::size_t FdTable::RetireRange(unsigned first, unsigned last,
   std::size_t retired = 0;
   const std::size_t end = std::min<std::size_t>(last, high - 1);
   for (std::size_t fd = first; fd <= end; ++fd) {
-    Slot& s = slots_[fd];
-    std::uint64_t old = s.sequence.load(std::memory_order_acquire);
-    while (old != 0 && old != kBusy && old <= sequence) {
-      // Read before the swap: a new record can only be written after a
-      // writer claims the slot, which would make the swap fail.
-      const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
-      if (s.sequence.compare_exchange_weak(old, 0, std::memory_order_acq_rel)) {
-        CountClosed(meta);
-        ++retired;
-        break;
-      }
-    }
+    if (RetireSlot(slots_[fd], sequence)) ++retired;
   }
   return retired;
+}
+
+bool FdTable::RetireSlot(Slot& s, std::uint64_t sequence) noexcept {
+  std::uint64_t old = s.sequence.load(std::memory_order_acquire);
+  while (old != 0 && old != kBusy && old <= sequence) {
+    // Read before the swap: a new record can only be written after a
+    // writer claims the slot, which would make the swap fail.
+    const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
+    if (s.sequence.compare_exchange_weak(old, 0, std::memory_order_acq_rel)) {
+      CountClosed(meta);
+      return true;
+    }
+  }
+  return false;
 }
 
 std::uint64_t FdTable::CurrentSequence() const noexcept {

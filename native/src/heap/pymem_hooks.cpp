@@ -7,6 +7,8 @@
 #include <iterator>
 #include <vector>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "leakprobe/heap/heap_tracker.h"
 
 namespace leakprobe {
@@ -30,9 +32,11 @@ constexpr PyMemAllocatorDomain kDomains[] = {PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
 HeapTracker* g_tracker = nullptr;
 bool g_installed = false;
 
-// The original call first; then the tracker's countdown. A free is
-// forgotten before the real free, so that an address reused at once by
-// another thread can never meet its predecessor's record.
+// The countdown first (a thread-local subtraction), then the real call; a
+// block whose request crossed a sample point is recorded once the real
+// call has returned it. A free is forgotten before the real free, so that
+// an address reused at once by another thread can never meet its
+// predecessor's record.
 //
 // Nesting: pymalloc serves large MEM/OBJ requests from the RAW domain, so
 // one allocation can pass through two of our hooks. The outer (MEM/OBJ)
@@ -58,7 +62,24 @@ constexpr std::size_t kNestingBytes = 256;
 // sample and counts it; see HeapTracker).
 template <bool kOuter>
 struct Hooks {
+  // The real allocator's functions, called as noexcept: they are C and
+  // cannot throw. Calling them so lets the noexcept hooks below tail-call
+  // them (a noexcept caller of a function that may throw must stay on the
+  // stack, ready to terminate, which rules the tail call out).
+  using MallocFn = void* (*)(void*, size_t) noexcept;
+  using FreeFn = void (*)(void*, void*) noexcept;
+  static void* RealMalloc(const Domain* d, size_t size) noexcept {
+    return reinterpret_cast<MallocFn>(d->original.malloc)(d->original.ctx, size);
+  }
+  static void RealFree(const Domain* d, void* p) noexcept {
+    reinterpret_cast<FreeFn>(d->original.free)(d->original.ctx, p);
+  }
+
   static bool Skip() noexcept { return !kOuter && detail::tls_sampler.nesting != 0; }
+  // Allocations pass through a layer that only forwards (see Domain).
+  static bool Forward(const Domain* d) noexcept {
+    return Skip() || d->forward_only.load(std::memory_order_relaxed);
+  }
   struct Scope {  // marks the thread while an outer hook calls down
     explicit Scope(bool mark) noexcept : mark_(kOuter && mark) {
       if (mark_) ++detail::tls_sampler.nesting;
@@ -73,25 +94,32 @@ struct Hooks {
     const bool mark_;
   };
 
+  // The fast path is the countdown and a tail call to the real allocator:
+  // no stack frame, no work after the call. Only a request that may reach
+  // RAW (marked) or that crosses a sample point takes MallocSlow.
   static void* Malloc(void* ctx, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
-    if (Skip() || d->forward_only.load(std::memory_order_relaxed)) {
-      return d->original.malloc(d->original.ctx, size);
+    if (Forward(d)) return RealMalloc(d, size);
+    const bool crossed = HeapTracker::CountdownCrossed(size);
+    if (ABSL_PREDICT_TRUE(!crossed && (!kOuter || size <= kNestingBytes))) {
+      return RealMalloc(d, size);
     }
+    return MallocSlow(d, size, crossed);
+  }
+  ABSL_ATTRIBUTE_NOINLINE static void* MallocSlow(const Domain* d, size_t size,
+                                                  bool crossed) noexcept {
     void* p;
     {
       Scope scope(size > kNestingBytes);
-      p = d->original.malloc(d->original.ctx, size);
+      p = RealMalloc(d, size);
     }
-    g_tracker->OnAlloc(p, size);
+    if (crossed) g_tracker->OnCrossedAlloc(p, size);
     return p;
   }
 
   static void* Calloc(void* ctx, size_t count, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
-    if (Skip() || d->forward_only.load(std::memory_order_relaxed)) {
-      return d->original.calloc(d->original.ctx, count, size);
-    }
+    if (Forward(d)) return d->original.calloc(d->original.ctx, count, size);
     void* p;
     {
       Scope scope(count * size > kNestingBytes);
@@ -104,10 +132,10 @@ struct Hooks {
   static void* Realloc(void* ctx, void* old, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip()) return d->original.realloc(d->original.ctx, old, size);
-    g_tracker->OnFree(old);
+    g_tracker->OnFree(old);  // a failed realloc leaves `old` untracked, not wrong
     if (d->forward_only.load(std::memory_order_relaxed)) {
       return d->original.realloc(d->original.ctx, old, size);
-    }  // a failed realloc leaves `old` untracked, not wrong
+    }
     void* p;
     {
       Scope scope(true);
@@ -117,10 +145,20 @@ struct Hooks {
     return p;
   }
 
+  // The fast path is one probe of the sampled-address filter and a tail
+  // call to the real free. Frees are honoured by forwarding layers too: a
+  // block sampled here before may be freed through the chain.
   static void Free(void* ctx, void* p) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
-    if (!Skip()) g_tracker->OnFree(p);
-    d->original.free(d->original.ctx, p);
+    if (ABSL_PREDICT_FALSE(!Skip() && g_tracker->MaybeSampled(p))) {
+      FreeSampled(d, p);
+      return;
+    }
+    RealFree(d, p);
+  }
+  ABSL_ATTRIBUTE_NOINLINE static void FreeSampled(const Domain* d, void* p) noexcept {
+    g_tracker->OnMaybeSampledFree(p);
+    RealFree(d, p);
   }
 };
 

@@ -131,13 +131,35 @@ void StackTable::ComputeSite(Stack* stack) const {
   }
 }
 
-std::uint64_t StackTable::HashRaw(const LeakprobeRawFrame* frames, int n) noexcept {
-  // abseil's hash over each frame's identity, chained.
-  std::uint64_t h = absl::HashOf(n);
-  for (int i = 0; i < n; ++i) {
-    h = absl::HashOf(h, frames[i].code, frames[i].filename, frames[i].offset,
-                     frames[i].first_line);
+namespace {
+
+// The raw frames of one capture as one abseil hash input: one hash state
+// runs through all frames, three words each (code, filename, offset with
+// first line). Hashing frame by frame and chaining cost a seed and a
+// finalisation per frame, and hashing the bytes an out-of-line call.
+struct RawFrames {
+  const LeakprobeRawFrame* frames;
+  int n;
+
+  template <typename H>
+  friend H AbslHashValue(H h, const RawFrames& raw) {
+    for (int i = 0; i < raw.n; ++i) {
+      const LeakprobeRawFrame& f = raw.frames[i];
+      const std::uint64_t position =
+          (std::uint64_t{static_cast<std::uint32_t>(f.offset)} << 32) |
+          static_cast<std::uint32_t>(f.first_line);
+      // As integers: abseil mixes a pointer in twice.
+      h = H::combine(std::move(h), reinterpret_cast<std::uintptr_t>(f.code),
+                     reinterpret_cast<std::uintptr_t>(f.filename), position);
+    }
+    return H::combine(std::move(h), raw.n);
   }
+};
+
+}  // namespace
+
+std::uint64_t StackTable::HashRaw(const LeakprobeRawFrame* frames, int n) noexcept {
+  const std::uint64_t h = absl::HashOf(RawFrames{frames, n});
   return h != 0 ? h : 1;  // 0 marks an empty or changing slot
 }
 
@@ -158,6 +180,17 @@ void StackTable::CacheStore(std::uint64_t hash, StackId id) {
   slot.hash.store(0, std::memory_order_relaxed);
   slot.id.store(id, std::memory_order_release);
   slot.hash.store(hash, std::memory_order_release);
+}
+
+StackId StackTable::CaptureAndIntern(int max_frames) noexcept {
+  if (source_.capture == nullptr) return kEmptyStack;
+  LeakprobeRawFrame frames[kMaxDepth];
+  const int n =
+      source_.capture(frames, std::min<int>(max_frames, static_cast<int>(kMaxDepth)));
+  if (n <= 0) return kEmptyStack;
+  StackId cached = kEmptyStack;
+  if (CacheLookup(HashRaw(frames, n), &cached)) return cached;
+  return Intern(frames, n);  // hashes again: only on a miss
 }
 
 StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) noexcept {

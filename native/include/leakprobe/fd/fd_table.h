@@ -173,6 +173,9 @@ class FdTable {
   static constexpr std::uint64_t kAttributedBit = std::uint64_t{1} << 40;
 
   void CountClosed(std::uint64_t meta) noexcept;
+  // Retires `s`'s record if it was created at or before `sequence`; true
+  // when it did.
+  bool RetireSlot(Slot& s, std::uint64_t sequence) noexcept;
   // Writes a claimed slot's record and publishes it; returns its sequence.
   std::uint64_t Publish(Slot& s, int fd, std::uint64_t meta,
                         FdIdentity identity) noexcept;

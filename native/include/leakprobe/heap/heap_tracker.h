@@ -123,12 +123,31 @@ class HeapTracker {
   bool enabled() const noexcept { return enabled_.load(std::memory_order_relaxed); }
 
   void OnAlloc(void* p, std::size_t size) noexcept {
-    detail::ThreadSampler& t = detail::tls_sampler;
-    t.countdown -= static_cast<std::int64_t>(size);
-    if (ABSL_PREDICT_FALSE(t.countdown < 0) && p != nullptr) SampleSlow(p, size);
+    if (CountdownCrossed(size)) OnCrossedAlloc(p, size);
   }
   void OnFree(void* p) noexcept {
-    if (ABSL_PREDICT_FALSE(filter_.MaybeContains(p)) && p != nullptr) FreeSlow(p);
+    if (ABSL_PREDICT_FALSE(MaybeSampled(p))) OnMaybeSampledFree(p);
+  }
+
+  // OnAlloc and OnFree in halves, for hooks that tail-call the real
+  // allocator: the countdown (and the filter probe) before the real call,
+  // the rest only when it says so.
+  //   if (!CountdownCrossed(size)) return real_malloc(size);    // tail call
+  //   p = real_malloc(size); OnCrossedAlloc(p, size); return p;
+  static bool CountdownCrossed(std::size_t size) noexcept {
+    detail::ThreadSampler& t = detail::tls_sampler;
+    t.countdown -= static_cast<std::int64_t>(size);
+    return ABSL_PREDICT_FALSE(t.countdown < 0);
+  }
+  // The allocation of `size` bytes whose countdown crossed a sample point
+  // returned `p` (nullptr: failed; the point stays pending).
+  void OnCrossedAlloc(void* p, std::size_t size) noexcept {
+    if (p != nullptr) SampleSlow(p, size);
+  }
+  bool MaybeSampled(const void* p) const noexcept { return filter_.MaybeContains(p); }
+  // Before the real free of `p`, when MaybeSampled(p).
+  void OnMaybeSampledFree(void* p) noexcept {
+    if (p != nullptr) FreeSlow(p);
   }
 
   HeapSummary Summary(std::size_t top_n) const;

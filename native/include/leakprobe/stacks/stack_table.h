@@ -110,6 +110,11 @@ class StackTable {
   // kOverflowStack and counts it (out_of_memory), the tables left as they
   // were.
   StackId Intern(const LeakprobeRawFrame* frames, int n) noexcept;
+  // Capture(max_frames) then Intern, for hooks that intern on every event
+  // (fd creations): a stack in the recent-stack cache costs one walk of the
+  // frames, one hash and one cache probe, takes no lock and resolves
+  // nothing. Never throws, as Intern.
+  StackId CaptureAndIntern(int max_frames) noexcept;
 
   // Frames of a stack, innermost first.
   std::vector<Frame> FramesOf(StackId id) const;
