@@ -32,17 +32,12 @@ struct ReconcilerState {
   std::atomic<std::int64_t> last_ns{0};
 };
 
-ReconcilerState& State();
-void LockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { State().mu.Lock(); }
-void UnlockAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { State().mu.Unlock(); }
-
 ReconcilerState& State() {
   // Leaked: the sampler thread may still reconcile during exit.
   static ReconcilerState* const state = [] {
     auto* s = new ReconcilerState();
     // A child forked during a pass would inherit the mutex locked.
-    RegisterForkHandlers(ForkStage::kReconciler,
-                         {&LockForFork, &UnlockAfterFork, &UnlockAfterFork});
+    RegisterForkLock(ForkStage::kReconciler, &s->mu);
     return s;
   }();
   return *state;

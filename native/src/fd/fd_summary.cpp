@@ -27,16 +27,11 @@ struct TcpCache {
   TcpStateCounts counts ABSL_GUARDED_BY(mu){};
 };
 
-TcpCache& Cache();
-void LockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { Cache().mu.Lock(); }
-void UnlockAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { Cache().mu.Unlock(); }
-
 TcpCache& Cache() {
   // Leaked: scrapes may run during exit.
   static TcpCache* const cache = [] {
     auto* c = new TcpCache();
-    RegisterForkHandlers(ForkStage::kFdSummary,
-                         {&LockForFork, &UnlockAfterFork, &UnlockAfterFork});
+    RegisterForkLock(ForkStage::kFdSummary, &c->mu);
     return c;
   }();
   return *cache;

@@ -55,9 +55,7 @@ HeapTracker& HeapTracker::Instance() {
   // Never destroyed: allocator hooks run until the process is gone.
   static HeapTracker* const tracker = [] {
     auto* t = new HeapTracker();
-    RegisterForkHandlers(ForkStage::kHeap, {[] { Instance().PrepareFork(); },
-                                            [] { Instance().AfterFork(); },
-                                            [] { Instance().AfterFork(); }});
+    RegisterForkLock(ForkStage::kHeap, &t->mu_);
     return t;
   }();
   return *tracker;

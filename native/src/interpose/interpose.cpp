@@ -115,17 +115,12 @@ struct State {
   Counters counters;
 };
 
-State& GetState();
-void LockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { GetState().mu.Lock(); }
-void UnlockAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { GetState().mu.Unlock(); }
-
 State& GetState() {
   // Leaked on purpose: hooks and dl* stubs may run during exit.
   static State* const state = [] {
     auto* s = new State();
     // A child forked while a pass holds the mutex would never get it again.
-    RegisterForkHandlers(ForkStage::kInterposer,
-                         {&LockForFork, &UnlockAfterFork, &UnlockAfterFork});
+    RegisterForkLock(ForkStage::kInterposer, &s->mu);
     return s;
   }();
   return *state;

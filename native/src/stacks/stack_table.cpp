@@ -90,9 +90,7 @@ StackTable& StackTable::Instance() {
   // at most (see docs/heap.md).
   static StackTable* const table = [] {
     auto* t = new StackTable(Limits{});
-    RegisterForkHandlers(ForkStage::kStacks, {[] { Instance().PrepareFork(); },
-                                              [] { Instance().AfterFork(); },
-                                              [] { Instance().AfterFork(); }});
+    RegisterForkLock(ForkStage::kStacks, &t->mu_);
     return t;
   }();
   return *table;

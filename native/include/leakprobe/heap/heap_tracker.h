@@ -28,8 +28,9 @@
 // 1 MiB. Nothing on the sampled path throws: the hooks are noexcept.
 //
 // Thread-safety: OnAlloc/OnFree may run on any thread, with or without the
-// GIL, concurrently. Start/Stop/Summary/Stacks are thread-safe. Fork: the
-// owner calls PrepareFork/AfterFork* around fork so the child inherits
+// GIL, concurrently. Start/Stop/Summary/Stacks are thread-safe. Fork:
+// Instance() registers the tables' lock with the fork protocol
+// (ForkStage::kHeap, leakprobe/runtime/fork.h), so the child inherits
 // consistent tables (its inherited blocks are real blocks of the child).
 #pragma once
 
@@ -155,10 +156,6 @@ class HeapTracker {
     return Summary(top_sites_.load(std::memory_order_relaxed));
   }
   std::vector<HeapStackStat> Stacks() const;
-
-  // The fork protocol's handlers (ForkStage::kHeap), registered by Instance().
-  void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Lock(); }
-  void AfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Unlock(); }
 
  private:
   struct Block {

@@ -3,7 +3,8 @@
 // atfork handlers here, at its place in one documented lock order; the
 // registry makes the only pthread_atfork registration of the core.
 //
-//   RegisterForkHandlers(ForkStage::kHeap, {&LockHeap, &UnlockHeap, &UnlockHeap});
+//   RegisterForkLock(ForkStage::kHeap, &mu_);     // a stage that is one lock
+//   RegisterForkHandlers(ForkStage::kLog, {nullptr, nullptr, &ResetLog});
 //
 // Around fork(), on the forking thread:
 //   prepare: the hook guard is set (leakprobe/runtime/guard.h), then every
@@ -29,6 +30,8 @@
 
 #include <cstddef>
 
+#include "leakprobe/runtime/mutex.h"
+
 namespace leakprobe {
 
 enum class ForkStage : unsigned char {
@@ -53,6 +56,9 @@ struct ForkHandlers {
 // Registers the handlers of `stage` (the first call also registers the
 // registry itself with pthread_atfork).
 void RegisterForkHandlers(ForkStage stage, ForkHandlers handlers) noexcept;
+// For a stage whose whole part is one lock: prepare locks `mu`, the parent
+// and the child unlock it. `mu` must live as long as the process.
+void RegisterForkLock(ForkStage stage, Mutex* mu) noexcept;
 
 // The name of a stage ("heap", ...), for docs and tests.
 const char* ForkStageName(ForkStage stage) noexcept;
