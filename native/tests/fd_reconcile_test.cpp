@@ -300,7 +300,12 @@ TEST(FdReconcileTest, RecordsMadeDuringAPassAreNeverRetired) {
   stop.store(true);
   reconciler.join();
   EXPECT_EQ(lost, 0);
-  EXPECT_EQ(table.Counters().replaced, 0u);
+  // Not asserted: replaced == 0. A pass that fstat()s an fd just before this
+  // loop closes it, then finds its slot empty (retired), adds an
+  // unattributed record for a file that is gone; the next open of the
+  // number then counts it replaced. That is the reconciler's known
+  // inaccuracy (docs/fds.md), not a lost record; under load it happened in
+  // about one run in six.
 }
 
 TEST(FdReconcileTest, ClearForgetsRecordsAndCounters) {

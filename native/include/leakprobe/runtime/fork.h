@@ -23,7 +23,11 @@
 // draws it.
 //
 // Thread-safety: Register may be called from any thread, once per stage
-// (a second registration of a stage replaces the first). The handlers run
+// (a second registration of a stage replaces the first; a lock registered
+// with RegisterForkLock must not be replaced). A stage registered while
+// another thread is forking takes no part in that fork: the parent/child
+// handlers run for the stages whose prepare ran (and for those without a
+// prepare), and unlock only the locks that prepare took. The handlers run
 // on the forking thread; child handlers must be async-signal-safe in
 // spirit: no locks, no allocation.
 #pragma once
