@@ -790,7 +790,9 @@ def test_snapshot_records_are_typed_frozen_and_print(tmp_path):
         import json, socket, time, leakprobe
         def handler():
             return socket.socket()                                   # line 4
-        created = time.monotonic_ns()
+        # Records are stamped with CLOCK_MONOTONIC_COARSE (Linux's 6): up to
+        # one tick behind time.monotonic_ns(), never ahead of it.
+        created = time.monotonic_ns() - round(time.clock_getres(6) * 1e9)
         s = handler()
         (rec,) = [r for r in leakprobe.open_fds() if r.fd == s.fileno()]
         try:

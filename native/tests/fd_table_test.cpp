@@ -1,7 +1,6 @@
 // The fd table's seqlock under concurrent writers, readers and a reconciler
 // (see the protocol at FdTable::Slot). Also run under TSan (scripts/test.sh).
 #include <gtest/gtest.h>
-#include <time.h>
 
 #include <atomic>
 #include <chrono>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "leakprobe/fd/fd_table.h"
+#include "leakprobe/runtime/clock.h"
 
 namespace leakprobe {
 namespace {
@@ -22,11 +22,9 @@ constexpr int kFds = 32;  // shared by every writer: slots change hands all the 
 constexpr std::uint64_t kRing = 256;
 constexpr std::uint64_t kTagBits = 24;
 
-std::int64_t NowNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
+// The clock the table stamps records with (tick resolution): a stamp read
+// before a write is then never later than the write's created_ns.
+std::int64_t NowNs() { return CoarseMonotonicNs(); }
 
 // What writer `t` records at its iteration `i`: each field follows from the
 // stack id, so a record mixing two writes shows.

@@ -32,7 +32,7 @@ class FdRecord(NamedTuple):
     fd: int
     kind: str  # file, tcp, tcp6, udp, unix, pipe, eventfd, epoll, timerfd, ...
     sequence: int  # creation order, process-wide: a reused fd number gets a new one
-    created_ns: int  # time.monotonic_ns() clock (CLOCK_MONOTONIC) at creation
+    created_ns: int  # time.monotonic_ns() clock at creation, to the kernel tick
     age_seconds: float  # at the time the record was read
     attributed: bool  # False: found by reconciliation, creating call unseen
     site: Frame | None  # innermost application frame; None: see site_name

@@ -61,7 +61,9 @@ void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
 std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta,
                                FdIdentity identity) noexcept {
   // Release: each payload store orders the claim before it (see Slot).
-  s.created_ns.store(MonotonicNs(), std::memory_order_release);
+  // The coarse clock: an fd's age is reported in seconds, and this runs on
+  // every creation.
+  s.created_ns.store(CoarseMonotonicNs(), std::memory_order_release);
   s.meta.store(meta, std::memory_order_release);
   const std::uint64_t sequence = next_sequence_.fetch_add(1, std::memory_order_relaxed);
   if (identity.known()) {  // only the reconciler knows it, and writes it

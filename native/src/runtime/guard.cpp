@@ -40,8 +40,6 @@ const char* GuardedHookName(GuardedHook hook) noexcept {
       return "heap_free";
     case GuardedHook::kFd:
       return "fd";
-    case GuardedHook::kStack:
-      return "stack";
     case GuardedHook::kCount:
       break;
   }

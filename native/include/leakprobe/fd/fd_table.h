@@ -50,7 +50,7 @@ struct FdRecord {
   int fd = -1;
   FdKind kind = FdKind::kOther;
   std::uint64_t sequence = 0;           // creation order, process-wide, from 1
-  std::int64_t created_ns = 0;          // CLOCK_MONOTONIC
+  std::int64_t created_ns = 0;          // CLOCK_MONOTONIC_COARSE (tick resolution)
   std::uint32_t stack_id = kNoStackId;  // from the StackIdProvider, if one is set
   bool attributed = true;               // false: found by the reconciler, creator unknown
   FdIdentity identity;                  // learnt by the reconciler; unknown until then

@@ -16,12 +16,12 @@
 namespace leakprobe {
 
 // Who passed a call through: the figure is kept per kind of hook.
-enum class GuardedHook : std::uint8_t { kHeapAlloc, kHeapFree, kFd, kStack, kCount };
+enum class GuardedHook : std::uint8_t { kHeapAlloc, kHeapFree, kFd, kCount };
 
 inline constexpr std::size_t kGuardedHookCount =
     static_cast<std::size_t>(GuardedHook::kCount);
 
-// The label of a kind in metrics: "heap_alloc", "heap_free", "fd", "stack".
+// The label of a kind in metrics: "heap_alloc", "heap_free", "fd".
 const char* GuardedHookName(GuardedHook hook) noexcept;
 
 struct HookPasses {
