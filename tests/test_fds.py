@@ -18,7 +18,8 @@ import time
 import httpx
 import pytest
 
-from conftest import build_extension, compile_c, leakprobe_lines, run_python, scrape, value
+from conftest import (build_extension, compile_c, leakprobe_lines, parse_exposition, run_python,
+                      scrape, value)
 
 # Syscall numbers for ctypes' syscall(): what no libc hook sees.
 SYS = {"x86_64": {"openat": 257, "close": 3},
@@ -826,3 +827,49 @@ def test_site_skips_library_frames_with_heap_tracking_off():
     line, filename, innermost = out
     assert (line, filename) == (3, "<string>")
     assert innermost.endswith("socket.py")
+
+
+def test_fds_carry_their_owner_in_records_and_metrics():
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package 'prometheus') is required; scripts/setup.sh installs it"
+    out = _json_run(
+        """
+        import json, socket, httpx, leakprobe
+        from leakprobe import _native, _owners
+        def make_owner():
+            return _owners.owner_id("test.Client", _native.capture_stack_id())   # line 5
+        owner = make_owner()
+        with _owners.owning(owner):
+            owned = [socket.socket() for _ in range(3)]                          # line 8
+        free = socket.socket()
+        later = socket.socket()
+        attached = _owners.attach_fd(owner, later.fileno())
+        records = {r.fd: r for r in leakprobe.open_fds()}
+        url = leakprobe.status()["url"]
+        text = httpx.get(url).text
+        mine = records[owned[0].fileno()]
+        owners = [getattr(records[s.fileno()].owner, "type", None)
+                  for s in owned + [free, later]]
+        for s in owned + [later]:
+            s.close()
+        after = httpx.get(url).text
+        print(json.dumps({
+            "owners": owners,
+            "attached": attached,
+            "site": [mine.site.lineno, mine.owner.site.lineno, mine.owner.site.function],
+            "str": str(mine),
+            "unknown": _owners.attach_fd(owner, 10**6),
+            "text": text, "after": after}))
+        """)
+    assert out["owners"] == ["test.Client"] * 3 + [None, "test.Client"]
+    assert out["attached"] is True and out["unknown"] is False
+    assert out["site"] == [8, 5, "make_owner"]
+    assert ", owned by test.Client created at " in out["str"], out["str"]
+    assert ":5 in make_owner" in out["str"], out["str"]
+    before, after = parse_exposition(out["text"]), parse_exposition(out["after"])
+    assert value(before, "leakprobe_owner_open_fds", owner="test.Client") == 4
+    assert value(after, "leakprobe_owner_open_fds", owner="test.Client") == 0
+    assert value(after, "leakprobe_fd_owner_overflows_total") == 0
+    result = subprocess.run([promtool, "check", "metrics"], input=out["text"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr

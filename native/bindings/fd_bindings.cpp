@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "leakprobe/fd/fd_hooks.h"
+#include "leakprobe/fd/fd_owners.h"
 #include "leakprobe/fd/fd_reconcile.h"
 #include "leakprobe/fd/fd_stacks.h"
 #include "leakprobe/fd/fd_summary.h"
@@ -105,9 +106,25 @@ py::object Optional(const std::optional<std::string>& s) {
   return s ? py::object(py::str(*s)) : py::object(py::none());
 }
 
+// An owner of fds, named for Python.
+struct OwnerEntry {
+  std::string type;
+  std::string site;
+  std::vector<Frame> stack;
+};
+
+py::list FramesList(const std::vector<Frame>& stack) {
+  py::list frames;
+  for (const Frame& f : stack) {
+    frames.append(py::make_tuple(f.filename, f.line, f.function, f.library));
+  }
+  return frames;
+}
+
 py::list OpenFds() {
   std::vector<FdEntry> entries;
   std::unordered_map<std::uint32_t, std::pair<std::string, std::vector<Frame>>> stacks;
+  std::unordered_map<std::uint32_t, OwnerEntry> owners;
   std::int64_t now = 0;
   {
     py::gil_scoped_release no_gil;
@@ -117,6 +134,13 @@ py::list OpenFds() {
       if (record.attributed && stacks.find(record.stack_id) == stacks.end()) {
         stacks.emplace(record.stack_id, std::make_pair(table.SiteOf(record.stack_id),
                                                        table.FramesOf(record.stack_id)));
+      }
+      if (record.owner != kNoOwner && owners.find(record.owner) == owners.end()) {
+        if (const std::optional<FdOwner> owner = ProcessFdOwners().Get(record.owner)) {
+          owners.emplace(record.owner,
+                         OwnerEntry{owner->type, table.SiteOf(owner->stack_id),
+                                    table.FramesOf(owner->stack_id)});
+        }
       }
       entries.push_back(std::move(e));
     }
@@ -132,22 +156,28 @@ py::list OpenFds() {
     d["created_ns"] = r.created_ns;
     d["age_seconds"] = static_cast<double>(now - r.created_ns) / 1e9;
     d["attributed"] = r.attributed;
-    py::list frames;
     if (r.attributed) {
       const auto& [site, stack] = stacks.at(r.stack_id);
       d["site"] = site;
-      for (const Frame& f : stack) {
-        frames.append(py::make_tuple(f.filename, f.line, f.function, f.library));
-      }
+      d["stack"] = FramesList(stack);
     } else {
       d["site"] = kUnattributedSite;
+      d["stack"] = py::list();
     }
-    d["stack"] = frames;
     d["target"] = e.target;
     d["local"] = Optional(e.socket.local);
     d["peer"] = Optional(e.socket.peer);
     d["tcp_state"] = Optional(e.socket.tcp_state);
-    d["owner"] = py::none();
+    const auto owner = owners.find(r.owner);
+    if (owner == owners.end()) {
+      d["owner"] = py::none();
+    } else {
+      py::dict o;
+      o["type"] = owner->second.type;
+      o["site"] = owner->second.site;
+      o["stack"] = FramesList(owner->second.stack);
+      d["owner"] = std::move(o);
+    }
     out.append(std::move(d));
   }
   return out;
@@ -220,6 +250,28 @@ void RegisterFdBindings(py::module_& m) {
   m.def("open_fds", &OpenFds,
         "One dict per open fd record: fd, kind, sequence, created_ns, age_seconds, "
         "attributed, site, stack, target, local, peer, tcp_state, owner.");
+  m.def(
+      "fd_owner_intern",
+      [](const std::string& type, std::uint32_t stack_id) {
+        return ProcessFdOwners().Intern(type, stack_id);
+      },
+      py::arg("type"), py::arg("stack_id"),
+      "The owner id of (type, creation stack id): one per distinct pair, "
+      "the overflow owner once the owner table is full.");
+  m.def("fd_owner_set_thread", &SetThreadFdOwner, py::arg("owner"),
+        "Make fds created on this thread from now on carry `owner` (0: none); "
+        "returns the previous owner, to restore.");
+  m.def(
+      "fd_set_owner",
+      [](int fd, std::uint32_t owner) {
+        py::gil_scoped_release no_gil;
+        FdTable& table = ProcessFdTable();
+        const std::optional<FdRecord> record = table.Find(fd);
+        return record.has_value() && table.SetOwner(fd, record->sequence, owner);
+      },
+      py::arg("fd"), py::arg("owner"),
+      "Give the open record of `fd` the owner `owner`; False when leakprobe has "
+      "no record of that fd.");
   m.def("fd_counters", &FdCountersDict,
         "opened/closed/open by kind, unattributed, dropped, replaced, conflicts, "
         "reconciles, last_reconcile_seconds, objects_patched, slots_patched.");

@@ -345,6 +345,15 @@ PYBIND11_MODULE(_native, m) {
   m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
         "(site, frames) of the calling thread, captured as the hooks do.");
+  m.def(
+      "capture_stack_id",
+      [](int max_frames) {
+        LeakprobeRawFrame frames[StackTable::kMaxDepth];
+        StackTable& table = StackTable::Instance();
+        return table.Intern(frames, table.Capture(frames, max_frames));
+      },
+      py::arg("max_frames") = 32,
+      "The stack table id of the calling thread's stack (0: no Python frame).");
   RegisterFdBindings(m);
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");

@@ -26,6 +26,26 @@ def _site_name(site: Frame | None, attributed: bool) -> str:
     return NATIVE if attributed else UNATTRIBUTED
 
 
+class FdOwner(NamedTuple):
+    """The resource object an fd was created for (docs/objects.md): its type
+    and where that object was created. The object itself is not kept."""
+
+    type: str  # "httpx.Client", "sqlalchemy.Engine", ...
+    site: Frame | None  # innermost application frame of the owner's creation
+    stack: tuple[Frame, ...]  # the owner's creating Python stack, innermost first
+
+    def __str__(self) -> str:
+        return f"{self.type} created at {self.site if self.site is not None else NATIVE}"
+
+    @classmethod
+    def _from_native(cls, raw: Mapping[str, Any] | None) -> FdOwner | None:
+        if raw is None:
+            return None
+        stack = _frames(raw["stack"])
+        site = next((f for f in stack if str(f) == raw["site"]), None)
+        return cls(raw["type"], site, stack)
+
+
 class FdRecord(NamedTuple):
     """One open file descriptor, as leakprobe recorded its creation."""
 
@@ -41,7 +61,7 @@ class FdRecord(NamedTuple):
     local: str | None  # sockets: local address, e.g. 127.0.0.1:8000
     peer: str | None  # connected sockets: peer address
     tcp_state: str | None  # TCP sockets: ESTABLISHED, CLOSE_WAIT, LISTEN, ...
-    owner: object | None = None  # the resource object holding it (not yet known)
+    owner: FdOwner | None = None  # the resource object it was created for, if known
 
     @property
     def site_name(self) -> str:
@@ -56,7 +76,9 @@ class FdRecord(NamedTuple):
             self.tcp_state,
             None if self.local else self.target,
         )))
-        return f"fd {self.fd} ({what}) created at {self.site_name}, {self.age_seconds:.1f} s ago"
+        owned = f", owned by {self.owner}" if self.owner is not None else ""
+        return (f"fd {self.fd} ({what}) created at {self.site_name}{owned}, "
+                f"{self.age_seconds:.1f} s ago")
 
     @classmethod
     def _from_native(cls, raw: Mapping[str, Any]) -> FdRecord:
@@ -65,7 +87,8 @@ class FdRecord(NamedTuple):
         site = next((f for f in stack if str(f) == raw["site"]), None)
         return cls(raw["fd"], raw["kind"], raw["sequence"], raw["created_ns"],
                    raw["age_seconds"], raw["attributed"], site, stack, raw["target"],
-                   raw["local"], raw["peer"], raw["tcp_state"], raw["owner"])
+                   raw["local"], raw["peer"], raw["tcp_state"],
+                   FdOwner._from_native(raw["owner"]))
 
 
 class FdStat(NamedTuple):

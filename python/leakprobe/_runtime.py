@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _config
+from . import _config, _owners
 from ._config import Config, ConfigError
 from ._fds import FdRecord, FdSnapshot
 from ._heap import HeapSnapshot, HeapStat
@@ -189,6 +189,7 @@ def start(**options: Any) -> dict[str, Any]:
             return status()
         native = _native()
         native.set_log_level(config.log_level)
+        _owners._bind(native)
         _last_problems = problems
         if problems:
             if config.strict:

@@ -156,6 +156,18 @@ void AddFdFamilies(const FdSummary& fd, std::vector<MetricFamily>* out) {
     AddSample(&sites, static_cast<double>(site.open_fds), {{"site", site.site}});
   }
   out->push_back(std::move(sites));
+  MetricFamily owned = Family("leakprobe_owner_open_fds",
+                              "Open file descriptors held by tracked resource objects, "
+                              "by the owner's type.",
+                              MetricType::Gauge);
+  for (const FdOwnerCount& owner : fd.owners) {
+    AddSample(&owned, static_cast<double>(owner.open_fds), {{"owner", owner.owner}});
+  }
+  out->push_back(std::move(owned));
+  out->push_back(Single("leakprobe_fd_owner_overflows_total",
+                        "Resource objects whose fds could not be given their owner "
+                        "(the owner table was full).",
+                        MetricType::Counter, static_cast<double>(fd.owner_overflows)));
   out->push_back(Single("leakprobe_unattributed_fds",
                         "Open file descriptors found by reconciliation with "
                         "/proc/self/fd, their creation unseen.",

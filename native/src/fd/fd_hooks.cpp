@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <mutex>
 
+#include "leakprobe/fd/fd_owners.h"
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/interpose/interpose.h"
 #include "leakprobe/runtime/fork.h"
@@ -104,7 +105,7 @@ class HookScope {
     if (IsOwnFdDirectory(path) && InSharedMemoryChild()) return;
     const StackIdProvider provider = g_stack_provider.load(std::memory_order_relaxed);
     table_->RecordOpen(fd, kind, provider != nullptr ? provider() : kNoStackId,
-                       call_sequence_);
+                       call_sequence_, ThreadFdOwner());
   }
 
  private:

@@ -6,9 +6,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "leakprobe/fd/fd_owners.h"
 #include "leakprobe/fd/fd_reconcile.h"
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/fd/socket_info.h"
@@ -44,6 +48,25 @@ void SetFdTopSites(std::size_t n) noexcept {
 }
 std::size_t FdTopSites() noexcept { return g_top_sites.load(std::memory_order_relaxed); }
 
+namespace {
+
+void SummarizeOwners(const absl::flat_hash_map<std::uint32_t, std::uint64_t>& by_owner,
+                     FdSummary* s) {
+  const FdOwners& owners = ProcessFdOwners();
+  s->owner_overflows = owners.overflows();
+  const std::vector<std::string> types = owners.Types();  // by id
+  std::map<std::string, std::uint64_t> by_type;  // by name
+  for (std::size_t id = 2; id < types.size(); ++id) by_type.try_emplace(types[id], 0);
+  if (s->owner_overflows > 0) by_type.try_emplace(kOverflowOwnerType, 0);
+  for (const auto& [id, count] : by_owner) {
+    if (id < types.size()) by_type[types[id]] += count;
+  }
+  s->owners.reserve(by_type.size());
+  for (auto& [type, count] : by_type) s->owners.push_back({type, count});
+}
+
+}  // namespace
+
 FdSummary SummarizeFds(const FdTable& table) {
   FdSummary s;
   const FdCounters c = table.Counters();
@@ -62,14 +85,17 @@ FdSummary SummarizeFds(const FdTable& table) {
   }
 
   absl::flat_hash_map<std::uint32_t, std::uint64_t> by_stack;
+  absl::flat_hash_map<std::uint32_t, std::uint64_t> by_owner;
   for (const FdRecord& record : table.OpenFds()) {
     ++s.open[static_cast<std::size_t>(record.kind)];
+    if (record.owner != kNoOwner) ++by_owner[record.owner];
     if (record.attributed) {
       ++by_stack[record.stack_id];
     } else {
       ++s.unattributed;
     }
   }
+  SummarizeOwners(by_owner, &s);
   const std::size_t top = FdTopSites();
   if (top == 0) return s;
   // Stacks with the same attribution site count together.

@@ -21,7 +21,7 @@ FdTable::FdTable(std::size_t capacity)
     : capacity_(capacity), slots_(new Slot[capacity]) {}
 
 void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
-                         std::uint64_t call_sequence) noexcept {
+                         std::uint64_t call_sequence, std::uint32_t owner) noexcept {
   if (fd < 0) return;
   if (static_cast<std::size_t>(fd) >= capacity_) {
     dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -52,14 +52,14 @@ void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
   Publish(
       s, fd,
       static_cast<std::uint64_t>(kind) | (std::uint64_t{stack_id} << 8) | kAttributedBit,
-      FdIdentity{});
+      FdIdentity{}, owner);
   if (count_opened) {
     opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
   }
 }
 
 std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta,
-                               FdIdentity identity) noexcept {
+                               FdIdentity identity, std::uint32_t owner) noexcept {
   // Release: each payload store orders the claim before it (see Slot).
   // The coarse clock: an fd's age is reported in seconds, and this runs on
   // every creation.
@@ -71,6 +71,8 @@ std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta,
     s.ino.store(identity.ino, std::memory_order_release);
     s.identity_sequence.store(sequence, std::memory_order_release);
   }
+  // Without an owner the old word stays: it carries an older sequence.
+  if (owner != 0) s.owner.store(OwnerWord(sequence, owner), std::memory_order_release);
   std::size_t high = high_water_.load(std::memory_order_relaxed);
   const auto mine = static_cast<std::size_t>(fd) + 1;
   while (high < mine &&
@@ -120,6 +122,19 @@ void FdTable::SetIdentity(int fd, std::uint64_t sequence, FdIdentity identity) n
   s.dev.store(identity.dev, std::memory_order_release);
   s.ino.store(identity.ino, std::memory_order_release);
   s.identity_sequence.store(sequence, std::memory_order_release);
+}
+
+bool FdTable::SetOwner(int fd, std::uint64_t sequence, std::uint32_t owner) noexcept {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= capacity_ || sequence == 0 ||
+      sequence == kBusy) {
+    return false;
+  }
+  Slot& s = slots_[fd];
+  if (s.sequence.load(std::memory_order_acquire) != sequence) return false;
+  // As SetIdentity: if a writer claims the slot from here on, this word
+  // carries the old sequence and readers of the new record ignore it.
+  s.owner.store(OwnerWord(sequence, owner), std::memory_order_release);
+  return true;
 }
 
 void FdTable::RetireBeforeClose(int fd) noexcept {
@@ -192,12 +207,16 @@ std::optional<FdRecord> FdTable::Find(int fd) const {
       s.identity_sequence.load(std::memory_order_acquire);
   const FdIdentity identity{s.dev.load(std::memory_order_acquire),
                             s.ino.load(std::memory_order_acquire)};
+  const std::uint64_t owner = s.owner.load(std::memory_order_acquire);
   if (s.sequence.load(std::memory_order_relaxed) != before) return std::nullopt;
   r.sequence = before;
   r.kind = static_cast<FdKind>(KindIndex(meta));
   r.stack_id = static_cast<std::uint32_t>((meta >> 8) & 0xffffffffU);
   r.attributed = (meta & kAttributedBit) != 0;
   if (identity_sequence == before) r.identity = identity;
+  if ((owner >> kOwnerBits) == (before & ((std::uint64_t{1} << (64 - kOwnerBits)) - 1))) {
+    r.owner = static_cast<std::uint32_t>(owner & ((1U << kOwnerBits) - 1));
+  }
   return r;
 }
 

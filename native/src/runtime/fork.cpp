@@ -95,6 +95,8 @@ const char* ForkStageName(ForkStage stage) noexcept {
       return "heap";
     case ForkStage::kStacks:
       return "stacks";
+    case ForkStage::kFdOwners:
+      return "fd-owners";
     case ForkStage::kFdTable:
       return "fd-table";
     case ForkStage::kFdHooks:

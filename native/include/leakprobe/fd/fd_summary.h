@@ -37,6 +37,12 @@ struct FdSite {
   std::uint64_t open_fds = 0;
 };
 
+// Open fds owned by resource objects of one type (leakprobe/fd/fd_owners.h).
+struct FdOwnerCount {
+  std::string owner;  // "httpx.Client", or "[owner table full]"
+  std::uint64_t open_fds = 0;
+};
+
 struct FdSummary {
   std::array<std::uint64_t, kFdKindCount> open{};  // records now, by kind
   std::array<std::uint64_t, kFdKindCount> opened{};
@@ -51,6 +57,10 @@ struct FdSummary {
   // index 0: state unreadable.
   TcpStateCounts tcp_states{};
   std::vector<FdSite> top_sites;  // by open fds, descending; at most top-N
+  // Every owner type interned so far, 0 included, by name; the overflow
+  // owner only once used. Bounded by FdOwners::kMaxTypes + 1.
+  std::vector<FdOwnerCount> owners;
+  std::uint64_t owner_overflows = 0;  // owners interned as the overflow owner
 };
 
 // N for SummarizeFds' top sites (the `top_sites` option).

@@ -54,6 +54,7 @@ struct FdRecord {
   std::uint32_t stack_id = kNoStackId;  // from the StackIdProvider, if one is set
   bool attributed = true;               // false: found by the reconciler, creator unknown
   FdIdentity identity;                  // learnt by the reconciler; unknown until then
+  std::uint32_t owner = 0;              // leakprobe/fd/fd_owners.h id; 0: none known
 };
 
 struct FdCounters {
@@ -85,8 +86,11 @@ class FdTable {
   // taken before that call: an unattributed record newer than it was added
   // by a reconcile that saw this very fd before we could record it, and is
   // taken over (not counted as replaced, nor opened twice).
+  // `owner` (an fd_owners.h id, 0 for none) is the resource object the fd
+  // was created for.
   void RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
-                  std::uint64_t call_sequence = kNoCallSequence) noexcept;
+                  std::uint64_t call_sequence = kNoCallSequence,
+                  std::uint32_t owner = 0) noexcept;
   // Retires `fd`'s record; call *before* the real close, so that a thread
   // that gets the same number back afterwards records after us.
   void RetireBeforeClose(int fd) noexcept;
@@ -114,6 +118,12 @@ class FdTable {
   // record is gone).
   void SetIdentity(int fd, std::uint64_t sequence, FdIdentity identity) noexcept;
 
+  // --- adapters (any thread) ---
+  // Gives record `sequence` of `fd` the owner `owner` (an fd_owners.h id),
+  // learnt after its creation (e.g. from a connection object). False if
+  // that record is gone. Owners are kept for sequences below 2^40.
+  bool SetOwner(int fd, std::uint64_t sequence, std::uint32_t owner) noexcept;
+
   // --- cold path ---
   std::vector<FdRecord> OpenFds() const;
   std::optional<FdRecord> Find(int fd) const;
@@ -134,7 +144,9 @@ class FdTable {
   // A slot is empty (sequence 0), busy (being written) or holds a record.
   // The writer owns created_ns and meta between claiming and publishing.
   // The identity fields are written by the reconciler only (one at a time)
-  // and describe the record whose sequence is identity_sequence.
+  // and describe the record whose sequence is identity_sequence. `owner`
+  // (sequence << 24 | owner id) is written by the creating writer or by
+  // SetOwner, and describes the record whose sequence it carries.
   //
   // Each slot is a seqlock whose every field is an atomic, ordered so that
   // the C++ memory model (not x86's locked xchg) makes it correct; the form
@@ -168,7 +180,12 @@ class FdTable {
     std::atomic<std::uint64_t> identity_sequence{0};
     std::atomic<std::uint64_t> dev{0};
     std::atomic<std::uint64_t> ino{0};
+    std::atomic<std::uint64_t> owner{0};  // sequence << kOwnerBits | owner id
   };
+  static constexpr unsigned kOwnerBits = 24;
+  static std::uint64_t OwnerWord(std::uint64_t sequence, std::uint32_t owner) noexcept {
+    return (sequence << kOwnerBits) | (owner & ((1U << kOwnerBits) - 1));
+  }
   static constexpr std::uint64_t kBusy = ~0ULL;
   static constexpr std::uint64_t kAttributedBit = std::uint64_t{1} << 40;
 
@@ -177,8 +194,8 @@ class FdTable {
   // when it did.
   bool RetireSlot(Slot& s, std::uint64_t sequence) noexcept;
   // Writes a claimed slot's record and publishes it; returns its sequence.
-  std::uint64_t Publish(Slot& s, int fd, std::uint64_t meta,
-                        FdIdentity identity) noexcept;
+  std::uint64_t Publish(Slot& s, int fd, std::uint64_t meta, FdIdentity identity,
+                        std::uint32_t owner = 0) noexcept;
 
   const std::size_t capacity_;
   std::unique_ptr<Slot[]> slots_;

@@ -45,6 +45,7 @@ enum class ForkStage : unsigned char {
   kInterposer,  // GOT patching; the dlopen hooks take it
   kHeap,        // the heap tracker's tables; the heap hooks take it
   kStacks,      // the stack table; every hook that captures a stack takes it
+  kFdOwners,    // the fd owner table (adapters intern owners; no hook takes it)
   kFdTable,     // no lock: the child frees slots half-written at the fork
   kFdHooks,     // no lock: the child learns its own pid
   kLog,         // no lock: the child gets a fresh logger
