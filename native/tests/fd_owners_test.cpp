@@ -37,7 +37,8 @@ TEST(FdOwnersTest, InternsOneIdPerTypeAndStack) {
 
 TEST(FdOwnersTest, TypesAreValidUtf8AndCut) {
   FdOwners owners;
-  const std::uint32_t id = owners.Intern(std::string("bad\xff") + std::string(500, 'x'), 0);
+  const std::uint32_t id =
+      owners.Intern(std::string("bad\xff") + std::string(500, 'x'), 0);
   const std::string type = owners.Get(id)->type;
   EXPECT_EQ(type.rfind("bad\\xff", 0), 0u) << type;
   EXPECT_LE(type.size(), FdOwners::kMaxTypeBytes + 3);  // one escaped byte
@@ -117,8 +118,8 @@ TEST_F(FdOwnerHooksTest, FdsCreatedInAnOwnerScopeCarryItAndAreSummedByType) {
   }
   const int free_fd = lib_.socket(AF_INET, SOCK_STREAM, 0);
   owned[2] = lib_.socket(AF_UNIX, SOCK_STREAM, 0);
-  ASSERT_TRUE(ProcessFdTable().SetOwner(owned[2], ProcessFdTable().Find(owned[2])->sequence,
-                                        pool));
+  ASSERT_TRUE(ProcessFdTable().SetOwner(owned[2],
+                                        ProcessFdTable().Find(owned[2])->sequence, pool));
   EXPECT_EQ(ProcessFdTable().Find(owned[0])->owner, client);
   EXPECT_EQ(ProcessFdTable().Find(owned[1])->owner, client);
   EXPECT_EQ(ProcessFdTable().Find(free_fd)->owner, kNoOwner);

@@ -55,7 +55,7 @@ void SummarizeOwners(const absl::flat_hash_map<std::uint32_t, std::uint64_t>& by
   const FdOwners& owners = ProcessFdOwners();
   s->owner_overflows = owners.overflows();
   const std::vector<std::string> types = owners.Types();  // by id
-  std::map<std::string, std::uint64_t> by_type;  // by name
+  std::map<std::string, std::uint64_t> by_type;           // by name
   for (std::size_t id = 2; id < types.size(); ++id) by_type.try_emplace(types[id], 0);
   if (s->owner_overflows > 0) by_type.try_emplace(kOverflowOwnerType, 0);
   for (const auto& [id, count] : by_owner) {

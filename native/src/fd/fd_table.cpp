@@ -58,8 +58,8 @@ void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
   }
 }
 
-std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta,
-                               FdIdentity identity, std::uint32_t owner) noexcept {
+std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta, FdIdentity identity,
+                               std::uint32_t owner) noexcept {
   // Release: each payload store orders the claim before it (see Slot).
   // The coarse clock: an fd's age is reported in seconds, and this runs on
   // every creation.

@@ -39,8 +39,8 @@ inline constexpr std::uint32_t kOverflowOwner = 1;
 inline constexpr const char* kOverflowOwnerType = "[owner table full]";
 
 struct FdOwner {
-  std::string type;             // "httpx.Client": valid UTF-8, at most kMaxTypeBytes
-  std::uint32_t stack_id = 0;   // the owner's creation stack (StackTable id), 0: none
+  std::string type;            // "httpx.Client": valid UTF-8, at most kMaxTypeBytes
+  std::uint32_t stack_id = 0;  // the owner's creation stack (StackTable id), 0: none
 };
 
 class FdOwners {
@@ -69,7 +69,9 @@ class FdOwners {
   struct Key {
     std::string type;
     std::uint32_t stack_id;
-    bool operator==(const Key& o) const { return stack_id == o.stack_id && type == o.type; }
+    bool operator==(const Key& o) const {
+      return stack_id == o.stack_id && type == o.type;
+    }
     template <typename H>
     friend H AbslHashValue(H h, const Key& k) {
       return H::combine(std::move(h), k.type, k.stack_id);
