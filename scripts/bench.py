@@ -673,12 +673,24 @@ class ScrapeRun:
     """The child's other figures: loop_cpu_ms, loop_blocked, ..."""
 
 
-def measure_scrape_load(scraped: bool, scraper_nice: int = 0) -> ScrapeRun:
+def pinned_cpus() -> tuple[set[int], set[int]]:
+    """--pin: (the host's CPUs, the scrapers' CPU): the last CPU this process
+    may use for the scrapers, the others for the host."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise BenchError("--pin needs at least 2 CPUs")
+    return set(cpus[:-1]), {cpus[-1]}
+
+
+def measure_scrape_load(scraped: bool, scraper_nice: int = 0,
+                        pin: bool = False) -> ScrapeRun:
     """Runs the host loop in a fresh leakprobe child; with ``scraped``, 16
     scrapers in this process scrape its exporter back to back from just
     before the loop starts until it ends. ``scraper_nice`` lowers the
     scraper threads' priority, to tell the exporter's cost to the host from
-    the CPU that the clients themselves take on this machine."""
+    the CPU that the clients themselves take on this machine. ``pin`` runs
+    the scrapers on one CPU and the host (its exporter threads included) on
+    the others, as a load generator runs on its own machine."""
     import threading
 
     import httpx  # Parent only: the host child must not import it.
@@ -689,6 +701,8 @@ def measure_scrape_load(scraped: bool, scraper_nice: int = 0) -> ScrapeRun:
     started = threading.Barrier(SCRAPE_KEEP_ALIVE + SCRAPE_FRESH + 1)
 
     def scraper(url: str, client: httpx.Client) -> None:
+        if scraper_cpus:
+            os.sched_setaffinity(threading.get_native_id(), scraper_cpus)
         if scraper_nice:
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid,
@@ -704,11 +718,13 @@ def measure_scrape_load(scraped: bool, scraper_nice: int = 0) -> ScrapeRun:
                     continue
                 latencies.append((time.perf_counter() - began) * 1e3)
 
+    host_cpus, scraper_cpus = pinned_cpus() if pin else (None, None)
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             child_script_argv("scrape-host", PROBE), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=err, env=child_env(PROBE),
-            cwd=child_cwd(), text=True)
+            cwd=child_cwd(), text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, host_cpus)) if pin else None)
         threads: list[threading.Thread] = []
         try:
             url = _read_marker(proc, SERVER_START_TIMEOUT_S)["url"]
@@ -767,8 +783,8 @@ SCRAPE_NOTES = {
 }
 
 
-def run_scrape_load(repeat: int, warmup: int,
-                    scraper_nice: int = 0) -> tuple[list[str], list[str], int]:
+def run_scrape_load(repeat: int, warmup: int, scraper_nice: int = 0,
+                    pin: bool = False) -> tuple[list[str], list[str], int]:
     """Alternating pairs of the host loop unscraped and scraped; returns the
     table row's cells, lines for under the table, and the number of failed
     measurements and scrapes."""
@@ -779,7 +795,7 @@ def run_scrape_load(repeat: int, warmup: int,
         order = (False, True) if index % 2 == 0 else (True, False)
         label = "warm-up" if index < 0 else f"pair {index + 1}/{repeat}"
         try:
-            runs = {scraped: measure_scrape_load(scraped, scraper_nice)
+            runs = {scraped: measure_scrape_load(scraped, scraper_nice, pin)
                     for scraped in order}
         except BenchError as exc:
             errors += 1
@@ -1161,6 +1177,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "nice levels lower, so that the clients' own CPU "
                              "(on the same machine) takes less from the host "
                              "(default 0)")
+    parser.add_argument("--pin", action="store_true",
+                        help="with --scrape-load: run the scrapers on the last "
+                             "CPU and the host process on the others, so that "
+                             "the clients' own CPU is not taken from the host")
     # Child mode, used by this script on itself.
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
@@ -1266,7 +1286,7 @@ def scrape_load_main(args: argparse.Namespace) -> int:
     """--scrape-load: one table row, printed as text (and Markdown)."""
     cpu_before = CpuSnapshot.take()
     cells, lines, failures = run_scrape_load(args.repeat, args.warmup,
-                                             args.scraper_nice)
+                                             args.scraper_nice, args.pin)
     others, steal = machine_noise(cpu_before, CpuSnapshot.take())
     context = [
         f"machine: {machine_description()}",
@@ -1277,7 +1297,10 @@ def scrape_load_main(args: argparse.Namespace) -> int:
         f"{SCRAPE_KEEP_ALIVE} keep-alive httpx clients and {SCRAPE_FRESH} "
         "opening a new connection per scrape, back to back for the whole "
         f"loop, {SCRAPE_TIMEOUT_S:.0f} s timeout, scraper threads at nice "
-        f"+{args.scraper_nice}; ratio: median of per-pair "
+        f"+{args.scraper_nice}"
+        + ("; scrapers pinned to the last CPU, the host process to the others"
+           if args.pin else "")
+        + "; ratio: median of per-pair "
         "scraped/unscraped; scrape latencies pooled over the scraped runs",
         f"during the run, other processes used {others:.0%} of the "
         f"{os.cpu_count()} CPUs and hypervisor steal took {steal:.0%}",
