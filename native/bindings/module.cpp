@@ -285,8 +285,9 @@ PYBIND11_MODULE(_native, m) {
     }
   });
 
-  StackTable::Instance().SetSource(
-      {&LeakprobeCapturePythonFrames, &LeakprobeResolvePythonFrame});
+  StackTable::Instance().SetSource({&LeakprobeCapturePythonFrames,
+                                    &LeakprobeResolvePythonFrame,
+                                    &LeakprobeCaptureTaskFrames});
 
   Slot();  // registers the exporter's fork handlers
 
@@ -345,6 +346,9 @@ PYBIND11_MODULE(_native, m) {
   m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
         "(site, frames) of the calling thread, captured as the hooks do.");
+  m.def("set_task_parent", &SetTaskParent, py::arg("stack_id"),
+        "Make captures on this thread the running coroutine chain followed by "
+        "stack `stack_id` (0: off); returns the previous parent, to restore.");
   m.def(
       "capture_stack_id",
       [](int max_frames) {

@@ -11,6 +11,9 @@
 namespace leakprobe::testing {
 
 inline thread_local std::vector<LeakprobeRawFrame> tls_fake_stack;
+// How many of tls_fake_stack's innermost frames are the running coroutine
+// chain (FakeCaptureTask); 0: all.
+inline thread_local int tls_fake_task_depth = 0;
 
 inline LeakprobeRawFrame FakeFrame(std::uintptr_t code, int offset) {
   return {reinterpret_cast<const void*>(code), nullptr, offset, 1};
@@ -25,6 +28,11 @@ inline int FakeCapture(LeakprobeRawFrame* out, int max_frames) {
   return n;
 }
 
+inline int FakeCaptureTask(LeakprobeRawFrame* out, int max_frames) {
+  const int n = FakeCapture(out, max_frames);
+  return tls_fake_task_depth > 0 && tls_fake_task_depth < n ? tls_fake_task_depth : n;
+}
+
 inline int FakeResolve(const LeakprobeRawFrame* frame, LeakprobeResolvedFrame* out) {
   const auto code = reinterpret_cast<std::uintptr_t>(frame->code);
   std::snprintf(out->filename, sizeof out->filename, "%s/file%ju.py",
@@ -35,6 +43,6 @@ inline int FakeResolve(const LeakprobeRawFrame* frame, LeakprobeResolvedFrame* o
   return 0;
 }
 
-inline FrameSource FakeSource() { return {&FakeCapture, &FakeResolve}; }
+inline FrameSource FakeSource() { return {&FakeCapture, &FakeResolve, &FakeCaptureTask}; }
 
 }  // namespace leakprobe::testing

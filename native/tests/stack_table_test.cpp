@@ -59,6 +59,45 @@ TEST_F(StackTableTest, CaptureAndInternMatchesInternAndTellsCallersApart) {
   EXPECT_EQ(table_.CaptureAndIntern(32), kEmptyStack);
 }
 
+TEST_F(StackTableTest, TaskStepsAreStitchedToTheStackThatCreatedTheTask) {
+  // The task was created by library code (1001, 1002) called from the
+  // application's handler (7), under the event loop (1003) and <module> (9).
+  const StackId parent = Intern({FakeFrame(1001, 2), FakeFrame(1002, 2), FakeFrame(7, 8),
+                                 FakeFrame(1003, 2), FakeFrame(9, 30)});
+  EXPECT_EQ(table_.SiteOf(parent), "/app/file7.py:4 in f7");
+  // The task's step: library coroutines (1004, 1005) under the event loop
+  // (1006) and <module> (9): unstitched, <module> is the site.
+  testing::tls_fake_stack = {FakeFrame(1004, 2), FakeFrame(1005, 2), FakeFrame(1006, 2),
+                             FakeFrame(9, 30)};
+  testing::tls_fake_task_depth = 2;
+  const StackId alone = table_.CaptureAndIntern(32);
+  EXPECT_EQ(table_.SiteOf(alone), "/app/file9.py:15 in f9");
+
+  EXPECT_EQ(SetTaskParent(parent), kEmptyStack);
+  const StackId stitched = table_.CaptureAndIntern(32);
+  LeakprobeRawFrame raw[StackTable::kMaxDepth];
+  const StackId via_intern = table_.Intern(raw, table_.Capture(raw, 32));
+  EXPECT_EQ(table_.CaptureAndIntern(32), stitched);  // remembered
+  testing::tls_fake_stack.clear();
+  EXPECT_EQ(table_.CaptureAndIntern(32), parent);  // no frame of its own
+  EXPECT_EQ(SetTaskParent(kEmptyStack), parent);
+  testing::tls_fake_task_depth = 0;
+
+  EXPECT_EQ(via_intern, stitched);
+  EXPECT_EQ(table_.SiteOf(stitched), "/app/file7.py:4 in f7");
+  std::vector<int> codes;
+  for (const Frame& f : table_.FramesOf(stitched))
+    codes.push_back(std::stoi(f.function.substr(1)));
+  EXPECT_EQ(codes, (std::vector<int>{1004, 1005, 1001, 1002, 7, 1003, 9}));
+  // Another thread has no parent.
+  StackId elsewhere = kOverflowStack;
+  std::thread([&] {
+    testing::tls_fake_stack = {FakeFrame(1004, 2), FakeFrame(9, 30)};
+    elsewhere = table_.CaptureAndIntern(32);
+  }).join();
+  EXPECT_EQ(table_.SiteOf(elsewhere), "/app/file9.py:15 in f9");
+}
+
 TEST_F(StackTableTest, PositionsOnOneLineShareAFrameAndASite) {
   // Offsets 10 and 11 resolve to the same line (offset / 2).
   const StackId a = Intern({FakeFrame(1, 10), FakeFrame(2, 20)});

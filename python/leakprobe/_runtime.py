@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _config, _owners
+from . import _config, _owners, _tasks
 from ._config import Config, ConfigError
 from ._fds import FdRecord, FdSnapshot
 from ._heap import HeapSnapshot, HeapStat
@@ -204,8 +204,10 @@ def start(**options: Any) -> dict[str, Any]:
         _install_hooks()
         _python_info(native)
         if config.heap or config.fds:  # attribution sites of both
+            prefixes = _library_prefixes()
             # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
-            native.set_library_prefixes([os.fsencode(p) for p in _library_prefixes()])
+            native.set_library_prefixes([os.fsencode(p) for p in prefixes])
+            _start_async_attribution(native, prefixes)
         if config.heap:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,
                               config.heap_top_sites)
@@ -219,6 +221,17 @@ def start(**options: Any) -> dict[str, Any]:
         _state = _State(config, sampler, port, error, fds)
         _options = dict(options)
         return status()
+
+
+def _start_async_attribution(native: Any, prefixes: list[str]) -> None:
+    """Library-spawned asyncio tasks are stitched to their creator (_tasks),
+    from when the application imports asyncio (now, if it has)."""
+    def install(base_events: Any) -> None:
+        _tasks.install(base_events, native, prefixes)
+
+    base_events = sys.modules.get("asyncio.base_events")
+    if base_events is not None:
+        install(base_events)
 
 
 def _start_fds(native: Any, config: Config) -> bool:
@@ -269,6 +282,9 @@ def _stop_locked() -> None:
         _native().fd_stop()
     if state.config.heap:
         _native().heap_stop()
+    base_events = sys.modules.get("asyncio.base_events")
+    if base_events is not None:
+        _tasks.uninstall(base_events)
     _native().stop_exporter()
 
 

@@ -29,14 +29,16 @@ static PyCodeObject* FrameCode(_PyInterpreterFrame* frame) {
 #endif
 }
 
-int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames) {
+/* The walk of both captures; *coroutine_end (if not NULL) gets the number of
+ * frames up to and including the outermost generator-owned one, 0 if none. */
+static int Walk(LeakprobeRawFrame* out, int max_frames, int* coroutine_end) {
   /* The thread state bound to this OS thread, whether or not it holds the
    * GIL (a thread-specific-storage read). */
   PyThreadState* tstate = PyGILState_GetThisThreadState();
   if (tstate == NULL || max_frames <= 0) return 0;
   int n = 0;
-  for (_PyInterpreterFrame* frame = CurrentFrame(tstate);
-       frame != NULL && n < max_frames; frame = frame->previous) {
+  for (_PyInterpreterFrame* frame = CurrentFrame(tstate); frame != NULL && n < max_frames;
+       frame = frame->previous) {
 #if PY_VERSION_HEX >= 0x030C0000
     if (frame->owner == FRAME_OWNED_BY_CSTACK) continue; /* entry shims */
 #endif
@@ -47,8 +49,21 @@ int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames) {
     out[n].offset = _PyInterpreterFrame_LASTI(frame) * (int32_t)sizeof(_Py_CODEUNIT);
     out[n].first_line = code->co_firstlineno;
     ++n;
+    if (coroutine_end != NULL && frame->owner == FRAME_OWNED_BY_GENERATOR) {
+      *coroutine_end = n;
+    }
   }
   return n;
+}
+
+int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames) {
+  return Walk(out, max_frames, NULL);
+}
+
+int LeakprobeCaptureTaskFrames(LeakprobeRawFrame* out, int max_frames) {
+  int coroutine_end = 0;
+  const int n = Walk(out, max_frames, &coroutine_end);
+  return coroutine_end > 0 ? coroutine_end : n;
 }
 
 /* Copies a str object as UTF-8 into buf without calling into Python (no

@@ -15,6 +15,11 @@
 
 namespace leakprobe {
 
+namespace detail {
+__thread std::uint32_t tls_task_parent __attribute__((tls_model("initial-exec"))) =
+    kEmptyStack;
+}  // namespace detail
+
 std::string Frame::Describe() const {
   return absl::StrCat(filename, ":", line, " in ", function);
 }
@@ -107,8 +112,12 @@ void StackTable::SetLibraryPrefixes(std::vector<std::string> prefixes) {
 }
 
 int StackTable::Capture(LeakprobeRawFrame* out, int max_frames) const noexcept {
-  if (source_.capture == nullptr) return 0;
-  return source_.capture(out, std::min<int>(max_frames, static_cast<int>(kMaxDepth)));
+  auto* capture =
+      detail::tls_task_parent != kEmptyStack && source_.capture_task != nullptr
+          ? source_.capture_task
+          : source_.capture;
+  if (capture == nullptr) return 0;
+  return capture(out, std::min<int>(max_frames, static_cast<int>(kMaxDepth)));
 }
 
 bool StackTable::IsLibrary(const std::string& filename) const {
@@ -183,15 +192,58 @@ void StackTable::CacheStore(std::uint64_t hash, StackId id) {
 StackId StackTable::CaptureAndIntern(int max_frames) noexcept {
   if (source_.capture == nullptr) return kEmptyStack;
   LeakprobeRawFrame frames[kMaxDepth];
-  const int n =
-      source_.capture(frames, std::min<int>(max_frames, static_cast<int>(kMaxDepth)));
-  if (n <= 0) return kEmptyStack;
-  StackId cached = kEmptyStack;
-  if (CacheLookup(HashRaw(frames, n), &cached)) return cached;
-  return Intern(frames, n);  // hashes again: only on a miss
+  const int n = Capture(frames, max_frames);
+  StackId own = kEmptyStack;
+  if (n > 0 && !CacheLookup(HashRaw(frames, n), &own)) {
+    own = InternOwn(frames, n);  // hashes again: only on a miss
+  }
+  return detail::tls_task_parent == kEmptyStack ? own : Stitched(own);
 }
 
 StackId StackTable::Intern(const LeakprobeRawFrame* frames, int n) noexcept {
+  return Stitched(InternOwn(frames, n));
+}
+
+StackId StackTable::Stitched(StackId own) noexcept {
+  const StackId parent = detail::tls_task_parent;
+  if (parent == kEmptyStack || own == kOverflowStack) return own;
+  if (own == kEmptyStack) return parent;  // no Python frame of the task's own
+  try {
+    return StitchOrThrow(own, parent);
+  } catch (...) {  // out of memory: the tables are as they were before
+    TrackerLock lock(&mu_);
+    ++counts_.out_of_memory;
+    return own;
+  }
+}
+
+StackId StackTable::StitchOrThrow(StackId own, StackId parent) {
+  const std::uint64_t key = (std::uint64_t{own} << 32) | parent;
+  TrackerLock lock(&mu_);
+  const auto found = stitches_.find(key);
+  if (found != stitches_.end()) return found->second;
+  if (own >= stacks_.size() || parent >= stacks_.size()) return own;
+  if (stitches_.size() >= kMaxStitches) {
+    ++counts_.stacks_full;
+    return own;
+  }
+  std::uint32_t ids[kMaxDepth];
+  std::size_t n = 0;
+  for (const StackId part : {own, parent}) {
+    for (const std::uint32_t frame : stacks_[part].frames) {
+      if (n < kMaxDepth) ids[n++] = frame;
+    }
+  }
+  const StackId id = InternIdsLocked(ids, static_cast<int>(n), 0);
+  if (id != kOverflowStack) {
+    const GrowthReserve insert(stitches_);
+    if (!insert.ok()) throw std::bad_alloc();
+    stitches_.emplace(key, id);
+  }
+  return id;
+}
+
+StackId StackTable::InternOwn(const LeakprobeRawFrame* frames, int n) noexcept {
   try {
     return InternOrThrow(frames, n);
   } catch (...) {  // out of memory: the tables are as they were before
@@ -237,13 +289,17 @@ StackId StackTable::InternOrThrow(const LeakprobeRawFrame* frames, int n) {
     }
     ids[i] = id;
   }
+  return InternIdsLocked(ids, n, hash);
+}
+
+StackId StackTable::InternIdsLocked(const std::uint32_t* ids, int n, std::uint64_t hash) {
   // Looked up as a view: a stack seen before (the common case, and the one
   // fd hooks hit on every creation) costs no allocation.
   const absl::string_view key(reinterpret_cast<const char*>(ids),
                               static_cast<std::size_t>(n) * sizeof(std::uint32_t));
   auto it = stack_index_.find(key);
   if (it != stack_index_.end()) {
-    CacheStore(hash, it->second);
+    if (hash != 0) CacheStore(hash, it->second);
     return it->second;
   }
   // The list and the key, each n ids.
@@ -268,7 +324,7 @@ StackId StackTable::InternOrThrow(const LeakprobeRawFrame* frames, int n) {
     throw;
   }
   heap_bytes_ += MallocBytes(stacks_.back().frames.capacity() * sizeof(std::uint32_t));
-  CacheStore(hash, id);
+  if (hash != 0) CacheStore(hash, id);
   return id;
 }
 
@@ -363,7 +419,8 @@ std::size_t StackTable::MemoryBytesLocked() const {
   return sizeof(*this) + MallocBytes(kCacheSlots * sizeof(CacheSlot)) + prefixes +
          MallocBytes(frames_.capacity() * sizeof(Frame)) +
          MallocBytes(stacks_.capacity() * sizeof(Stack)) + HashMapBytes(frame_index_) +
-         HashMapBytes(frame_by_text_) + HashMapBytes(stack_index_) + heap_bytes_;
+         HashMapBytes(frame_by_text_) + HashMapBytes(stack_index_) +
+         HashMapBytes(stitches_) + heap_bytes_;
 }
 
 }  // namespace leakprobe

@@ -43,6 +43,12 @@ typedef struct LeakprobeResolvedFrame {
  * that has no Python thread state or no Python frames). */
 int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames);
 
+/* As LeakprobeCapturePythonFrames, but only the frames of the running
+ * coroutine chain: up to and including the outermost coroutine or generator
+ * frame (what an asyncio task's step runs), not the event loop's frames
+ * below it. All frames when there is no such frame. */
+int LeakprobeCaptureTaskFrames(LeakprobeRawFrame* out, int max_frames);
+
 /* Returns 0 on success. */
 int LeakprobeResolvePythonFrame(const LeakprobeRawFrame* frame,
                                 LeakprobeResolvedFrame* out);

@@ -28,6 +28,17 @@
 // site-packages, leakprobe itself: the prefixes set by SetLibraryPrefixes,
 // plus "<frozen ...>" modules); the innermost frame when all are library.
 // Code without a file ("<string>", "<stdin>") is application code.
+//
+// Tasks a library spawns (asyncio): a task's own stack ends in the event
+// loop, so its site would be the line that started the loop. While a step
+// of such a task runs, its thread's task parent (SetTaskParent) is the
+// stack that created the task; every capture on that thread is then the
+// task's coroutine frames only (FrameSource::capture_task) followed by the
+// parent's frames, the "stitched" stack, and the site follows the await
+// chain into the application code that made the library spawn the task.
+// Stitched pairs are remembered (at most kMaxStitches; past that the own
+// stack is returned unstitched, counted in stacks_full).
+//
 // Thread-safety: all methods are thread-safe (one internal mutex). Capture
 // takes no lock, and neither does Intern of a stack interned recently: a
 // small lock-free cache keyed by a 64-bit hash of the raw frames answers
@@ -84,11 +95,26 @@ struct Frame {
 struct FrameSource {
   int (*capture)(LeakprobeRawFrame* out, int max_frames) = nullptr;
   int (*resolve)(const LeakprobeRawFrame* frame, LeakprobeResolvedFrame* out) = nullptr;
+  // The running coroutine chain only (see the header comment); optional.
+  int (*capture_task)(LeakprobeRawFrame* out, int max_frames) = nullptr;
 };
+
+namespace detail {
+extern __thread std::uint32_t tls_task_parent __attribute__((tls_model("initial-exec")));
+}  // namespace detail
+
+// The stack that created the task whose step runs on this thread now
+// (kEmptyStack: none); returns the previous one, to restore.
+inline std::uint32_t SetTaskParent(std::uint32_t stack) noexcept {
+  const std::uint32_t previous = detail::tls_task_parent;
+  detail::tls_task_parent = stack;
+  return previous;
+}
 
 class StackTable {
  public:
   static constexpr std::size_t kMaxDepth = 128;
+  static constexpr std::size_t kMaxStitches = 65536;
 
   using Limits = StackTableLimits;
 
@@ -103,12 +129,13 @@ class StackTable {
   void SetLibraryPrefixes(std::vector<std::string> prefixes);
 
   // Captures up to `max_frames` raw frames of the calling thread; 0 when no
-  // source is set.
+  // source is set. Inside a task step with a parent (SetTaskParent), the
+  // coroutine chain only.
   int Capture(LeakprobeRawFrame* out, int max_frames) const noexcept;
   // Interns raw frames captured on this thread just now (they are resolved
-  // from live code objects). Never throws: out of memory, it returns
-  // kOverflowStack and counts it (out_of_memory), the tables left as they
-  // were.
+  // from live code objects), stitched to the thread's task parent if any. Never throws:
+  // out of memory, it returns kOverflowStack and counts it (out_of_memory), the tables
+  // left as they were.
   StackId Intern(const LeakprobeRawFrame* frames, int n) noexcept;
   // Capture(max_frames) then Intern, for hooks that intern on every event
   // (fd creations): a stack in the recent-stack cache costs one walk of the
@@ -179,6 +206,15 @@ class StackTable {
   // cannot resolve it.
   bool ResolveFrame(const LeakprobeRawFrame& raw, std::uint32_t* id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Intern without the task parent.
+  StackId InternOwn(const LeakprobeRawFrame* frames, int n) noexcept;
+  // `own` followed by the thread's task parent, if it has one.
+  StackId Stitched(StackId own) noexcept;
+  StackId StitchOrThrow(StackId own, StackId parent);
+  // The stack of frame ids `ids` (n of them): found or added. `hash` is
+  // the raw frames' hash to cache it under, 0 for none.
+  StackId InternIdsLocked(const std::uint32_t* ids, int n, std::uint64_t hash)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::size_t MemoryBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   bool IsLibrary(const std::string& filename) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -200,6 +236,8 @@ class StackTable {
   TableMap<std::string, std::uint32_t> frame_by_text_ ABSL_GUARDED_BY(mu_);
   std::vector<Stack> stacks_ ABSL_GUARDED_BY(mu_);  // [0] empty, [1] overflow
   TableMap<std::string, StackId> stack_index_ ABSL_GUARDED_BY(mu_);
+  // (own << 32 | parent) → stitched stack.
+  TableMap<std::uint64_t, StackId> stitches_ ABSL_GUARDED_BY(mu_);
   // Heap blocks of the strings and frame lists above (keys included).
   std::size_t heap_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   StackTableStats counts_ ABSL_GUARDED_BY(mu_);  // the overflow counts only

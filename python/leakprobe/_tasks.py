@@ -1,0 +1,136 @@
+"""Async attribution: tasks that a library spawns are attributed to the
+application code that made the library spawn them (docs/heap.md, "Async
+code").
+
+An asyncio task's own stack ends in the event loop: a socket that anyio's
+``connect_tcp`` opens in a task of its own (as httpx.AsyncClient does) would
+be attributed to the line that called ``asyncio.run()``. So when a task is
+created whose coroutine is library code, the creating stack is captured
+(the await chain of the task that spawned it, application frames included)
+and the task's coroutine is wrapped: while each of its steps runs, the
+thread's *task parent* is that stack, and every capture on the thread (heap
+samples, fd creations, tracked objects) is the task's coroutine frames
+followed by it. Tasks spawned by such a task chain on, since their creating
+stack is itself stitched.
+
+Hooked at ``asyncio.BaseEventLoop.create_task``, which every asyncio loop
+(and ``asyncio.create_task``, ``TaskGroup``, ``gather``, anyio) goes
+through; uvloop's loop is native code and is not covered. Tasks whose
+coroutine is application code are left alone: their own frames name the
+site. The wrapper is a ``collections.abc.Coroutine`` that forwards every
+other attribute (``cr_frame``, ``cr_code``, ``__qualname__``...) to the
+wrapped coroutine.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import functools
+from typing import Any
+
+_native: Any = None
+_prefixes: tuple[str, ...] = ()
+_library_code: dict[Any, bool] = {}  # code object -> is library code (bounded)
+_MAX_CODES = 4096
+CREATION_FRAMES = 64  # of a library task's creating stack: deep enough to
+# reach through the library's layers into the application's frames
+_original: Any = None  # BaseEventLoop.create_task before install()
+
+
+class _SpawnedCoroutine(collections.abc.Coroutine):
+    """A library task's coroutine, run with its creating stack as the
+    thread's task parent."""
+
+    __slots__ = ("_coro", "_parent", "_set_parent")
+
+    def __init__(self, coro: Any, parent: int, set_parent: Any) -> None:
+        self._coro = coro
+        self._parent = parent
+        self._set_parent = set_parent  # kept: works after stop() too
+
+    def send(self, value: Any) -> Any:
+        previous = self._set_parent(self._parent)
+        try:
+            return self._coro.send(value)
+        finally:
+            self._set_parent(previous)
+
+    def throw(self, *args: Any) -> Any:
+        previous = self._set_parent(self._parent)
+        try:
+            return self._coro.throw(*args)
+        finally:
+            self._set_parent(previous)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Any:
+        return self
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._coro, name)
+
+    def __repr__(self) -> str:
+        return repr(self._coro)
+
+
+def _is_library(coro: Any) -> bool:
+    code = getattr(coro, "cr_code", None)
+    if code is None:
+        return False
+    known = _library_code.get(code)
+    if known is None:
+        known = code.co_filename.startswith(_prefixes) or code.co_filename.startswith("<frozen ")
+        if len(_library_code) >= _MAX_CODES:
+            _library_code.clear()
+        _library_code[code] = known
+    return known
+
+
+def _wrap(create_task: Any) -> Any:
+    @functools.wraps(create_task)
+    def create_task_with_parent(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
+        native = _native
+        if native is not None and type(coro) is not _SpawnedCoroutine:
+            try:
+                if _is_library(coro):
+                    parent = native.capture_stack_id(CREATION_FRAMES)
+                    if parent:
+                        coro = _SpawnedCoroutine(coro, parent, native.set_task_parent)
+            except Exception:  # never fail the application's create_task
+                pass
+        return create_task(self, coro, *args, **kwargs)
+
+    create_task_with_parent.__leakprobe_wrapped__ = True  # type: ignore[attr-defined]
+    return create_task_with_parent
+
+
+def install(base_events: Any, native: Any, library_prefixes: list[str]) -> None:
+    """Wraps ``base_events.BaseEventLoop.create_task`` (idempotent)."""
+    global _native, _prefixes, _original
+    _native = native
+    _prefixes = tuple(library_prefixes)
+    _library_code.clear()
+    loop_class = base_events.BaseEventLoop
+    current = loop_class.create_task
+    if getattr(current, "__leakprobe_wrapped__", False):
+        return
+    _original = current
+    loop_class.create_task = _wrap(current)
+
+
+def uninstall(base_events: Any) -> None:
+    """Restores the original ``create_task``; tasks already wrapped finish
+    as they are (with no parent once leakprobe is stopped)."""
+    global _native, _original
+    if _original is not None:
+        base_events.BaseEventLoop.create_task = _original
+        _original = None
+    _native = None
