@@ -22,8 +22,9 @@ inline std::int64_t MonotonicNs() noexcept {
 }
 
 // CLOCK_MONOTONIC_COARSE in nanoseconds: the same clock as MonotonicNs(),
-// read without the time-stamp counter, so it lags it by up to one kernel
-// tick (1-10 ms) and never leads it. For record timestamps on hot paths,
+// read without the time-stamp counter, so it lags it by a few milliseconds
+// (the last timekeeping tick: up to 6 ms seen with 4 ms ticks) and never
+// leads it. For record timestamps on hot paths,
 // where an age is reported, not a duration measured (fd records: 2-3x
 // cheaper than MonotonicNs() per creation).
 inline std::int64_t CoarseMonotonicNs() noexcept {
