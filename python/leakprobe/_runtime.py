@@ -223,6 +223,9 @@ def start(**options: Any) -> dict[str, Any]:
         return status()
 
 
+_async_hook_registered: list[bool] = []  # the post-import hook, once
+
+
 def _start_async_attribution(native: Any, prefixes: list[str]) -> None:
     """Library-spawned asyncio tasks are stitched to their creator (_tasks),
     from when the application imports asyncio (now, if it has)."""
@@ -232,6 +235,16 @@ def _start_async_attribution(native: Any, prefixes: list[str]) -> None:
     base_events = sys.modules.get("asyncio.base_events")
     if base_events is not None:
         install(base_events)
+    elif not _async_hook_registered:
+        _async_hook_registered.append(True)
+        import wrapt  # a post-import hook, once per process
+
+        def on_import(module: Any) -> None:
+            state = _state
+            if state is not None and (state.config.heap or state.config.fds):
+                _tasks.install(module, _native(), _library_prefixes())
+
+        wrapt.register_post_import_hook(on_import, "asyncio.base_events")
 
 
 def _start_fds(native: Any, config: Config) -> bool:
