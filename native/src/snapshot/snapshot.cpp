@@ -17,6 +17,7 @@ Snapshot TakeSnapshot() {
   if (heap.enabled()) snapshot.heap = heap.Summary();
   if (FdHooksActive()) snapshot.fd = SummarizeFds(ProcessFdTable());
   snapshot.hook_passes = ReadHookPasses();
+  snapshot.containers = ContainerStore::Instance().Summary();
   snapshot.version = kVersion;
   return snapshot;
 }
