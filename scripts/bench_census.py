@@ -71,11 +71,64 @@ CHILD = textwrap.dedent("""
 """)
 
 
+# One discovery pass (docs/containers.md#discovery) in a process with a web
+# stack imported (library modules: skipped by path) and `modules` generated
+# application modules of 50 functions (5 of them unbounded lru_caches) and 5
+# classes of 10 methods each.
+DISCOVERY_CHILD = textwrap.dedent("""
+    import json, os, statistics, sys, tempfile, time
+    import fastapi, httpx, uvicorn  # noqa: F401  (a realistic sys.modules)
+    from leakprobe import _containers
+
+    modules = int(sys.argv[1])
+    root = tempfile.mkdtemp()
+    sys.path.insert(0, root)
+    body = ["import functools"]
+    body += [f"@functools.cache\\ndef cached{i}(x): return x" for i in range(5)]
+    body += [f"def f{i}(x): return x" for i in range(45)]
+    for c in range(5):
+        body.append(f"class C{c}:")
+        body += [f"    def m{i}(self): return {i}" for i in range(10)]
+    text = "\\n".join(body) + "\\n"
+    for m in range(modules):
+        with open(os.path.join(root, f"appmod{m}.py"), "w") as f:
+            f.write(text)
+        __import__(f"appmod{m}")
+    times = []
+    for _ in range(7):
+        started = time.perf_counter()
+        _containers.discover(None)
+        times.append(time.perf_counter() - started)
+    found = sum(1 for s in _containers.containers() if s.origin == "lru_cache")
+    print(json.dumps({"modules": len(sys.modules), "found": found,
+                      "median": statistics.median(times), "max": max(times)}))
+""")
+
+
+def discovery(modules: int, markdown: bool) -> int:
+    out = subprocess.run([sys.executable, "-c", DISCOVERY_CHILD, str(modules)],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        return 1
+    r = json.loads(out.stdout)
+    if markdown:
+        print("\n| modules in sys.modules (application) | caches found | discovery pass, median "
+              "| worst of 7 |\n|---|---|---|---|")
+        print(f"| {r['modules']} ({modules}) | {r['found']} | {r['median'] * 1e3:.1f} ms "
+              f"| {r['max'] * 1e3:.1f} ms |")
+    else:
+        print(r)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--millions", type=float, nargs="+", default=[1, 5])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--discovery-modules", type=int, default=200,
+                        help="application modules for the discovery row (0: no row)")
     args = parser.parse_args()
     table = []
     for millions in args.millions:
@@ -100,6 +153,8 @@ def main() -> int:
                  f"{median['duration'] * 1e3:.0f} ms",
                  f"{worst['ticker_late'] * 1e3:.1f} ms")
         print("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
+    if args.discovery_modules:
+        return discovery(args.discovery_modules, args.markdown)
     return 0
 
 

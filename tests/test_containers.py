@@ -203,6 +203,17 @@ def fetch(x):
     return x
 
 from functools import cache as imported_cache_decorator  # not a cache itself
+ALIAS = TABLE  # the same cache under a second name: discovered once
+
+class Hostile:  # a lazy proxy outside its context: every look at it raises
+    def __getattr__(self, name):
+        raise RuntimeError("working outside of application context")
+
+    @property
+    def __class__(self):
+        raise RuntimeError("working outside of application context")
+
+PROXY = Hostile()
 
 class Repo:
     SHARED = cachetools.LFUCache(maxsize=5)
@@ -244,6 +255,12 @@ def test_discovery_names_unbounded_caches_by_module_and_qualname(tmp_path, monke
         }
         assert {s.origin for s in _containers.containers() if s.name in found} == \
             {"lru_cache", "cachetools"}
+        # Already watched under a name of the application's: not discovered again.
+        _containers.reset()
+        _containers.watch(app_caches.TABLE, "app.table")
+        _containers.discover(_native)
+        assert "app_caches:TABLE" not in rows() and "app_caches:ALIAS" not in rows()
+        assert rows()["app.table"] == ("cachetools.LRUCache", 7, 100)
         # Later passes keep them, measured each sampler pass.
         app_caches.unbounded(100)
         _containers.sample(_native)

@@ -339,47 +339,66 @@ def _application_modules() -> Iterable[Any]:
             yield module
 
 
-def _cache_of(value: Any) -> tuple[Any, str] | None:
-    """The cache a module- or class-level value is, or holds: an unbounded
-    lru_cache wrapper, a cachetools cache, or a cachetools-decorated
-    function (its ``cache`` attribute)."""
-    if isinstance(value, (staticmethod, classmethod)):
-        value = value.__func__
-    if _is_lru_wrapper(value):
-        try:
+def _cache_finder() -> Callable[[Any], tuple[Any, str] | None]:
+    """A function telling the cache a module- or class-level value is, or
+    holds: an unbounded lru_cache wrapper, a cachetools cache, or a
+    cachetools-decorated function (its ``cache`` attribute). By exact types
+    (``type()``, never ``__class__``): cheap, and safe on lazy proxies."""
+    lru_type = getattr(functools, "_lru_cache_wrapper", None)
+    cache_type = getattr(sys.modules.get("cachetools"), "Cache", None)
+    if not isinstance(cache_type, type):
+        cache_type = None
+
+    def find(value: Any) -> tuple[Any, str] | None:
+        cls = type(value)
+        if cls is staticmethod or cls is classmethod:
+            value = value.__func__
+            cls = type(value)
+        if cls is lru_type:
             return (value, "lru_cache") if value.cache_info().maxsize is None else None
-        except Exception:
+        if cache_type is None:
             return None
-    if _cachetools_cache(value):
-        return value, "cachetools"
-    held = getattr(value, "cache", None) if callable(value) else None
-    if held is not None and _cachetools_cache(held):
-        return held, "cachetools"
-    return None
+        if issubclass(cls, cache_type):
+            return value, "cachetools"
+        if callable(value):  # cachetools.cached(cache): a function, or a wrapper object (8.x)
+            namespace = getattr(value, "__dict__", None)
+            held = namespace.get("cache") if type(namespace) is dict else None
+            if held is not None and issubclass(type(held), cache_type):
+                return held, "cachetools"
+        return None
+
+    return find
 
 
 def _scan_namespace(module_name: str, prefix: str, namespace: dict[str, Any],
-                    found: dict[str, tuple[Any, str]], depth: int) -> None:
+                    found: dict[str, tuple[Any, str]], depth: int,
+                    find: Callable[[Any], tuple[Any, str] | None]) -> None:
     for attr, value in list(namespace.items()):
-        cache = _cache_of(value)
-        if cache is not None:
-            qualname = getattr(value, "__qualname__", None)
-            owner_module = getattr(value, "__module__", module_name)
-            if not isinstance(qualname, str) or cache[1] == "cachetools" and value is cache[0]:
-                qualname = prefix + attr  # a cache instance: where it is bound
-                owner_module = module_name
-            if owner_module == module_name:  # defined here, not imported
-                found.setdefault(f"{module_name}:{qualname}", cache)
-        elif depth == 0 and isinstance(value, type) and value.__module__ == module_name:
-            try:
-                _scan_namespace(module_name, f"{value.__qualname__}.", dict(vars(value)),
-                                found, 1)
-            except Exception:
-                continue
+        try:
+            _scan_value(module_name, prefix, attr, value, found, depth, find)
+        except Exception:  # a lazy proxy whose attributes raise, and the like: skip it
+            continue
+
+
+def _scan_value(module_name: str, prefix: str, attr: str, value: Any,
+                found: dict[str, tuple[Any, str]], depth: int,
+                find: Callable[[Any], tuple[Any, str] | None]) -> None:
+    cache = find(value)
+    if cache is not None:
+        qualname = getattr(value, "__qualname__", None)
+        owner_module = getattr(value, "__module__", module_name)
+        if not isinstance(qualname, str) or cache[1] == "cachetools" and value is cache[0]:
+            qualname = prefix + attr  # a cache instance: where it is bound
+            owner_module = module_name
+        if owner_module == module_name:  # defined here, not imported
+            found.setdefault(f"{module_name}:{qualname}", cache)
+    elif depth == 0 and issubclass(type(value), type) and value.__module__ == module_name:
+        _scan_namespace(module_name, f"{value.__qualname__}.", dict(vars(value)), found, 1, find)
 
 
 def _discover_caches() -> dict[str, tuple[Any, str]]:
     found: dict[str, tuple[Any, str]] = {}
+    find = _cache_finder()
     for module in _application_modules():
         try:
             namespace = vars(module)
@@ -387,7 +406,7 @@ def _discover_caches() -> dict[str, tuple[Any, str]]:
             continue
         name = namespace.get("__name__")
         if isinstance(name, str):
-            _scan_namespace(name, "", dict(namespace), found, 0)
+            _scan_namespace(name, "", dict(namespace), found, 0, find)
     return found
 
 
@@ -408,11 +427,16 @@ def _owner_attributes(owners: dict[str, list[Any]]) -> dict[tuple[str, str], tup
             except TypeError:
                 continue
             for attr, value in list(namespace.items()):
-                if isinstance(attr, str) and _unbounded_container(value):
+                try:
+                    if not isinstance(attr, str) or not _unbounded_container(value):
+                        continue
                     kind = _classify(value)
-                    key = (type_name, attr)
-                    total = totals.get(key, (0, ""))[0] + len(value)
-                    totals[key] = (total, kind[0] if kind else "dict")
+                    length = len(value)
+                except Exception:  # an application __len__ or __class__ that raises
+                    continue
+                key = (type_name, attr)
+                total = totals.get(key, (0, ""))[0] + length
+                totals[key] = (total, kind[0] if kind else "dict")
     return totals
 
 
@@ -442,16 +466,20 @@ def discover(native: Any | None = None) -> None:
     container attributes of tracked owners that grew at GROWTH_PASSES
     passes in a row (named ``OwnerType.attribute``, sized as the total over
     live owners)."""
+    with _lock:
+        known = {id(obj) for obj in (e.ref() for e in _entries.values()) if obj is not None}
+        room = MAX_DISCOVERED - _discovered_count()
     for name, (cache, origin) in _discover_caches().items():
-        with _lock:
-            if name in _entries or _discovered_count() >= MAX_DISCOVERED:
-                continue
+        if id(cache) in known or name in _entries:
+            continue  # watched, or found before (under this name or another)
+        known.add(id(cache))
         classified = _classify(cache)
-        if classified is None:
+        if classified is None or room <= 0:
             continue
         entry = _Entry(name, classified[0], origin, cache, classified[1])
         with _lock:
-            _entries.setdefault(name, entry)
+            if _entries.setdefault(name, entry) is entry:
+                room -= 1
     _discover_attributes(owner_source())
     if native is not None:
         push(native)
@@ -593,8 +621,13 @@ def reset() -> None:
 
 
 def _after_fork() -> None:
-    global _lock
+    global _lock, _census_baseline, _census_last, _census_stopped
     _lock = threading.Lock()  # another thread may have held it at the fork
+    # The child's census measures the child's growth, from its own baseline.
+    _census_baseline = None
+    _census_last = []
+    _census_stopped = False
+    _census_figures[:] = [0, 0, 0.0, 0.0]
 
 
 os.register_at_fork(after_in_child=_after_fork)
