@@ -507,3 +507,48 @@ def test_a_census_that_pauses_too_long_switches_itself_off(server_factory):
     (warning,) = [line for line in stderr.splitlines() if "census" in line]
     assert "more than LEAKPROBE_CENSUS_MAX_PAUSE=0.001 s; census switched off until the next " \
         "start" in warning, warning
+
+
+FORK_WHILE_SAMPLING = """
+import collections, functools, os, sys, threading, time, warnings, leakprobe
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+watched = [collections.deque([i]) for i in range(200)]
+handles = [leakprobe.watch(d, f"d{i}") for i, d in enumerate(watched)]
+
+@functools.cache
+def lookup(x):
+    return x
+
+stop = threading.Event()
+def churn():  # another thread taking the registry's lock all the time
+    i = 0
+    while not stop.is_set():
+        with leakprobe.watch({}, f"churn{i % 3}"):
+            lookup(i)
+        i += 1
+threading.Thread(target=churn, daemon=True).start()
+for n in range(30):
+    pid = os.fork()
+    if pid == 0:
+        # The child takes the lock and runs a census and a discovery pass itself.
+        with leakprobe.watch([], "child"):
+            from leakprobe import _containers, _native
+            _containers.discover(_native)
+            _containers.census_once(_native, top=5)
+            sizes = {s.name: s.size for s in leakprobe.containers()}
+        os._exit(0 if sizes.get("d7") == 1 and "__main__:lookup" in sizes else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0, (n, status)
+    time.sleep(0.01)
+stop.set()
+print("ok")
+"""
+
+
+def test_forks_while_the_sampler_and_another_thread_use_the_registry_never_hang():
+    from conftest import run_python
+
+    result = run_python(FORK_WHILE_SAMPLING, timeout=120, LEAKPROBE_SAMPLE_INTERVAL="0.01",
+                        LEAKPROBE_CONTAINER_DISCOVER_INTERVAL="0.05", LEAKPROBE_CENSUS="1",
+                        LEAKPROBE_CENSUS_INTERVAL="0.05")
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
