@@ -552,3 +552,37 @@ def test_forks_while_the_sampler_and_another_thread_use_the_registry_never_hang(
                         LEAKPROBE_CONTAINER_DISCOVER_INTERVAL="0.05", LEAKPROBE_CENSUS="1",
                         LEAKPROBE_CENSUS_INTERVAL="0.05")
     assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
+
+
+def test_names_cut_to_the_same_label_are_exported_once_and_stay_valid(tmp_path, monkeypatch):
+    long = "C" * 130  # two classes whose names differ past the 127-byte cut
+    (tmp_path / "app_long.py").write_text(textwrap.dedent(f"""
+        import functools
+        class {long}1:
+            @functools.cache
+            def m(self, x):
+                return x
+        class {long}2:
+            @functools.cache
+            def m(self, x):
+                return x
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import app_long
+    try:
+        getattr(app_long, long + "1")().m(1)
+        for x in range(3):
+            getattr(app_long, long + "2")().m(x)
+        _containers.discover(_native)
+        found = {name: r for name, r in rows().items() if name.startswith("app_long:")}
+        # The larger of the two, under the cut name; both still listed in Python.
+        assert found == {("app_long:" + long)[:127]: ("lru_cache", 3, -1)}
+        assert _native.container_summary()["watched"] == 2
+        assert {s.name for s in _containers.containers()} == \
+            {f"app_long:{long}1.m", f"app_long:{long}2.m"}
+    finally:
+        del sys.modules["app_long"]
+    with pytest.raises(ValueError, match="non-printable"):  # a lone surrogate
+        _containers.watch({}, "bad\udcff")
+    assert _containers._label("mod\udcff:f") == "mod\\xff:f"
+    assert _containers._label("é" * 100) == "é" * 63  # 126 bytes: no half character

@@ -35,6 +35,8 @@ ACCEPTED = ("dict", "list", "set", "collections.deque", "collections.OrderedDict
 HISTORY = 120  # sizes kept per container, one per sampler pass
 MAX_DISCOVERED = 256  # discovered containers kept at once (watch() has no cap)
 MAX_NAME_BYTES = 127  # the native store's cut
+MAX_EXPORTED = 64  # the native store's rows: the largest containers
+MAX_OWNER_ATTRIBUTES = 4096  # (owner type, attribute) pairs followed by discovery
 GROWTH_PASSES = 3  # an owner attribute is discovered after growing at this many passes in a row
 OWNER_LIMIT = 1000  # live instances of one tracked type inspected per discovery pass
 CENSUS_CHUNK = 50_000  # objects counted per GIL hold by the census
@@ -209,7 +211,7 @@ def _check_name(name: Any) -> str:
     if not name.isprintable():
         raise ValueError(f"watch(): name {name!r} has non-printable characters; "
                          "accepted: printable text, e.g. 'app.sessions' or 'module:qualname'")
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:  # printable: no lone surrogates
         raise ValueError(f"watch(): name {name[:40]!r}... is longer than {MAX_NAME_BYTES} "
                          "bytes of UTF-8 (a Prometheus label value leakprobe keeps short)")
     return name
@@ -302,11 +304,29 @@ def sample(native: Any) -> None:
     push(native)
 
 
+def _label(text: str) -> str:
+    """`text` as a label value the native store keeps whole: valid UTF-8
+    (a lone surrogate of a module name becomes \\xNN), at most
+    MAX_NAME_BYTES bytes, cut at a character boundary."""
+    data = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    encoded = data.encode("utf-8")
+    if len(encoded) <= MAX_NAME_BYTES:
+        return data
+    return encoded[:MAX_NAME_BYTES].decode("utf-8", "ignore")
+
+
 def push(native: Any) -> None:
     with _lock:
         entries = sorted(_entries.values(), key=lambda e: (-e.size, e.name))
-    rows = [(e.name, e.kind, e.size, -1 if e.maxsize is None else e.maxsize)
-            for e in entries[:64]]
+    rows = []
+    labels: set[tuple[str, str]] = set()
+    for e in entries:  # largest first; a name cut to another's is exported once
+        key = (_label(e.name), e.kind)
+        if key not in labels:
+            labels.add(key)
+            rows.append((key[0], key[1], e.size, -1 if e.maxsize is None else e.maxsize))
+            if len(rows) == MAX_EXPORTED:
+                break
     native.set_containers(rows, len(entries))
 
 
@@ -500,6 +520,8 @@ def _discover_attributes(owners: dict[str, list[Any]]) -> None:
                 if entry is not None and entry.origin == "attribute":
                     del _entries[name]  # no live owner holds it any more
         for key, (total, kind) in totals.items():
+            if key not in _growth and len(_growth) >= MAX_OWNER_ATTRIBUTES:
+                continue  # attribute names made on the fly: follow the first ones only
             last, streak = _growth.get(key, (None, 0))
             streak = streak + 1 if last is not None and total > last else 0
             _growth[key] = (total, streak)
@@ -553,7 +575,7 @@ def census_once(native: Any | None, top: int, chunk: int = CENSUS_CHUNK) -> list
     del objects
     counts: dict[str, int] = {}
     for cls, n in by_type.items():
-        name = _type_name(cls)
+        name = _label(_type_name(cls))
         counts[name] = counts.get(name, 0) + n
     del by_type
     with _lock:
