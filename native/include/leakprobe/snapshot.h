@@ -13,7 +13,7 @@
 
 #include "leakprobe/fd/fd_summary.h"
 #include "leakprobe/heap/heap_summary.h"
-#include "leakprobe/objects/containers.h"
+#include "leakprobe/objects/containers_summary.h"
 #include "leakprobe/process/process_stats.h"
 #include "leakprobe/process/runtime_stats.h"
 #include "leakprobe/runtime/hook_passes.h"

@@ -3,6 +3,7 @@
 #include "leakprobe/fd/fd_hooks.h"
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/heap/heap_tracker.h"
+#include "leakprobe/objects/containers.h"
 #include "leakprobe/version.h"
 
 namespace leakprobe {

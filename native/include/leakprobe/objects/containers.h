@@ -9,7 +9,8 @@
 //
 // Only Python code can call len() on a Python object, and the scrape thread
 // must never take the GIL: the sampler measures under the GIL and writes
-// here; the exporter reads the last values.
+// here; the exporter reads the last values (as the value types of
+// containers_summary.h, which is what the snapshot includes).
 // Thread-safety: there are no locks, so a forked child can never inherit
 // one held. Every field is an atomic inside one seqlock (the fd table's
 // ordering, see fd_table.h): readers may run concurrently on any thread and
@@ -27,35 +28,9 @@
 #include <string_view>
 #include <vector>
 
+#include "leakprobe/objects/containers_summary.h"
+
 namespace leakprobe {
-
-struct ContainerSize {
-  std::string name;  // "module:qualname", "Type.attribute" or watch()'s name
-  std::string kind;  // "dict", "list", "set", "deque", "OrderedDict", ...
-  std::uint64_t size = 0;
-  std::int64_t maxsize = -1;  // -1: unbounded
-};
-
-struct CensusType {
-  std::string type;  // "dict", "app.models.Order"
-  std::uint64_t objects = 0;
-  std::int64_t growth = 0;  // objects minus the first census's count
-};
-
-struct CensusFigures {
-  std::uint64_t runs = 0;
-  std::uint64_t objects = 0;    // gc-tracked objects seen by the last run
-  double pause_seconds = 0;     // longest GIL hold of the last run
-  double duration_seconds = 0;  // wall time of the last run
-};
-
-struct ContainerSummary {
-  std::vector<ContainerSize> containers;  // at most kMaxContainers
-  std::uint64_t watched = 0;              // watched or discovered, exported or not
-  std::vector<CensusType> census;         // at most kMaxCensusTypes
-  CensusFigures census_figures;
-  std::uint64_t torn_reads = 0;  // reads that gave up on the rows (writer busy)
-};
 
 class ContainerStore {
  public:
