@@ -34,7 +34,10 @@ std::uint64_t ContainerStore::BeginWrite() noexcept {
   // has no writer thread any more) is claimed as if it were even.
   const std::uint64_t base =
       sequence_.load(std::memory_order_relaxed) & ~std::uint64_t{1};
-  // acquire: no payload store below may move before the claim.
+  // Boehm's seqlock with acquire/release payload accesses, as the fd table
+  // (fd_table.h): the claim is an RMW; every payload store below is a
+  // release, so a reader whose acquire load sees one happens-after the claim
+  // and its re-check of sequence_ sees the claim or later.
   sequence_.exchange(base + 1, std::memory_order_acquire);
   return base + 2;
 }
@@ -51,7 +54,7 @@ void ContainerStore::StoreName(Name* to, std::string_view text) noexcept {
     if (offset < cut.size()) {
       std::memcpy(&word, cut.data() + offset, std::min(sizeof word, cut.size() - offset));
     }
-    (*to)[w].store(word, std::memory_order_relaxed);
+    (*to)[w].store(word, std::memory_order_release);
   }
 }
 
@@ -72,11 +75,11 @@ void ContainerStore::SetContainers(const std::vector<ContainerSize>& rows,
     ContainerRow& row = containers_[i];
     StoreName(&row.name, rows[i].name);
     StoreName(&row.kind, rows[i].kind);
-    row.size.store(rows[i].size, std::memory_order_relaxed);
-    row.maxsize.store(rows[i].maxsize, std::memory_order_relaxed);
+    row.size.store(rows[i].size, std::memory_order_release);
+    row.maxsize.store(rows[i].maxsize, std::memory_order_release);
   }
-  container_count_.store(n, std::memory_order_relaxed);
-  watched_.store(watched, std::memory_order_relaxed);
+  container_count_.store(n, std::memory_order_release);
+  watched_.store(watched, std::memory_order_release);
   EndWrite(sequence);
 }
 
@@ -87,14 +90,14 @@ void ContainerStore::SetCensus(const std::vector<CensusType>& rows,
   for (std::size_t i = 0; i < n; ++i) {
     CensusRow& row = census_[i];
     StoreName(&row.type, rows[i].type);
-    row.objects.store(rows[i].objects, std::memory_order_relaxed);
-    row.growth.store(rows[i].growth, std::memory_order_relaxed);
+    row.objects.store(rows[i].objects, std::memory_order_release);
+    row.growth.store(rows[i].growth, std::memory_order_release);
   }
-  census_count_.store(n, std::memory_order_relaxed);
-  census_runs_.store(figures.runs, std::memory_order_relaxed);
-  census_objects_.store(figures.objects, std::memory_order_relaxed);
-  census_pause_.store(figures.pause_seconds, std::memory_order_relaxed);
-  census_duration_.store(figures.duration_seconds, std::memory_order_relaxed);
+  census_count_.store(n, std::memory_order_release);
+  census_runs_.store(figures.runs, std::memory_order_release);
+  census_objects_.store(figures.objects, std::memory_order_release);
+  census_pause_.store(figures.pause_seconds, std::memory_order_release);
+  census_duration_.store(figures.duration_seconds, std::memory_order_release);
   EndWrite(sequence);
 }
 

@@ -12,12 +12,12 @@
 // here; the exporter reads the last values (as the value types of
 // containers_summary.h, which is what the snapshot includes).
 // Thread-safety: there are no locks, so a forked child can never inherit
-// one held. Every field is an atomic inside one seqlock (the fd table's
-// ordering, see fd_table.h): readers may run concurrently on any thread and
-// retry a bounded number of times while a write is in progress (then they
-// return the figures without the rows, counted in torn_reads). Writers
-// (Set*) must be serialized by the caller: the bindings call them with the
-// GIL held.
+// one held. Every field is an atomic inside one seqlock, ordered as the fd
+// table's (fd_table.h: release payload stores, acquire payload loads).
+// Readers may run concurrently on any thread; while a write is in progress
+// they retry, a bounded number of times (then they return an empty
+// summary, counted in torn_reads). Writers (Set*) must be serialized by the
+// caller: the bindings call them with the GIL held.
 #pragma once
 
 #include <array>
