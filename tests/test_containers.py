@@ -586,3 +586,53 @@ def test_names_cut_to_the_same_label_are_exported_once_and_stay_valid(tmp_path, 
         _containers.watch({}, "bad\udcff")
     assert _containers._label("mod\udcff:f") == "mod\\xff:f"
     assert _containers._label("é" * 100) == "é" * 63  # 126 bytes: no half character
+
+
+GLOBALS_MODULE = """
+import collections
+
+# Unbounded, like examples/leaky_service/app.py's: one entry per prompt.
+_SUMMARY_CACHE: dict[str, str] = {}
+EVENTS = collections.deque()  # no maxlen: grows
+RECENT = collections.deque(maxlen=10)  # bounded: never followed
+WARM = set()  # fills once, then steady
+WATCHED = []  # watched by the application: measured under its own name only
+
+class Registry:
+    items = {}
+"""
+
+
+def test_growing_module_and_class_level_containers_are_discovered_by_name(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "app_globals.py").write_text(GLOBALS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import app_globals as g
+    try:
+        _containers.watch(g.WATCHED, "app.watched")
+        seen = []
+        for n in range(1, 7):
+            for i in range(10):
+                g._SUMMARY_CACHE[f"prompt {n}-{i}"] = "summary"
+                g.EVENTS.append(i)
+                g.RECENT.append(i)
+                g.Registry.items[(n, i)] = i
+                g.WATCHED.append(i)
+                if n <= 2:
+                    g.WARM.add((n, i))
+            _containers.discover(_native)
+            seen.append({k: v for k, v in rows().items() if k.startswith("app_globals:")})
+        assert seen[:3] == [{}, {}, {}]
+        assert seen[3] == {"app_globals:_SUMMARY_CACHE": ("dict", 40, -1),
+                           "app_globals:EVENTS": ("deque", 40, -1),
+                           "app_globals:Registry.items": ("dict", 40, -1)}
+        assert seen[5]["app_globals:_SUMMARY_CACHE"] == ("dict", 60, -1)
+        assert stat("app_globals:_SUMMARY_CACHE").origin == "global"
+        assert stat("app_globals:_SUMMARY_CACHE").history == (40, 50, 60)
+        assert rows()["app.watched"] == ("list", 0, -1)  # sampled by sample(), not discover()
+        # The module gone: its containers leave at the next pass.
+        del sys.modules["app_globals"]
+        _containers.discover(_native)
+        assert [k for k in rows() if k.startswith("app_globals:")] == []
+    finally:
+        sys.modules.pop("app_globals", None)

@@ -36,7 +36,7 @@ HISTORY = 120  # sizes kept per container, one per sampler pass
 MAX_DISCOVERED = 256  # discovered containers kept at once (watch() has no cap)
 MAX_NAME_BYTES = 127  # the native store's cut
 MAX_EXPORTED = 64  # the native store's rows: the largest containers
-MAX_OWNER_ATTRIBUTES = 4096  # (owner type, attribute) pairs followed by discovery
+MAX_FOLLOWED = 4096  # owner attributes and module globals followed by discovery's growth rule
 GROWTH_PASSES = 3  # an owner attribute is discovered after growing at this many passes in a row
 OWNER_LIMIT = 1000  # live instances of one tracked type inspected per discovery pass
 CENSUS_CHUNK = 50_000  # objects counted per GIL hold by the census
@@ -51,7 +51,7 @@ class ContainerStat(NamedTuple):
     kind: str  # "dict", "list", "set", "deque", "OrderedDict", "lru_cache", "cachetools.LRUCache"...
     size: int  # len(), the lru_cache's currsize, the cachetools cache's currsize
     maxsize: int | None  # None: unbounded
-    origin: str  # "watch", "lru_cache", "cachetools", "attribute"
+    origin: str  # "watch", "lru_cache", "cachetools", "global", "attribute"
     held: str  # "strong" (kept alive until unwatch) or "weak"
     history: tuple[int, ...]  # sizes at the last passes, oldest first
 
@@ -137,7 +137,8 @@ class Watch:
 
 
 _entries: dict[str, _Entry] = {}  # by name; watched and discovered
-# Owner attributes seen by discovery: (type name, attribute) -> (last total, passes grown in a row)
+# Growing containers followed by discovery: (origin, name) -> (last size, passes grown in a row);
+# origin "attribute" (OwnerType.attribute) or "global" (module:NAME).
 _growth: dict[tuple[str, str], tuple[int, int]] = {}
 _census_baseline: dict[str, int] | None = None
 _census_last: list[CensusStat] = []
@@ -293,8 +294,8 @@ def sample(native: Any) -> None:
                 if _entries.get(entry.name) is entry:
                     del _entries[entry.name]
             continue
-        if entry.origin == "attribute":
-            continue  # measured by discover(): a sum over live owners
+        if entry.origin in ("attribute", "global"):
+            continue  # measured by discover(): no reference is kept between passes
         try:
             entry.size, entry.maxsize = entry.measure(obj)
         except Exception:  # a broken __len__ of the application's: keep the last size
@@ -390,20 +391,36 @@ def _cache_finder() -> Callable[[Any], tuple[Any, str] | None]:
     return find
 
 
+class _Found:
+    """What one discovery pass found: caches by name, and the sizes of
+    unbounded containers bound to names of modules and classes."""
+
+    def __init__(self, find: Callable[[Any], tuple[Any, str] | None]) -> None:
+        self.find = find
+        self.caches: dict[str, tuple[Any, str]] = {}
+        self.containers: dict[str, tuple[int, str]] = {}
+        self.seen: set[int] = set()  # containers already counted (bound twice)
+
+
 def _scan_namespace(module_name: str, prefix: str, namespace: dict[str, Any],
-                    found: dict[str, tuple[Any, str]], depth: int,
-                    find: Callable[[Any], tuple[Any, str] | None]) -> None:
+                    found: _Found, depth: int) -> None:
     for attr, value in list(namespace.items()):
         try:
-            _scan_value(module_name, prefix, attr, value, found, depth, find)
+            _scan_value(module_name, prefix, attr, value, found, depth)
         except Exception:  # a lazy proxy whose attributes raise, and the like: skip it
             continue
 
 
 def _scan_value(module_name: str, prefix: str, attr: str, value: Any,
-                found: dict[str, tuple[Any, str]], depth: int,
-                find: Callable[[Any], tuple[Any, str] | None]) -> None:
-    cache = find(value)
+                found: _Found, depth: int) -> None:
+    cls = type(value)
+    if cls in _PLAIN_CONTAINERS or (cls is collections.deque and value.maxlen is None):
+        if not (attr.startswith("__") and attr.endswith("__")) and id(value) not in found.seen:
+            found.seen.add(id(value))
+            found.containers[f"{module_name}:{prefix}{attr}"] = (len(value), _PLAIN_CONTAINERS.get(
+                cls, "deque"))
+        return
+    cache = found.find(value)
     if cache is not None:
         qualname = getattr(value, "__qualname__", None)
         owner_module = getattr(value, "__module__", module_name)
@@ -411,14 +428,23 @@ def _scan_value(module_name: str, prefix: str, attr: str, value: Any,
             qualname = prefix + attr  # a cache instance: where it is bound
             owner_module = module_name
         if owner_module == module_name:  # defined here, not imported
-            found.setdefault(f"{module_name}:{qualname}", cache)
-    elif depth == 0 and issubclass(type(value), type) and value.__module__ == module_name:
-        _scan_namespace(module_name, f"{value.__qualname__}.", dict(vars(value)), found, 1, find)
+            found.caches.setdefault(f"{module_name}:{qualname}", cache)
+    elif depth == 0 and issubclass(cls, type) and value.__module__ == module_name:
+        _scan_namespace(module_name, f"{value.__qualname__}.", dict(vars(value)), found, 1)
 
 
-def _discover_caches() -> dict[str, tuple[Any, str]]:
-    found: dict[str, tuple[Any, str]] = {}
-    find = _cache_finder()
+# Exact types only: a subclass may be anything (a cache, a registry with its own bound).
+_PLAIN_CONTAINERS = {dict: "dict", list: "list", set: "set",
+                     collections.OrderedDict: "OrderedDict"}
+
+
+def _discover_caches(known: set[int]) -> tuple[dict[str, tuple[Any, str]],
+                                               dict[str, tuple[int, str]]]:
+    """Caches by name, and the unbounded containers bound to names of
+    application modules and their classes (size, kind), except the
+    containers whose id is in `known` (watched already)."""
+    found = _Found(_cache_finder())
+    found.seen |= known
     for module in _application_modules():
         try:
             namespace = vars(module)
@@ -426,8 +452,8 @@ def _discover_caches() -> dict[str, tuple[Any, str]]:
             continue
         name = namespace.get("__name__")
         if isinstance(name, str):
-            _scan_namespace(name, "", dict(namespace), found, 0, find)
-    return found
+            _scan_namespace(name, "", dict(namespace), found, 0)
+    return found.caches, found.containers
 
 
 def _unbounded_container(value: Any) -> bool:
@@ -436,10 +462,10 @@ def _unbounded_container(value: Any) -> bool:
     return isinstance(value, (dict, list, set))  # cachetools caches are bounded
 
 
-def _owner_attributes(owners: dict[str, list[Any]]) -> dict[tuple[str, str], tuple[int, str]]:
-    """(type name, attribute) -> (total length over live owners, kind) for
+def _owner_attributes(owners: dict[str, list[Any]]) -> dict[str, tuple[int, str]]:
+    """"OwnerType.attribute" -> (total length over live owners, kind) for
     the unbounded container attributes of the given owners."""
-    totals: dict[tuple[str, str], tuple[int, str]] = {}
+    totals: dict[str, tuple[int, str]] = {}
     for type_name, objects in owners.items():
         for obj in objects:
             try:
@@ -454,7 +480,7 @@ def _owner_attributes(owners: dict[str, list[Any]]) -> dict[tuple[str, str], tup
                     length = len(value)
                 except Exception:  # an application __len__ or __class__ that raises
                     continue
-                key = (type_name, attr)
+                key = f"{type_name}.{attr}"
                 total = totals.get(key, (0, ""))[0] + length
                 totals[key] = (total, kind[0] if kind else "dict")
     return totals
@@ -489,7 +515,8 @@ def discover(native: Any | None = None) -> None:
     with _lock:
         known = {id(obj) for obj in (e.ref() for e in _entries.values()) if obj is not None}
         room = MAX_DISCOVERED - _discovered_count()
-    for name, (cache, origin) in _discover_caches().items():
+    caches, globals_ = _discover_caches(set(known))
+    for name, (cache, origin) in caches.items():
         if id(cache) in known or name in _entries:
             continue  # watched, or found before (under this name or another)
         known.add(id(cache))
@@ -500,7 +527,8 @@ def discover(native: Any | None = None) -> None:
         with _lock:
             if _entries.setdefault(name, entry) is entry:
                 room -= 1
-    _discover_attributes(owner_source())
+    _follow_growth("global", globals_)
+    _follow_growth("attribute", _owner_attributes(owner_source()))
     if native is not None:
         push(native)
 
@@ -509,37 +537,38 @@ def _discovered_count() -> int:
     return sum(1 for e in _entries.values() if e.origin != "watch")
 
 
-def _discover_attributes(owners: dict[str, list[Any]]) -> None:
-    totals = _owner_attributes(owners)
+def _follow_growth(origin: str, totals: dict[str, tuple[int, str]]) -> None:
+    """One pass of the growth rule over containers of one origin, by name:
+    (size, kind) now. A name whose size grew at GROWTH_PASSES passes in a
+    row becomes a discovered entry, sized at each pass; it leaves when it
+    is no longer found."""
     with _lock:
-        for key in list(_growth):
-            if key not in totals:
-                del _growth[key]
-                name = f"{key[0]}.{key[1]}"
-                entry = _entries.get(name)
-                if entry is not None and entry.origin == "attribute":
-                    del _entries[name]  # no live owner holds it any more
-        for key, (total, kind) in totals.items():
-            if key not in _growth and len(_growth) >= MAX_OWNER_ATTRIBUTES:
-                continue  # attribute names made on the fly: follow the first ones only
+        for key in [k for k in _growth if k[0] == origin and k[1] not in totals]:
+            del _growth[key]
+            entry = _entries.get(key[1])
+            if entry is not None and entry.origin == origin:
+                del _entries[key[1]]  # no live owner or module holds it any more
+        for name, (total, kind) in totals.items():
+            key = (origin, name)
+            if key not in _growth and len(_growth) >= MAX_FOLLOWED:
+                continue  # names made on the fly: follow the first ones only
             last, streak = _growth.get(key, (None, 0))
             streak = streak + 1 if last is not None and total > last else 0
             _growth[key] = (total, streak)
-            name = f"{key[0]}.{key[1]}"
             entry = _entries.get(name)
-            if entry is not None and entry.origin == "attribute":
+            if entry is not None and entry.origin == origin:
                 entry.size = total
                 entry.history.append(total)
             elif entry is None and streak >= GROWTH_PASSES and \
                     _discovered_count() < MAX_DISCOVERED:
-                entry = _Entry(name, kind, "attribute", _ATTRIBUTE, _const(total))
-                entry.history = collections.deque([total], maxlen=HISTORY)
+                entry = _Entry(name, kind, origin, _ATTRIBUTE, _const(total))
                 _entries[name] = entry
 
 
 class _AttributeMarker:
-    """Stands for the owners' attribute: the entry's object is never None,
-    so sample() keeps it; its size comes from discover()."""
+    """Stands for a followed container (owners' attribute, module global):
+    the entry's object is never None, so sample() keeps it; its size comes
+    from discover(), which holds no reference between passes."""
 
 
 _ATTRIBUTE = _AttributeMarker()
