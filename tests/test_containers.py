@@ -582,6 +582,10 @@ def test_names_cut_to_the_same_label_are_exported_once_and_stay_valid(tmp_path, 
             {f"app_long:{long}1.m", f"app_long:{long}2.m"}
     finally:
         del sys.modules["app_long"]
+    huge = cachetools.LRUCache(maxsize=1 << 70)  # beyond the store's int64: shown capped
+    _containers.watch(huge, "huge")
+    _containers.sample(_native)
+    assert rows()["huge"] == ("cachetools.LRUCache", 0, (1 << 63) - 1)
     with pytest.raises(ValueError, match="non-printable"):  # a lone surrogate
         _containers.watch({}, "bad\udcff")
     assert _containers._label("mod\udcff:f") == "mod\\xff:f"

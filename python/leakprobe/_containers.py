@@ -35,6 +35,7 @@ ACCEPTED = ("dict", "list", "set", "collections.deque", "collections.OrderedDict
 HISTORY = 120  # sizes kept per container, one per sampler pass
 MAX_DISCOVERED = 256  # discovered containers kept at once (watch() has no cap)
 MAX_NAME_BYTES = 127  # the native store's cut
+_INT64_MAX = (1 << 63) - 1  # the native store's maxsize type
 MAX_EXPORTED = 64  # the native store's rows: the largest containers
 MAX_FOLLOWED = 4096  # owner attributes and module globals followed by discovery's growth rule
 GROWTH_PASSES = 3  # an owner attribute is discovered after growing at this many passes in a row
@@ -325,7 +326,8 @@ def push(native: Any) -> None:
         key = (_label(e.name), e.kind)
         if key not in labels:
             labels.add(key)
-            rows.append((key[0], key[1], e.size, -1 if e.maxsize is None else e.maxsize))
+            maxsize = -1 if e.maxsize is None else min(e.maxsize, _INT64_MAX)
+            rows.append((key[0], key[1], min(e.size, _INT64_MAX), maxsize))
             if len(rows) == MAX_EXPORTED:
                 break
     native.set_containers(rows, len(entries))
@@ -637,7 +639,10 @@ def sampler_tasks(native: Any, config: Any) -> list[tuple[str, float, Callable[[
         tasks.append(("census", config.census_interval,
                       lambda: _census_task(native, config.census_top_types,
                                            config.census_max_pause)))
-    push(native)  # the first scrape already has what is watched
+    try:
+        push(native)  # the first scrape already has what is watched
+    except Exception as exc:  # never fail start(); the sampler retries and logs
+        native.log("error", f"containers failed: {exc!r}; will retry")
     return tasks
 
 
