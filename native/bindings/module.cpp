@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "containers_bindings.h"
 #include "fd_bindings.h"
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/heap/heap_tracker.h"
@@ -359,6 +360,7 @@ PYBIND11_MODULE(_native, m) {
       py::arg("max_frames") = 32,
       "The stack table id of the calling thread's stack (0: no Python frame).");
   RegisterFdBindings(m);
+  RegisterContainerBindings(m);
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");
   m.def(

@@ -13,6 +13,7 @@ variables (see docs/configuration.md), and serves Prometheus metrics at
 """
 
 from ._config import ConfigError
+from ._containers import CensusStat, ContainerStat, Watch, census, containers, unwatch, watch
 from ._fds import FdOwner, FdRecord, FdSnapshot, FdStat, FdStatDiff
 from ._heap import Frame, HeapSnapshot, HeapStat, HeapStatDiff
 from ._runtime import VERSION as __version__
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigError", "FdOwner", "FdRecord", "FdSnapshot", "FdStat", "FdStatDiff", "Frame",
     "HeapSnapshot", "HeapStat", "HeapStatDiff", "__version__", "fd_snapshot",
     "heap_snapshot", "open_fds", "start", "status", "stop", "top_sites",
+    "CensusStat", "ContainerStat", "Watch", "census", "containers", "unwatch", "watch",
 ]
 
 start_from_import()

@@ -134,6 +134,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("fd_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
     Option("fd_reconcile_interval", 5.0, _seconds_in(0.05, 3600),
            "a number of seconds from 0.05 to 3600"),
+    Option("container_discover", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("container_discover_interval", 30.0, _seconds_in(0.05, 3600),
+           "a number of seconds from 0.05 to 3600"),
+    Option("census", False, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("census_interval", 60.0, _seconds_in(0.05, 3600),
+           "a number of seconds from 0.05 to 3600"),
+    Option("census_top_types", 20, _int_in(1, 100), "an integer from 1 to 100"),
+    Option("census_max_pause", 0.25, _seconds_in(0.001, 60),
+           "a number of seconds from 0.001 to 60"),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 _BY_VARIABLE = {option.variable: option for option in OPTIONS}
@@ -154,6 +163,12 @@ class Config(NamedTuple):
     fd_frames: int = 32
     fd_top_sites: int = 10
     fd_reconcile_interval: float = 5.0
+    container_discover: bool = True
+    container_discover_interval: float = 30.0
+    census: bool = False
+    census_interval: float = 60.0
+    census_top_types: int = 20
+    census_max_pause: float = 0.25
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:

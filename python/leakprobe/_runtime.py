@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _config, _owners, _tasks
+from . import _config, _containers, _owners, _tasks
 from ._config import Config, ConfigError
 from ._fds import FdRecord, FdSnapshot
 from ._heap import HeapSnapshot, HeapStat
@@ -59,6 +59,7 @@ class _Sampler(threading.Thread):
         self._native = _native()
         self._failed: set[str] = set()  # tasks whose failure was logged
         self._heap = heap
+        self.extra_tasks: list[tuple[str, float, Callable[[], None]]] = []  # set before start()
 
     def sample_once(self) -> None:
         self._native.set_gc_stats(
@@ -75,6 +76,7 @@ class _Sampler(threading.Thread):
             ("sampler", self.interval, self.sample_once)]
         if self.reconcile_interval is not None:
             tasks.append(("fd reconcile", self.reconcile_interval, self.reconcile_once))
+        tasks += self.extra_tasks
         due = [time.monotonic() + period for _, period, _ in tasks]
         while not self.stopping.wait(max(0.0, min(due) - time.monotonic())):
             for i, (name, period, task) in enumerate(tasks):
@@ -215,6 +217,7 @@ def start(**options: Any) -> dict[str, Any]:
         fds = config.fds and _start_fds(native, config)
         sampler = _Sampler(config.sample_interval, config.heap,
                            config.fd_reconcile_interval if fds else None)
+        sampler.extra_tasks += _containers.sampler_tasks(native, config)
         sampler.sample_once()  # the first scrape already has gc figures
         port, error = _start_exporter(native, config)
         sampler.start()
@@ -298,6 +301,7 @@ def _stop_locked() -> None:
     base_events = sys.modules.get("asyncio.base_events")
     if base_events is not None:
         _tasks.uninstall(base_events)
+    _containers.reset()
     _native().stop_exporter()
 
 

@@ -204,6 +204,56 @@ void AddHookPassFamily(const HookPasses& hooks, std::vector<MetricFamily>* out) 
   out->push_back(std::move(passes));
 }
 
+void AddContainerFamilies(const ContainerSummary& c, std::vector<MetricFamily>* out) {
+  MetricFamily size = Family(
+      "leakprobe_container_size",
+      "Length of a watched or discovered container (len(), or currsize of an lru_cache), "
+      "by name and kind, as of the sampler's last pass.",
+      MetricType::Gauge);
+  MetricFamily maxsize =
+      Family("leakprobe_container_maxsize",
+             "Bound of a watched or discovered container (maxsize, maxlen), for those "
+             "that have one.",
+             MetricType::Gauge);
+  for (const ContainerSize& row : c.containers) {
+    const std::vector<ClientMetric::Label> labels = {{"name", row.name},
+                                                     {"kind", row.kind}};
+    AddSample(&size, static_cast<double>(row.size), labels);
+    if (row.maxsize >= 0) AddSample(&maxsize, static_cast<double>(row.maxsize), labels);
+  }
+  out->push_back(std::move(size));
+  out->push_back(std::move(maxsize));
+  out->push_back(Single("leakprobe_containers_watched",
+                        "Containers watched or discovered now, exported or not.",
+                        MetricType::Gauge, static_cast<double>(c.watched)));
+  MetricFamily census =
+      Family("leakprobe_census_objects",
+             "Live gc-tracked objects of a type at the last census (top types).",
+             MetricType::Gauge);
+  MetricFamily growth =
+      Family("leakprobe_census_objects_growth",
+             "Live objects of a type at the last census minus at the first (top types).",
+             MetricType::Gauge);
+  for (const CensusType& row : c.census) {
+    AddSample(&census, static_cast<double>(row.objects), {{"type", row.type}});
+    AddSample(&growth, static_cast<double>(row.growth), {{"type", row.type}});
+  }
+  out->push_back(std::move(census));
+  out->push_back(std::move(growth));
+  const CensusFigures& f = c.census_figures;
+  out->push_back(Single("leakprobe_census_runs_total", "Object censuses run.",
+                        MetricType::Counter, static_cast<double>(f.runs)));
+  out->push_back(Single("leakprobe_census_tracked_objects",
+                        "Objects the last census counted (all gc-tracked objects).",
+                        MetricType::Gauge, static_cast<double>(f.objects)));
+  out->push_back(Single("leakprobe_census_pause_seconds",
+                        "Longest time the last census held the GIL in one stretch.",
+                        MetricType::Gauge, f.pause_seconds));
+  out->push_back(Single("leakprobe_census_duration_seconds",
+                        "Wall time of the last census, pauses and gaps included.",
+                        MetricType::Gauge, f.duration_seconds));
+}
+
 }  // namespace
 
 SnapshotCollector::SnapshotCollector(Source source) : source_(std::move(source)) {}
@@ -220,6 +270,7 @@ std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {
   if (snapshot.heap) AddHeapFamilies(*snapshot.heap, &families);
   if (snapshot.fd) AddFdFamilies(*snapshot.fd, &families);
   AddHookPassFamily(snapshot.hook_passes, &families);
+  AddContainerFamilies(snapshot.containers, &families);
   if (snapshot.python) {
     MetricFamily info =
         Family("python_info", "Python platform information.", MetricType::Gauge);

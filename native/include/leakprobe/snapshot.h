@@ -13,6 +13,7 @@
 
 #include "leakprobe/fd/fd_summary.h"
 #include "leakprobe/heap/heap_summary.h"
+#include "leakprobe/objects/containers_summary.h"
 #include "leakprobe/process/process_stats.h"
 #include "leakprobe/process/runtime_stats.h"
 #include "leakprobe/runtime/hook_passes.h"
@@ -26,6 +27,7 @@ struct Snapshot {
   std::optional<FdSummary> fd;       // empty unless fd tracking is on
   std::optional<PythonInfo> python;  // empty until the bindings set it
   HookPasses hook_passes;            // calls the hooks passed through untracked
+  ContainerSummary containers;       // container sizes and census, as last sampled
   const char* version = nullptr;     // leakprobe's own version
 };
 

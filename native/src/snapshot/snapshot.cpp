@@ -3,6 +3,7 @@
 #include "leakprobe/fd/fd_hooks.h"
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/heap/heap_tracker.h"
+#include "leakprobe/objects/containers.h"
 #include "leakprobe/version.h"
 
 namespace leakprobe {
@@ -17,6 +18,7 @@ Snapshot TakeSnapshot() {
   if (heap.enabled()) snapshot.heap = heap.Summary();
   if (FdHooksActive()) snapshot.fd = SummarizeFds(ProcessFdTable());
   snapshot.hook_passes = ReadHookPasses();
+  snapshot.containers = ContainerStore::Instance().Summary();
   snapshot.version = kVersion;
   return snapshot;
 }

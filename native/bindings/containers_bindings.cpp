@@ -1,0 +1,78 @@
+// Bindings of the container store (leakprobe/objects/containers.h): the
+// sampler (python/leakprobe/_containers.py) pushes what it measured under
+// the GIL; the exporter reads it without.
+#include "containers_bindings.h"
+
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "leakprobe/objects/containers.h"
+
+namespace py = pybind11;
+
+namespace leakprobe {
+namespace {
+
+using ContainerTuple = std::tuple<std::string, std::string, std::uint64_t, std::int64_t>;
+using CensusTuple = std::tuple<std::string, std::uint64_t, std::int64_t>;
+
+void SetContainers(const std::vector<ContainerTuple>& rows, std::uint64_t watched) {
+  std::vector<ContainerSize> converted;
+  converted.reserve(rows.size());
+  for (const auto& [name, kind, size, maxsize] : rows) {
+    converted.push_back({name, kind, size, maxsize});
+  }
+  ContainerStore::Instance().SetContainers(converted, watched);
+}
+
+void SetCensus(const std::vector<CensusTuple>& rows, std::uint64_t runs,
+               std::uint64_t objects, double pause_seconds, double duration_seconds) {
+  std::vector<CensusType> converted;
+  converted.reserve(rows.size());
+  for (const auto& [type, count, growth] : rows) {
+    converted.push_back({type, count, growth});
+  }
+  ContainerStore::Instance().SetCensus(converted,
+                                       {runs, objects, pause_seconds, duration_seconds});
+}
+
+py::dict Summary() {
+  const ContainerSummary s = ContainerStore::Instance().Summary();
+  py::list containers;
+  for (const ContainerSize& c : s.containers) {
+    containers.append(py::make_tuple(c.name, c.kind, c.size, c.maxsize));
+  }
+  py::list census;
+  for (const CensusType& t : s.census) {
+    census.append(py::make_tuple(t.type, t.objects, t.growth));
+  }
+  py::dict d;
+  d["containers"] = containers;
+  d["watched"] = s.watched;
+  d["census"] = census;
+  d["census_runs"] = s.census_figures.runs;
+  d["census_objects"] = s.census_figures.objects;
+  d["census_pause_seconds"] = s.census_figures.pause_seconds;
+  d["census_duration_seconds"] = s.census_figures.duration_seconds;
+  d["torn_reads"] = s.torn_reads;
+  return d;
+}
+
+}  // namespace
+
+void RegisterContainerBindings(py::module_& m) {
+  m.def("set_containers", &SetContainers, py::arg("rows"), py::arg("watched"),
+        "Replace the exported container rows: (name, kind, size, maxsize or -1), "
+        "largest first; rows beyond the store's 64 are ignored. `watched` is the total.");
+  m.def("set_census", &SetCensus, py::arg("rows"), py::arg("runs"), py::arg("objects"),
+        py::arg("pause_seconds"), py::arg("duration_seconds"),
+        "Replace the census rows (type, objects, growth) and the census figures.");
+  m.def("container_summary", &Summary,
+        "What the exporter reads from the container store.");
+}
+
+}  // namespace leakprobe

@@ -1,0 +1,45 @@
+// leakprobe/objects/containers_summary.h — the value types of the container
+// store (leakprobe/objects/containers.h) that the snapshot, the exporter and
+// the bindings read: container sizes and the last object census.
+//
+//   const ContainerSummary& c = leakprobe::TakeSnapshot().containers;
+//   for (const ContainerSize& row : c.containers) use(row.name, row.size);
+//
+// Thread-safety: plain values.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace leakprobe {
+
+struct ContainerSize {
+  std::string name;  // "module:qualname", "Type.attribute" or watch()'s name
+  std::string kind;  // "dict", "list", "set", "deque", "OrderedDict", ...
+  std::uint64_t size = 0;
+  std::int64_t maxsize = -1;  // -1: unbounded
+};
+
+struct CensusType {
+  std::string type;  // "dict", "app.models.Order"
+  std::uint64_t objects = 0;
+  std::int64_t growth = 0;  // objects minus the first census's count
+};
+
+struct CensusFigures {
+  std::uint64_t runs = 0;
+  std::uint64_t objects = 0;    // gc-tracked objects seen by the last run
+  double pause_seconds = 0;     // longest GIL hold of the last run
+  double duration_seconds = 0;  // wall time of the last run
+};
+
+struct ContainerSummary {
+  std::vector<ContainerSize> containers;  // at most ContainerStore::kMaxContainers
+  std::uint64_t watched = 0;              // watched or discovered, exported or not
+  std::vector<CensusType> census;         // at most kMaxCensusTypes
+  CensusFigures census_figures;
+  std::uint64_t torn_reads = 0;  // reads that gave up on the rows (writer busy)
+};
+
+}  // namespace leakprobe

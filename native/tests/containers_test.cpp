@@ -1,0 +1,126 @@
+#include "leakprobe/objects/containers.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "leakprobe/prometheus/collector.h"
+
+namespace leakprobe {
+namespace {
+
+TEST(ContainerStoreTest, RowsRoundTripAndAreReplaced) {
+  ContainerStore& store = ContainerStore::Instance();
+  store.SetContainers({{"app:CACHE", "dict", 42, -1}, {"app:get", "lru_cache", 7, 128}},
+                      3);
+  ContainerSummary s = store.Summary();
+  ASSERT_EQ(s.containers.size(), 2u);
+  EXPECT_EQ(s.containers[0].name, "app:CACHE");
+  EXPECT_EQ(s.containers[0].kind, "dict");
+  EXPECT_EQ(s.containers[0].size, 42u);
+  EXPECT_EQ(s.containers[0].maxsize, -1);
+  EXPECT_EQ(s.containers[1].maxsize, 128);
+  EXPECT_EQ(s.watched, 3u);
+
+  store.SetContainers({{"b", "list", 1, -1}}, 1);
+  s = store.Summary();
+  ASSERT_EQ(s.containers.size(), 1u);
+  EXPECT_EQ(s.containers[0].name, "b");
+  store.SetContainers({}, 0);
+}
+
+TEST(ContainerStoreTest, CapsRowsAndCutsLongNamesAtAUtf8Boundary) {
+  ContainerStore& store = ContainerStore::Instance();
+  std::vector<ContainerSize> rows(ContainerStore::kMaxContainers + 5,
+                                  {"x", "set", 1, -1});
+  // 126 ASCII bytes then a 2-byte character: cut before it, not inside it.
+  rows[0].name = std::string(126, 'a') + "\xc3\xa9" + "tail";
+  store.SetContainers(rows, rows.size());
+  const ContainerSummary s = store.Summary();
+  EXPECT_EQ(s.containers.size(), ContainerStore::kMaxContainers);
+  EXPECT_EQ(s.watched, rows.size());
+  EXPECT_EQ(s.containers[0].name, std::string(126, 'a'));
+  store.SetContainers({}, 0);
+}
+
+TEST(ContainerStoreTest, CensusRoundTrips) {
+  ContainerStore& store = ContainerStore::Instance();
+  store.SetCensus({{"dict", 1000, 10}, {"app.Order", 50, 50}}, {3, 123456, 0.01, 0.2});
+  const ContainerSummary s = store.Summary();
+  ASSERT_EQ(s.census.size(), 2u);
+  EXPECT_EQ(s.census[1].type, "app.Order");
+  EXPECT_EQ(s.census[1].objects, 50u);
+  EXPECT_EQ(s.census[1].growth, 50);
+  EXPECT_EQ(s.census_figures.runs, 3u);
+  EXPECT_EQ(s.census_figures.objects, 123456u);
+  EXPECT_DOUBLE_EQ(s.census_figures.pause_seconds, 0.01);
+  store.SetCensus({}, {});
+}
+
+// A reader concurrent with a writer sees either the old or the new table,
+// never a mix: every row of one write carries the same size.
+TEST(ContainerStoreTest, ReadersNeverSeeATornTable) {
+  ContainerStore& store = ContainerStore::Instance();
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (std::uint64_t i = 1; !stop.load(); ++i) {
+      std::vector<ContainerSize> rows(8, {"n", "dict", i, static_cast<std::int64_t>(i)});
+      store.SetContainers(rows, 8);
+    }
+  });
+  int consistent = 0;
+  // Until 2000 non-empty reads (the writer thread may start late).
+  for (int i = 0; i < 10000000 && consistent < 2000; ++i) {
+    const ContainerSummary s = store.Summary();
+    if (s.containers.empty()) continue;
+    for (const ContainerSize& c : s.containers) {
+      ASSERT_EQ(c.size, s.containers[0].size);
+      ASSERT_EQ(c.maxsize, static_cast<std::int64_t>(c.size));
+    }
+    ++consistent;
+  }
+  stop = true;
+  writer.join();
+  EXPECT_EQ(consistent, 2000);
+  store.SetContainers({}, 0);
+}
+
+TEST(ContainerStoreTest, FamiliesHaveBoundedLabelsAndMaxsizeOnlyWhenBounded) {
+  Snapshot snapshot;
+  snapshot.containers.containers = {{"app:CACHE", "dict", 42, -1},
+                                    {"app:get", "lru_cache", 7, 128}};
+  snapshot.containers.watched = 2;
+  snapshot.containers.census = {{"dict", 1000, 10}};
+  snapshot.containers.census_figures = {2, 5000, 0.003, 0.05};
+  const auto families = prometheus_exporter::BuildFamilies(snapshot);
+  auto find = [&](const std::string& name) -> const prometheus::MetricFamily* {
+    for (const auto& f : families) {
+      if (f.name == name) return &f;
+    }
+    return nullptr;
+  };
+  const auto* size = find("leakprobe_container_size");
+  ASSERT_NE(size, nullptr);
+  ASSERT_EQ(size->metric.size(), 2u);
+  EXPECT_EQ(size->metric[0].gauge.value, 42);
+  EXPECT_EQ(size->metric[0].label[0].name, "name");
+  EXPECT_EQ(size->metric[0].label[0].value, "app:CACHE");
+  EXPECT_EQ(size->metric[0].label[1].value, "dict");
+  const auto* maxsize = find("leakprobe_container_maxsize");
+  ASSERT_NE(maxsize, nullptr);
+  ASSERT_EQ(maxsize->metric.size(), 1u);
+  EXPECT_EQ(maxsize->metric[0].gauge.value, 128);
+  const auto* census = find("leakprobe_census_objects");
+  ASSERT_NE(census, nullptr);
+  ASSERT_EQ(census->metric.size(), 1u);
+  EXPECT_EQ(census->metric[0].label[0].value, "dict");
+  ASSERT_NE(find("leakprobe_census_runs_total"), nullptr);
+  EXPECT_EQ(find("leakprobe_census_runs_total")->metric[0].counter.value, 2);
+  EXPECT_EQ(find("leakprobe_containers_watched")->metric[0].gauge.value, 2);
+}
+
+}  // namespace
+}  // namespace leakprobe
