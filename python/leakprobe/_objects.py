@@ -86,52 +86,105 @@ def _internal_error(tracked: Any, where: str, exc: BaseException) -> None:
         pass
 
 
+# Wrappers are generated with the wrapped function's own parameters (and
+# its defaults), so a call costs one plain Python call more: a generic
+# (*args, **kwargs) wrapper costs ~3x that on CPython 3.11 (docs/objects.md).
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
+_INIT_BODY = """\
+    __lp_wrapped({call})
+    try:
+        if type({self}).__leakprobe_tracked__ is __lp_tracked:
+            __lp_created({self})
+    except Exception as __lp_exc:
+        __lp_error(__lp_tracked, "__init__", __lp_exc)
+"""
+_CLOSE_BODY = """\
+    __lp_result = {await_}__lp_wrapped({call})
+    __lp_closed({self})
+    return __lp_result
+"""
+
+
+def _signature(fn: Any) -> tuple[str, str, str] | None:
+    """(parameters, call arguments, first parameter) to forward every
+    argument of Python function `fn` unchanged; None when it has no plain
+    first parameter, uses our names, or is not a Python function."""
+    code = getattr(fn, "__code__", None)
+    if code is None or not isinstance(getattr(fn, "__defaults__", ()), (tuple, type(None))):
+        return None
+    argc, posonly, kwonly = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
+    names = list(code.co_varnames[:argc + kwonly])
+    varargs = varkw = None
+    extra = argc + kwonly
+    if code.co_flags & _CO_VARARGS:
+        varargs = code.co_varnames[extra]
+        extra += 1
+    if code.co_flags & _CO_VARKEYWORDS:
+        varkw = code.co_varnames[extra]
+    if argc == 0 or any(n.startswith("__lp_") for n in names + [varargs or "", varkw or ""]):
+        return None
+    params = names[:posonly] + (["/"] if posonly else []) + names[posonly:argc]
+    call = names[:argc]
+    if varargs:
+        params.append("*" + varargs)
+        call.append("*" + varargs)
+    elif kwonly:
+        params.append("*")
+    params += names[argc:]
+    call += [f"{n}={n}" for n in names[argc:]]
+    if varkw:
+        params.append("**" + varkw)
+        call.append("**" + varkw)
+    return ", ".join(params), ", ".join(call), names[0]
+
+
+def _make_wrapper(fn: Any, name: str, body: str, is_async: bool,
+                  namespace: dict[str, Any], fallback: str) -> Any:
+    """A function `name` running `body` around `fn` (as __lp_wrapped), with
+    fn's parameters and defaults when it is a Python function, else
+    `fallback`'s ((self, *args, **kwargs) forms)."""
+    signature = _signature(fn)
+    if signature is None:
+        signature = fallback.split("|")  # type: ignore[assignment]
+    params, call, self_name = signature  # type: ignore[misc]
+    source = (f"{'async ' if is_async else ''}def {name}({params}):\n"
+              + body.format(call=call, self=self_name, await_="await " if is_async else ""))
+    namespace = dict(namespace, __lp_wrapped=fn)
+    exec(compile(source, f"<leakprobe wrapper of {name}>", "exec"), namespace)
+    wrapper = namespace[name]
+    if _signature(fn) is not None:
+        wrapper.__defaults__ = fn.__defaults__
+        wrapper.__kwdefaults__ = fn.__kwdefaults__
+    functools.update_wrapper(wrapper, fn)
+    setattr(wrapper, _WRAPPED, True)
+    return wrapper
+
+
 def _wrap_init(cls: type, tracked: Any) -> None:
     init = cls.__init__
-    plain = init is object.__init__ and cls.__new__ is not object.__new__
-
-    # The instance is counted under the most derived tracked class of its
-    # type (type(self).__leakprobe_tracked__), once: nested wrappers of
-    # tracked base classes make duplicate calls, which the registry ignores.
-    if plain:  # object.__init__ must not see the arguments __new__ took
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            init(self)
-            try:
-                type(self).__leakprobe_tracked__.created(self)
-            except Exception as exc:
-                _internal_error(tracked, "__init__", exc)
+    if init is object.__init__:
+        # object.__init__ must not see the arguments a custom __new__ took;
+        # without a custom __new__, a call with arguments fails as before.
+        if cls.__new__ is object.__new__:
+            params = "self|self|self"
+        else:
+            params = "self, *args, **kwargs|self|self"
     else:
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            init(self, *args, **kwargs)
-            try:
-                type(self).__leakprobe_tracked__.created(self)
-            except Exception as exc:
-                _internal_error(tracked, "__init__", exc)
-
-    functools.update_wrapper(__init__, init)
-    setattr(__init__, _WRAPPED, True)
-    cls.__init__ = __init__  # type: ignore[misc]
+        params = "self, *args, **kwargs|self, *args, **kwargs|self"
+    # An instance counts under the nearest tracked class of its type
+    # (type(self).__leakprobe_tracked__): only that class's wrapper reports
+    # it, not those of tracked base classes whose __init__ it calls.
+    namespace = {"__lp_tracked": tracked, "__lp_created": tracked.created,
+                 "__lp_error": _internal_error}
+    cls.__init__ = _make_wrapper(  # type: ignore[misc]
+        init, "__init__", _INIT_BODY, False, namespace, params)
 
 
 def _wrap_close(cls: type, name: str, method: Callable[..., Any], tracked: Any) -> None:
-    closed = tracked.closed
-    wrapper: Callable[..., Any]
-    if getattr(getattr(method, "__code__", None), "co_flags", 0) & _CO_COROUTINE:
-        async def async_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = await method(self, *args, **kwargs)
-            closed(self)
-            return result
-
-        wrapper = async_wrapper
-    else:
-        def sync_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = method(self, *args, **kwargs)
-            closed(self)
-            return result
-
-        wrapper = sync_wrapper
-    functools.update_wrapper(wrapper, method)
-    setattr(wrapper, _WRAPPED, True)
+    is_async = bool(getattr(getattr(method, "__code__", None), "co_flags", 0) & _CO_COROUTINE)
+    wrapper = _make_wrapper(method, name if name.isidentifier() else "close", _CLOSE_BODY,
+                            is_async, {"__lp_closed": tracked.closed},
+                            "self, *args, **kwargs|self, *args, **kwargs|self")
     setattr(cls, name, wrapper)
 
 
