@@ -56,12 +56,13 @@ TEST_F(ObjectRegistryTest, CountsCreatedClosedCollectedAndLive) {
   }
   EXPECT_EQ(registry_.Add(session, Obj(6), Handle(6), kEmptyStack, 100), Result::kAdded);
   // A second creation of a tracked object, even under another type, is ignored.
-  EXPECT_EQ(registry_.Add(session, Obj(1), Handle(7), kEmptyStack, 100), Result::kDuplicate);
+  EXPECT_EQ(registry_.Add(session, Obj(1), Handle(7), kEmptyStack, 100),
+            Result::kDuplicate);
   EXPECT_TRUE(registry_.Tracked(Obj(1)));
   EXPECT_FALSE(registry_.Tracked(Handle(1)));  // a handle is not an object
   EXPECT_EQ(registry_.Close(Obj(1)), Handle(1));
-  EXPECT_EQ(registry_.Close(Obj(1)), nullptr);  // idempotent
-  EXPECT_EQ(registry_.Close(Obj(99)), nullptr);  // never tracked
+  EXPECT_EQ(registry_.Close(Obj(1)), nullptr);     // idempotent
+  EXPECT_EQ(registry_.Close(Obj(99)), nullptr);    // never tracked
   EXPECT_EQ(registry_.Close(Handle(2)), nullptr);  // a handle is not an object
   EXPECT_TRUE(registry_.Collected(Handle(2)));
   EXPECT_FALSE(registry_.Collected(Handle(2)));
@@ -91,7 +92,7 @@ TEST_F(ObjectRegistryTest, RecordCapDropsAndCounts) {
   EXPECT_EQ(registry_.Add(t, Obj(2), Handle(2), kEmptyStack, 1), Result::kAdded);
   EXPECT_TRUE(registry_.AtCapacity());
   EXPECT_EQ(registry_.Add(t, Obj(3), Handle(3), kEmptyStack, 1), Result::kDropped);
-  registry_.CountDropped(t);  // what the bindings do when AtCapacity
+  registry_.CountDropped(t);                    // what the bindings do when AtCapacity
   EXPECT_EQ(registry_.Close(Obj(3)), nullptr);  // dropped: its close is not seen
   EXPECT_EQ(registry_.Close(Obj(1)), Handle(1));
   EXPECT_FALSE(registry_.AtCapacity());
@@ -125,7 +126,8 @@ TEST_F(ObjectRegistryTest, TypeCapOverflowsIntoOneCountedType) {
   // Names are cut at kMaxNameBytes.
   const std::string longer(ObjectRegistry::kMaxNameBytes + 50, 'x');
   ObjectRegistry named(4, &stacks_);
-  EXPECT_EQ(named.TypeName(named.RegisterType(longer)).size(), ObjectRegistry::kMaxNameBytes);
+  EXPECT_EQ(named.TypeName(named.RegisterType(longer)).size(),
+            ObjectRegistry::kMaxNameBytes);
 }
 
 TEST_F(ObjectRegistryTest, OldestAgeFollowsTheOldestLiveRecord) {
@@ -261,7 +263,8 @@ TEST(ObjectRegistryForkTest, ChildOfAForkDuringTrackingIsUsable) {
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
-      const auto result = registry.Add(t, Obj(1u << 30), Handle(1u << 30), kEmptyStack, 1);
+      const auto result =
+          registry.Add(t, Obj(1u << 30), Handle(1u << 30), kEmptyStack, 1);
       const ObjectSummary s = registry.Summary(1);
       _exit(result == Result::kAdded && s.records >= 1 ? 0 : 1);
     }
