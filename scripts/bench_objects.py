@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -50,6 +51,29 @@ class Tracked:
 if {arm!r} == "stopped":
     leakprobe.stop()
 cls = Plain if {arm!r} == "plain" else Tracked
+if {arm!r} == "wrapt":  # the same tracking through wrapt's FunctionWrapper
+    import wrapt
+    from leakprobe import _objects
+    t = _objects.register_type("bench.WraptTracked")
+
+    class WraptTracked:
+        def __init__(self, tag=None):
+            self.tag = tag
+        def close(self):
+            self.tag = None
+
+    def init_wrapper(wrapped, instance, args, kwargs):
+        wrapped(*args, **kwargs)
+        t.created(instance)
+
+    def close_wrapper(wrapped, instance, args, kwargs):
+        result = wrapped(*args, **kwargs)
+        t.closed(instance)
+        return result
+
+    wrapt.wrap_function_wrapper(WraptTracked, "__init__", init_wrapper)
+    wrapt.wrap_function_wrapper(WraptTracked, "close", close_wrapper)
+    cls = WraptTracked
 
 def pair():
     obj = cls(1)
@@ -102,6 +126,8 @@ print({marker!r}, json.dumps({{
 def run_child(code: str, env: dict[str, str]) -> dict:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
     full_env.update({"LEAKPROBE_PORT": "0", "LEAKPROBE_LOG_LEVEL": "off"}, **env)
+    # The wrapt arm finds wrapt where this interpreter does.
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     proc = subprocess.run([sys.executable, "-c", "import json\n" + textwrap.dedent(code)],
                           env=full_env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
@@ -111,7 +137,9 @@ def run_child(code: str, env: dict[str, str]) -> dict:
 
 
 def pair_cost(rounds: int, pairs: int) -> None:
-    arms = ("plain", "tracked", "stopped")
+    arms: tuple[str, ...] = ("plain", "tracked", "stopped")
+    if importlib.util.find_spec("wrapt") is not None:
+        arms += ("wrapt",)
     figures: dict[str, list[float]] = {arm: [] for arm in arms}
     for r in range(rounds):
         order = arms if r % 2 == 0 else arms[::-1]
@@ -129,6 +157,10 @@ def pair_cost(rounds: int, pairs: int) -> None:
     print(f"  tracked, leakprobe running {tracked:7.0f} ns  "
           f"(+{extra:.0f} ns a pair, x{tracked / plain:.2f})")
     print(f"  tracked, leakprobe stopped {stopped:7.0f} ns  (+{extra_stopped:.0f} ns a pair)")
+    if "wrapt" in figures:
+        wrapt_ns = statistics.median(figures["wrapt"])
+        print(f"  tracked through wrapt      {wrapt_ns:7.0f} ns  (+{wrapt_ns - plain:.0f} ns a pair; "
+              "FunctionWrapper on __init__ and close, for comparison)")
 
 
 def memory(n: int) -> None:
