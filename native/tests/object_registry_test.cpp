@@ -259,21 +259,25 @@ TEST(ObjectRegistryForkTest, ChildOfAForkDuringTrackingIsUsable) {
       registry.Close(Obj(n));
     }
   });
-  for (int i = 0; i < 20; ++i) {
+  int failed_children = 0;
+  for (int i = 0; i < 20 && failed_children == 0; ++i) {
     const pid_t pid = fork();
-    ASSERT_GE(pid, 0);
+    if (pid < 0) break;
     if (pid == 0) {
+      alarm(5);  // a child that inherited the lock held dies: a failure, not a hang
       const auto result =
           registry.Add(t, Obj(1u << 30), Handle(1u << 30), kEmptyStack, 1);
       const ObjectSummary s = registry.Summary(1);
       _exit(result == Result::kAdded && s.records >= 1 ? 0 : 1);
     }
     int status = 0;
-    ASSERT_EQ(waitpid(pid, &status, 0), pid);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const bool ok =
+        waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!ok) ++failed_children;
   }
   done = true;
   churn.join();
+  EXPECT_EQ(failed_children, 0);
   registry.Stop();
 }
 
