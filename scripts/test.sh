@@ -39,14 +39,14 @@ HEAP_STRESS_SECONDS=30 ctest --test-dir build/asan --output-on-failure --timeout
   -R ThirtyTwoThreads
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
-step "GoogleTest under TSan: the heap tracker, stack table and fd table (32 threads, 30 s)"
+step "GoogleTest under TSan: the heap tracker, stack table, fd table and object registry"
 # Only our own concurrent code: civetweb and prometheus-cpp are not built
 # with TSan here, so the exporter tests would report their internals.
 cmake -S . -B build/tsan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_TSAN=ON \
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/tsan
 TSAN_OPTIONS=halt_on_error=1 HEAP_STRESS_SECONDS=30 \
-  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|StackTable|FdTable'
+  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|StackTable|FdTable|ObjectRegistry'
 
 for version in 3.11 3.12 3.13; do
   step "pytest on CPython $version"

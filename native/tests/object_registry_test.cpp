@@ -34,7 +34,8 @@ class ObjectRegistryTest : public ::testing::Test {
   StackId Stack(std::vector<LeakprobeRawFrame> frames) {
     return stacks_.Intern(frames.data(), static_cast<int>(frames.size()));
   }
-  const ObjectTypeSummary& TypeOf(const ObjectSummary& s, const std::string& name) {
+  // By value: callers pass temporaries.
+  static ObjectTypeSummary TypeOf(const ObjectSummary& s, const std::string& name) {
     for (const ObjectTypeSummary& t : s.types) {
       if (t.name == name) return t;
     }
@@ -70,13 +71,13 @@ TEST_F(ObjectRegistryTest, CountsCreatedClosedCollectedAndLive) {
   EXPECT_FALSE(registry_.Tracked(Obj(2)));
 
   const ObjectSummary s = registry_.Summary(100);
-  const ObjectTypeSummary& c = TypeOf(s, "httpx.Client");
+  const ObjectTypeSummary c = TypeOf(s, "httpx.Client");
   EXPECT_EQ(c.created, 5u);
   EXPECT_EQ(c.closed, 1u);
   EXPECT_EQ(c.collected_open, 1u);
   EXPECT_EQ(c.live, 3u);
   EXPECT_EQ(c.dropped, 0u);
-  const ObjectTypeSummary& t = TypeOf(s, "Session");
+  const ObjectTypeSummary t = TypeOf(s, "Session");
   EXPECT_EQ(t.created, 1u);  // the duplicate was not counted
   EXPECT_EQ(t.live, 1u);
   EXPECT_EQ(s.records, 4u);
@@ -98,7 +99,7 @@ TEST_F(ObjectRegistryTest, RecordCapDropsAndCounts) {
   EXPECT_FALSE(registry_.AtCapacity());
   EXPECT_EQ(registry_.Add(t, Obj(4), Handle(4), kEmptyStack, 1), Result::kAdded);
   registry_.CountError(t);
-  const ObjectTypeSummary& s = TypeOf(registry_.Summary(1), "T");
+  const ObjectTypeSummary s = TypeOf(registry_.Summary(1), "T");
   EXPECT_EQ(s.created, 5u);  // 3 tracked, 2 dropped
   EXPECT_EQ(s.dropped, 2u);
   EXPECT_EQ(s.closed, 1u);
@@ -200,7 +201,7 @@ TEST_F(ObjectRegistryTest, StopForgetsRecordsAndCountsKeepsNames) {
   EXPECT_FALSE(registry_.Collected(Handle(2)));
   registry_.Start(10, 5);
   EXPECT_EQ(registry_.RegisterType("T"), t);
-  const ObjectTypeSummary& s = TypeOf(registry_.Summary(1), "T");
+  const ObjectTypeSummary s = TypeOf(registry_.Summary(1), "T");
   EXPECT_EQ(s.created, 0u);
   EXPECT_EQ(s.closed, 0u);
   EXPECT_EQ(s.live, 0u);
@@ -237,7 +238,7 @@ TEST_F(ObjectRegistryTest, ThreadsCreatingAndClosingWhileScraped) {
   for (std::thread& th : threads) th.join();
   done = true;
   scraper.join();
-  const ObjectTypeSummary& s = TypeOf(registry_.Summary(1), "T");
+  const ObjectTypeSummary s = TypeOf(registry_.Summary(1), "T");
   constexpr std::uint64_t kTotal = kThreads * kPerThread;
   EXPECT_EQ(s.created, kTotal);
   EXPECT_EQ(s.closed, kThreads * ((kPerThread + 2) / 3));
