@@ -4,7 +4,12 @@
 // alive. Every call here runs with the GIL held (the weak reference C API
 // needs it), so the registry's lock is only ever contended by a scrape.
 // Nothing raises into the caller: a failure is counted (errors) and logged
-// once.
+// once. No HookGuard here: these functions run from Python code only, never
+// inside one of our hooks, on a forking thread (Python's own fork handlers
+// run before the fork protocol's) or under a tracker lock; the registry's
+// lock is a TrackerLock, so a hook reached while it is held passes through.
+// The weak reference's own allocation may be sampled by the heap tracker,
+// like any allocation of the code that created the object.
 #include "object_bindings.h"
 
 #include <pybind11/stl.h>
