@@ -31,6 +31,7 @@
 #include "leakprobe/stacks/python_frames.h"
 #include "leakprobe/stacks/stack_table.h"
 #include "leakprobe/version.h"
+#include "object_bindings.h"
 #include "prometheus/text_serializer.h"
 
 namespace py = pybind11;
@@ -360,6 +361,7 @@ PYBIND11_MODULE(_native, m) {
       py::arg("max_frames") = 32,
       "The stack table id of the calling thread's stack (0: no Python frame).");
   RegisterFdBindings(m);
+  RegisterObjectBindings(m);
   RegisterContainerBindings(m);
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");

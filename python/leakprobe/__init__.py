@@ -16,15 +16,19 @@ from ._config import ConfigError
 from ._containers import CensusStat, ContainerStat, Watch, census, containers, unwatch, watch
 from ._fds import FdOwner, FdRecord, FdSnapshot, FdStat, FdStatDiff
 from ._heap import Frame, HeapSnapshot, HeapStat, HeapStatDiff
+from ._objects import (ObjectRecord, ObjectSnapshot, ObjectStat, ObjectStatDiff, ObjectTypeStats,
+                       track_type)
 from ._runtime import VERSION as __version__
-from ._runtime import (fd_snapshot, heap_snapshot, open_fds, start, start_from_import, status,
-                       stop, top_sites)
+from ._runtime import (fd_snapshot, heap_snapshot, object_snapshot, objects, open_fds, start,
+                       start_from_import, status, stop, top_sites)
 
 __all__ = [
-    "ConfigError", "FdOwner", "FdRecord", "FdSnapshot", "FdStat", "FdStatDiff", "Frame",
-    "HeapSnapshot", "HeapStat", "HeapStatDiff", "__version__", "fd_snapshot",
-    "heap_snapshot", "open_fds", "start", "status", "stop", "top_sites",
-    "CensusStat", "ContainerStat", "Watch", "census", "containers", "unwatch", "watch",
+    "__version__", "census", "CensusStat", "ConfigError", "containers", "ContainerStat",
+    "fd_snapshot", "FdOwner", "FdRecord", "FdSnapshot", "FdStat", "FdStatDiff", "Frame",
+    "heap_snapshot", "HeapSnapshot", "HeapStat", "HeapStatDiff", "object_snapshot",
+    "ObjectRecord", "objects", "ObjectSnapshot", "ObjectStat", "ObjectStatDiff",
+    "ObjectTypeStats", "open_fds", "start", "status", "stop", "top_sites", "track_type",
+    "unwatch", "Watch", "watch",
 ]
 
 start_from_import()

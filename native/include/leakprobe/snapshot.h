@@ -14,6 +14,7 @@
 #include "leakprobe/fd/fd_summary.h"
 #include "leakprobe/heap/heap_summary.h"
 #include "leakprobe/objects/containers_summary.h"
+#include "leakprobe/objects/object_summary.h"
 #include "leakprobe/process/process_stats.h"
 #include "leakprobe/process/runtime_stats.h"
 #include "leakprobe/runtime/hook_passes.h"
@@ -29,6 +30,9 @@ struct Snapshot {
   HookPasses hook_passes;            // calls the hooks passed through untracked
   ContainerSummary containers;       // container sizes and census, as last sampled
   const char* version = nullptr;     // leakprobe's own version
+
+  // Empty unless object tracking is on.
+  std::optional<ObjectSummary> objects;
 };
 
 Snapshot TakeSnapshot();
