@@ -500,3 +500,28 @@ def test_type_cap_bounds_the_type_label(tmp_path):
     assert out[0][0] == 128
     assert out[0][1] == ['leakprobe_objects_live{type="[type table full]"} 14']
     assert out[0][2] == ["leakprobe_object_type_overflows_total 14"]
+
+
+def test_live_objects_and_fds_owned_by_a_tracked_object(tmp_path):
+    out = run_app(tmp_path, """
+    import socket
+    from leakprobe import _objects, _owners
+
+    first, second, third = app.make(3)
+    second.close()
+    live = _objects.live_objects("app.Resource", 10)
+    limited = _objects.live_objects("app.Resource", 1)
+    with _owners.owning(_objects.fd_owner(third)):
+        sock = socket.socket()
+    free = socket.socket()
+    records = {r.fd: r for r in leakprobe.open_fds()}
+    owner = records[sock.fileno()].owner
+    print(json.dumps([[r.tag for r in live], [r.tag for r in limited],
+                      _objects.live_objects("no.such.Type", 10),
+                      _objects.tracked_type_names(),
+                      _objects.fd_owner(second), _objects.fd_owner(object()),
+                      [owner.type, owner.site.lineno, owner.site.function],
+                      records[free.fileno()].owner]))
+    """)
+    assert out == [[[0, 2], [0], [], ["app.Resource"], 0, 0,
+                    ["app.Resource", MAKE_LINE, "make"], None]]

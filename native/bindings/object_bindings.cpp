@@ -308,6 +308,42 @@ void RegisterObjectBindings(py::module_& m) {
       py::arg("obj"), "Whether obj has a live record.");
   m.def("object_summary", &SummaryDict,
         "Per type counts, oldest age and top sites, as the exporter sees them.");
+  m.def(
+      "object_record_of",
+      [](py::handle obj) -> py::object {
+        const ObjectRegistry& registry = ObjectRegistry::Instance();
+        const std::optional<ObjectRecord> r = registry.Find(obj.ptr());
+        if (!r) return py::none();
+        return py::make_tuple(registry.TypeName(r->type), r->stack);
+      },
+      py::arg("obj"),
+      "(type name, creation stack id) of a tracked live object, or None.");
+  m.def(
+      "object_live",
+      [](py::handle tracked, std::size_t limit) {
+        if (g_tracked_type == nullptr || Py_TYPE(tracked.ptr()) != g_tracked_type) {
+          throw py::type_error("object_live() takes a TrackedType");
+        }
+        const ObjectTypeId id = reinterpret_cast<TrackedTypeObject*>(tracked.ptr())->id;
+        py::list out;
+        // With the GIL held no record is removed meanwhile (Close and
+        // Collected run under it), so the handles stay valid.
+        for (void* handle : ObjectRegistry::Instance().LiveHandles(id, limit)) {
+          auto* ref = static_cast<PyObject*>(handle);
+#if PY_VERSION_HEX >= 0x030D0000
+          PyObject* object = nullptr;
+          if (PyWeakref_GetRef(ref, &object) == 1) {
+            out.append(py::reinterpret_steal<py::object>(object));
+          }
+#else
+          PyObject* object = PyWeakref_GetObject(ref);  // borrowed
+          if (object != nullptr && object != Py_None) out.append(py::handle(object));
+#endif
+        }
+        return out;
+      },
+      py::arg("tracked_type"), py::arg("limit"),
+      "Up to `limit` live tracked objects of a type (strong references), oldest first.");
   m.def("object_records", &RecordsTuple,
         "(records, stacks, now_ns) of every live record, for object snapshots.");
 }

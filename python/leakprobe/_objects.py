@@ -72,6 +72,38 @@ def register_type(name: str) -> Any:
     return tracked
 
 
+def tracked_type_names() -> list[str]:
+    """Every registered type's name (for container discovery)."""
+    return list(_types)
+
+
+def live_objects(type_name: str, limit: int) -> list[Any]:
+    """Up to `limit` live, not closed, tracked objects of the type called
+    `type_name`, oldest first: strong references, to drop after use. ``[]``
+    for an unknown name or when leakprobe is not loaded; never raises."""
+    tracked = _types.get(type_name)
+    if tracked is None:
+        return []
+    try:
+        return list(_native().object_live(tracked, limit))
+    except Exception:
+        return []
+
+
+def fd_owner(obj: Any) -> int:
+    """The fd owner id (leakprobe._owners) of a tracked object: its type and
+    creation stack; 0 when `obj` is not tracked."""
+    from . import _owners
+
+    try:
+        found = _native().object_record_of(obj)
+    except Exception:
+        return _owners.NO_OWNER
+    if found is None:
+        return _owners.NO_OWNER
+    return _owners.owner_id(found[0], found[1])
+
+
 def _internal_error(tracked: Any, where: str, exc: BaseException) -> None:
     """Counts an error of our own wrapper code; logs the first one."""
     global _error_logged

@@ -187,6 +187,26 @@ bool ObjectRegistry::Collected(const void* handle) noexcept {
   return true;
 }
 
+std::optional<ObjectRecord> ObjectRegistry::Find(const void* object) const {
+  const TrackerLock lock(&mu_);
+  const auto it = index_.find(object);
+  if (it == index_.end() || records_[it->second].object != object) return std::nullopt;
+  const Record& r = records_[it->second];
+  return ObjectRecord{r.type, r.stack, r.created_ns, r.sequence};
+}
+
+std::vector<void*> ObjectRegistry::LiveHandles(ObjectTypeId type,
+                                               std::size_t limit) const {
+  std::vector<void*> out;
+  const TrackerLock lock(&mu_);
+  if (type >= types_.size()) return out;
+  for (std::uint32_t i = types_[type].head; i != kNil && out.size() < limit;
+       i = records_[i].next) {
+    out.push_back(records_[i].handle);
+  }
+  return out;
+}
+
 bool ObjectRegistry::Tracked(const void* object) const {
   const TrackerLock lock(&mu_);
   const auto it = index_.find(object);

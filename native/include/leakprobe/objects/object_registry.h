@@ -34,6 +34,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -113,6 +114,12 @@ class ObjectRegistry {
   // releases it.
   bool Collected(const void* handle) noexcept;
   bool Tracked(const void* object) const;
+  // The live record of `object`, if it is tracked.
+  std::optional<ObjectRecord> Find(const void* object) const;
+  // The handles of up to `limit` live records of `type`, oldest first. The
+  // caller must keep the records from being removed while it uses them
+  // (with CPython: hold the GIL, which every Close and Collected runs under).
+  std::vector<void*> LiveHandles(ObjectTypeId type, std::size_t limit) const;
 
   // Per type, in registration order (types with no event at all included).
   ObjectSummary Summary(std::int64_t now_ns) const;
