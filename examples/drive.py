@@ -51,6 +51,8 @@ class Target:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     # Per-site samples at the first scrape: {sample name: {site: value}}.
     sites_at_start: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Every sample at the first scrape (see labelled()).
+    labelled_at_start: dict[str, dict[tuple, float]] = field(default_factory=dict)
 
 
 def scrape(client: httpx.Client, metrics_url: str) -> dict[str, float]:
@@ -68,15 +70,22 @@ def scrape(client: httpx.Client, metrics_url: str) -> dict[str, float]:
     return totals
 
 
-def site_values(client: httpx.Client, metrics_url: str, sample: str) -> dict[str, float]:
-    """A per-site sample's values by their ``site`` label."""
+def labelled(client: httpx.Client, metrics_url: str) -> dict[str, dict[tuple, float]]:
+    """Every sample, by name then by its labels (sorted (name, value) pairs)."""
     response = client.get(metrics_url)
     response.raise_for_status()
+    out: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def site_values(client: httpx.Client, metrics_url: str, sample: str) -> dict[str, float]:
+    """A per-site sample's values by their ``site`` label."""
     return {
-        s.labels["site"]: s.value
-        for family in text_string_to_metric_families(response.text)
-        for s in family.samples
-        if s.name == sample
+        dict(labels)["site"]: v
+        for labels, v in labelled(client, metrics_url).get(sample, {}).items()
     }
 
 
@@ -98,6 +107,54 @@ def where(client: httpx.Client, target: Target) -> str:
         if grown / unit >= 1:
             parts.append(number.format(grown / unit) + " " + what.format(site=site))
     return f"  {target.name}: " + ("; ".join(parts) or "no site grew")
+
+
+def by_label(samples: dict[str, dict[tuple, float]], sample: str, label: str,
+             **match: str) -> dict[str, float]:
+    """The values of `sample` by one label, among samples whose other labels
+    match `match`."""
+    out = {}
+    for labels, v in samples.get(sample, {}).items():
+        labels = dict(labels)
+        if all(labels.get(k) == want for k, want in match.items()) and label in labels:
+            out[labels[label]] = v
+    return out
+
+
+def what_leaks(client: httpx.Client, target: Target) -> list[str]:
+    """The tracked resource owners and containers that grew since the first
+    scrape, as leakprobe names them: type, counts, creation site, the fds
+    they hold; container name and size."""
+    before, now = target.labelled_at_start, labelled(client, target.metrics_url)
+    lines = []
+    live_before = by_label(before, "leakprobe_objects_live", "type")
+    for type_name, live in sorted(by_label(now, "leakprobe_objects_live", "type").items(),
+                                  key=lambda item: -item[1]):
+        grown = live - live_before.get(type_name, 0.0)
+        created, closed, collected = (
+            by_label(now, name, "type").get(type_name, 0.0)
+            - by_label(before, name, "type").get(type_name, 0.0)
+            for name in ("leakprobe_objects_created_total", "leakprobe_objects_closed_total",
+                         "leakprobe_objects_collected_while_open_total"))
+        if grown < 1 and collected < 1:
+            continue
+        sites = by_label(now, "leakprobe_objects_site_live", "site", type=type_name)
+        site = max(sites.items(), key=lambda item: item[1], default=("?", 0))[0]
+        owned = by_label(now, "leakprobe_owner_open_fds", "owner").get(type_name)
+        holding = f", holding {owned:.0f} open fds" if owned else ""
+        lines.append(f"{grown:+.0f} {type_name} alive ({created:.0f} created, {closed:.0f} "
+                     f"closed, {collected:.0f} collected while open), created at "
+                     f"{site}{holding}")
+    size_before = by_label(before, "leakprobe_container_size", "name")
+    sizes = by_label(now, "leakprobe_container_size", "name")
+    maxsizes = by_label(now, "leakprobe_container_maxsize", "name")
+    for name, size in sorted(sizes.items(), key=lambda item: -item[1]):
+        grown = size - size_before.get(name, 0.0)
+        if grown >= 1:
+            bound = f"maxsize {maxsizes[name]:.0f}" if name in maxsizes else "unbounded"
+            lines.append(f"container {name} grew by {grown:.0f} entries to {size:.0f} ({bound})")
+    return [f"  {target.name}: {line}" for line in lines] or [
+        f"  {target.name}: no tracked object or container grew"]
 
 
 def wait_until_ready(client: httpx.Client, targets: list[Target], deadline: float) -> None:
@@ -209,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             target.sites_at_start = {
                 sample: site_values(client, target.metrics_url, sample) for sample in SITE_SAMPLES
             }
+            target.labelled_at_start = labelled(client, target.metrics_url)
             print_row(0, target)
         # One thread per target: the services are separate processes, so
         # loading them side by side halves the demo's wall-clock time.
@@ -228,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         print("What grew most, and where it was created (leakprobe's top sites):")
         for target in targets:
             print(where(client, target))
+        print()
+        print("What leaks (leakprobe's tracked resource owners and containers):")
+        for target in targets:
+            for line in what_leaks(client, target):
+                print(line)
 
     print()
     print(

@@ -59,6 +59,7 @@ PIDS+=($!)
 start_service() {
   UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT" \
   LEAKPROBE_HOST=127.0.0.1 LEAKPROBE_PORT="$4" LEAKPROBE_LOG_LEVEL=info \
+  LEAKPROBE_CONTAINER_DISCOVER_INTERVAL=2 \
     "$VENV_PY" -m uvicorn app:app --app-dir "$2" \
       --host 127.0.0.1 --port "$3" --no-access-log \
       >"$LOG_DIR/$1.log" 2>&1 &
