@@ -99,6 +99,36 @@ def _seconds_in(low: float, high: float) -> Callable[[Any], float]:
 
 _parse_interval = _seconds_in(0.01, 3600)
 
+# The built-in adapters (leakprobe.adapters.ADAPTERS; kept here so that
+# parsing the option imports nothing).
+ADAPTER_NAMES = ("httpx", "requests", "urllib", "sqlalchemy", "sqlite3", "threading",
+                 "subprocess")
+
+
+def _parse_adapters(value: Any) -> str:
+    """Canonical form: "all", "none", or the names listed, comma-separated,
+    in ADAPTER_NAMES order (see adapter_names)."""
+    if isinstance(value, bool):
+        return "all" if value else "none"
+    text = str(value).strip().lower()
+    if text in ("all", *_TRUE):
+        return "all"
+    if text in ("none", "", *_FALSE):
+        return "none"
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    if not names or not names <= set(ADAPTER_NAMES):
+        raise _Invalid
+    return ",".join(name for name in ADAPTER_NAMES if name in names)
+
+
+def adapter_names(value: str) -> tuple[str, ...]:
+    """The adapters a canonical ``adapters`` value switches on."""
+    if value == "all":
+        return ADAPTER_NAMES
+    if value == "none":
+        return ()
+    return tuple(value.split(","))
+
 
 class Option(NamedTuple):
     name: str  # keyword for start(); the variable is LEAKPROBE_<NAME>
@@ -134,6 +164,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("fd_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
     Option("fd_reconcile_interval", 5.0, _seconds_in(0.05, 3600),
            "a number of seconds from 0.05 to 3600"),
+    Option("adapters", "all", _parse_adapters,
+           "all, none, 1/true/yes/on, 0/false/no/off, or a comma-separated list of "
+           + ", ".join(ADAPTER_NAMES)),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 _BY_VARIABLE = {option.variable: option for option in OPTIONS}
@@ -154,6 +187,7 @@ class Config(NamedTuple):
     fd_frames: int = 32
     fd_top_sites: int = 10
     fd_reconcile_interval: float = 5.0
+    adapters: str = "all"
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:

@@ -1,0 +1,60 @@
+"""httpx: ``httpx.Client`` and ``httpx.AsyncClient`` (created by
+``__init__``; closed by ``close()``/``__exit__`` and ``aclose()``/
+``__aexit__``: httpx's ``__exit__`` does not call ``close()``), and the
+connections of httpcore's pools by state (read from the pools on demand:
+httpcore has no events)."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from ._common import PoolGauges, Switch
+from ._track import register, track_aclose, track_close, track_init
+
+SWITCH = Switch("httpx")
+_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # live httpcore pools, sync and async
+GAUGES = (PoolGauges("httpcore"),)
+
+
+def _probe() -> dict[str, dict[str, int]]:
+    active = idle = 0
+    for pool in list(_POOLS):
+        for connection in pool.connections:  # a copy, taken under the GIL
+            if connection.is_closed():
+                continue
+            if connection.is_idle():
+                idle += 1
+            else:
+                active += 1
+    return {"all": {"active": active, "idle": idle}}
+
+
+GAUGES[0].probe = _probe
+
+
+def install(httpx: Any) -> bool:
+    client = register("httpx.Client")
+    async_client = register("httpx.AsyncClient")
+    track_init(httpx.Client, "__init__", SWITCH, client)
+    track_close(httpx.Client, "close", SWITCH, client)
+    track_close(httpx.Client, "__exit__", SWITCH, client)
+    track_init(httpx.AsyncClient, "__init__", SWITCH, async_client)
+    track_aclose(httpx.AsyncClient, "aclose", SWITCH, async_client)
+    track_aclose(httpx.AsyncClient, "__aexit__", SWITCH, async_client)
+
+    import httpcore  # imported by httpx already: this is a lookup
+
+    import wrapt
+
+    def remember(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        result = wrapped(*args, **kwargs)
+        try:
+            _POOLS.add(instance)
+        except TypeError:  # a subclass with __slots__ and no __weakref__
+            pass
+        return result
+
+    wrapt.wrap_function_wrapper(httpcore.ConnectionPool, "__init__", remember)
+    wrapt.wrap_function_wrapper(httpcore.AsyncConnectionPool, "__init__", remember)
+    return True
