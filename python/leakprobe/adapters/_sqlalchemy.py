@@ -26,6 +26,7 @@ SWITCH = Switch("sqlalchemy")
 GAUGES = (PoolGauges("sqlalchemy"),)
 _ENGINES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # undisposed -> site
 _prefixes: tuple[str, ...] | None = None
+_LIBRARY_MODULES = ("sqlalchemy", "leakprobe", "wrapt")
 
 
 def _site() -> str:
@@ -39,7 +40,11 @@ def _site() -> str:
     frame: Any = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not path.startswith("<") and not os.path.abspath(path).startswith(_prefixes):
+        module = str(frame.f_globals.get("__name__", ""))
+        # code that libraries generate has a "<...>" file name (SQLAlchemy's
+        # decorators): told apart by the module it runs in
+        if not path.startswith("<frozen") and module.split(".")[0] not in _LIBRARY_MODULES \
+                and not os.path.abspath(path).startswith(_prefixes):
             return f"{path}:{frame.f_lineno} in {frame.f_code.co_name}"
         frame = frame.f_back
     return "<unknown>"

@@ -30,8 +30,8 @@ def install(request: Any) -> bool:
 
     def do_open(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         result = wrapped(*args, **kwargs)
-        # A response without a body (HEAD, 204, length 0) released its
-        # connection already: nothing is held, nothing to track.
+        # A response that released its connection already (fp is None)
+        # holds nothing: not tracked.
         if SWITCH.on and getattr(result, "fp", None) is not None:
             guarded(SWITCH.name, response.created, result)
         return result
