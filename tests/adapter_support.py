@@ -151,10 +151,11 @@ COUNTS = textwrap.dedent(
 )
 
 
-def run_child(body: str, timeout: float = 120, **env: str) -> dict:
-    """Runs PRELUDE + body in a fresh interpreter; returns the JSON it
-    emitted (``emit(...)``), with ``__stderr__``. Fails on a non-zero exit."""
-    code = COUNTS + PRELUDE + textwrap.dedent(body)
+def run_child(body: str, timeout: float = 120, first: str = "", **env: str) -> dict:
+    """Runs PRELUDE + body in a fresh interpreter (`first` before the
+    prelude's ``import leakprobe``); returns the JSON it emitted
+    (``emit(...)``), with ``__stderr__``. Fails on a non-zero exit."""
+    code = first + "\n" + COUNTS + PRELUDE + textwrap.dedent(body)
     env.setdefault("LEAKPROBE_LOG_LEVEL", "warning")
     proc = subprocess.run([sys.executable, "-c", code], env=child_env(**env),
                           capture_output=True, text=True, timeout=timeout)
@@ -179,7 +180,7 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 def line_of(body: str, marker: str) -> int:
     """The line number, in the child's program, of the line of `body` that
     holds `marker` (for attribution sites ``<string>:LINE``)."""
-    code = COUNTS + PRELUDE + textwrap.dedent(body)
+    code = "\n" + COUNTS + PRELUDE + textwrap.dedent(body)
     for number, line in enumerate(code.splitlines(), start=1):
         if marker in line:
             return number

@@ -73,12 +73,14 @@ def activate(names: frozenset[str] | set[str] | tuple[str, ...]) -> None:
     whose library is imported are instrumented now, the others when the
     application imports their library."""
     global _wanted
-    import wrapt
-
     with _lock:
         _wanted = frozenset(names)
         for name in _installed:
             _module(name).SWITCH.on = name in _wanted
+    if not _wanted - _registered:
+        return
+    import wrapt  # only when a hook is to be registered: ~20 ms of imports
+
     for name in sorted(_wanted - _registered):
         _registered.add(name)
         wrapt.register_post_import_hook(_hook(name), ADAPTERS[name][0])
