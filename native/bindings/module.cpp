@@ -14,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "fd_bindings.h"
+#include "object_bindings.h"
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/heap/heap_tracker.h"
 #include "leakprobe/heap/pymem_hooks.h"
@@ -346,6 +347,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
         "(site, frames) of the calling thread, captured as the hooks do.");
   RegisterFdBindings(m);
+  RegisterObjectBindings(m);
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");
   m.def(

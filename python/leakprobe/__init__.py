@@ -15,14 +15,17 @@ variables (see docs/configuration.md), and serves Prometheus metrics at
 from ._config import ConfigError
 from ._fds import FdRecord, FdSnapshot, FdStat, FdStatDiff
 from ._heap import Frame, HeapSnapshot, HeapStat, HeapStatDiff
+from ._objects import (ObjectRecord, ObjectSnapshot, ObjectStat, ObjectStatDiff, ObjectTypeStats,
+                       track_type)
 from ._runtime import VERSION as __version__
-from ._runtime import (fd_snapshot, heap_snapshot, open_fds, start, start_from_import, status,
-                       stop, top_sites)
+from ._runtime import (fd_snapshot, heap_snapshot, object_snapshot, objects, open_fds, start,
+                       start_from_import, status, stop, top_sites)
 
 __all__ = [
     "ConfigError", "FdRecord", "FdSnapshot", "FdStat", "FdStatDiff", "Frame", "HeapSnapshot",
-    "HeapStat", "HeapStatDiff", "__version__", "fd_snapshot", "heap_snapshot", "open_fds",
-    "start", "status", "stop", "top_sites",
+    "HeapStat", "HeapStatDiff", "ObjectRecord", "ObjectSnapshot", "ObjectStat", "ObjectStatDiff",
+    "ObjectTypeStats", "__version__", "fd_snapshot", "heap_snapshot", "object_snapshot",
+    "objects", "open_fds", "start", "status", "stop", "top_sites", "track_type",
 ]
 
 start_from_import()

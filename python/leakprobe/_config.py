@@ -164,6 +164,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("fd_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
     Option("fd_reconcile_interval", 5.0, _seconds_in(0.05, 3600),
            "a number of seconds from 0.05 to 3600"),
+    Option("objects", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("object_frames", 32, _int_in(1, 128), "an integer from 1 to 128"),
+    Option("object_top_sites", 5, _int_in(1, 100), "an integer from 1 to 100"),
+    Option("object_records", 100000, _int_in(0, 100_000_000),
+           "an integer from 0 to 100000000"),
     Option("adapters", "all", _parse_adapters,
            "all, none, 1/true/yes/on, 0/false/no/off, or a comma-separated list of "
            + ", ".join(ADAPTER_NAMES)),
@@ -187,6 +192,10 @@ class Config(NamedTuple):
     fd_frames: int = 32
     fd_top_sites: int = 10
     fd_reconcile_interval: float = 5.0
+    objects: bool = True
+    object_frames: int = 32
+    object_top_sites: int = 5
+    object_records: int = 100000
     adapters: str = "all"
 
 

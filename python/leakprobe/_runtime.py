@@ -27,6 +27,7 @@ from . import _config
 from ._config import Config, ConfigError
 from ._fds import FdRecord, FdSnapshot
 from ._heap import HeapSnapshot, HeapStat
+from ._objects import ObjectSnapshot, ObjectTypeStats
 
 VERSION = "0.1.0"
 _lock = threading.RLock()
@@ -202,7 +203,7 @@ def start(**options: Any) -> dict[str, Any]:
             _stop_locked()
         _install_hooks()
         _python_info(native)
-        if config.heap or config.fds:  # attribution sites of both
+        if config.heap or config.fds or config.objects:  # attribution sites
             # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
             native.set_library_prefixes([os.fsencode(p) for p in _library_prefixes()])
         if config.heap:
@@ -210,6 +211,9 @@ def start(**options: Any) -> dict[str, Any]:
                               config.heap_top_sites)
             _watch_tracemalloc(native)
         fds = config.fds and _start_fds(native, config)
+        if config.objects:
+            native.objects_start(config.object_frames, config.object_top_sites,
+                                 config.object_records)
         sampler = _Sampler(config.sample_interval, config.heap,
                            config.fd_reconcile_interval if fds else None)
         sampler.sample_once()  # the first scrape already has gc figures
@@ -284,6 +288,8 @@ def _stop_locked() -> None:
         _native().fd_stop()
     if state.config.heap:
         _native().heap_stop()
+    if state.config.objects:
+        _native().objects_stop()
     _native().stop_exporter()
 
 
@@ -308,7 +314,8 @@ def status() -> dict[str, Any]:
         }
         if state is not None:
             result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else []) \
-                + (["fds"] if state.fds else [])
+                + (["fds"] if state.fds else []) \
+                + (["objects"] if state.config.objects else [])
             result["error"] = state.error
             if state.port is not None:
                 result.update(host=state.config.host, port=state.port,
@@ -356,6 +363,28 @@ def fd_snapshot(reconcile: bool = True) -> FdSnapshot:
         if reconcile:
             native.fd_reconcile()
         return FdSnapshot._take(native)
+
+
+def _objects_on() -> Any:
+    if _state is None or not _state.config.objects:
+        raise RuntimeError("object tracking is off: leakprobe is not running with "
+                           "LEAKPROBE_OBJECTS=1 (see leakprobe.status())")
+    return _native()
+
+
+def objects() -> list[ObjectTypeStats]:
+    """Every tracked type's figures now: live, created, closed, collected
+    while open, dropped, the oldest live object's age, and its live objects
+    by creation site; most live first. Raises RuntimeError when object
+    tracking is off."""
+    return object_snapshot().types()
+
+
+def object_snapshot() -> ObjectSnapshot:
+    """The live tracked objects now, with their creation stacks, for
+    :meth:`ObjectSnapshot.compare_to` a later one."""
+    with _lock:
+        return ObjectSnapshot._take(_objects_on())
 
 
 def _after_fork_in_child() -> None:

@@ -177,6 +177,70 @@ void AddFdFamilies(const FdSummary& fd, std::vector<MetricFamily>* out) {
                         MetricType::Gauge, fd.reconcile_seconds));
 }
 
+void AddObjectFamilies(const ObjectSummary& objects, std::vector<MetricFamily>* out) {
+  MetricFamily live = Family("leakprobe_objects_live",
+                             "Tracked objects alive and not closed, by type.", MetricType::Gauge);
+  MetricFamily created = Family("leakprobe_objects_created_total",
+                                "Tracked objects created, by type.", MetricType::Counter);
+  MetricFamily closed = Family("leakprobe_objects_closed_total",
+                               "Tracked objects closed, by type.", MetricType::Counter);
+  MetricFamily collected = Family(
+      "leakprobe_objects_collected_while_open_total",
+      "Tracked objects garbage-collected without being closed, by type.", MetricType::Counter);
+  MetricFamily oldest =
+      Family("leakprobe_objects_oldest_age_seconds",
+             "Age of the oldest live tracked object, by type (0 when none).", MetricType::Gauge);
+  MetricFamily dropped = Family(
+      "leakprobe_objects_dropped_total",
+      "Tracked-object creations counted but not recorded: the record cap was reached, by type.",
+      MetricType::Counter);
+  MetricFamily errors =
+      Family("leakprobe_object_tracking_errors_total",
+             "Tracked-object creations that could not be recorded (no weak reference, "
+             "out of memory) and internal errors of the wrappers, by type.",
+             MetricType::Counter);
+  MetricFamily sites = Family("leakprobe_objects_site_live",
+                              "Live tracked objects by type and creation site (top sites "
+                              "per type only).",
+                              MetricType::Gauge);
+  for (const ObjectTypeSummary& t : objects.types) {
+    // The overflow type only once something landed there.
+    if (t.name == kOverflowTypeName && t.created == 0 && t.errors == 0) continue;
+    const std::vector<ClientMetric::Label> labels = {{"type", t.name}};
+    AddSample(&live, static_cast<double>(t.live), labels);
+    AddSample(&created, static_cast<double>(t.created), labels);
+    AddSample(&closed, static_cast<double>(t.closed), labels);
+    AddSample(&collected, static_cast<double>(t.collected_open), labels);
+    AddSample(&oldest, t.oldest_age_seconds, labels);
+    AddSample(&dropped, static_cast<double>(t.dropped), labels);
+    AddSample(&errors, static_cast<double>(t.errors), labels);
+    for (const ObjectSite& site : t.top_sites) {
+      AddSample(&sites, static_cast<double>(site.live), {{"type", t.name}, {"site", site.site}});
+    }
+  }
+  out->push_back(std::move(live));
+  out->push_back(std::move(created));
+  out->push_back(std::move(closed));
+  out->push_back(std::move(collected));
+  out->push_back(std::move(oldest));
+  out->push_back(std::move(dropped));
+  out->push_back(std::move(errors));
+  out->push_back(std::move(sites));
+  out->push_back(Single("leakprobe_object_records",
+                        "Live records in the tracked-object registry, all types.",
+                        MetricType::Gauge, static_cast<double>(objects.records)));
+  out->push_back(Single("leakprobe_object_records_limit",
+                        "The registry's cap on live records (LEAKPROBE_OBJECT_RECORDS).",
+                        MetricType::Gauge, static_cast<double>(objects.max_records)));
+  out->push_back(Single("leakprobe_object_type_overflows_total",
+                        "Type registrations beyond the type cap, counted under the type "
+                        "'[type table full]'.",
+                        MetricType::Counter, static_cast<double>(objects.type_overflows)));
+  out->push_back(Single("leakprobe_object_registry_memory_bytes",
+                        "Memory held by the tracked-object registry's own tables.",
+                        MetricType::Gauge, static_cast<double>(objects.memory_bytes)));
+}
+
 void AddHookPassFamily(const HookPasses& hooks, std::vector<MetricFamily>* out) {
   MetricFamily passes =
       Family("leakprobe_hook_passes_total",
@@ -207,6 +271,7 @@ std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {
   AddGcFamilies(snapshot.gc, &families);
   if (snapshot.heap) AddHeapFamilies(*snapshot.heap, &families);
   if (snapshot.fd) AddFdFamilies(*snapshot.fd, &families);
+  if (snapshot.objects) AddObjectFamilies(*snapshot.objects, &families);
   AddHookPassFamily(snapshot.hook_passes, &families);
   if (snapshot.python) {
     MetricFamily info =

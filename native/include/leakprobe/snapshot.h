@@ -13,6 +13,7 @@
 
 #include "leakprobe/fd/fd_summary.h"
 #include "leakprobe/heap/heap_summary.h"
+#include "leakprobe/objects/object_summary.h"
 #include "leakprobe/process/process_stats.h"
 #include "leakprobe/process/runtime_stats.h"
 #include "leakprobe/runtime/hook_passes.h"
@@ -24,6 +25,7 @@ struct Snapshot {
   GcSnapshot gc;
   std::optional<HeapSummary> heap;   // empty unless heap tracking is on
   std::optional<FdSummary> fd;       // empty unless fd tracking is on
+  std::optional<ObjectSummary> objects;  // empty unless object tracking is on
   std::optional<PythonInfo> python;  // empty until the bindings set it
   HookPasses hook_passes;            // calls the hooks passed through untracked
   const char* version = nullptr;     // leakprobe's own version

@@ -91,6 +91,8 @@ const char* ForkStageName(ForkStage stage) noexcept {
       return "fd-summary";
     case ForkStage::kInterposer:
       return "interposer";
+    case ForkStage::kObjects:
+      return "objects";
     case ForkStage::kHeap:
       return "heap";
     case ForkStage::kStacks:

@@ -3,6 +3,8 @@
 #include "leakprobe/fd/fd_hooks.h"
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/heap/heap_tracker.h"
+#include "leakprobe/objects/object_registry.h"
+#include "leakprobe/runtime/clock.h"
 #include "leakprobe/version.h"
 
 namespace leakprobe {
@@ -16,6 +18,8 @@ Snapshot TakeSnapshot() {
   const HeapTracker& heap = HeapTracker::Instance();
   if (heap.enabled()) snapshot.heap = heap.Summary();
   if (FdHooksActive()) snapshot.fd = SummarizeFds(ProcessFdTable());
+  const ObjectRegistry& objects = ObjectRegistry::Instance();
+  if (objects.enabled()) snapshot.objects = objects.Summary(MonotonicNs());
   snapshot.hook_passes = ReadHookPasses();
   snapshot.version = kVersion;
   return snapshot;

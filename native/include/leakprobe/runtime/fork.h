@@ -43,6 +43,7 @@ enum class ForkStage : unsigned char {
   kReconciler,  // one fd reconcile pass at a time
   kFdSummary,   // the TCP state cache
   kInterposer,  // GOT patching; the dlopen hooks take it
+  kObjects,     // the tracked-object registry (created/closed, weakref callbacks)
   kHeap,        // the heap tracker's tables; the heap hooks take it
   kStacks,      // the stack table; every hook that captures a stack takes it
   kFdTable,     // no lock: the child frees slots half-written at the fork

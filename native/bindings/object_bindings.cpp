@@ -1,0 +1,306 @@
+// leakprobe._native's tracked objects: TrackedType.created/closed over the
+// ObjectRegistry. An instance is tracked by a weak reference whose callback
+// (a C function) tells the registry it was collected; nothing keeps it
+// alive. Every call here runs with the GIL held (the weak reference C API
+// needs it), so the registry's lock is only ever contended by a scrape.
+// Nothing raises into the caller: a failure is counted (errors) and logged
+// once.
+#include "object_bindings.h"
+
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "leakprobe/objects/object_registry.h"
+#include "leakprobe/runtime/clock.h"
+#include "leakprobe/runtime/error.h"
+#include "leakprobe/runtime/log.h"
+#include "leakprobe/stacks/stack_table.h"
+
+namespace py = pybind11;
+
+namespace leakprobe {
+namespace {
+
+std::atomic<int> g_max_frames{0};
+std::atomic<bool> g_error_logged{false};
+
+// The handle's callback: the tracked instance is being collected.
+PyObject* OnCollected(PyObject* /*self*/, PyObject* weakref) {
+  // The registry gave up the reference it held: drop it. The weakref may
+  // be freed here, inside its own callback, as when a WeakValueDictionary
+  // entry removes itself.
+  if (ObjectRegistry::Instance().Collected(weakref)) Py_DECREF(weakref);
+  Py_RETURN_NONE;
+}
+
+PyMethodDef g_on_collected_def = {"_leakprobe_object_collected", &OnCollected, METH_O,
+                                  nullptr};
+
+PyObject* CollectedCallback() {
+  static PyObject* const callback = PyCFunction_New(&g_on_collected_def, nullptr);
+  return callback;  // never freed: weakrefs of tracked objects point to it
+}
+
+void LogErrorOnce(const std::string& type, const char* what) {
+  if (g_error_logged.exchange(true)) return;
+  try {
+    Log(spdlog::level::warn, "object tracking: " + std::string(what) + " (type " + type +
+                                 "); counted in leakprobe_object_tracking_errors_total, "
+                                 "logged once");
+  } catch (...) {  // never raise into the application
+  }
+}
+
+// TrackedType: a handle on one registered type; what register_type
+// returns. A plain C type rather than a pybind11 class: its methods are
+// METH_O functions that CPython calls directly (vectorcall), ~30 ns a call
+// where pybind11's dispatch costs ~250 ns, on the path of every tracked
+// creation and close.
+struct TrackedTypeObject {
+  PyObject_HEAD
+  ObjectTypeId id;
+  PyObject* name;  // str
+};
+
+std::string TypeNameOf(const TrackedTypeObject* self) {
+  Py_ssize_t size = 0;
+  const char* text = PyUnicode_AsUTF8AndSize(self->name, &size);
+  if (text == nullptr) {
+    PyErr_Clear();
+    return "?";
+  }
+  return std::string(text, static_cast<std::size_t>(size));
+}
+
+PyObject* TrackedCreated(PyObject* py_self, PyObject* obj) {
+  auto* self = reinterpret_cast<TrackedTypeObject*>(py_self);
+  ObjectRegistry& registry = ObjectRegistry::Instance();
+  if (!registry.enabled()) Py_RETURN_NONE;
+  if (registry.AtCapacity()) {
+    if (!registry.Tracked(obj)) registry.CountDropped(self->id);
+    Py_RETURN_NONE;
+  }
+  PyObject* weakref = PyWeakref_NewRef(obj, CollectedCallback());
+  if (weakref == nullptr) {
+    PyErr_Clear();
+    registry.CountError(self->id);
+    LogErrorOnce(TypeNameOf(self), "an instance that cannot be weakly referenced was not tracked");
+    Py_RETURN_NONE;
+  }
+  const int max_frames = g_max_frames.load(std::memory_order_relaxed);
+  const StackId stack =
+      max_frames > 0 ? StackTable::Instance().CaptureAndIntern(max_frames) : kEmptyStack;
+  const auto result = registry.Add(self->id, obj, weakref, stack, MonotonicNs());
+  if (result != ObjectRegistry::AddResult::kAdded) Py_DECREF(weakref);
+  if (result == ObjectRegistry::AddResult::kError) {
+    LogErrorOnce(TypeNameOf(self), "out of memory recording an instance");
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* TrackedClosed(PyObject* /*self*/, PyObject* obj) {
+  ObjectRegistry& registry = ObjectRegistry::Instance();
+  if (registry.enabled()) {
+    if (void* weakref = registry.Close(obj)) Py_DECREF(static_cast<PyObject*>(weakref));
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* TrackedCountError(PyObject* py_self, PyObject* /*unused*/) {
+  ObjectRegistry::Instance().CountError(reinterpret_cast<TrackedTypeObject*>(py_self)->id);
+  Py_RETURN_NONE;
+}
+
+PyObject* TrackedName(PyObject* py_self, void* /*closure*/) {
+  return Py_NewRef(reinterpret_cast<TrackedTypeObject*>(py_self)->name);
+}
+
+PyObject* TrackedRepr(PyObject* py_self) {
+  return PyUnicode_FromFormat("<leakprobe TrackedType %R>",
+                              reinterpret_cast<TrackedTypeObject*>(py_self)->name);
+}
+
+void TrackedDealloc(PyObject* py_self) {
+  PyTypeObject* type = Py_TYPE(py_self);
+  Py_XDECREF(reinterpret_cast<TrackedTypeObject*>(py_self)->name);
+  type->tp_free(py_self);
+  Py_DECREF(type);
+}
+
+PyMethodDef g_tracked_methods[] = {
+    {"created", &TrackedCreated, METH_O,
+     "created(obj): start tracking obj (weakly), with the caller's stack; a second "
+     "call for a tracked object, and any call while tracking is off, does nothing. "
+     "Never raises."},
+    {"closed", &TrackedClosed, METH_O,
+     "closed(obj): obj was closed: count it and stop tracking it; does nothing for "
+     "an object not tracked. Never raises."},
+    {"count_error", &TrackedCountError, METH_NOARGS,
+     "Count an internal error of a wrapper of this type."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef g_tracked_getset[] = {
+    {"name", &TrackedName, nullptr, "The type's name in metrics.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyType_Slot g_tracked_slots[] = {
+    {Py_tp_doc, const_cast<char*>("A type of resource owner registered with leakprobe's "
+                                  "object registry (see leakprobe._objects.register_type).")},
+    {Py_tp_methods, g_tracked_methods},
+    {Py_tp_getset, g_tracked_getset},
+    {Py_tp_repr, reinterpret_cast<void*>(&TrackedRepr)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(&TrackedDealloc)},
+    {0, nullptr}};
+
+PyType_Spec g_tracked_spec = {"leakprobe._native.TrackedType",
+                              static_cast<int>(sizeof(TrackedTypeObject)), 0,
+                              Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+                              g_tracked_slots};
+
+PyTypeObject* g_tracked_type = nullptr;  // set at module init, never freed
+
+py::object NewTrackedType(const std::string& name) {
+  const ObjectTypeId id = ObjectRegistry::Instance().RegisterType(name);
+  py::str text(ObjectRegistry::Instance().TypeName(id));
+  auto* self = PyObject_New(TrackedTypeObject, g_tracked_type);
+  if (self == nullptr) throw py::error_already_set();
+  self->id = id;
+  self->name = text.release().ptr();
+  return py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(self));
+}
+
+void ObjectsStart(int max_frames, int top_sites, std::int64_t max_records) {
+  if (max_frames < 0 || max_frames > static_cast<int>(StackTable::kMaxDepth)) {
+    throw Error("object tracking: max_frames must be between 0 and " +
+                std::to_string(StackTable::kMaxDepth) + ", not " +
+                std::to_string(max_frames));
+  }
+  if (top_sites < 0) {
+    throw Error("object tracking: top_sites must be 0 or more, not " +
+                std::to_string(top_sites));
+  }
+  if (max_records < 0) {
+    throw Error("object tracking: max_records must be 0 or more, not " +
+                std::to_string(max_records));
+  }
+  CollectedCallback();
+  g_max_frames.store(max_frames, std::memory_order_relaxed);
+  ObjectRegistry::Instance().Start(static_cast<std::size_t>(max_records),
+                                   static_cast<std::size_t>(top_sites));
+}
+
+void ObjectsStop() {
+  for (void* weakref : ObjectRegistry::Instance().Stop()) {
+    Py_DECREF(static_cast<PyObject*>(weakref));
+  }
+}
+
+py::dict SummaryDict() {
+  ObjectSummary s;
+  {
+    py::gil_scoped_release no_gil;
+    s = ObjectRegistry::Instance().Summary(MonotonicNs());
+  }
+  py::list types;
+  for (const ObjectTypeSummary& t : s.types) {
+    py::dict d;
+    d["name"] = t.name;
+    d["live"] = t.live;
+    d["created"] = t.created;
+    d["closed"] = t.closed;
+    d["collected_while_open"] = t.collected_open;
+    d["dropped"] = t.dropped;
+    d["errors"] = t.errors;
+    d["oldest_age_seconds"] = t.oldest_age_seconds;
+    py::list sites;
+    for (const ObjectSite& site : t.top_sites) sites.append(py::make_tuple(site.site, site.live));
+    d["top_sites"] = sites;
+    types.append(std::move(d));
+  }
+  py::dict d;
+  d["types"] = types;
+  d["records"] = s.records;
+  d["max_records"] = s.max_records;
+  d["type_overflows"] = s.type_overflows;
+  d["memory_bytes"] = s.memory_bytes;
+  return d;
+}
+
+// (records, stacks, now_ns): records as (type name, stack id, created_ns,
+// sequence) in creation order per type; stacks as {id: (site, site index,
+// frames)} for the stacks the records name.
+py::tuple RecordsTuple() {
+  std::vector<ObjectRecord> records;
+  std::vector<std::string> names;
+  std::unordered_map<StackId, std::pair<std::string, std::pair<std::size_t, std::vector<Frame>>>>
+      stacks;
+  std::int64_t now = 0;
+  {
+    py::gil_scoped_release no_gil;
+    const ObjectRegistry& registry = ObjectRegistry::Instance();
+    records = registry.Records();
+    const StackTable& table = StackTable::Instance();
+    for (const ObjectRecord& r : records) {
+      if (stacks.find(r.stack) == stacks.end()) {
+        stacks.emplace(r.stack, std::make_pair(table.SiteOf(r.stack),
+                                               std::make_pair(table.SiteIndex(r.stack),
+                                                              table.FramesOf(r.stack))));
+      }
+      if (r.type >= names.size()) names.resize(r.type + 1);
+      if (names[r.type].empty()) names[r.type] = registry.TypeName(r.type);
+    }
+    now = MonotonicNs();
+  }
+  std::vector<py::str> type_names;
+  type_names.reserve(names.size());
+  for (const std::string& name : names) type_names.emplace_back(name);
+  py::list out;
+  for (const ObjectRecord& r : records) {
+    out.append(py::make_tuple(type_names[r.type], r.stack, r.created_ns, r.sequence));
+  }
+  py::dict stack_dict;
+  for (const auto& [id, entry] : stacks) {
+    py::tuple frames(entry.second.second.size());
+    for (std::size_t i = 0; i < entry.second.second.size(); ++i) {
+      const Frame& f = entry.second.second[i];
+      frames[i] = py::make_tuple(f.filename, f.line, f.function);
+    }
+    stack_dict[py::int_(id)] = py::make_tuple(entry.first, entry.second.first, frames);
+  }
+  return py::make_tuple(out, stack_dict, now);
+}
+
+}  // namespace
+
+void RegisterObjectBindings(py::module_& m) {
+  g_tracked_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&g_tracked_spec));
+  if (g_tracked_type == nullptr) throw py::error_already_set();
+  m.add_object("TrackedType", reinterpret_cast<PyObject*>(g_tracked_type));
+  m.def("object_register_type", &NewTrackedType, py::arg("name"),
+        "Register a type by name (idempotent); beyond the type cap, the overflow type.");
+  m.def("objects_start", &ObjectsStart, py::arg("max_frames"), py::arg("top_sites"),
+        py::arg("max_records"),
+        "Start object tracking: creation stacks of up to max_frames frames, top_sites "
+        "sites per type in the metrics, at most max_records live records.");
+  m.def("objects_stop", &ObjectsStop,
+        "Stop object tracking: forget every record and count (type names stay).");
+  m.def(
+      "objects_active", [] { return ObjectRegistry::Instance().enabled(); },
+      "Whether object tracking is on.");
+  m.def(
+      "object_tracked",
+      [](py::handle obj) { return ObjectRegistry::Instance().Tracked(obj.ptr()); },
+      py::arg("obj"), "Whether obj has a live record.");
+  m.def("object_summary", &SummaryDict,
+        "Per type counts, oldest age and top sites, as the exporter sees them.");
+  m.def("object_records", &RecordsTuple,
+        "(records, stacks, now_ns) of every live record, for object snapshots.");
+}
+
+}  // namespace leakprobe

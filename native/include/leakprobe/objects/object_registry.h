@@ -1,0 +1,174 @@
+// leakprobe/objects/object_registry.h — the registry of tracked resource
+// owners: named types (httpx.Client, an application's AIClient, ...), and
+// one record per live tracked instance with its creation stack and time.
+// It counts, per type, creations, closes and collections while still open
+// (an instance garbage-collected without being closed), and answers the
+// live count, the oldest live instance's age and the top creation sites.
+//
+//   ObjectRegistry& r = ObjectRegistry::Instance();
+//   ObjectTypeId t = r.RegisterType("httpx.Client");
+//   r.Add(t, obj, weakref, stack, MonotonicNs());  // created (hot path)
+//   void* weakref = r.Close(obj);                   // closed: release it
+//   r.Collected(weakref);                           // the weakref's callback
+//
+// The registry knows nothing of Python: an instance is an opaque address,
+// and its `handle` another one (the bindings use a weak reference whose
+// callback calls Collected). Both addresses are of live objects while the
+// record exists, so one index holds both. Nothing here keeps an instance
+// alive.
+//
+// Bounds: at most kMaxTypes types (a registration beyond them gets
+// kOverflowType, "[type table full]", counted); at most max_records live
+// records (Start): a creation beyond it is counted (created and dropped)
+// but not tracked, so its close and its collection are not seen. Records of
+// a type form a list in creation order, so the oldest is its head.
+//
+// Thread-safety: all methods are thread-safe (one mutex, taken as a
+// TrackerLock so that hooks on the thread holding it pass through; it is
+// the `objects` stage of the fork protocol and is taken with no other
+// tracker lock held). Summary takes the stack table's lock after releasing
+// its own. The registry calls nothing while holding its lock but its own
+// tables (malloc included), never Python.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "leakprobe/objects/object_summary.h"
+#include "leakprobe/runtime/mutex.h"
+#include "leakprobe/stacks/stack_table.h"
+
+namespace leakprobe {
+
+using ObjectTypeId = std::uint32_t;
+// Every registration beyond the type cap (named kOverflowTypeName).
+inline constexpr ObjectTypeId kOverflowType = 0;
+
+// One live record, for the Python API's snapshots.
+struct ObjectRecord {
+  ObjectTypeId type = kOverflowType;
+  StackId stack = kEmptyStack;
+  std::int64_t created_ns = 0;   // CLOCK_MONOTONIC
+  std::uint64_t sequence = 0;    // creation order, process-wide
+};
+
+class ObjectRegistry {
+ public:
+  static constexpr std::size_t kMaxTypes = 128;       // kOverflowType included
+  static constexpr std::size_t kMaxNameBytes = 200;   // longer names are cut
+  static constexpr std::size_t kDefaultMaxRecords = 100000;
+
+  enum class AddResult { kAdded, kDuplicate, kDropped, kDisabled, kError };
+
+  // `stacks` names the sites in Summary (nullptr: StackTable::Instance()).
+  explicit ObjectRegistry(std::size_t max_types = kMaxTypes,
+                          const StackTable* stacks = nullptr);
+
+  // The process-wide registry (never destroyed: weak reference callbacks
+  // run during interpreter exit). Registers its fork stage.
+  static ObjectRegistry& Instance();
+
+  // Idempotent per name; kOverflowType when the type table is full. Works
+  // whether or not tracking is on.
+  ObjectTypeId RegisterType(std::string_view name);
+  std::string TypeName(ObjectTypeId type) const;
+
+  // Tracking on, with at most `max_records` live records (changeable by a
+  // later Start; records above a lowered cap stay). Records kept from
+  // before (a forked child's, whose instances are the child's) stay.
+  void Start(std::size_t max_records, std::size_t top_sites) noexcept;
+  // Tracking off: forgets every record and every count (the type names
+  // stay). Returns the records' handles, for the caller to release.
+  std::vector<void*> Stop();
+  bool enabled() const noexcept { return enabled_.load(std::memory_order_acquire); }
+  // Whether a creation now would be dropped (a hint for the caller, to
+  // skip making a handle; Add decides).
+  bool AtCapacity() const noexcept {
+    return live_records_.load(std::memory_order_relaxed) >=
+           max_records_.load(std::memory_order_relaxed);
+  }
+
+  // Hot path. kAdded: the registry owns `handle` until Close or Stop
+  // returns it (or Collected drops it); otherwise the caller keeps it.
+  // kDuplicate: `object` is tracked already (nothing counted). kDropped:
+  // counted as created and dropped. Never throws.
+  AddResult Add(ObjectTypeId type, const void* object, void* handle, StackId stack,
+                std::int64_t now_ns) noexcept;
+  // A creation that was not offered to Add: counted as created and
+  // dropped (the record cap), or as an error (no handle could be made).
+  void CountDropped(ObjectTypeId type) noexcept;
+  void CountError(ObjectTypeId type) noexcept;
+  // `object` was closed: counted, its record removed; returns its handle
+  // for the caller to release, nullptr when it was not tracked.
+  void* Close(const void* object) noexcept;
+  // The instance of `handle` was collected: counted as collected while
+  // open when it was tracked, its record removed. Returns whether it was
+  // tracked; if so the registry no longer owns the handle: the caller
+  // releases it.
+  bool Collected(const void* handle) noexcept;
+  bool Tracked(const void* object) const;
+
+  // Per type, in registration order (types with no event at all included).
+  ObjectSummary Summary(std::int64_t now_ns) const;
+  std::vector<ObjectRecord> Records() const;
+  std::size_t MemoryBytes() const;
+
+  void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Lock(); }
+  void AfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Unlock(); }
+  Mutex* mutex() { return &mu_; }
+
+ private:
+  static constexpr std::uint32_t kNil = ~std::uint32_t{0};
+  struct Record {
+    const void* object;
+    void* handle;
+    std::int64_t created_ns;
+    std::uint64_t sequence;
+    StackId stack;
+    ObjectTypeId type;
+    std::uint32_t prev;  // in its type's list; next free record when free
+    std::uint32_t next;
+  };
+  struct Type {
+    std::string name;
+    std::uint64_t live = 0;
+    std::uint64_t created = 0;
+    std::uint64_t closed = 0;
+    std::uint64_t collected_open = 0;
+    std::uint64_t dropped = 0;
+    std::uint64_t errors = 0;
+    std::uint32_t head = kNil;  // oldest live record
+    std::uint32_t tail = kNil;  // newest
+  };
+  static std::uint64_t SiteKey(ObjectTypeId type, StackId stack) {
+    return (std::uint64_t{type} << 32) | stack;
+  }
+  // Removes record `index` (both index keys, its list, its site count).
+  void RemoveLocked(std::uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::size_t MemoryBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::size_t max_types_;
+  const StackTable* const stacks_;
+  std::atomic<bool> enabled_{false};
+  std::atomic<std::size_t> max_records_{kDefaultMaxRecords};
+  std::atomic<std::size_t> top_sites_{5};
+  std::atomic<std::size_t> live_records_{0};  // mirrors index_ / 2, for AtCapacity
+  mutable Mutex mu_;
+  std::vector<Type> types_ ABSL_GUARDED_BY(mu_);  // [0]: kOverflowType
+  std::uint64_t type_overflows_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<Record> records_ ABSL_GUARDED_BY(mu_);
+  std::uint32_t free_ ABSL_GUARDED_BY(mu_) = kNil;  // free records, by `prev`
+  std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
+  // The address of a tracked instance and that of its handle -> record.
+  absl::flat_hash_map<const void*, std::uint32_t> index_ ABSL_GUARDED_BY(mu_);
+  // SiteKey(type, stack) -> live records; entries at 0 are erased.
+  absl::flat_hash_map<std::uint64_t, std::uint64_t> site_live_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace leakprobe

@@ -1,0 +1,273 @@
+// The registry of tracked resource owners (see
+// leakprobe/objects/object_registry.h).
+#include "leakprobe/objects/object_registry.h"
+
+#include <algorithm>
+#include <exception>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "leakprobe/runtime/fork.h"
+#include "leakprobe/runtime/guard.h"
+
+namespace leakprobe {
+
+ObjectRegistry::ObjectRegistry(std::size_t max_types, const StackTable* stacks)
+    : max_types_(std::max<std::size_t>(max_types, 1)), stacks_(stacks) {
+  const TrackerLock lock(&mu_);
+  types_.reserve(max_types_);
+  types_.push_back(Type{kOverflowTypeName});
+}
+
+ObjectRegistry& ObjectRegistry::Instance() {
+  static ObjectRegistry* const registry = [] {
+    auto* r = new ObjectRegistry();
+    RegisterForkLock(ForkStage::kObjects, r->mutex());
+    return r;
+  }();
+  return *registry;
+}
+
+ObjectTypeId ObjectRegistry::RegisterType(std::string_view name) {
+  name = name.substr(0, kMaxNameBytes);
+  const TrackerLock lock(&mu_);
+  for (std::size_t i = 1; i < types_.size(); ++i) {
+    if (types_[i].name == name) return static_cast<ObjectTypeId>(i);
+  }
+  if (types_.size() >= max_types_) {
+    ++type_overflows_;
+    return kOverflowType;
+  }
+  types_.push_back(Type{std::string(name)});
+  return static_cast<ObjectTypeId>(types_.size() - 1);
+}
+
+std::string ObjectRegistry::TypeName(ObjectTypeId type) const {
+  const TrackerLock lock(&mu_);
+  return type < types_.size() ? types_[type].name : std::string(kOverflowTypeName);
+}
+
+void ObjectRegistry::Start(std::size_t max_records, std::size_t top_sites) noexcept {
+  max_records_.store(max_records, std::memory_order_relaxed);
+  top_sites_.store(top_sites, std::memory_order_relaxed);
+  enabled_.store(true, std::memory_order_release);
+}
+
+std::vector<void*> ObjectRegistry::Stop() {
+  enabled_.store(false, std::memory_order_release);
+  std::vector<void*> handles;
+  const TrackerLock lock(&mu_);
+  for (std::size_t t = 0; t < types_.size(); ++t) {
+    Type& type = types_[t];
+    for (std::uint32_t i = type.head; i != kNil; i = records_[i].next) {
+      handles.push_back(records_[i].handle);
+    }
+    type = Type{std::move(type.name)};
+  }
+  type_overflows_ = 0;
+  // Give the memory back: a stopped registry costs nothing.
+  std::vector<Record>().swap(records_);
+  free_ = kNil;
+  absl::flat_hash_map<const void*, std::uint32_t>().swap(index_);
+  absl::flat_hash_map<std::uint64_t, std::uint64_t>().swap(site_live_);
+  live_records_.store(0, std::memory_order_relaxed);
+  return handles;
+}
+
+ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* object,
+                                              void* handle, StackId stack,
+                                              std::int64_t now_ns) noexcept {
+  if (!enabled()) return AddResult::kDisabled;
+  const TrackerLock lock(&mu_);
+  if (type >= types_.size()) type = kOverflowType;
+  Type& t = types_[type];
+  if (index_.contains(object)) return AddResult::kDuplicate;
+  ++t.created;
+  if (index_.size() / 2 >= max_records_.load(std::memory_order_relaxed)) {
+    ++t.dropped;
+    return AddResult::kDropped;
+  }
+  std::uint32_t index = free_;
+  bool inserted_object = false;
+  try {
+    if (index == kNil) {
+      if (records_.size() >= kNil) throw std::bad_alloc();
+      records_.push_back(Record{});
+      index = static_cast<std::uint32_t>(records_.size() - 1);
+    } else {
+      free_ = records_[index].prev;
+    }
+    index_.emplace(object, index);
+    inserted_object = true;
+    index_.emplace(handle, index);
+    ++site_live_[SiteKey(type, stack)];
+  } catch (...) {  // out of memory: the tables stay as they were
+    if (inserted_object) {
+      index_.erase(object);
+      index_.erase(handle);
+    }
+    if (index != kNil) {
+      records_[index].prev = free_;
+      free_ = index;
+    }
+    ++t.errors;
+    return AddResult::kError;
+  }
+  // Creation order within a type, even if a caller's clock read raced.
+  if (t.tail != kNil) now_ns = std::max(now_ns, records_[t.tail].created_ns);
+  records_[index] = Record{object, handle, now_ns, next_sequence_++, stack, type, t.tail, kNil};
+  if (t.tail != kNil) {
+    records_[t.tail].next = index;
+  } else {
+    t.head = index;
+  }
+  t.tail = index;
+  ++t.live;
+  live_records_.fetch_add(1, std::memory_order_relaxed);
+  return AddResult::kAdded;
+}
+
+void ObjectRegistry::CountDropped(ObjectTypeId type) noexcept {
+  const TrackerLock lock(&mu_);
+  Type& t = types_[type < types_.size() ? type : kOverflowType];
+  ++t.created;
+  ++t.dropped;
+}
+
+void ObjectRegistry::CountError(ObjectTypeId type) noexcept {
+  const TrackerLock lock(&mu_);
+  ++types_[type < types_.size() ? type : kOverflowType].errors;
+}
+
+void ObjectRegistry::RemoveLocked(std::uint32_t index) {
+  Record& r = records_[index];
+  Type& t = types_[r.type];
+  if (r.prev != kNil) {
+    records_[r.prev].next = r.next;
+  } else {
+    t.head = r.next;
+  }
+  if (r.next != kNil) {
+    records_[r.next].prev = r.prev;
+  } else {
+    t.tail = r.prev;
+  }
+  --t.live;
+  index_.erase(r.object);
+  index_.erase(r.handle);
+  const auto site = site_live_.find(SiteKey(r.type, r.stack));
+  if (site != site_live_.end() && --site->second == 0) site_live_.erase(site);
+  r.object = nullptr;
+  r.handle = nullptr;
+  r.prev = free_;
+  r.next = kNil;
+  free_ = index;
+  live_records_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void* ObjectRegistry::Close(const void* object) noexcept {
+  const TrackerLock lock(&mu_);
+  const auto it = index_.find(object);
+  if (it == index_.end() || records_[it->second].object != object) return nullptr;
+  const std::uint32_t index = it->second;
+  void* handle = records_[index].handle;
+  ++types_[records_[index].type].closed;
+  RemoveLocked(index);
+  return handle;
+}
+
+bool ObjectRegistry::Collected(const void* handle) noexcept {
+  const TrackerLock lock(&mu_);
+  const auto it = index_.find(handle);
+  if (it == index_.end() || records_[it->second].handle != handle) return false;
+  const std::uint32_t index = it->second;
+  ++types_[records_[index].type].collected_open;
+  RemoveLocked(index);
+  return true;
+}
+
+bool ObjectRegistry::Tracked(const void* object) const {
+  const TrackerLock lock(&mu_);
+  const auto it = index_.find(object);
+  return it != index_.end() && records_[it->second].object == object;
+}
+
+ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
+  ObjectSummary summary;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> sites;  // (SiteKey, live)
+  {
+    const TrackerLock lock(&mu_);
+    summary.types.reserve(types_.size());
+    for (const Type& t : types_) {
+      ObjectTypeSummary s;
+      s.name = t.name;
+      s.live = t.live;
+      s.created = t.created;
+      s.closed = t.closed;
+      s.collected_open = t.collected_open;
+      s.dropped = t.dropped;
+      s.errors = t.errors;
+      if (t.head != kNil) {
+        s.oldest_age_seconds =
+            static_cast<double>(std::max<std::int64_t>(now_ns - records_[t.head].created_ns, 0)) /
+            1e9;
+      }
+      summary.types.push_back(std::move(s));
+    }
+    sites.assign(site_live_.begin(), site_live_.end());
+    summary.records = index_.size() / 2;
+    summary.type_overflows = type_overflows_;
+    summary.memory_bytes = MemoryBytesLocked();
+  }
+  summary.max_records = max_records_.load(std::memory_order_relaxed);
+  // Sites by text per type (stacks that share their attribution site are
+  // one site), outside the registry's lock: SiteOf takes the stack table's.
+  const StackTable& table = stacks_ != nullptr ? *stacks_ : StackTable::Instance();
+  std::vector<absl::flat_hash_map<std::string, std::uint64_t>> by_site(summary.types.size());
+  for (const auto& [key, live] : sites) {
+    const auto type = static_cast<std::size_t>(key >> 32);
+    if (type < by_site.size()) by_site[type][table.SiteOf(static_cast<StackId>(key))] += live;
+  }
+  const std::size_t top = top_sites_.load(std::memory_order_relaxed);
+  for (std::size_t t = 0; t < by_site.size(); ++t) {
+    std::vector<ObjectSite>& out = summary.types[t].top_sites;
+    for (auto& [site, live] : by_site[t]) out.push_back(ObjectSite{site, live});
+    std::sort(out.begin(), out.end(), [](const ObjectSite& a, const ObjectSite& b) {
+      return a.live != b.live ? a.live > b.live : a.site < b.site;
+    });
+    if (out.size() > top) out.resize(top);
+  }
+  return summary;
+}
+
+std::vector<ObjectRecord> ObjectRegistry::Records() const {
+  std::vector<ObjectRecord> out;
+  const TrackerLock lock(&mu_);
+  out.reserve(index_.size() / 2);
+  for (const Type& t : types_) {
+    for (std::uint32_t i = t.head; i != kNil; i = records_[i].next) {
+      const Record& r = records_[i];
+      out.push_back(ObjectRecord{r.type, r.stack, r.created_ns, r.sequence});
+    }
+  }
+  return out;
+}
+
+std::size_t ObjectRegistry::MemoryBytes() const {
+  const TrackerLock lock(&mu_);
+  return MemoryBytesLocked();
+}
+
+std::size_t ObjectRegistry::MemoryBytesLocked() const {
+  // abseil's flat tables: one control byte and one slot per bucket.
+  std::size_t bytes = sizeof(*this) + records_.capacity() * sizeof(Record) +
+                      types_.capacity() * sizeof(Type) +
+                      index_.capacity() * (1 + sizeof(std::pair<const void*, std::uint32_t>)) +
+                      site_live_.capacity() * (1 + sizeof(std::pair<std::uint64_t, std::uint64_t>));
+  for (const Type& t : types_) {
+    if (t.name.capacity() > 15) bytes += t.name.capacity() + 1;
+  }
+  return bytes;
+}
+
+}  // namespace leakprobe
