@@ -140,13 +140,27 @@ PRELUDE = textwrap.dedent(
     """
 )
 
-# How a child reads one tracked type's figures through the objects API.
+# How a child reads one tracked type's figures: leakprobe.objects().
 COUNTS = textwrap.dedent(
     """
+    def leakprobe_type(name):
+        import leakprobe
+        for stats in leakprobe.objects():
+            if stats.name == name:
+                return stats
+        return None
+
     def leakprobe_counts(name):
-        from leakprobe import _objects
-        return _objects.stub_counts().get(name, dict(live=0, created=0, closed=0,
-                                                      collected_while_open=0))
+        stats = leakprobe_type(name)
+        if stats is None:
+            return dict(live=0, created=0, closed=0, collected_while_open=0)
+        return dict(live=stats.live, created=stats.created, closed=stats.closed,
+                    collected_while_open=stats.collected_while_open)
+
+    def sites(name):
+        # {"path:line in function": live objects} of one tracked type
+        stats = leakprobe_type(name)
+        return {} if stats is None else {stat.site_name: stat.count for stat in stats.sites}
     """
 )
 

@@ -63,13 +63,17 @@ def test_ai_client_that_never_closes_its_httpx_client(upstream):
     for i, client in enumerate(clients):
         client.generate(f"prompt {i}")
     during, pool_during = counts("httpx.Client"), pools("httpcore")
+    site = sites("httpx.Client")
     del clients, client
     gc.collect()
     emit(during=during, after=counts("httpx.Client"), pool_during=pool_during,
-         pool_after=pools("httpcore"))
+         pool_after=pools("httpcore"), site=site)
     """
     result = run_child(body, UPSTREAM=upstream, N=str(N))
     assert result["during"] == zero(live=N, created=N)
+    # attributed to the wrapper's line, not to httpx or leakprobe
+    line = line_of(body, "the seed's client line")
+    assert result["site"] == {f"<string>:{line} in BaseAIClient.__init__": N}
     assert result["after"] == zero(created=N, collected_while_open=N)
     # one kept-alive connection per client, idle in its pool; gone with the pools
     assert result["pool_during"] == {"active": 0, "idle": N}
@@ -221,7 +225,7 @@ SQLITE_ENGINE = """
     def leak_sessions():
         sessions = []
         for _ in range(N):
-            session = Session(engine)  # never closed
+            session = Session(engine)  # the session line: never closed
             session.execute(text("select 1"))
             sessions.append(session)
         return sessions
@@ -236,7 +240,7 @@ SESSION_PROGRAM = SQLITE_ENGINE + """
     sessions = leak_sessions()
     during = dict(sessions=counts("sqlalchemy.orm.Session"), pool=pools("sqlalchemy", label),
                   checkouts=counts("sqlalchemy.PoolProxiedConnection"),
-                  sqlite=counts("sqlite3.Connection"))
+                  sqlite=counts("sqlite3.Connection"), site=sites("sqlalchemy.orm.Session"))
     del sessions
     gc.collect()
     after = dict(sessions=counts("sqlalchemy.orm.Session"), pool=pools("sqlalchemy", label),
@@ -263,6 +267,8 @@ def test_nullpool_sessions_never_closed(tmp_path):
     result = run_child(SESSION_PROGRAM, DB=str(tmp_path / "app.db"), POOL="null", N=str(N))
     during, after = result["during"], result["after"]
     assert during["sessions"] == zero(live=N, created=N)
+    line = line_of(SESSION_PROGRAM, "# the session line")
+    assert during["site"] == {f"<string>:{line} in leak_sessions": N}
     # NullPool: one DBAPI connection per checked-out session, none kept
     assert during["pool"] == pool_states(N, N)
     assert during["checkouts"] == zero(live=N, created=N)
@@ -376,14 +382,16 @@ def test_threads_alive_then_ended():
     release = threading.Event()
     threads = [threading.Thread(target=release.wait) for _ in range(N)]
     for thread in threads:
-        thread.start()
-    during = counts("threading.Thread")
+        thread.start()  # the start line
+    during, site = counts("threading.Thread"), sites("threading.Thread")
     release.set()
     for thread in threads:
         thread.join()
-    emit(during=during, after=counts("threading.Thread"))
+    emit(during=during, after=counts("threading.Thread"), site=site)
     """, N=str(N))
     assert result["during"] == zero(live=N, created=N)
+    assert list(result["site"].values()) == [N]
+    assert list(result["site"])[0].endswith(" in <module>")
     assert result["after"] == zero(created=N, closed=N)
 
 

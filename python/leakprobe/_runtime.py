@@ -243,7 +243,8 @@ def _start_adapters(native: Any, config: Config) -> None:
     try:
         from . import adapters
 
-        adapters.activate(_config.adapter_names(config.adapters))
+        # Their figures live in the object registry: off with it.
+        adapters.activate(_config.adapter_names(config.adapters) if config.objects else ())
     except Exception as exc:  # the host runs on; so does the rest of leakprobe
         native.log("warning", f"library adapters could not start: {exc!r}; "
                    "profiling continues without them")
