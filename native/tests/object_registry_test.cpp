@@ -1,0 +1,278 @@
+#include "leakprobe/objects/object_registry.h"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fake_frames.h"
+
+namespace leakprobe {
+namespace {
+
+using testing::FakeFrame;
+using Result = ObjectRegistry::AddResult;
+
+// Addresses stand in for objects and their weak references: the registry
+// never dereferences them.
+const void* Obj(std::uintptr_t n) { return reinterpret_cast<const void*>(n * 16); }
+void* Handle(std::uintptr_t n) { return reinterpret_cast<void*>(n * 16 + 8); }
+
+class ObjectRegistryTest : public ::testing::Test {
+ protected:
+  ObjectRegistryTest() : stacks_(1000, 100), registry_(8, &stacks_) {
+    stacks_.SetSource(testing::FakeSource());
+    stacks_.SetLibraryPrefixes({"/lib/"});
+    registry_.Start(1000, 5);
+  }
+  StackId Stack(std::vector<LeakprobeRawFrame> frames) {
+    return stacks_.Intern(frames.data(), static_cast<int>(frames.size()));
+  }
+  const ObjectTypeSummary& TypeOf(const ObjectSummary& s, const std::string& name) {
+    for (const ObjectTypeSummary& t : s.types) {
+      if (t.name == name) return t;
+    }
+    ADD_FAILURE() << "no type " << name;
+    return s.types.at(0);
+  }
+  StackTable stacks_;
+  ObjectRegistry registry_;
+};
+
+TEST_F(ObjectRegistryTest, CountsCreatedClosedCollectedAndLive) {
+  const ObjectTypeId client = registry_.RegisterType("httpx.Client");
+  EXPECT_EQ(registry_.RegisterType("httpx.Client"), client);  // idempotent
+  const ObjectTypeId session = registry_.RegisterType("Session");
+  EXPECT_NE(session, client);
+  EXPECT_NE(client, kOverflowType);
+  for (std::uintptr_t i = 1; i <= 5; ++i) {
+    EXPECT_EQ(registry_.Add(client, Obj(i), Handle(i), kEmptyStack, 100), Result::kAdded);
+  }
+  EXPECT_EQ(registry_.Add(session, Obj(6), Handle(6), kEmptyStack, 100), Result::kAdded);
+  // A second creation of a tracked object, even under another type, is ignored.
+  EXPECT_EQ(registry_.Add(session, Obj(1), Handle(7), kEmptyStack, 100), Result::kDuplicate);
+  EXPECT_TRUE(registry_.Tracked(Obj(1)));
+  EXPECT_FALSE(registry_.Tracked(Handle(1)));  // a handle is not an object
+  EXPECT_EQ(registry_.Close(Obj(1)), Handle(1));
+  EXPECT_EQ(registry_.Close(Obj(1)), nullptr);  // idempotent
+  EXPECT_EQ(registry_.Close(Obj(99)), nullptr);  // never tracked
+  EXPECT_EQ(registry_.Close(Handle(2)), nullptr);  // a handle is not an object
+  EXPECT_TRUE(registry_.Collected(Handle(2)));
+  EXPECT_FALSE(registry_.Collected(Handle(2)));
+  EXPECT_FALSE(registry_.Collected(Obj(3)));  // an object is not a handle
+  EXPECT_FALSE(registry_.Tracked(Obj(2)));
+
+  const ObjectSummary s = registry_.Summary(100);
+  const ObjectTypeSummary& c = TypeOf(s, "httpx.Client");
+  EXPECT_EQ(c.created, 5u);
+  EXPECT_EQ(c.closed, 1u);
+  EXPECT_EQ(c.collected_open, 1u);
+  EXPECT_EQ(c.live, 3u);
+  EXPECT_EQ(c.dropped, 0u);
+  const ObjectTypeSummary& t = TypeOf(s, "Session");
+  EXPECT_EQ(t.created, 1u);  // the duplicate was not counted
+  EXPECT_EQ(t.live, 1u);
+  EXPECT_EQ(s.records, 4u);
+  EXPECT_EQ(s.types.at(0).name, kOverflowTypeName);
+  EXPECT_GT(s.memory_bytes, sizeof(ObjectRegistry));
+}
+
+TEST_F(ObjectRegistryTest, RecordCapDropsAndCounts) {
+  registry_.Start(2, 5);
+  const ObjectTypeId t = registry_.RegisterType("T");
+  EXPECT_EQ(registry_.Add(t, Obj(1), Handle(1), kEmptyStack, 1), Result::kAdded);
+  EXPECT_FALSE(registry_.AtCapacity());
+  EXPECT_EQ(registry_.Add(t, Obj(2), Handle(2), kEmptyStack, 1), Result::kAdded);
+  EXPECT_TRUE(registry_.AtCapacity());
+  EXPECT_EQ(registry_.Add(t, Obj(3), Handle(3), kEmptyStack, 1), Result::kDropped);
+  registry_.CountDropped(t);  // what the bindings do when AtCapacity
+  EXPECT_EQ(registry_.Close(Obj(3)), nullptr);  // dropped: its close is not seen
+  EXPECT_EQ(registry_.Close(Obj(1)), Handle(1));
+  EXPECT_FALSE(registry_.AtCapacity());
+  EXPECT_EQ(registry_.Add(t, Obj(4), Handle(4), kEmptyStack, 1), Result::kAdded);
+  registry_.CountError(t);
+  const ObjectTypeSummary& s = TypeOf(registry_.Summary(1), "T");
+  EXPECT_EQ(s.created, 5u);  // 3 tracked, 2 dropped
+  EXPECT_EQ(s.dropped, 2u);
+  EXPECT_EQ(s.closed, 1u);
+  EXPECT_EQ(s.live, 2u);
+  EXPECT_EQ(s.errors, 1u);
+  EXPECT_EQ(registry_.Summary(1).max_records, 2u);
+}
+
+TEST_F(ObjectRegistryTest, TypeCapOverflowsIntoOneCountedType) {
+  ObjectRegistry small(3, &stacks_);  // the overflow type and two more
+  small.Start(100, 5);
+  const ObjectTypeId a = small.RegisterType("a");
+  const ObjectTypeId b = small.RegisterType("b");
+  EXPECT_EQ(small.RegisterType("c"), kOverflowType);
+  EXPECT_EQ(small.RegisterType("d"), kOverflowType);
+  EXPECT_EQ(small.RegisterType("a"), a);  // known names still resolve
+  EXPECT_NE(a, b);
+  EXPECT_EQ(small.Add(kOverflowType, Obj(1), Handle(1), kEmptyStack, 1), Result::kAdded);
+  const ObjectSummary s = small.Summary(1);
+  EXPECT_EQ(s.type_overflows, 2u);
+  ASSERT_EQ(s.types.size(), 3u);
+  EXPECT_EQ(s.types[0].name, kOverflowTypeName);
+  EXPECT_EQ(s.types[0].live, 1u);
+  EXPECT_EQ(small.TypeName(kOverflowType), kOverflowTypeName);
+  // Names are cut at kMaxNameBytes.
+  const std::string longer(ObjectRegistry::kMaxNameBytes + 50, 'x');
+  ObjectRegistry named(4, &stacks_);
+  EXPECT_EQ(named.TypeName(named.RegisterType(longer)).size(), ObjectRegistry::kMaxNameBytes);
+}
+
+TEST_F(ObjectRegistryTest, OldestAgeFollowsTheOldestLiveRecord) {
+  const ObjectTypeId t = registry_.RegisterType("T");
+  registry_.Add(t, Obj(1), Handle(1), kEmptyStack, 1'000'000'000);
+  registry_.Add(t, Obj(2), Handle(2), kEmptyStack, 2'000'000'000);
+  registry_.Add(t, Obj(3), Handle(3), kEmptyStack, 3'000'000'000);
+  EXPECT_DOUBLE_EQ(TypeOf(registry_.Summary(5'000'000'000), "T").oldest_age_seconds, 4.0);
+  registry_.Close(Obj(2));  // from the middle
+  EXPECT_DOUBLE_EQ(TypeOf(registry_.Summary(5'000'000'000), "T").oldest_age_seconds, 4.0);
+  registry_.Collected(Handle(1));  // the head
+  EXPECT_DOUBLE_EQ(TypeOf(registry_.Summary(5'000'000'000), "T").oldest_age_seconds, 2.0);
+  registry_.Close(Obj(3));
+  EXPECT_DOUBLE_EQ(TypeOf(registry_.Summary(5'000'000'000), "T").oldest_age_seconds, 0.0);
+  // A clock read that raced another thread's keeps creation order.
+  registry_.Add(t, Obj(4), Handle(4), kEmptyStack, 4'000'000'000);
+  registry_.Add(t, Obj(5), Handle(5), kEmptyStack, 3'500'000'000);
+  const std::vector<ObjectRecord> records = registry_.Records();
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_LT(records[0].sequence, records[1].sequence);
+  EXPECT_EQ(records[1].created_ns, 4'000'000'000);
+}
+
+TEST_F(ObjectRegistryTest, TopSitesByLiveInstancesPerType) {
+  const ObjectTypeId t = registry_.RegisterType("T");
+  const ObjectTypeId u = registry_.RegisterType("U");
+  // Two stacks with one attribution site (the library frame differs).
+  const StackId site_a1 = Stack({FakeFrame(1001, 4), FakeFrame(5, 20)});
+  const StackId site_a2 = Stack({FakeFrame(1002, 4), FakeFrame(5, 20)});
+  const StackId site_b = Stack({FakeFrame(6, 10)});
+  std::uintptr_t n = 0;
+  const auto add = [&](ObjectTypeId type, StackId stack) {
+    ++n;
+    registry_.Add(type, Obj(n), Handle(n), stack, 1);
+  };
+  for (int i = 0; i < 3; ++i) add(t, site_a1);
+  for (int i = 0; i < 2; ++i) add(t, site_a2);
+  for (int i = 0; i < 4; ++i) add(t, site_b);
+  add(u, site_b);
+  add(t, kEmptyStack);
+  ObjectSummary s = registry_.Summary(1);
+  std::vector<ObjectSite> sites = TypeOf(s, "T").top_sites;
+  ASSERT_EQ(sites.size(), 3u);
+  EXPECT_EQ(sites[0].site, "/app/file5.py:10 in f5");
+  EXPECT_EQ(sites[0].live, 5u);
+  EXPECT_EQ(sites[1].site, "/app/file6.py:5 in f6");
+  EXPECT_EQ(sites[1].live, 4u);
+  EXPECT_EQ(sites[2].site, "<native>");
+  ASSERT_EQ(TypeOf(s, "U").top_sites.size(), 1u);
+  EXPECT_EQ(TypeOf(s, "U").top_sites[0].live, 1u);
+  // Closing moves the counts; at most top-N are kept.
+  for (std::uintptr_t i = 1; i <= 4; ++i) registry_.Close(Obj(i));
+  registry_.Start(1000, 1);
+  s = registry_.Summary(1);
+  sites = TypeOf(s, "T").top_sites;
+  ASSERT_EQ(sites.size(), 1u);
+  EXPECT_EQ(sites[0].site, "/app/file6.py:5 in f6");
+  EXPECT_EQ(sites[0].live, 4u);
+}
+
+TEST_F(ObjectRegistryTest, StopForgetsRecordsAndCountsKeepsNames) {
+  const ObjectTypeId t = registry_.RegisterType("T");
+  registry_.Add(t, Obj(1), Handle(1), kEmptyStack, 1);
+  registry_.Add(t, Obj(2), Handle(2), kEmptyStack, 1);
+  registry_.Close(Obj(1));
+  std::vector<void*> handles = registry_.Stop();
+  EXPECT_EQ(handles, std::vector<void*>{Handle(2)});
+  EXPECT_FALSE(registry_.enabled());
+  EXPECT_EQ(registry_.Add(t, Obj(3), Handle(3), kEmptyStack, 1), Result::kDisabled);
+  EXPECT_FALSE(registry_.Collected(Handle(2)));
+  registry_.Start(10, 5);
+  EXPECT_EQ(registry_.RegisterType("T"), t);
+  const ObjectTypeSummary& s = TypeOf(registry_.Summary(1), "T");
+  EXPECT_EQ(s.created, 0u);
+  EXPECT_EQ(s.closed, 0u);
+  EXPECT_EQ(s.live, 0u);
+  EXPECT_EQ(registry_.Records().size(), 0u);
+}
+
+TEST_F(ObjectRegistryTest, ThreadsCreatingAndClosingWhileScraped) {
+  const ObjectTypeId t = registry_.RegisterType("T");
+  registry_.Start(1'000'000, 5);
+  constexpr int kThreads = 4;
+  constexpr std::uintptr_t kPerThread = 20000;
+  std::atomic<bool> done{false};
+  std::thread scraper([&] {
+    while (!done.load()) {
+      const ObjectSummary s = registry_.Summary(1);
+      EXPECT_LE(s.records, kThreads * kPerThread);
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int k = 0; k < kThreads; ++k) {
+    threads.emplace_back([&, k] {
+      const std::uintptr_t base = static_cast<std::uintptr_t>(k) * kPerThread * 2 + 1;
+      for (std::uintptr_t i = 0; i < kPerThread; ++i) {
+        const std::uintptr_t n = base + i;
+        EXPECT_EQ(registry_.Add(t, Obj(n), Handle(n), kEmptyStack, 1), Result::kAdded);
+        if (i % 3 == 0) {
+          EXPECT_EQ(registry_.Close(Obj(n)), Handle(n));
+        } else if (i % 3 == 1) {
+          EXPECT_TRUE(registry_.Collected(Handle(n)));
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  done = true;
+  scraper.join();
+  const ObjectTypeSummary& s = TypeOf(registry_.Summary(1), "T");
+  constexpr std::uint64_t kTotal = kThreads * kPerThread;
+  EXPECT_EQ(s.created, kTotal);
+  EXPECT_EQ(s.closed, kThreads * ((kPerThread + 2) / 3));
+  EXPECT_EQ(s.collected_open, kThreads * ((kPerThread + 1) / 3));
+  EXPECT_EQ(s.live, kTotal - s.closed - s.collected_open);
+  EXPECT_EQ(registry_.Records().size(), s.live);
+}
+
+TEST(ObjectRegistryForkTest, ChildOfAForkDuringTrackingIsUsable) {
+  // The process-wide registry's lock is a fork stage: a fork while another
+  // thread creates and closes leaves the child a registry it can use.
+  ObjectRegistry& registry = ObjectRegistry::Instance();
+  registry.Start(1'000'000, 5);
+  const ObjectTypeId t = registry.RegisterType("fork-test");
+  std::atomic<bool> done{false};
+  std::thread churn([&] {
+    for (std::uintptr_t n = 1; !done.load(); ++n) {
+      registry.Add(t, Obj(n), Handle(n), kEmptyStack, 1);
+      registry.Close(Obj(n));
+    }
+  });
+  for (int i = 0; i < 20; ++i) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const auto result = registry.Add(t, Obj(1u << 30), Handle(1u << 30), kEmptyStack, 1);
+      const ObjectSummary s = registry.Summary(1);
+      _exit(result == Result::kAdded && s.records >= 1 ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  done = true;
+  churn.join();
+  registry.Stop();
+}
+
+}  // namespace
+}  // namespace leakprobe

@@ -150,7 +150,9 @@ def _make_wrapper(fn: Any, name: str, body: str, is_async: bool,
     source = (f"{'async ' if is_async else ''}def {name}({params}):\n"
               + body.format(call=call, self=self_name, await_="await " if is_async else ""))
     namespace = dict(namespace, __lp_wrapped=fn)
-    exec(compile(source, f"<leakprobe wrapper of {name}>", "exec"), namespace)
+    # Compiled as this file's code, so attribution sites skip the wrapper's
+    # frame as leakprobe's own (library) code.
+    exec(compile(source, __file__, "exec"), namespace)
     wrapper = namespace[name]
     if _signature(fn) is not None:
         wrapper.__defaults__ = fn.__defaults__
