@@ -22,11 +22,13 @@ def test_leakprobe_imports_none_of_the_libraries():
 
 
 def wrapper_layers(expression: str) -> str:
-    """Child code: how many wrapt layers wrap the function at `expression`."""
+    """Child code: how many layers (wrapt's, or track_type's) wrap the
+    function at `expression`."""
     return f"""
     import wrapt
     layers, function = 0, {expression}
-    while isinstance(function, wrapt.ObjectProxy):
+    while isinstance(function, wrapt.ObjectProxy) or \\
+            getattr(function, "__leakprobe_wrapped__", False):
         layers, function = layers + 1, function.__wrapped__
     """
 
@@ -34,16 +36,19 @@ def wrapper_layers(expression: str) -> str:
 def test_library_imported_before_leakprobe_is_instrumented_once():
     # httpx first, then the prelude's import leakprobe; a restart must not wrap again
     result = run_child("""
+    import subprocess
     before = adapters.installed()
     leakprobe.stop()
     leakprobe.start(port=0, log_level="warning")
     for _ in range(3):
         httpx.Client().close()
     """ + wrapper_layers('httpx.Client.__dict__["__init__"]') + """
-    emit(counts=counts("httpx.Client"), layers=layers, before=before)
+    init_layers = layers
+    """ + wrapper_layers('__import__("subprocess").Popen.__dict__["__init__"]') + """
+    emit(counts=counts("httpx.Client"), layers=[init_layers, layers], before=before)
     """, first="import httpx")
     assert "httpx" in result["before"]
-    assert result["layers"] == 1
+    assert result["layers"] == [1, 1]  # track_type's for httpx, wrapt's for Popen
     assert result["counts"] == {"live": 0, "created": 3, "closed": 3, "collected_while_open": 0}
 
 
@@ -81,11 +86,12 @@ def test_stopped_leakprobe_passes_calls_through_and_counts_again_after_start():
 
 def test_adapters_none_leaves_every_library_untouched():
     result = run_child(wrapper_layers('__import__("httpx").Client.__dict__["__init__"]') + """
-    import sqlite3, subprocess
-    emit(layers=layers, installed=adapters.installed(), connect=type(sqlite3.connect).__name__)
+    import httpx, sqlite3, subprocess
+    emit(layers=layers, installed=adapters.installed(), connect=type(sqlite3.connect).__name__,
+         tracked=hasattr(httpx.Client, "__leakprobe_tracked__"))
     """, LEAKPROBE_ADAPTERS="none")
     assert result == {"layers": 0, "installed": [], "connect": "builtin_function_or_method",
-                      "__stderr__": ""}
+                      "tracked": False, "__stderr__": ""}
 
 
 def test_disabled_leakprobe_registers_no_hook():
@@ -125,14 +131,39 @@ def test_an_internal_error_never_reaches_the_application():
         closed = created
 
     _objects.register_type = lambda name: Broken()
-    import httpx
-    for _ in range(5):
-        with httpx.Client() as client:
-            pass
-    emit(errors=adapters.errors(), closed=client.is_closed)
+    import subprocess
+    codes = [subprocess.Popen(["sh", "-c", f"exit {i}"]).wait() for i in range(5)]
+    emit(errors=adapters.errors(), codes=codes)
     """)
-    assert result["closed"] is True
-    assert result["errors"] == {"httpx": 10}  # 5 creations and 5 closes, counted
+    assert result["codes"] == [0, 1, 2, 3, 4]
+    assert result["errors"] == {"subprocess": 10}  # 5 creations and 5 waits, counted
     lines = leakprobe_lines(result["__stderr__"])
-    assert len(lines) == 1 and "the httpx adapter failed: RuntimeError('registry broken')" \
-        in lines[0]
+    assert len(lines) == 1 and \
+        "the subprocess adapter failed: RuntimeError('registry broken')" in lines[0]
+
+
+def test_a_later_start_instruments_a_library_that_was_not_wanted_at_its_import():
+    result = run_child("""
+    import httpx
+    before = adapters.installed()
+    leakprobe.start(port=0, log_level="warning", adapters="all")
+    after = adapters.installed()
+    httpx.Client().close()
+    emit(before=before, after=after, counts=counts("httpx.Client"))
+    """, LEAKPROBE_ADAPTERS="sqlite3")
+    assert "httpx" not in result["before"] and "httpx" in result["after"]
+    assert result["counts"] == {"live": 0, "created": 1, "closed": 1, "collected_while_open": 0}
+
+
+def test_a_hook_that_fired_while_its_adapter_was_unwanted_installs_it_at_a_later_start():
+    result = run_child("""
+    leakprobe.start(port=0, log_level="warning", adapters="none")
+    import requests  # its hook (registered by the first start) fires: not wanted now
+    before = adapters.installed()
+    leakprobe.start(port=0, log_level="warning", adapters="requests")
+    with requests.Session():
+        pass
+    emit(before=before, after=adapters.installed(), counts=counts("requests.Session"))
+    """)
+    assert "requests" not in result["before"] and "requests" in result["after"]
+    assert result["counts"] == {"live": 0, "created": 1, "closed": 1, "collected_while_open": 0}

@@ -4,10 +4,11 @@ the objects registry (``leakprobe._objects``) as the application uses them.
 leakprobe never imports these libraries itself. At start it registers one
 post-import hook per library (``wrapt.register_post_import_hook``): the hook
 runs at once for a library the application imported already, or when the
-application imports it later. Each library is instrumented once per process;
-``stop()`` (or ``LEAKPROBE_ADAPTERS=none`` at a later ``start()``) switches
-the wrappers to plain pass-through, and a later ``start()`` switches them
-back on. docs/objects.md lists what each adapter counts and how it hooks.
+application imports it later. Each library is instrumented once per process
+and stays so; while leakprobe is stopped the wrappers only call through.
+A later ``start()`` with another ``LEAKPROBE_ADAPTERS`` list decides which
+libraries are instrumented from then on. docs/objects.md lists what each
+adapter counts and how it hooks.
 
     import leakprobe.adapters as adapters
     adapters.installed()          # ['httpx', 'sqlite3', 'subprocess', 'threading']
@@ -20,6 +21,7 @@ lock; the hooks run under the import lock of the module they instrument.
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 from typing import Any
 
@@ -52,15 +54,15 @@ def _hook(name: str) -> Any:
         # Called by wrapt with the library module, under its import; must
         # never raise into the application's import.
         with _lock:
-            if name in _installed or name in _failed:
-                return
+            if name in _installed or name in _failed or name not in _wanted:
+                return  # (not wanted now: activate() installs it if it is later)
             try:
                 adapter = _module(name)
                 if adapter.install(library) is False:
                     _failed.add(name)  # unsupported version: logged by install
                     return
                 _installed.add(name)
-                adapter.SWITCH.on = name in _wanted
+                adapter.SWITCH.on = True
             except Exception as exc:
                 _failed.add(name)
                 _common.internal_error(name, exc)
@@ -76,7 +78,12 @@ def activate(names: frozenset[str] | set[str] | tuple[str, ...]) -> None:
     with _lock:
         _wanted = frozenset(names)
         for name in _installed:
-            _module(name).SWITCH.on = name in _wanted
+            _module(name).SWITCH.on = True
+        # a hook that fired while its adapter was not wanted did nothing
+        late = [name for name in _wanted & _registered
+                if name not in _installed and ADAPTERS[name][0] in sys.modules]
+    for name in late:
+        _hook(name)(sys.modules[ADAPTERS[name][0]])
     if not _wanted - _registered:
         return
     import wrapt  # only when a hook is to be registered: ~20 ms of imports
@@ -102,7 +109,7 @@ def installed() -> list[str]:
 
 
 def active() -> list[str]:
-    """Adapters installed and recording now."""
+    """Adapters installed and recording now (leakprobe running)."""
     with _lock:
         return sorted(name for name in _installed if _module(name).SWITCH.on)
 

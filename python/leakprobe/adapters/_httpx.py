@@ -10,7 +10,7 @@ import weakref
 from typing import Any
 
 from ._common import PoolGauges, Switch
-from ._track import register, track_aclose, track_close, track_init
+from ._track import track_class
 
 SWITCH = Switch("httpx")
 _POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # live httpcore pools, sync and async
@@ -34,14 +34,10 @@ GAUGES[0].probe = _probe
 
 
 def install(httpx: Any) -> bool:
-    client = register("httpx.Client")
-    async_client = register("httpx.AsyncClient")
-    track_init(httpx.Client, "__init__", SWITCH, client)
-    track_close(httpx.Client, "close", SWITCH, client)
-    track_close(httpx.Client, "__exit__", SWITCH, client)
-    track_init(httpx.AsyncClient, "__init__", SWITCH, async_client)
-    track_aclose(httpx.AsyncClient, "aclose", SWITCH, async_client)
-    track_aclose(httpx.AsyncClient, "__aexit__", SWITCH, async_client)
+    # __exit__/__aexit__ are wrapped by track_type too: httpx's __exit__
+    # does not call close()
+    track_class(httpx.Client, "close", "httpx.Client")
+    track_class(httpx.AsyncClient, "aclose", "httpx.AsyncClient")
 
     import httpcore  # imported by httpx already: this is a lookup
 

@@ -9,7 +9,7 @@ import weakref
 from typing import Any
 
 from ._common import PoolGauges, Switch
-from ._track import register, track_close, track_init
+from ._track import track_class
 
 SWITCH = Switch("requests")
 _POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # live urllib3 HTTP(S)ConnectionPools
@@ -35,9 +35,7 @@ GAUGES[0].probe = _probe
 
 
 def install(requests: Any) -> bool:
-    session = register("requests.Session")
-    track_init(requests.Session, "__init__", SWITCH, session)
-    track_close(requests.Session, "close", SWITCH, session)
+    track_class(requests.Session, "close", "requests.Session")
 
     import urllib3.connectionpool  # imported by requests already: a lookup
 

@@ -20,7 +20,7 @@ from typing import Any
 import wrapt
 
 from ._common import PoolGauges, Switch, guarded, internal_error, log
-from ._track import register, track_close, track_init
+from ._track import register, track_class
 
 SWITCH = Switch("sqlalchemy")
 GAUGES = (PoolGauges("sqlalchemy"),)
@@ -145,10 +145,7 @@ def install(sqlalchemy: Any) -> bool:
 
 def _install_orm(session_module: Any) -> None:
     try:
-        sessions = register("sqlalchemy.orm.Session")
-        track_init(session_module.Session, "__init__", SWITCH, sessions)
-        track_close(session_module.Session, "close", SWITCH, sessions)
-        track_close(session_module.Session, "invalidate", SWITCH, sessions)
+        track_class(session_module.Session, ("close", "invalidate"), "sqlalchemy.orm.Session")
     except Exception as exc:
         internal_error(SWITCH.name, exc)
 

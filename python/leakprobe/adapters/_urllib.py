@@ -17,16 +17,14 @@ from typing import Any
 import wrapt
 
 from ._common import Switch, guarded
-from ._track import register, track_close, track_init
+from ._track import register, track_class
 
 SWITCH = Switch("urllib")
 
 
 def install(request: Any) -> bool:
-    opener = register("urllib.request.OpenerDirector")
+    track_class(request.OpenerDirector, "close", "urllib.request.OpenerDirector")
     response = register("urllib.request.HTTPResponse")
-    track_init(request.OpenerDirector, "__init__", SWITCH, opener)
-    track_close(request.OpenerDirector, "close", SWITCH, opener)
 
     def do_open(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         result = wrapped(*args, **kwargs)
