@@ -16,8 +16,27 @@ from ._track import register
 SWITCH = Switch("threading")
 
 
+class _Lazy:
+    """The type, registered at the first thread start: threading is imported
+    by every interpreter, so registering at install would take one of the
+    registry's 128 type slots in processes that never start a thread."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.type: Any = None
+
+    def created(self, thread: Any) -> None:
+        if self.type is None:
+            self.type = register(self.name)
+        self.type.created(thread)
+
+    def closed(self, thread: Any) -> None:
+        if self.type is not None:
+            self.type.closed(thread)
+
+
 def install(threading: Any) -> bool:
-    tracked = register("threading.Thread")
+    tracked = _Lazy("threading.Thread")
 
     def start(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         # Counted before the thread runs: a short thread may end (and be
