@@ -46,7 +46,7 @@ cmake -S . -B build/tsan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_TSAN=ON
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/tsan
 TSAN_OPTIONS=halt_on_error=1 HEAP_STRESS_SECONDS=30 \
-  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|StackTable|FdTable'
+  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|StackTable|FdTable|ObjectRegistry'
 
 for version in 3.11 3.12 3.13; do
   step "pytest on CPython $version"

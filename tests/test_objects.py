@@ -398,6 +398,14 @@ def test_stopped_or_disabled_tracking_counts_nothing(tmp_path):
                       "leakprobe_objects_live" in _native.collect_text()]))
     """, LEAKPROBE_OBJECTS="0")
     assert out == [[["process", "gc", "heap", "fds", "exporter"], False, False]]
+    out = run_app(tmp_path, """
+    from leakprobe import _native
+    kept = app.make(3)
+    kept[0].close()
+    t = [t for t in _native.object_summary()["types"] if t["name"] == "app.Resource"][0]
+    print(json.dumps([leakprobe.status()["running"], t["created"], t["closed"], kept[0].closed]))
+    """, LEAKPROBE_DISABLE="1")
+    assert out == [[False, 0, 0, True]]
 
 
 def test_record_cap_counts_the_drop(tmp_path):

@@ -14,7 +14,6 @@
 
 #include "absl/base/thread_annotations.h"
 #include "fd_bindings.h"
-#include "object_bindings.h"
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/heap/heap_tracker.h"
 #include "leakprobe/heap/pymem_hooks.h"
@@ -31,6 +30,7 @@
 #include "leakprobe/stacks/python_frames.h"
 #include "leakprobe/stacks/stack_table.h"
 #include "leakprobe/version.h"
+#include "object_bindings.h"
 #include "prometheus/text_serializer.h"
 
 namespace py = pybind11;

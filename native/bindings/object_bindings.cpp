@@ -4,7 +4,12 @@
 // alive. Every call here runs with the GIL held (the weak reference C API
 // needs it), so the registry's lock is only ever contended by a scrape.
 // Nothing raises into the caller: a failure is counted (errors) and logged
-// once.
+// once. No HookGuard here: these functions run from Python code only, never
+// inside one of our hooks, on a forking thread (Python's own fork handlers
+// run before the fork protocol's) or under a tracker lock; the registry's
+// lock is a TrackerLock, so a hook reached while it is held passes through.
+// The weak reference's own allocation may be sampled by the heap tracker,
+// like any allocation of the code that created the object.
 #include "object_bindings.h"
 
 #include <pybind11/stl.h>
@@ -63,8 +68,7 @@ void LogErrorOnce(const std::string& type, const char* what) {
 // where pybind11's dispatch costs ~250 ns, on the path of every tracked
 // creation and close.
 struct TrackedTypeObject {
-  PyObject_HEAD
-  ObjectTypeId id;
+  PyObject_HEAD ObjectTypeId id;
   PyObject* name;  // str
 };
 
@@ -90,7 +94,8 @@ PyObject* TrackedCreated(PyObject* py_self, PyObject* obj) {
   if (weakref == nullptr) {
     PyErr_Clear();
     registry.CountError(self->id);
-    LogErrorOnce(TypeNameOf(self), "an instance that cannot be weakly referenced was not tracked");
+    LogErrorOnce(TypeNameOf(self),
+                 "an instance that cannot be weakly referenced was not tracked");
     Py_RETURN_NONE;
   }
   const int max_frames = g_max_frames.load(std::memory_order_relaxed);
@@ -113,7 +118,8 @@ PyObject* TrackedClosed(PyObject* /*self*/, PyObject* obj) {
 }
 
 PyObject* TrackedCountError(PyObject* py_self, PyObject* /*unused*/) {
-  ObjectRegistry::Instance().CountError(reinterpret_cast<TrackedTypeObject*>(py_self)->id);
+  ObjectRegistry::Instance().CountError(
+      reinterpret_cast<TrackedTypeObject*>(py_self)->id);
   Py_RETURN_NONE;
 }
 
@@ -150,18 +156,18 @@ PyGetSetDef g_tracked_getset[] = {
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 PyType_Slot g_tracked_slots[] = {
-    {Py_tp_doc, const_cast<char*>("A type of resource owner registered with leakprobe's "
-                                  "object registry (see leakprobe._objects.register_type).")},
+    {Py_tp_doc,
+     const_cast<char*>("A type of resource owner registered with leakprobe's "
+                       "object registry (see leakprobe._objects.register_type).")},
     {Py_tp_methods, g_tracked_methods},
     {Py_tp_getset, g_tracked_getset},
     {Py_tp_repr, reinterpret_cast<void*>(&TrackedRepr)},
     {Py_tp_dealloc, reinterpret_cast<void*>(&TrackedDealloc)},
     {0, nullptr}};
 
-PyType_Spec g_tracked_spec = {"leakprobe._native.TrackedType",
-                              static_cast<int>(sizeof(TrackedTypeObject)), 0,
-                              Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-                              g_tracked_slots};
+PyType_Spec g_tracked_spec = {
+    "leakprobe._native.TrackedType", static_cast<int>(sizeof(TrackedTypeObject)), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, g_tracked_slots};
 
 PyTypeObject* g_tracked_type = nullptr;  // set at module init, never freed
 
@@ -219,7 +225,9 @@ py::dict SummaryDict() {
     d["errors"] = t.errors;
     d["oldest_age_seconds"] = t.oldest_age_seconds;
     py::list sites;
-    for (const ObjectSite& site : t.top_sites) sites.append(py::make_tuple(site.site, site.live));
+    for (const ObjectSite& site : t.top_sites) {
+      sites.append(py::make_tuple(site.site, site.live));
+    }
     d["top_sites"] = sites;
     types.append(std::move(d));
   }
@@ -238,7 +246,8 @@ py::dict SummaryDict() {
 py::tuple RecordsTuple() {
   std::vector<ObjectRecord> records;
   std::vector<std::string> names;
-  std::unordered_map<StackId, std::pair<std::string, std::pair<std::size_t, std::vector<Frame>>>>
+  std::unordered_map<StackId,
+                     std::pair<std::string, std::pair<std::size_t, std::vector<Frame>>>>
       stacks;
   std::int64_t now = 0;
   {

@@ -24,7 +24,6 @@ logged once.
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple, TypeVar  # not dataclasses: slow to import
@@ -37,8 +36,10 @@ _WRAPPED = "__leakprobe_wrapped__"  # on a wrapper function: True
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 MAX_NAME_BYTES = 200
 
-_lock = threading.Lock()  # protects _types
-_types: dict[str, Any] = {}  # name -> TrackedType
+# name -> TrackedType. No lock: a lock held by another thread at a fork
+# would be held for ever in the child; dict.setdefault is atomic under the
+# GIL, and the native registration is idempotent.
+_types: dict[str, Any] = {}
 _error_logged = False
 
 
@@ -65,11 +66,10 @@ def register_type(name: str) -> Any:
         raise ValueError(f"register_type(): the name {name!r} is not accepted; accepted: "
                          f"a non-empty printable str of at most {MAX_NAME_BYTES} bytes "
                          "in UTF-8, e.g. 'httpx.Client'")
-    with _lock:
-        tracked = _types.get(name)
-        if tracked is None:
-            tracked = _types[name] = _native().object_register_type(name)
-        return tracked
+    tracked = _types.get(name)
+    if tracked is None:
+        tracked = _types.setdefault(name, _native().object_register_type(name))
+    return tracked
 
 
 def _internal_error(tracked: Any, where: str, exc: BaseException) -> None:

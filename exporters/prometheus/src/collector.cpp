@@ -178,22 +178,24 @@ void AddFdFamilies(const FdSummary& fd, std::vector<MetricFamily>* out) {
 }
 
 void AddObjectFamilies(const ObjectSummary& objects, std::vector<MetricFamily>* out) {
-  MetricFamily live = Family("leakprobe_objects_live",
-                             "Tracked objects alive and not closed, by type.", MetricType::Gauge);
+  MetricFamily live =
+      Family("leakprobe_objects_live", "Tracked objects alive and not closed, by type.",
+             MetricType::Gauge);
   MetricFamily created = Family("leakprobe_objects_created_total",
                                 "Tracked objects created, by type.", MetricType::Counter);
   MetricFamily closed = Family("leakprobe_objects_closed_total",
                                "Tracked objects closed, by type.", MetricType::Counter);
-  MetricFamily collected = Family(
-      "leakprobe_objects_collected_while_open_total",
-      "Tracked objects garbage-collected without being closed, by type.", MetricType::Counter);
-  MetricFamily oldest =
-      Family("leakprobe_objects_oldest_age_seconds",
-             "Age of the oldest live tracked object, by type (0 when none).", MetricType::Gauge);
-  MetricFamily dropped = Family(
-      "leakprobe_objects_dropped_total",
-      "Tracked-object creations counted but not recorded: the record cap was reached, by type.",
-      MetricType::Counter);
+  MetricFamily collected =
+      Family("leakprobe_objects_collected_while_open_total",
+             "Tracked objects garbage-collected without being closed, by type.",
+             MetricType::Counter);
+  MetricFamily oldest = Family(
+      "leakprobe_objects_oldest_age_seconds",
+      "Age of the oldest live tracked object, by type (0 when none).", MetricType::Gauge);
+  MetricFamily dropped = Family("leakprobe_objects_dropped_total",
+                                "Tracked-object creations counted but not recorded: the "
+                                "record cap was reached, by type.",
+                                MetricType::Counter);
   MetricFamily errors =
       Family("leakprobe_object_tracking_errors_total",
              "Tracked-object creations that could not be recorded (no weak reference, "
@@ -215,7 +217,8 @@ void AddObjectFamilies(const ObjectSummary& objects, std::vector<MetricFamily>* 
     AddSample(&dropped, static_cast<double>(t.dropped), labels);
     AddSample(&errors, static_cast<double>(t.errors), labels);
     for (const ObjectSite& site : t.top_sites) {
-      AddSample(&sites, static_cast<double>(site.live), {{"type", t.name}, {"site", site.site}});
+      AddSample(&sites, static_cast<double>(site.live),
+                {{"type", t.name}, {"site", site.site}});
     }
   }
   out->push_back(std::move(live));
@@ -235,7 +238,8 @@ void AddObjectFamilies(const ObjectSummary& objects, std::vector<MetricFamily>* 
   out->push_back(Single("leakprobe_object_type_overflows_total",
                         "Type registrations beyond the type cap, counted under the type "
                         "'[type table full]'.",
-                        MetricType::Counter, static_cast<double>(objects.type_overflows)));
+                        MetricType::Counter,
+                        static_cast<double>(objects.type_overflows)));
   out->push_back(Single("leakprobe_object_registry_memory_bytes",
                         "Memory held by the tracked-object registry's own tables.",
                         MetricType::Gauge, static_cast<double>(objects.memory_bytes)));

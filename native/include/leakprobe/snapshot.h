@@ -25,10 +25,12 @@ struct Snapshot {
   GcSnapshot gc;
   std::optional<HeapSummary> heap;   // empty unless heap tracking is on
   std::optional<FdSummary> fd;       // empty unless fd tracking is on
-  std::optional<ObjectSummary> objects;  // empty unless object tracking is on
   std::optional<PythonInfo> python;  // empty until the bindings set it
   HookPasses hook_passes;            // calls the hooks passed through untracked
   const char* version = nullptr;     // leakprobe's own version
+
+  // Empty unless object tracking is on.
+  std::optional<ObjectSummary> objects;
 };
 
 Snapshot TakeSnapshot();

@@ -115,7 +115,8 @@ ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* obj
   }
   // Creation order within a type, even if a caller's clock read raced.
   if (t.tail != kNil) now_ns = std::max(now_ns, records_[t.tail].created_ns);
-  records_[index] = Record{object, handle, now_ns, next_sequence_++, stack, type, t.tail, kNil};
+  records_[index] =
+      Record{object, handle, now_ns, next_sequence_++, stack, type, t.tail, kNil};
   if (t.tail != kNil) {
     records_[t.tail].next = index;
   } else {
@@ -208,9 +209,9 @@ ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
       s.dropped = t.dropped;
       s.errors = t.errors;
       if (t.head != kNil) {
-        s.oldest_age_seconds =
-            static_cast<double>(std::max<std::int64_t>(now_ns - records_[t.head].created_ns, 0)) /
-            1e9;
+        s.oldest_age_seconds = static_cast<double>(std::max<std::int64_t>(
+                                   now_ns - records_[t.head].created_ns, 0)) /
+                               1e9;
       }
       summary.types.push_back(std::move(s));
     }
@@ -223,10 +224,13 @@ ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
   // Sites by text per type (stacks that share their attribution site are
   // one site), outside the registry's lock: SiteOf takes the stack table's.
   const StackTable& table = stacks_ != nullptr ? *stacks_ : StackTable::Instance();
-  std::vector<absl::flat_hash_map<std::string, std::uint64_t>> by_site(summary.types.size());
+  std::vector<absl::flat_hash_map<std::string, std::uint64_t>> by_site(
+      summary.types.size());
   for (const auto& [key, live] : sites) {
     const auto type = static_cast<std::size_t>(key >> 32);
-    if (type < by_site.size()) by_site[type][table.SiteOf(static_cast<StackId>(key))] += live;
+    if (type < by_site.size()) {
+      by_site[type][table.SiteOf(static_cast<StackId>(key))] += live;
+    }
   }
   const std::size_t top = top_sites_.load(std::memory_order_relaxed);
   for (std::size_t t = 0; t < by_site.size(); ++t) {
@@ -260,10 +264,11 @@ std::size_t ObjectRegistry::MemoryBytes() const {
 
 std::size_t ObjectRegistry::MemoryBytesLocked() const {
   // abseil's flat tables: one control byte and one slot per bucket.
-  std::size_t bytes = sizeof(*this) + records_.capacity() * sizeof(Record) +
-                      types_.capacity() * sizeof(Type) +
-                      index_.capacity() * (1 + sizeof(std::pair<const void*, std::uint32_t>)) +
-                      site_live_.capacity() * (1 + sizeof(std::pair<std::uint64_t, std::uint64_t>));
+  std::size_t bytes =
+      sizeof(*this) + records_.capacity() * sizeof(Record) +
+      types_.capacity() * sizeof(Type) +
+      index_.capacity() * (1 + sizeof(std::pair<const void*, std::uint32_t>)) +
+      site_live_.capacity() * (1 + sizeof(std::pair<std::uint64_t, std::uint64_t>));
   for (const Type& t : types_) {
     if (t.name.capacity() > 15) bytes += t.name.capacity() + 1;
   }

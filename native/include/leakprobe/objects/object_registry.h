@@ -54,14 +54,14 @@ inline constexpr ObjectTypeId kOverflowType = 0;
 struct ObjectRecord {
   ObjectTypeId type = kOverflowType;
   StackId stack = kEmptyStack;
-  std::int64_t created_ns = 0;   // CLOCK_MONOTONIC
-  std::uint64_t sequence = 0;    // creation order, process-wide
+  std::int64_t created_ns = 0;  // CLOCK_MONOTONIC
+  std::uint64_t sequence = 0;   // creation order, process-wide
 };
 
 class ObjectRegistry {
  public:
-  static constexpr std::size_t kMaxTypes = 128;       // kOverflowType included
-  static constexpr std::size_t kMaxNameBytes = 200;   // longer names are cut
+  static constexpr std::size_t kMaxTypes = 128;      // kOverflowType included
+  static constexpr std::size_t kMaxNameBytes = 200;  // longer names are cut
   static constexpr std::size_t kDefaultMaxRecords = 100000;
 
   enum class AddResult { kAdded, kDuplicate, kDropped, kDisabled, kError };

@@ -27,14 +27,14 @@ struct ObjectSite {
 };
 
 struct ObjectTypeSummary {
-  std::string name;                 // "httpx.Client", "app.clients.AIClient"
-  std::uint64_t live = 0;           // tracked instances alive and not closed
-  std::uint64_t created = 0;        // creations seen (dropped ones included)
-  std::uint64_t closed = 0;         // tracked instances closed
-  std::uint64_t collected_open = 0; // tracked instances collected while open
-  std::uint64_t dropped = 0;        // creations not tracked: the record cap
-  std::uint64_t errors = 0;         // creations that could not be tracked
-  double oldest_age_seconds = 0;    // of the oldest live instance; 0 if none
+  std::string name;                   // "httpx.Client", "app.clients.AIClient"
+  std::uint64_t live = 0;             // tracked instances alive and not closed
+  std::uint64_t created = 0;          // creations seen (dropped ones included)
+  std::uint64_t closed = 0;           // tracked instances closed
+  std::uint64_t collected_open = 0;   // tracked instances collected while open
+  std::uint64_t dropped = 0;          // creations not tracked: the record cap
+  std::uint64_t errors = 0;           // creations that could not be tracked
+  double oldest_age_seconds = 0;      // of the oldest live instance; 0 if none
   std::vector<ObjectSite> top_sites;  // by live instances, descending
 };
 

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Cost of tracked objects (docs/objects.md, docs/benchmarks.md): the time
+of one create/close pair of a class tracked with ``leakprobe.track_type``,
+side by side with the same class untracked, and the registry's memory at
+one million live tracked objects.
+
+Every figure comes from fresh subprocesses of ``sys.executable``; the arms
+of the pair-cost row alternate (A/B, B/A, ...) and the row reports the
+median of the per-round figures, because this machine's two cores are
+shared and absolute times drift. Benchmarks are not tests: nothing here
+asserts on time.
+
+Usage::
+
+    .venv/bin/python scripts/bench_objects.py              # both rows
+    .venv/bin/python scripts/bench_objects.py --rounds 9 --pairs 200000
+    .venv/bin/python scripts/bench_objects.py --only memory --objects 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+
+MARKER = "LEAKPROBE-BENCH"
+
+# One child: define a plain class and the same class tracked, then time
+# `pairs` create/close pairs of the arm's class (best of 5 timeit repeats).
+PAIR_CHILD = """
+import timeit, leakprobe
+
+class Plain:
+    def __init__(self, tag=None):
+        self.tag = tag
+    def close(self):
+        self.tag = None
+
+@leakprobe.track_type
+class Tracked:
+    def __init__(self, tag=None):
+        self.tag = tag
+    def close(self):
+        self.tag = None
+
+if {arm!r} == "stopped":
+    leakprobe.stop()
+cls = Plain if {arm!r} == "plain" else Tracked
+if {arm!r} == "wrapt":  # the same tracking through wrapt's FunctionWrapper
+    import wrapt
+    from leakprobe import _objects
+    t = _objects.register_type("bench.WraptTracked")
+
+    class WraptTracked:
+        def __init__(self, tag=None):
+            self.tag = tag
+        def close(self):
+            self.tag = None
+
+    def init_wrapper(wrapped, instance, args, kwargs):
+        wrapped(*args, **kwargs)
+        t.created(instance)
+
+    def close_wrapper(wrapped, instance, args, kwargs):
+        result = wrapped(*args, **kwargs)
+        t.closed(instance)
+        return result
+
+    wrapt.wrap_function_wrapper(WraptTracked, "__init__", init_wrapper)
+    wrapt.wrap_function_wrapper(WraptTracked, "close", close_wrapper)
+    cls = WraptTracked
+
+def pair():
+    obj = cls(1)
+    obj.close()
+
+best = min(timeit.repeat(pair, number={pairs}, repeat=5)) / {pairs}
+print({marker!r}, json.dumps({{"ns": best * 1e9}}))
+"""
+
+# One child: `n` live objects of a weakly referenceable class; RSS before
+# and after tracking all of them (the objects themselves exist before), the
+# registry's own tables, and the time of one scrape and one summary then.
+MEMORY_CHILD = """
+import gc, time, leakprobe
+from leakprobe import _native, _objects
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+class Conn:
+    pass
+
+objs = [Conn() for _ in range({n})]
+gc.collect()
+before = rss()
+t = _objects.register_type("bench.Conn")
+start = time.perf_counter()
+for o in objs:
+    t.created(o)
+track_s = time.perf_counter() - start
+gc.collect()
+after = rss()
+summary = _native.object_summary()
+start = time.perf_counter()
+text = _native.collect_text()
+scrape_s = time.perf_counter() - start
+start = time.perf_counter()
+for o in objs:
+    t.closed(o)
+close_s = time.perf_counter() - start
+print({marker!r}, json.dumps({{
+    "records": summary["records"], "rss_delta": after - before,
+    "registry_bytes": summary["memory_bytes"], "track_s": track_s, "close_s": close_s,
+    "scrape_s": scrape_s, "live": [x["live"] for x in summary["types"]
+                                   if x["name"] == "bench.Conn"][0]}}))
+"""
+
+
+def run_child(code: str, env: dict[str, str]) -> dict:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
+    full_env.update({"LEAKPROBE_PORT": "0", "LEAKPROBE_LOG_LEVEL": "off"}, **env)
+    # The wrapt arm finds wrapt where this interpreter does.
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    proc = subprocess.run([sys.executable, "-c", "import json\n" + textwrap.dedent(code)],
+                          env=full_env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith(MARKER))
+    return json.loads(line[len(MARKER):])
+
+
+def pair_cost(rounds: int, pairs: int) -> None:
+    arms: tuple[str, ...] = ("plain", "tracked", "stopped")
+    if importlib.util.find_spec("wrapt") is not None:
+        arms += ("wrapt",)
+    figures: dict[str, list[float]] = {arm: [] for arm in arms}
+    for r in range(rounds):
+        order = arms if r % 2 == 0 else arms[::-1]
+        for arm in order:
+            figures[arm].append(run_child(PAIR_CHILD.format(arm=arm, pairs=pairs,
+                                                            marker=MARKER), {})["ns"])
+    plain = statistics.median(figures["plain"])
+    tracked = statistics.median(figures["tracked"])
+    stopped = statistics.median(figures["stopped"])
+    extra = statistics.median(t - p for t, p in zip(figures["tracked"], figures["plain"]))
+    extra_stopped = statistics.median(s - p for s, p in zip(figures["stopped"],
+                                                            figures["plain"]))
+    print(f"create/close pair ({rounds} rounds x {pairs} pairs, median of rounds):")
+    print(f"  untracked class            {plain:7.0f} ns")
+    print(f"  tracked, leakprobe running {tracked:7.0f} ns  "
+          f"(+{extra:.0f} ns a pair, x{tracked / plain:.2f})")
+    print(f"  tracked, leakprobe stopped {stopped:7.0f} ns  (+{extra_stopped:.0f} ns a pair)")
+    if "wrapt" in figures:
+        wrapt_ns = statistics.median(figures["wrapt"])
+        print(f"  tracked through wrapt      {wrapt_ns:7.0f} ns  (+{wrapt_ns - plain:.0f} ns a pair; "
+              "FunctionWrapper on __init__ and close, for comparison)")
+
+
+def memory(n: int) -> None:
+    m = run_child(MEMORY_CHILD.format(n=n, marker=MARKER),
+                  {"LEAKPROBE_OBJECT_RECORDS": str(n), "LEAKPROBE_HEAP": "0",
+                   "LEAKPROBE_FDS": "0"})
+    assert m["records"] == n and m["live"] == n, m
+    print(f"registry at {n} live tracked objects:")
+    print(f"  RSS growth from tracking them  {m['rss_delta'] / 2**20:7.1f} MiB "
+          f"({m['rss_delta'] / n:.0f} bytes an object: registry tables + weak reference)")
+    print(f"  the registry's own tables      {m['registry_bytes'] / 2**20:7.1f} MiB "
+          f"({m['registry_bytes'] / n:.0f} bytes an object; leakprobe_object_registry_memory_bytes)")
+    print(f"  created() of all {n}: {m['track_s']:.2f} s ({m['track_s'] / n * 1e9:.0f} ns each); "
+          f"closed(): {m['close_s']:.2f} s ({m['close_s'] / n * 1e9:.0f} ns each)")
+    print(f"  one scrape (collect_text) then: {m['scrape_s'] * 1e3:.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("pairs", "memory"))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--pairs", type=int, default=100000)
+    parser.add_argument("--objects", type=int, default=1_000_000)
+    args = parser.parse_args()
+    if args.only in (None, "pairs"):
+        pair_cost(args.rounds, args.pairs)
+    if args.only in (None, "memory"):
+        memory(args.objects)
+
+
+if __name__ == "__main__":
+    main()
