@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 from adapter_support import HttpServer, line_of, run_child
+from conftest import parse_exposition, value
 
 N = 12
 
@@ -418,3 +419,20 @@ def test_popen_never_waited_and_waited():
     assert result["during"] == zero(live=N, created=N)
     assert result["leaked"] == zero(created=N, collected_while_open=N)
     assert result["fixed"] == zero(created=2 * N + 2, closed=N + 2, collected_while_open=N)
+
+
+def test_leaking_clients_show_in_the_exposition_by_type_and_site(upstream):
+    body = AI_CLIENT + """
+    from leakprobe import _native
+    clients = [OpenAIClient(os.environ["UPSTREAM"]) for _ in range(N)]
+    for i, client in enumerate(clients):
+        client.generate(f"prompt {i}")
+    emit(text=_native.collect_text())
+    """
+    text = run_child(body, UPSTREAM=upstream, N=str(N))["text"]
+    families = parse_exposition(text)
+    line = line_of(body, "the seed's client line")
+    assert value(families, "leakprobe_objects_live", type="httpx.Client") == N
+    assert value(families, "leakprobe_objects_site_live", type="httpx.Client",
+                 site=f"<string>:{line} in BaseAIClient.__init__") == N
+    assert value(families, "leakprobe_objects_closed_total", type="httpx.Client") == 0
