@@ -423,11 +423,47 @@ def child_http_requests() -> None:
         thread.join()
 
 
+HTTPX_CLIENTS = 10_000
+"""httpx clients made and closed in one unit of the objects-httpx row."""
+SQLALCHEMY_SESSIONS = 100_000
+"""SQLAlchemy sessions made and closed in one unit of the objects-sqlalchemy row."""
+
+
+def child_httpx_clients() -> None:
+    """Create and close httpx.Client objects, no request: the churn of a
+    tracked resource owner (track_type's wrappers on __init__ and close, and
+    the registry's create/close with a stack capture). One SSL context is
+    shared: httpx loads certifi's bundle into a new one per client (~50 ms
+    here), which would hide everything else."""
+    import ssl
+
+    import httpx
+
+    context = ssl.create_default_context()
+    for _ in range(HTTPX_CLIENTS):
+        httpx.Client(verify=context).close()
+
+
+def child_sqlalchemy_sessions() -> None:
+    """Create and close SQLAlchemy ORM sessions against a SQLite file, no
+    query: the churn of the most frequently made tracked owner."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    with tempfile.TemporaryDirectory() as directory:
+        engine = create_engine(f"sqlite:///{directory}/bench.db")
+        for _ in range(SQLALCHEMY_SESSIONS):
+            Session(engine).close()
+        engine.dispose()
+
+
 CHILD_WORKLOADS: dict[str, Callable[[], None]] = {
     "alloc-graphs": child_object_graphs,
     "alloc-json": child_json_roundtrip,
     "fd-open-close": child_fd_open_close,
     "fd-http": child_http_requests,
+    "objects-httpx": child_httpx_clients,
+    "objects-sqlalchemy": child_sqlalchemy_sessions,
 }
 """Python code run inside a child, after its arm's setup, by name."""
 
@@ -880,6 +916,16 @@ WORKLOADS: dict[str, Workload] = {
              "thread in the child, a new connection each "
              f"(median of {CHILD_ROUNDS} rounds in the child)",
         measure=functools.partial(measure_in_child, "fd-http")),
+    "objects-httpx": Workload(
+        unit="ms",
+        what=f"create and close {HTTPX_CLIENTS:,} httpx.Client (one shared SSL "
+             f"context, no request; median of {CHILD_ROUNDS} rounds in the child)",
+        measure=functools.partial(measure_in_child, "objects-httpx")),
+    "objects-sqlalchemy": Workload(
+        unit="ms",
+        what=f"create and close {SQLALCHEMY_SESSIONS:,} SQLAlchemy ORM sessions on a "
+             f"SQLite file engine, no query (median of {CHILD_ROUNDS} rounds in the child)",
+        measure=functools.partial(measure_in_child, "objects-sqlalchemy")),
     "fastapi-async": Workload(
         unit="us/req",
         what="uvicorn + FastAPI `async def` endpoint, sequential keep-alive "

@@ -18,6 +18,7 @@ APT_PACKAGES=(
   libunwind-dev libabsl-dev libspdlog-dev libgtest-dev prometheus-cpp-dev
   clang-format clang-tidy
   prometheus            # promtool, and a real Prometheus server for tests
+  postgresql            # a real PostgreSQL server for the SQLAlchemy adapter's tests
 )
 
 leakprobe_log() { printf '[setup] %s\n' "$*" >&2; }

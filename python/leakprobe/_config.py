@@ -99,6 +99,36 @@ def _seconds_in(low: float, high: float) -> Callable[[Any], float]:
 
 _parse_interval = _seconds_in(0.01, 3600)
 
+# The built-in adapters (leakprobe.adapters.ADAPTERS; kept here so that
+# parsing the option imports nothing).
+ADAPTER_NAMES = ("httpx", "requests", "urllib", "sqlalchemy", "sqlite3", "threading",
+                 "subprocess")
+
+
+def _parse_adapters(value: Any) -> str:
+    """Canonical form: "all", "none", or the names listed, comma-separated,
+    in ADAPTER_NAMES order (see adapter_names)."""
+    if isinstance(value, bool):
+        return "all" if value else "none"
+    text = str(value).strip().lower()
+    if text in ("all", *_TRUE):
+        return "all"
+    if text in ("none", "", *_FALSE):
+        return "none"
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    if not names or not names <= set(ADAPTER_NAMES):
+        raise _Invalid
+    return ",".join(name for name in ADAPTER_NAMES if name in names)
+
+
+def adapter_names(value: str) -> tuple[str, ...]:
+    """The adapters a canonical ``adapters`` value switches on."""
+    if value == "all":
+        return ADAPTER_NAMES
+    if value == "none":
+        return ()
+    return tuple(value.split(","))
+
 
 class Option(NamedTuple):
     name: str  # keyword for start(); the variable is LEAKPROBE_<NAME>
@@ -139,6 +169,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("object_top_sites", 5, _int_in(1, 100), "an integer from 1 to 100"),
     Option("object_records", 100000, _int_in(0, 100_000_000),
            "an integer from 0 to 100000000"),
+    Option("adapters", "all", _parse_adapters,
+           "all, none, 1/true/yes/on, 0/false/no/off, or a comma-separated list of "
+           + ", ".join(ADAPTER_NAMES)),
     Option("container_discover", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("container_discover_interval", 30.0, _seconds_in(0.05, 3600),
            "a number of seconds from 0.05 to 3600"),
@@ -172,6 +205,7 @@ class Config(NamedTuple):
     object_frames: int = 32
     object_top_sites: int = 5
     object_records: int = 100000
+    adapters: str = "all"
     container_discover: bool = True
     container_discover_interval: float = 30.0
     census: bool = False

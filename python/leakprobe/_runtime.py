@@ -225,6 +225,7 @@ def start(**options: Any) -> dict[str, Any]:
         sampler.sample_once()  # the first scrape already has gc figures
         port, error = _start_exporter(native, config)
         sampler.start()
+        _start_adapters(native, config)
         _state = _State(config, sampler, port, error, fds)
         _options = dict(options)
         return status()
@@ -266,6 +267,19 @@ def _start_fds(native: Any, config: Config) -> bool:
     return True
 
 
+def _start_adapters(native: Any, config: Config) -> None:
+    """Post-import hooks of the built-in adapters (leakprobe.adapters); the
+    libraries themselves are never imported here."""
+    try:
+        from . import adapters
+
+        # Their figures live in the object registry: off with it.
+        adapters.activate(_config.adapter_names(config.adapters) if config.objects else ())
+    except Exception as exc:  # the host runs on; so does the rest of leakprobe
+        native.log("warning", f"library adapters could not start: {exc!r}; "
+                   "profiling continues without them")
+
+
 def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None]:
     try:
         port = native.start_exporter(config.host, config.port)
@@ -296,6 +310,9 @@ def _stop_locked() -> None:
         return
     state, _state = _state, None
     state.sampler.stopping.set()
+    adapters = sys.modules.get("leakprobe.adapters")
+    if adapters is not None:
+        adapters.deactivate()
     if state.sampler is not threading.current_thread():
         state.sampler.join(timeout=5)
     if state.fds:

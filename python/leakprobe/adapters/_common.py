@@ -1,0 +1,102 @@
+"""What every adapter shares: the on/off switch its wrappers consult, the
+"never raise into the application" guard, and the pool-connection gauges.
+
+Shared state (``_errors``, ``_logged``) is protected by ``_lock``; the
+per-pool gauge dicts are updated under the GIL by the library's own event
+callbacks (one ``dict`` item add per event) and read as copies.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_lock = threading.Lock()
+_errors: dict[str, int] = {}  # adapter name -> internal errors caught
+_logged: set[str] = set()  # adapters whose first error was logged
+
+
+class Switch:
+    """Whether an adapter's wrappers record (``on``) or just call through.
+    Wrappers read ``on`` without a lock: a plain attribute read under the GIL."""
+
+    __slots__ = ("name", "on")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.on = False
+
+
+def internal_error(adapter: str, exc: BaseException) -> None:
+    """Counts an error inside an adapter and logs the first one of each
+    adapter; never raises (the application's call goes on untouched)."""
+    try:
+        with _lock:
+            _errors[adapter] = _errors.get(adapter, 0) + 1
+            first = adapter not in _logged
+            _logged.add(adapter)
+        if first:
+            from .. import _native
+
+            _native.log("error", f"the {adapter} adapter failed: {exc!r}; the "
+                        "application's call was not affected (further errors "
+                        "of this adapter are counted, not logged)")
+    except Exception:  # the log itself failed: nothing more to do
+        pass
+
+
+def errors() -> dict[str, int]:
+    """Internal errors caught per adapter since start-up."""
+    with _lock:
+        return dict(_errors)
+
+
+def log(level: str, message: str) -> None:
+    try:
+        from .. import _native
+
+        _native.log(level, message)
+    except Exception:
+        pass
+
+
+def guarded(adapter: str, action: Callable[..., Any], *args: Any) -> None:
+    """Runs bookkeeping ``action(*args)``; an exception is counted, not raised."""
+    try:
+        action(*args)
+    except Exception as exc:
+        internal_error(adapter, exc)
+
+
+class PoolGauges:
+    """Connections by state of the pools of one library, per pool label.
+
+    ``counts[label][state]`` are kept by the library's events (SQLAlchemy)
+    or computed on demand by ``probe`` (httpcore, urllib3). Labels are
+    capped at ``max_labels``; later ones share the label ``"other"``, so
+    the metric's cardinality stays bounded."""
+
+    def __init__(self, library: str, max_labels: int = 20) -> None:
+        self.library = library
+        self.max_labels = max_labels
+        self.counts: dict[str, dict[str, int]] = {}
+        self.probe: Callable[[], dict[str, dict[str, int]]] | None = None
+
+    def label(self, wanted: str) -> str:
+        if wanted in self.counts or len(self.counts) < self.max_labels:
+            return wanted
+        return "other"
+
+    def add(self, label: str, state: str, delta: int) -> None:
+        states = self.counts.get(label)
+        if states is None:
+            states = self.counts.setdefault(label, {})
+        states[state] = states.get(state, 0) + delta
+
+    def rows(self) -> list[tuple[str, str, str, int]]:
+        counts = self.probe() if self.probe is not None else \
+            {label: dict(states) for label, states in list(self.counts.items())}
+        return [(self.library, label, state, value)
+                for label, states in sorted(counts.items())
+                for state, value in sorted(states.items())]

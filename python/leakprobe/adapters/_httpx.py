@@ -1,0 +1,56 @@
+"""httpx: ``httpx.Client`` and ``httpx.AsyncClient`` (created by
+``__init__``; closed by ``close()``/``__exit__`` and ``aclose()``/
+``__aexit__``: httpx's ``__exit__`` does not call ``close()``), and the
+connections of httpcore's pools by state (read from the pools on demand:
+httpcore has no events)."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from ._common import PoolGauges, Switch
+from ._track import track_class
+
+SWITCH = Switch("httpx")
+_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # live httpcore pools, sync and async
+GAUGES = (PoolGauges("httpcore"),)
+
+
+def _probe() -> dict[str, dict[str, int]]:
+    active = idle = 0
+    for pool in list(_POOLS):
+        for connection in pool.connections:  # a copy, taken under the GIL
+            if connection.is_closed():
+                continue
+            if connection.is_idle():
+                idle += 1
+            else:
+                active += 1
+    return {"all": {"active": active, "idle": idle}}
+
+
+GAUGES[0].probe = _probe
+
+
+def install(httpx: Any) -> bool:
+    # __exit__/__aexit__ are wrapped by track_type too: httpx's __exit__
+    # does not call close()
+    track_class(httpx.Client, "close", "httpx.Client")
+    track_class(httpx.AsyncClient, "aclose", "httpx.AsyncClient")
+
+    import httpcore  # imported by httpx already: this is a lookup
+
+    import wrapt
+
+    def remember(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        result = wrapped(*args, **kwargs)
+        try:
+            _POOLS.add(instance)
+        except TypeError:  # a subclass with __slots__ and no __weakref__
+            pass
+        return result
+
+    wrapt.wrap_function_wrapper(httpcore.ConnectionPool, "__init__", remember)
+    wrapt.wrap_function_wrapper(httpcore.AsyncConnectionPool, "__init__", remember)
+    return True

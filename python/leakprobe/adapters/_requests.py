@@ -1,0 +1,53 @@
+"""requests: ``requests.Session`` (created by ``__init__``; closed by
+``close()``, which ``__exit__`` calls), and the connections of urllib3's
+pools by state (read from the pools' queues on demand: urllib3 has no
+events)."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from ._common import PoolGauges, Switch
+from ._track import track_class
+
+SWITCH = Switch("requests")
+_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # live urllib3 HTTP(S)ConnectionPools
+GAUGES = (PoolGauges("urllib3"),)
+
+
+def _probe() -> dict[str, dict[str, int]]:
+    active = idle = 0
+    for pool in list(_POOLS):
+        queue = pool.pool
+        if queue is None:  # the pool was closed
+            continue
+        slots = list(queue.queue)  # one C-level copy of the deque under the GIL
+        # A slot is None (free) or an idle connection; a slot taken out is
+        # a connection serving a request (connections made beyond maxsize
+        # when the pool does not block are not seen).
+        active += max(0, queue.maxsize - len(slots))
+        idle += sum(1 for conn in slots if conn is not None and getattr(conn, "sock", None) is not None)
+    return {"all": {"active": active, "idle": idle}}
+
+
+GAUGES[0].probe = _probe
+
+
+def install(requests: Any) -> bool:
+    track_class(requests.Session, "close", "requests.Session")
+
+    import urllib3.connectionpool  # imported by requests already: a lookup
+
+    import wrapt
+
+    def remember(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        result = wrapped(*args, **kwargs)
+        try:
+            _POOLS.add(instance)
+        except TypeError:
+            pass
+        return result
+
+    wrapt.wrap_function_wrapper(urllib3.connectionpool.HTTPConnectionPool, "__init__", remember)
+    return True
