@@ -46,6 +46,8 @@ PROGRAM = """
             session.execute(text("select pg_backend_pid()"))
             sessions.append(session)
         during = figures()
+        during["sockets"] = sorted(r.kind for r in leakprobe.open_fds()
+                                   if r.owner is not None and r.owner.type == "sqlalchemy.Engine")
         del sessions, session
         gc.collect()
         emit(during=during, after=figures())
@@ -65,6 +67,8 @@ def test_sessions_never_closed(postgres, pool, kept):
     result = run_child(PROGRAM, PG_URL=postgres, POOL=pool, FIXED="0", N=str(N))
     assert result["during"]["sessions"] == zero(live=N, created=N)
     assert result["during"]["pool"] == states(N, N)
+    # each connection's socket is owned by the engine (psycopg's fileno())
+    assert result["during"]["sockets"] in (["tcp"] * N, ["unix"] * N), result["during"]
     assert result["during"]["checkouts"] == zero(live=N, created=N)
     assert result["after"]["sessions"] == zero(created=N, collected_while_open=N)
     assert result["after"]["checkouts"] == zero(created=N, collected_while_open=N)

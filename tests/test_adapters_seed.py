@@ -58,23 +58,35 @@ AI_CLIENT = """
 """
 
 
+OWNED = """
+    def owned(type_name):
+        # (kind, owner's creation site) of every open fd the type owns
+        return sorted([r.kind, str(r.owner.site)] for r in leakprobe.open_fds()
+                      if r.owner is not None and r.owner.type == type_name)
+"""
+
+
 def test_ai_client_that_never_closes_its_httpx_client(upstream):
-    body = AI_CLIENT + """
+    body = AI_CLIENT + OWNED + """
     clients = [OpenAIClient(os.environ["UPSTREAM"]) for _ in range(N)]
     for i, client in enumerate(clients):
         client.generate(f"prompt {i}")
     during, pool_during = counts("httpx.Client"), pools("httpcore")
-    site = sites("httpx.Client")
+    site, sockets = sites("httpx.Client"), owned("httpx.Client")
     del clients, client
     gc.collect()
     emit(during=during, after=counts("httpx.Client"), pool_during=pool_during,
-         pool_after=pools("httpcore"), site=site)
+         pool_after=pools("httpcore"), site=site, sockets=sockets,
+         sockets_after=owned("httpx.Client"))
     """
     result = run_child(body, UPSTREAM=upstream, N=str(N))
     assert result["during"] == zero(live=N, created=N)
     # attributed to the wrapper's line, not to httpx or leakprobe
     line = line_of(body, "the seed's client line")
     assert result["site"] == {f"<string>:{line} in BaseAIClient.__init__": N}
+    # the N sockets are owned by the clients, named by the clients' site
+    assert result["sockets"] == [["tcp", f"<string>:{line} in BaseAIClient.__init__"]] * N
+    assert result["sockets_after"] == []
     assert result["after"] == zero(created=N, collected_while_open=N)
     # one kept-alive connection per client, idle in its pool; gone with the pools
     assert result["pool_during"] == {"active": 0, "idle": N}
@@ -119,13 +131,17 @@ ASYNC_CLIENTS = """
 
 
 def test_async_clients_never_closed_then_collected(upstream):
-    result = run_child(ASYNC_CLIENTS + """
+    result = run_child(ASYNC_CLIENTS + OWNED + """
     clients = asyncio.run(leaky())
     during, pool_during = counts("httpx.AsyncClient"), pools("httpcore")
+    sockets = [kind for kind, _ in owned("httpx.AsyncClient")]
     del clients
     gc.collect()
-    emit(during=during, after=counts("httpx.AsyncClient"), pool_during=pool_during)
+    emit(during=during, after=counts("httpx.AsyncClient"), pool_during=pool_during,
+         sockets=sockets)
     """, UPSTREAM=upstream, N=str(N))
+    # anyio connected each in a task of its own: still owned by its client
+    assert result["sockets"] == ["tcp"] * N
     assert result["during"] == zero(live=N, created=N)
     assert result["pool_during"] == {"active": 0, "idle": N}
     assert result["after"] == zero(created=N, collected_while_open=N)
@@ -142,13 +158,14 @@ def test_async_clients_fixed_twin_aclose_and_async_with(upstream):
 
 
 def test_requests_sessions_left_open_and_closed(upstream):
-    result = run_child("""
+    result = run_child(OWNED + """
     import os, requests
     N, URL = int(os.environ["N"]), os.environ["UPSTREAM"]
     sessions = [requests.Session() for _ in range(N)]
     for session in sessions:
         session.get(URL + "/ok").raise_for_status()
     during, pool_during = counts("requests.Session"), pools("urllib3")
+    sockets = [kind for kind, _ in owned("requests.Session")]
     del sessions, session
     gc.collect()
     after = counts("requests.Session")
@@ -156,9 +173,12 @@ def test_requests_sessions_left_open_and_closed(upstream):
         with requests.Session() as session:
             session.get(URL + "/ok")
     gc.collect()
-    emit(during=during, pool_during=pool_during, after=after,
-         fixed=counts("requests.Session"), pool_fixed=pools("urllib3"))
+    emit(during=during, pool_during=pool_during, after=after, sockets=sockets,
+         fixed=counts("requests.Session"), pool_fixed=pools("urllib3"),
+         sockets_fixed=owned("requests.Session"))
     """, UPSTREAM=upstream, N=str(N))
+    assert result["sockets"] == ["tcp"] * N
+    assert result["sockets_fixed"] == []
     assert result["during"] == zero(live=N, created=N)
     assert result["pool_during"] == {"active": 0, "idle": N}
     assert result["after"] == zero(created=N, collected_while_open=N)

@@ -46,6 +46,34 @@ def internal_error(adapter: str, exc: BaseException) -> None:
         pass
 
 
+def attach_socket(adapter: str, owner: Any, sock: Any) -> None:
+    """The open fd of `sock` (anything with ``fileno()``) is owned by the
+    tracked object `owner` (docs/fds.md, "Owners"); never raises."""
+    try:
+        fileno = getattr(sock, "fileno", None)
+        if fileno is None:
+            return
+        fd = fileno()
+        if fd >= 0:
+            from .. import _objects, _owners
+
+            _owners.attach_fd(_objects.fd_owner(owner), fd)
+    except Exception as exc:
+        internal_error(adapter, exc)
+
+
+def owning(adapter: str, owner: Any) -> Any:
+    """A context in which fds created on this thread are owned by the
+    tracked object `owner` (synchronous code only); never raises."""
+    from .. import _objects, _owners
+
+    try:
+        return _owners.owning(_objects.fd_owner(owner))
+    except Exception as exc:
+        internal_error(adapter, exc)
+        return _owners.owning(_owners.NO_OWNER)
+
+
 def errors() -> dict[str, int]:
     """Internal errors caught per adapter since start-up."""
     with _lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ._common import PoolGauges, Switch
+from ._common import PoolGauges, Switch, attach_socket
 from ._track import track_class
 
 SWITCH = Switch("httpx")
@@ -53,4 +53,30 @@ def install(httpx: Any) -> bool:
 
     wrapt.wrap_function_wrapper(httpcore.ConnectionPool, "__init__", remember)
     wrapt.wrap_function_wrapper(httpcore.AsyncConnectionPool, "__init__", remember)
+
+    # The socket a response came over is owned by the client that sent it
+    # (httpcore's public "network_stream" extension; sync and async alike,
+    # also when anyio connected in a task of its own).
+    def own(client: Any, response: Any) -> None:
+        stream = response.extensions.get("network_stream")
+        if stream is not None:
+            attach_socket("httpx", client, stream.get_extra_info("socket"))
+
+    def send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        response = wrapped(*args, **kwargs)
+        if SWITCH.on:
+            own(instance, response)
+        return response
+
+    def async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        async def sending() -> Any:
+            response = await wrapped(*args, **kwargs)
+            if SWITCH.on:
+                own(instance, response)
+            return response
+
+        return sending()
+
+    wrapt.wrap_function_wrapper(httpx.Client, "send", send)
+    wrapt.wrap_function_wrapper(httpx.AsyncClient, "send", async_send)
     return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ._common import PoolGauges, Switch
+from ._common import PoolGauges, Switch, owning
 from ._track import track_class
 
 SWITCH = Switch("requests")
@@ -50,4 +50,14 @@ def install(requests: Any) -> bool:
         return result
 
     wrapt.wrap_function_wrapper(urllib3.connectionpool.HTTPConnectionPool, "__init__", remember)
+
+    # Sockets a session's adapters connect are owned by the session
+    # (requests is synchronous: the connect runs on this thread, inside send).
+    def send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not SWITCH.on:
+            return wrapped(*args, **kwargs)
+        with owning("requests", instance):
+            return wrapped(*args, **kwargs)
+
+    wrapt.wrap_function_wrapper(requests.Session, "send", send)
     return True

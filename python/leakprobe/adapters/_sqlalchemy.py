@@ -19,7 +19,7 @@ from typing import Any
 
 import wrapt
 
-from ._common import PoolGauges, Switch, guarded, internal_error, log
+from ._common import PoolGauges, Switch, attach_socket, guarded, internal_error, log
 from ._track import register, track_class
 
 SWITCH = Switch("sqlalchemy")
@@ -54,12 +54,18 @@ def _label(engine: Any) -> str:
     return GAUGES[0].label(repr(engine.url))  # repr hides the password
 
 
-def _listen_pool(event: Any, pool: Any, label: str, fairies: Any) -> None:
+def _listen_pool(event: Any, pool: Any, label: str, fairies: Any, engine: Any) -> None:
     gauges = GAUGES[0]
     out: dict[int, Any] = {}  # id(connection record) -> weakref to its checked-out fairy
+    engine_ref = weakref.ref(engine)
 
     def connect(dbapi_connection: Any, record: Any) -> None:
         gauges.add(label, "open", 1)
+        # The connection's socket is owned by the engine, when the driver
+        # tells its fd (psycopg and psycopg2: fileno(); sqlite3 has none).
+        owner = engine_ref()
+        if owner is not None and SWITCH.on and hasattr(dbapi_connection, "fileno"):
+            attach_socket(SWITCH.name, owner, dbapi_connection)
 
     def close(dbapi_connection: Any, record: Any) -> None:
         gauges.add(label, "open", -1)
@@ -122,7 +128,7 @@ def install(sqlalchemy: Any) -> bool:
             try:
                 engines.created(instance)
                 _ENGINES[instance] = _site()
-                _listen_pool(event, instance.pool, _label(instance), fairies)
+                _listen_pool(event, instance.pool, _label(instance), fairies, instance)
             except Exception as exc:
                 internal_error(SWITCH.name, exc)
         return result
