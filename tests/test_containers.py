@@ -337,6 +337,22 @@ def test_seed_attribute_total_is_summed_over_live_owners_and_leaves_with_them():
     assert rows() == {}
 
 
+def test_owner_attribute_of_constant_size_is_not_taken_for_growth_when_owners_multiply():
+    # Each owner's dict stays at 2 entries (httpx.Client._event_hooks): the
+    # total grows with the number of owners, which the owner counts show
+    # already; no attribute is discovered.
+    class Owner:
+        def __init__(self) -> None:
+            self._event_hooks = {"request": [], "response": []}
+
+    owners: list = []
+    _containers.owner_source = lambda: {"lib.Client": owners}
+    for _ in range(6):
+        owners.extend(Owner() for _ in range(50))
+        _containers.discover(_native)
+    assert {k: v for k, v in rows().items() if k.startswith("lib.Client")} == {}
+
+
 def test_seed_fixed_twin_bounded_cache_is_never_discovered():
     clients = {"app.ai.OpenAIClient": [FixedAIClient()]}
     seen = run_passes(clients, prompts_per_pass=100, passes=8)

@@ -464,10 +464,13 @@ def _unbounded_container(value: Any) -> bool:
     return isinstance(value, (dict, list, set))  # cachetools caches are bounded
 
 
-def _owner_attributes(owners: dict[str, list[Any]]) -> dict[str, tuple[int, str]]:
-    """"OwnerType.attribute" -> (total length over live owners, kind) for
-    the unbounded container attributes of the given owners."""
-    totals: dict[str, tuple[int, str]] = {}
+def _owner_attributes(owners: dict[str, list[Any]]) -> dict[str, tuple[int, str, int]]:
+    """"OwnerType.attribute" -> (total length over live owners, kind, the
+    largest length of one owner's) for the unbounded container attributes
+    of the given owners. Growth is judged on the largest one: a total grows
+    with the number of owners too (each httpx.Client has an `_event_hooks`
+    dict of 2), which the owner counts already show."""
+    totals: dict[str, tuple[int, str, int]] = {}
     for type_name, objects in owners.items():
         for obj in objects:
             try:
@@ -483,8 +486,9 @@ def _owner_attributes(owners: dict[str, list[Any]]) -> dict[str, tuple[int, str]
                 except Exception:  # an application __len__ or __class__ that raises
                     continue
                 key = f"{type_name}.{attr}"
-                total = totals.get(key, (0, ""))[0] + length
-                totals[key] = (total, kind[0] if kind else "dict")
+                total, _, largest = totals.get(key, (0, "", 0))
+                totals[key] = (total + length, kind[0] if kind else "dict",
+                               max(largest, length))
     return totals
 
 
@@ -539,24 +543,27 @@ def _discovered_count() -> int:
     return sum(1 for e in _entries.values() if e.origin != "watch")
 
 
-def _follow_growth(origin: str, totals: dict[str, tuple[int, str]]) -> None:
+def _follow_growth(origin: str, totals: dict[str, tuple[Any, ...]]) -> None:
     """One pass of the growth rule over containers of one origin, by name:
-    (size, kind) now. A name whose size grew at GROWTH_PASSES passes in a
-    row becomes a discovered entry, sized at each pass; it leaves when it
-    is no longer found."""
+    (size, kind) now, or (size, kind, measure) when growth is judged on
+    another figure than the size. A name whose measure grew at
+    GROWTH_PASSES passes in a row becomes a discovered entry, sized at each
+    pass; it leaves when it is no longer found."""
     with _lock:
         for key in [k for k in _growth if k[0] == origin and k[1] not in totals]:
             del _growth[key]
             entry = _entries.get(key[1])
             if entry is not None and entry.origin == origin:
                 del _entries[key[1]]  # no live owner or module holds it any more
-        for name, (total, kind) in totals.items():
+        for name, figures in totals.items():
+            total, kind = figures[0], figures[1]
+            measure = figures[2] if len(figures) > 2 else total
             key = (origin, name)
             if key not in _growth and len(_growth) >= MAX_FOLLOWED:
                 continue  # names made on the fly: follow the first ones only
             last, streak = _growth.get(key, (None, 0))
-            streak = streak + 1 if last is not None and total > last else 0
-            _growth[key] = (total, streak)
+            streak = streak + 1 if last is not None and measure > last else 0
+            _growth[key] = (measure, streak)
             entry = _entries.get(name)
             if entry is not None and entry.origin == origin:
                 entry.size = total
