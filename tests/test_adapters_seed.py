@@ -456,3 +456,43 @@ def test_leaking_clients_show_in_the_exposition_by_type_and_site(upstream):
     assert value(families, "leakprobe_objects_site_live", type="httpx.Client",
                  site=f"<string>:{line} in BaseAIClient.__init__") == N
     assert value(families, "leakprobe_objects_closed_total", type="httpx.Client") == 0
+
+
+def test_pool_connections_and_owned_sockets_are_exported(upstream, tmp_path):
+    # The sampler pushes the pools' states every LEAKPROBE_SAMPLE_INTERVAL:
+    # the program waits for a scrape that shows them, as Prometheus would.
+    body = AI_CLIENT + SQLITE_ENGINE + """
+    import time
+    from leakprobe import _native
+    clients = [OpenAIClient(os.environ["UPSTREAM"]) for _ in range(N)]
+    for i, client in enumerate(clients):
+        client.generate(f"prompt {i}")
+    sessions = leak_sessions()
+    with engine.connect() as connection:
+        connection.invalidate()
+    deadline = time.monotonic() + 20
+    while 'state="checked_out"' not in _native.collect_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # one more sampler pass: every figure of this moment
+    emit(text=_native.collect_text(), label=label)
+    """
+    result = run_child(body, UPSTREAM=upstream, N=str(N), DB=str(tmp_path / "app.db"),
+                       POOL="null", LEAKPROBE_SAMPLE_INTERVAL="0.05")
+    families, label = parse_exposition(result["text"]), result["label"]
+    assert value(families, "leakprobe_pool_connections", library="sqlalchemy", pool=label,
+                 state="checked_out") == N
+    assert value(families, "leakprobe_pool_connections", library="sqlalchemy", pool=label,
+                 state="open") == N
+    assert value(families, "leakprobe_pool_connections_invalidated_total",
+                 library="sqlalchemy", pool=label) == 1
+    assert value(families, "leakprobe_pool_connections", library="httpcore", pool="all",
+                 state="idle") == N
+    assert value(families, "leakprobe_owner_open_fds", owner="httpx.Client") == N
+    import shutil
+    import subprocess
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package 'prometheus') is required"
+    checked = subprocess.run([promtool, "check", "metrics"], input=result["text"],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0 and checked.stdout + checked.stderr == "", \
+        checked.stdout + checked.stderr

@@ -40,6 +40,17 @@ void SetCensus(const std::vector<CensusTuple>& rows, std::uint64_t runs,
                                        {runs, objects, pause_seconds, duration_seconds});
 }
 
+using PoolTuple = std::tuple<std::string, std::string, std::string, std::uint64_t>;
+
+void SetPools(const std::vector<PoolTuple>& rows) {
+  std::vector<PoolConnections> converted;
+  converted.reserve(rows.size());
+  for (const auto& [library, pool, state, connections] : rows) {
+    converted.push_back({library, pool, state, connections});
+  }
+  ContainerStore::Instance().SetPools(converted);
+}
+
 py::dict Summary() {
   const ContainerSummary s = ContainerStore::Instance().Summary();
   py::list containers;
@@ -58,6 +69,11 @@ py::dict Summary() {
   d["census_objects"] = s.census_figures.objects;
   d["census_pause_seconds"] = s.census_figures.pause_seconds;
   d["census_duration_seconds"] = s.census_figures.duration_seconds;
+  py::list pools;
+  for (const PoolConnections& p : s.pools) {
+    pools.append(py::make_tuple(p.library, p.pool, p.state, p.connections));
+  }
+  d["pools"] = pools;
   d["torn_reads"] = s.torn_reads;
   return d;
 }
@@ -71,6 +87,9 @@ void RegisterContainerBindings(py::module_& m) {
   m.def("set_census", &SetCensus, py::arg("rows"), py::arg("runs"), py::arg("objects"),
         py::arg("pause_seconds"), py::arg("duration_seconds"),
         "Replace the census rows (type, objects, growth) and the census figures.");
+  m.def("set_pools", &SetPools, py::arg("rows"),
+        "Replace the pool-connection rows (library, pool, state, connections); rows "
+        "beyond the store's 128 are ignored.");
   m.def("container_summary", &Summary,
         "What the exporter reads from the container store.");
 }

@@ -635,10 +635,23 @@ def census_once(native: Any | None, top: int, chunk: int = CENSUS_CHUNK) -> list
     return result
 
 
+def push_pools(native: Any) -> None:
+    """The adapters' pool connections by state (leakprobe.adapters), for
+    leakprobe_pool_connections; nothing until an adapter with pools is
+    loaded."""
+    adapters = sys.modules.get("leakprobe.adapters")
+    if adapters is None:
+        return
+    rows = [(_label(library), _label(pool), _label(state), max(0, int(count)))
+            for library, pool, state, count in adapters.pool_connections()]
+    native.set_pools(rows)
+
+
 def sampler_tasks(native: Any, config: Any) -> list[tuple[str, float, Callable[[], None]]]:
     """The sampler's tasks for this configuration: (name, period, call)."""
     tasks: list[tuple[str, float, Callable[[], None]]] = [
-        ("containers", config.sample_interval, lambda: sample(native))]
+        ("containers", config.sample_interval, lambda: sample(native)),
+        ("pool connections", config.sample_interval, lambda: push_pools(native))]
     if config.container_discover:
         tasks.append(("container discovery", config.container_discover_interval,
                       lambda: discover(native)))

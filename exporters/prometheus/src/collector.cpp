@@ -291,6 +291,26 @@ void AddContainerFamilies(const ContainerSummary& c, std::vector<MetricFamily>* 
   }
   out->push_back(std::move(size));
   out->push_back(std::move(maxsize));
+  MetricFamily pools = Family(
+      "leakprobe_pool_connections",
+      "Connections of the instrumented pools by state (SQLAlchemy per engine; httpcore "
+      "and urllib3 all pools together), as of the sampler's last pass.",
+      MetricType::Gauge);
+  MetricFamily invalidated =
+      Family("leakprobe_pool_connections_invalidated_total",
+             "Connections of a SQLAlchemy engine's pool invalidated since start.",
+             MetricType::Counter);
+  for (const PoolConnections& row : c.pools) {
+    if (row.state == "invalidated") {
+      AddSample(&invalidated, static_cast<double>(row.connections),
+                {{"library", row.library}, {"pool", row.pool}});
+    } else {
+      AddSample(&pools, static_cast<double>(row.connections),
+                {{"library", row.library}, {"pool", row.pool}, {"state", row.state}});
+    }
+  }
+  out->push_back(std::move(pools));
+  out->push_back(std::move(invalidated));
   out->push_back(Single("leakprobe_containers_watched",
                         "Containers watched or discovered now, exported or not.",
                         MetricType::Gauge, static_cast<double>(c.watched)));

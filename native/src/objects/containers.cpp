@@ -101,6 +101,20 @@ void ContainerStore::SetCensus(const std::vector<CensusType>& rows,
   EndWrite(sequence);
 }
 
+void ContainerStore::SetPools(const std::vector<PoolConnections>& rows) noexcept {
+  const std::size_t n = std::min(rows.size(), kMaxPoolRows);
+  const std::uint64_t sequence = BeginWrite();
+  for (std::size_t i = 0; i < n; ++i) {
+    PoolRow& row = pools_[i];
+    StoreName(&row.library, rows[i].library);
+    StoreName(&row.pool, rows[i].pool);
+    StoreName(&row.state, rows[i].state);
+    row.connections.store(rows[i].connections, std::memory_order_release);
+  }
+  pool_count_.store(n, std::memory_order_release);
+  EndWrite(sequence);
+}
+
 ContainerSummary ContainerStore::Summary() const {
   ContainerSummary s;
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
@@ -131,6 +145,13 @@ ContainerSummary ContainerStore::Summary() const {
     s.census_figures.objects = census_objects_.load(std::memory_order_acquire);
     s.census_figures.pause_seconds = census_pause_.load(std::memory_order_acquire);
     s.census_figures.duration_seconds = census_duration_.load(std::memory_order_acquire);
+    const std::size_t pools =
+        std::min(pool_count_.load(std::memory_order_acquire), kMaxPoolRows);
+    for (std::size_t i = 0; i < pools; ++i) {
+      const PoolRow& row = pools_[i];
+      s.pools.push_back({LoadName(row.library), LoadName(row.pool), LoadName(row.state),
+                         row.connections.load(std::memory_order_acquire)});
+    }
     if (sequence_.load(std::memory_order_relaxed) == before) {
       s.torn_reads = torn_reads_.load(std::memory_order_relaxed);
       return s;

@@ -36,6 +36,7 @@ class ContainerStore {
  public:
   static constexpr std::size_t kMaxContainers = 64;
   static constexpr std::size_t kMaxCensusTypes = 100;
+  static constexpr std::size_t kMaxPoolRows = 128;
   // Names and kinds longer than this are cut (at a UTF-8 boundary).
   static constexpr std::size_t kMaxNameBytes = 127;
 
@@ -51,6 +52,9 @@ class ContainerStore {
   void SetCensus(const std::vector<CensusType>& rows,
                  const CensusFigures& figures) noexcept;
 
+  // Replaces the pool-connection rows (beyond kMaxPoolRows ignored).
+  void SetPools(const std::vector<PoolConnections>& rows) noexcept;
+
   ContainerSummary Summary() const;
 
  private:
@@ -62,6 +66,12 @@ class ContainerStore {
     Name kind{};
     std::atomic<std::uint64_t> size{0};
     std::atomic<std::int64_t> maxsize{-1};
+  };
+  struct PoolRow {
+    Name library{};
+    Name pool{};
+    Name state{};
+    std::atomic<std::uint64_t> connections{0};
   };
   struct CensusRow {
     Name type{};
@@ -87,6 +97,8 @@ class ContainerStore {
   std::atomic<std::uint64_t> census_objects_{0};
   std::atomic<double> census_pause_{0};
   std::atomic<double> census_duration_{0};
+  std::array<PoolRow, kMaxPoolRows> pools_;
+  std::atomic<std::size_t> pool_count_{0};
   mutable std::atomic<std::uint64_t> torn_reads_{0};  // reader-side counter only
 };
 

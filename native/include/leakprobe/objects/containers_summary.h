@@ -34,12 +34,23 @@ struct CensusFigures {
   double duration_seconds = 0;  // wall time of the last run
 };
 
+// Connections of the instrumented pools by state (the adapters'
+// pool_connections(): SQLAlchemy per engine, httpcore and urllib3 together).
+struct PoolConnections {
+  std::string library;  // "sqlalchemy", "httpcore", "urllib3"
+  std::string pool;     // the engine's URL without password, or "all"
+  std::string
+      state;  // "open", "checked_out", "checked_in", "invalidated", "active", "idle"
+  std::uint64_t connections = 0;
+};
+
 struct ContainerSummary {
   std::vector<ContainerSize> containers;  // at most ContainerStore::kMaxContainers
   std::uint64_t watched = 0;              // watched or discovered, exported or not
   std::vector<CensusType> census;         // at most kMaxCensusTypes
   CensusFigures census_figures;
-  std::uint64_t torn_reads = 0;  // reads that gave up on the rows (writer busy)
+  std::vector<PoolConnections> pools;  // at most ContainerStore::kMaxPoolRows
+  std::uint64_t torn_reads = 0;        // reads that gave up on the rows (writer busy)
 };
 
 }  // namespace leakprobe
