@@ -153,8 +153,17 @@ def what_leaks(client: httpx.Client, target: Target) -> list[str]:
         if grown >= 1:
             bound = f"maxsize {maxsizes[name]:.0f}" if name in maxsizes else "unbounded"
             lines.append(f"container {name} grew by {grown:.0f} entries to {size:.0f} ({bound})")
-    return [f"  {target.name}: {line}" for line in lines] or [
-        f"  {target.name}: no tracked object or container grew"]
+    if not lines:  # say what was tracked, so that "nothing grew" is a finding
+        held = ", ".join(
+            f"{type_name} {live:.0f} alive ("
+            f"{by_label(now, 'leakprobe_objects_created_total', 'type').get(type_name, 0):.0f}"
+            f" created, "
+            f"{by_label(now, 'leakprobe_objects_collected_while_open_total', 'type').get(type_name, 0):.0f}"
+            f" collected while open)"
+            for type_name, live in sorted(by_label(now, "leakprobe_objects_live", "type").items())
+            if by_label(now, "leakprobe_objects_created_total", "type").get(type_name, 0) > 0)
+        lines.append("no tracked object or container grew" + (f"; {held}" if held else ""))
+    return [f"  {target.name}: {line}" for line in lines]
 
 
 def wait_until_ready(client: httpx.Client, targets: list[Target], deadline: float) -> None:

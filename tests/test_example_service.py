@@ -157,6 +157,17 @@ def _fd_sites(client: httpx.Client, metrics_url: str) -> dict[str, float]:
             for sample in family.samples if sample.name == "leakprobe_fd_site_open_fds"}
 
 
+def _by_label(client: httpx.Client, metrics_url: str, sample: str, label: str,
+              **match: str) -> dict[str, float]:
+    """One sample's values by one of its labels, the others matching `match`."""
+    response = client.get(metrics_url)
+    response.raise_for_status()
+    return {s.labels[label]: s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in match.items())}
+
+
 def _open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -180,6 +191,19 @@ def _scrape_settled(client: httpx.Client, service: Service) -> dict[str, float]:
         time.sleep(0.2)
 
 
+def _objects(client: httpx.Client, metrics_url: str) -> dict[str, object]:
+    """What the objects registry says of httpx.Client, and the fds it owns."""
+    figures: dict[str, object] = {
+        name: _by_label(client, metrics_url, f"leakprobe_objects_{name}", "type").get(
+            "httpx.Client", 0.0)
+        for name in ("live", "created_total", "closed_total", "collected_while_open_total")}
+    figures["owned_fds"] = _by_label(client, metrics_url, "leakprobe_owner_open_fds",
+                                     "owner").get("httpx.Client", 0.0)
+    figures["sites"] = _by_label(client, metrics_url, "leakprobe_objects_site_live", "site",
+                                 type="httpx.Client")
+    return figures
+
+
 def _load(service: Service, requests: int
           ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Scrape, send ``requests`` requests with new prompts, scrape again;
@@ -196,9 +220,11 @@ def _load(service: Service, requests: int
         # start-up; leave it out of the measured growth.
         summarize("warm-up")
         before = _scrape_settled(client, service)
+        before["objects"] = _objects(client, service.metrics_url)  # type: ignore[assignment]
         for i in range(requests):
             summarize(f"document-{i}")
         after = _scrape_settled(client, service)
+        after["objects"] = _objects(client, service.metrics_url)  # type: ignore[assignment]
         sites = _fd_sites(client, service.metrics_url)
     return before, after, sites
 
@@ -221,6 +247,19 @@ def test_leaky_service_leaks_a_socket_per_request(start_service: Callable[[str],
     # summary: far more than 1 MiB over 100 requests.
     rss_grown = after["process_resident_memory_bytes"] - before["process_resident_memory_bytes"]
     assert rss_grown > 1024 * 1024, f"resident memory grew by only {rss_grown:.0f} bytes"
+    # What leaks, by name: one httpx.Client per request, never closed, each
+    # holding its socket, created in the wrapper's __init__.
+    was, now = before["objects"], after["objects"]
+    assert now["live"] - was["live"] == REQUESTS, (was, now)
+    assert now["created_total"] - was["created_total"] == REQUESTS, (was, now)
+    assert now["closed_total"] == 0 and now["collected_while_open_total"] == 0, now
+    assert now["owned_fds"] - was["owned_fds"] == REQUESTS, (was, now)
+    init_line = next(i for i, line in enumerate(
+        (EXAMPLES / "leaky_service" / "app.py").read_text().splitlines(), 1)
+        if "self._client = httpx.Client(" in line)
+    (site, live), = now["sites"].items()
+    assert site.endswith(f"leaky_service/app.py:{init_line} in SummarizerClient.__init__"), site
+    assert live == now["live"]
 
 
 def test_fixed_twin_keeps_fds_flat(start_service: Callable[[str], Service]) -> None:
@@ -230,3 +269,8 @@ def test_fixed_twin_keeps_fds_flat(start_service: Callable[[str], Service]) -> N
     assert fds_grown < 10, f"open fds grew by {fds_grown:.0f} over {REQUESTS} requests"
     assert not any("fixed_service/app.py" in site and count >= 10
                    for site, count in sites.items()), sites
+    # Every client closed: none alive, none collected while open, no socket owned.
+    was, now = before["objects"], after["objects"]
+    assert now["created_total"] - was["created_total"] == REQUESTS, (was, now)
+    assert now["closed_total"] - was["closed_total"] == REQUESTS, (was, now)
+    assert (now["live"], now["collected_while_open_total"], now["owned_fds"]) == (0, 0, 0), now
