@@ -269,8 +269,9 @@ def test_fixed_twin_keeps_fds_flat(start_service: Callable[[str], Service]) -> N
     assert fds_grown < 10, f"open fds grew by {fds_grown:.0f} over {REQUESTS} requests"
     assert not any("fixed_service/app.py" in site and count >= 10
                    for site, count in sites.items()), sites
-    # Every client closed: none alive, none collected while open, no socket owned.
+    # One client reused by every request: none created during the load,
+    # none collected while open, its few kept-alive sockets owned by it.
     was, now = before["objects"], after["objects"]
-    assert now["created_total"] - was["created_total"] == REQUESTS, (was, now)
-    assert now["closed_total"] - was["closed_total"] == REQUESTS, (was, now)
-    assert (now["live"], now["collected_while_open_total"], now["owned_fds"]) == (0, 0, 0), now
+    assert now["created_total"] - was["created_total"] == 0, (was, now)
+    assert (now["live"], now["collected_while_open_total"]) == (1, 0), now
+    assert 1 <= now["owned_fds"] <= 10, now

@@ -1,9 +1,10 @@
 """The fixed twin of ``examples/leaky_service/app.py``: same API, no leak.
 
 It applies the seed review's recommendations to the same code: the client
-wrapper gets ``close()`` and context-manager support and is used in a
-``with`` block (issue 1), and the response cache is a bounded LRU that holds
-only the text, not the client (issue 2). Under the same load, its fd count
+wrapper gets ``close()`` and context-manager support, and one client serves
+the whole process, reused by every request and closed at shutdown (issue 1),
+and the response cache is a bounded LRU that holds only the text, not the
+client (issue 2). Under the same load, its fd count
 stays flat and its memory stops growing once the cache is full; leakprobe
 must not flag it.
 
@@ -15,6 +16,8 @@ import leakprobe  # noqa: F401, I001 -- first, so the whole worker is profiled
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
@@ -76,8 +79,21 @@ class LRUCache:
 
 
 _SUMMARY_CACHE = LRUCache(maxsize=CACHE_SIZE)
+_CLIENT: SummarizerClient | None = None  # set while the app runs (lifespan)
 
-app = FastAPI(title="fixed summarizer")
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    """One client for the process (httpx.Client is thread-safe), closed at
+    shutdown: its pool's keep-alive connections are reused by every request."""
+    global _CLIENT
+    with SummarizerClient(UPSTREAM_URL) as client:
+        _CLIENT = client
+        yield
+        _CLIENT = None
+
+
+app = FastAPI(title="fixed summarizer", lifespan=lifespan)
 
 
 @app.get("/summarize")
@@ -85,8 +101,8 @@ def summarize(q: str) -> dict:
     """Summarise ``q`` through the upstream, memoised per prompt (bounded)."""
     summary = _SUMMARY_CACHE.get(q)
     if summary is None:
-        with SummarizerClient(UPSTREAM_URL) as client:
-            summary = client.summarize(q)
+        assert _CLIENT is not None, "the app's lifespan has not started"
+        summary = _CLIENT.summarize(q)
         _SUMMARY_CACHE.put(q, summary)
     return {"summary": summary, "cached_prompts": len(_SUMMARY_CACHE)}
 
