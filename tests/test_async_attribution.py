@@ -104,3 +104,34 @@ states.append(wrapped())
 print(json.dumps(states))
 """)
     assert out == [True, False, True]
+
+
+def test_the_wrapper_is_a_well_behaved_coroutine():
+    # What asyncio and libraries ask of a task's coroutine: the wrapped
+    # one's attributes, close(), and no recursion for an instance made
+    # without __init__.
+    out = _run("""
+import asyncio, inspect
+from leakprobe import _native, _tasks
+async def inner():
+    await asyncio.sleep(0)
+    return 42
+coro = inner()
+wrapped = _tasks._SpawnedCoroutine(coro, _native.capture_stack_id(), _native.set_task_parent)
+facts = [wrapped.__qualname__, wrapped.cr_code is coro.cr_code,
+         asyncio.iscoroutine(wrapped), inspect.getcoroutinestate(wrapped)]
+async def main():
+    return await asyncio.get_running_loop().create_task(wrapped)
+facts.append(asyncio.run(main()))
+bare = _tasks._SpawnedCoroutine.__new__(_tasks._SpawnedCoroutine)  # no __init__
+try:
+    bare.cr_code
+    facts.append("no error")
+except AttributeError:
+    facts.append("AttributeError")
+other = _tasks._SpawnedCoroutine(inner(), 1, _native.set_task_parent)
+other.close()
+facts.append(inspect.getcoroutinestate(other))
+print(json.dumps(facts))
+""")
+    assert out == ["inner", True, True, "CORO_CREATED", 42, "AttributeError", "CORO_CLOSED"]

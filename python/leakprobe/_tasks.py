@@ -75,6 +75,8 @@ class _SpawnedCoroutine(collections.abc.Coroutine):
         return self.send(None)
 
     def __getattr__(self, name: str) -> Any:
+        if name in _SpawnedCoroutine.__slots__:  # not set (a copy made without
+            raise AttributeError(name)           # __init__): no recursion
         return getattr(self._coro, name)
 
     def __repr__(self) -> str:
