@@ -135,3 +135,13 @@ facts.append(inspect.getcoroutinestate(other))
 print(json.dumps(facts))
 """)
     assert out == ["inner", True, True, "CORO_CREATED", 42, "AttributeError", "CORO_CLOSED"]
+
+
+def test_objects_alone_install_the_wrapper_when_asyncio_comes_later():
+    # Start installs async attribution for any capturing feature, objects
+    # included; the post-import hook must agree with it.
+    out = _run("""
+import asyncio.base_events as base_events
+print(json.dumps(hasattr(base_events.BaseEventLoop.create_task, "__leakprobe_wrapped__")))
+""", LEAKPROBE_HEAP="0", LEAKPROBE_FDS="0")
+    assert out is True

@@ -249,7 +249,8 @@ def _start_async_attribution(native: Any, prefixes: list[str]) -> None:
 
         def on_import(module: Any) -> None:
             state = _state
-            if state is not None and (state.config.heap or state.config.fds):
+            if state is not None and (state.config.heap or state.config.fds
+                                      or state.config.objects):
                 _tasks.install(module, _native(), _library_prefixes())
 
         wrapt.register_post_import_hook(on_import, "asyncio.base_events")
