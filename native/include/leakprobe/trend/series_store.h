@@ -1,0 +1,89 @@
+// leakprobe/trend/series_store.h — bounded time series of every watched
+// figure, kept at several resolutions so that 48 hours at the default
+// interval fit a fixed memory budget (docs/trends.md states and measures it).
+//
+//   SeriesStore store(SeriesStore::Limits{});
+//   store.Append({Resource::kFd, "tcp"}, now_seconds, 42);
+//   std::vector<Point> pts = store.Points({Resource::kFd, "tcp"});
+//
+// Each level keeps, per bucket, the minimum, maximum and last value of the
+// samples it merged; Points() returns the per-bucket minima (the GC-sawtooth
+// rule) of the finest level that still covers the series' whole history.
+// Series beyond max_series are not created (counted in dropped_series).
+// Thread-safety: a SeriesStore is not synchronized; its owner serializes
+// calls (TrendState does, with one mutex that no hook ever takes).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "leakprobe/trend/trend_engine.h"
+
+namespace leakprobe::trend {
+
+// The resource a series measures; its name is the report's `resource`.
+enum class Resource : std::uint8_t {
+  kRss,         // key "total": resident memory, bytes
+  kHeap,        // key "total" or a site: sampled live Python heap, bytes
+  kFd,          // key a kind ("tcp", "pipe", "file", ... as in the fd
+                // metrics) or "total"; attribution series "site:<site>"
+                // and "owner:<type>"; open fds
+  kObject,      // key a tracked type ("httpx.Client"): live objects; key
+                // "<type>:collected_open": collected-while-open total
+  kContainer,   // key a watched or discovered name: entries
+  kThread,      // key "total": OS threads of the process
+  kNativeHeap,  // later (issue 12)
+};
+inline constexpr std::size_t kResourceCount = 7;
+std::string_view ResourceName(Resource resource);  // "rss", "heap", ...
+
+struct SeriesKey {
+  Resource resource = Resource::kRss;
+  std::string key;
+  bool operator==(const SeriesKey&) const = default;
+};
+
+class SeriesStore {
+ public:
+  struct Limits {
+    std::size_t max_series = 512;
+    std::size_t points_per_level = 256;
+    // Samples merged per bucket at each level after the first (level 0
+    // keeps every sample): level i merges factor^i samples.
+    std::size_t factor = 8;
+    std::size_t levels = 4;
+  };
+  explicit SeriesStore(Limits limits);
+
+  // Adds one sample. Returns false (and counts it) when the series is new
+  // and the store already holds max_series series. t must not decrease
+  // within a series (an earlier t is ignored and counted).
+  bool Append(const SeriesKey& key, double t, double v);
+
+  // The series' history as per-bucket minima (level 0: the samples
+  // themselves), oldest first; empty when unknown.
+  std::vector<Point> Points(const SeriesKey& key) const;
+  // Every series' key, in creation order.
+  std::vector<SeriesKey> Keys() const;
+
+  std::size_t series() const;
+  std::uint64_t dropped_series() const;
+  std::uint64_t out_of_order() const;
+  // Bytes this store holds now (tables and names); bounded by
+  // max_series * (names + levels * points_per_level * bucket size).
+  std::size_t MemoryBytes() const;
+  // Forgets everything (a forked child starts its own history).
+  void Clear();
+
+ private:
+  struct Series;
+  Limits limits_;
+  std::vector<Series*> series_;  // owned; see series_store.cpp
+  std::uint64_t dropped_series_ = 0;
+  std::uint64_t out_of_order_ = 0;
+};
+
+}  // namespace leakprobe::trend
