@@ -60,13 +60,16 @@ constexpr std::size_t kRecentMinPoints = 6;
 // Level of the one-sided test "the recent part grows slower than the part
 // before it" that makes a significant increase a plateau.
 constexpr double kPlateauAlpha = 0.05;
+// ... unless the recent part still grows on its own at this level.
+constexpr double kStillGrowingAlpha = 0.01;
 // A jump is a step when it is this many noise sds high (the noise measured
 // on the differences, robustly) and at least half the segment's rise.
 constexpr double kStepNoiseSds = 6;
 constexpr double kStepShare = 0.5;
 
 double TheilSen(std::span<const Point> pts) {
-  return detail::SortedMedian(detail::PairwiseSlopes(pts));
+  std::vector<double> slopes = detail::PairwiseSlopes(pts);
+  return detail::Median(slopes);
 }
 
 // The recent third, detrended by the slope of the two thirds before it,
@@ -78,13 +81,12 @@ bool Flattened(std::span<const Point> pts) {
   const double before = TheilSen(pts.first(n - k));
   if (!(before > 0)) return false;
   std::vector<Point> recent(pts.end() - static_cast<std::ptrdiff_t>(k), pts.end());
+  // Still growing on its own, clearly: slower, but not flattened.
+  const double own = TheilSen(recent);
+  if (detail::MannKendallTest(recent, own).p_increasing < kStillGrowingAlpha)
+    return false;
   for (Point& p : recent) p.v -= before * p.t;
   return detail::MannKendallTest(recent, TheilSen(recent)).p_decreasing < kPlateauAlpha;
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return detail::SortedMedian(values);
 }
 
 // One jump far above the noise makes most of the rise, and without it the
@@ -97,12 +99,13 @@ bool OneStep(std::span<const Point> pts, double slope, double alpha) {
   const std::size_t at = static_cast<std::size_t>(
       std::max_element(diffs.begin(), diffs.end()) - diffs.begin());
   const double jump = diffs[at];
-  const double centre = Median(diffs);
+  std::vector<double> scratch = diffs;
+  const double centre = detail::Median(scratch);
   std::vector<double> deviations(diffs.size());
   for (std::size_t i = 0; i < diffs.size(); ++i)
     deviations[i] = std::fabs(diffs[i] - centre);
   // MAD * 1.4826 estimates the differences' sd, sqrt(2) times the noise's.
-  const double noise = 1.4826 * Median(deviations) / std::sqrt(2.0);
+  const double noise = 1.4826 * detail::Median(deviations) / std::sqrt(2.0);
   const double rise = slope * (pts.back().t - pts.front().t);
   if (!(jump > kStepNoiseSds * noise) || !(jump >= kStepShare * rise)) return false;
   std::vector<Point> without(pts.begin(), pts.end());
@@ -140,8 +143,8 @@ struct Judgement {
 Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& params,
                 double scale) {
   Judgement j;
-  const std::vector<double> slopes = detail::PairwiseSlopes(pts);
-  j.slope = detail::SortedMedian(slopes);
+  std::vector<double> slopes = detail::PairwiseSlopes(pts);
+  j.slope = detail::Median(slopes);
   j.mk = detail::MannKendallTest(pts, j.slope);
   if (MostlyOneWay(pts)) j.mk = detail::WithoutCorrection(j.mk);
   j.ci =
@@ -151,12 +154,13 @@ Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& par
   for (std::size_t i = 0; i < pts.size(); ++i) {
     intercepts[i] = pts[i].v - j.slope * (pts[i].t - pts.front().t);
   }
-  std::sort(intercepts.begin(), intercepts.end());
-  j.level = detail::SortedMedian(intercepts);
-  if (j.mk.p_increasing < alpha && j.slope > 0) {
+  j.level = detail::Median(intercepts);
+  if (j.mk.p_increasing < alpha) {
     const double growth = Finite(j.slope * scale * (pts.back().t - pts.front().t));
     const double level = Finite(j.level * scale);
-    if (Flattened(pts) || OneStep(pts, j.slope, alpha)) {
+    // A significant rise that most pairs of points do not see (slope 0:
+    // a step, a fill then a long stay) did not go on.
+    if (!(j.slope > 0) || Flattened(pts) || OneStep(pts, j.slope, alpha)) {
       j.reason = Reason::kPlateau;
     } else if (growth < params.min_growth ||
                growth < params.min_relative_growth * std::fabs(level)) {
@@ -223,15 +227,17 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
     judged.push_back(
         Judge(std::span(pts).subspan(from), alpha / segments, params, scale));
   }
-  // A leak in any segment; else the whole window's significant increase
-  // (plateau, too small), else a recent one's, else the whole's verdict.
+  // A leak in any segment: the longest, unless a more recent one grows
+  // significantly faster (its interval's low end above the slope so far: a
+  // leak that started late, whose current rate is the recent one). Else the
+  // whole window's significant increase (plateau, too small), else a recent
+  // one's, else the whole window's verdict.
   std::size_t chosen = 0;
   bool found = false;
-  for (std::size_t i = 0; i < judged.size() && !found; ++i) {
-    if (judged[i].reason == Reason::kGrowing) {
-      chosen = i;
-      found = true;
-    }
+  for (std::size_t i = 0; i < judged.size(); ++i) {
+    if (judged[i].reason != Reason::kGrowing) continue;
+    if (!found || judged[i].ci.low > judged[chosen].slope) chosen = i;
+    found = true;
   }
   for (std::size_t i = 0; i < judged.size() && !found; ++i) {
     if (judged[i].reason == Reason::kPlateau || judged[i].reason == Reason::kTooSmall) {

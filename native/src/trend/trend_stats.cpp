@@ -56,14 +56,26 @@ std::vector<double> PairwiseSlopes(std::span<const Point> points) {
       slopes.push_back((points[j].v - points[i].v) / (points[j].t - points[i].t));
     }
   }
-  std::sort(slopes.begin(), slopes.end());
   return slopes;
 }
 
-double SortedMedian(std::span<const double> sorted) {
-  const std::size_t n = sorted.size();
+double KthSmallest(std::vector<double>& values, std::size_t k) {
+  if (values.empty()) return 0;
+  k = std::min(k, values.size() - 1);
+  const auto at = values.begin() + static_cast<std::ptrdiff_t>(k);
+  std::nth_element(values.begin(), at, values.end());
+  return *at;
+}
+
+double Median(std::vector<double>& values) {
+  const std::size_t n = values.size();
   if (n == 0) return 0;
-  return n % 2 == 1 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  const double upper = KthSmallest(values, n / 2);
+  if (n % 2 == 1) return upper;
+  // The lower middle is the largest of the part nth_element left below.
+  const double lower = *std::max_element(
+      values.begin(), values.begin() + static_cast<std::ptrdiff_t>(n / 2));
+  return 0.5 * (lower + upper);
 }
 
 std::vector<double> AverageRanks(std::span<const double> values) {
@@ -186,21 +198,20 @@ MannKendall WithCorrection(MannKendall mk, double correction) {
 
 MannKendall WithoutCorrection(const MannKendall& mk) { return WithCorrection(mk, 1); }
 
-SlopeInterval SenInterval(std::span<const double> sorted_slopes, double var_s, double z) {
+SlopeInterval SenInterval(std::vector<double>& slopes, double var_s, double z) {
   SlopeInterval ci;
-  const std::size_t count = sorted_slopes.size();
+  const std::size_t count = slopes.size();
   if (count == 0) return ci;
   const double total = static_cast<double>(count);
   const double c = z * std::sqrt(std::max(var_s, 0.0));
   // 1-based ranks M1 = (N - C)/2 (lower) and M2 + 1 = (N + C)/2 + 1 (upper).
   const double m1 = std::round((total - c) / 2);
   const double m2 = std::round((total + c) / 2);
-  const auto at = [&](double rank1) {
-    const double index = std::clamp(rank1 - 1, 0.0, total - 1);
-    return sorted_slopes[static_cast<std::size_t>(index)];
+  const auto index = [&](double rank1) {
+    return static_cast<std::size_t>(std::clamp(rank1 - 1, 0.0, total - 1));
   };
-  ci.low = at(m1);
-  ci.high = at(m2 + 1);
+  ci.low = KthSmallest(slopes, index(m1));
+  ci.high = KthSmallest(slopes, index(m2 + 1));
   return ci;
 }
 

@@ -4,7 +4,7 @@
 // Mann–Kendall's S with the tie-corrected variance and the Hamed–Rao (1998)
 // autocorrelation correction, and the normal distribution.
 //
-//   std::vector<double> slopes = detail::PairwiseSlopes(points);  // sorted
+//   std::vector<double> slopes = detail::PairwiseSlopes(points);
 //   detail::MannKendall mk = detail::MannKendallTest(points, Median(slopes));
 //
 // Thread-safety: pure functions of their arguments. Inputs are finite, with
@@ -29,10 +29,12 @@ double NormalQuantile(double p);
 // the minimum was seen). Shorter inputs are returned as they are.
 std::vector<Point> WindowMinima(std::span<const Point> points, std::size_t max_points);
 
-// The slopes of every pair (i < j), sorted ascending; n(n-1)/2 of them.
+// The slopes of every pair (i < j), n(n-1)/2 of them, unordered.
 std::vector<double> PairwiseSlopes(std::span<const Point> points);
-// The median of sorted values (0 when empty).
-double SortedMedian(std::span<const double> sorted);
+// The k-th smallest (0-based, clamped) and the median of values (0 when
+// empty), in linear time; both reorder `values`.
+double KthSmallest(std::vector<double>& values, std::size_t k);
+double Median(std::vector<double>& values);
 
 // Ranks 1..n, ties given their average rank.
 std::vector<double> AverageRanks(std::span<const double> values);
@@ -64,12 +66,13 @@ MannKendall WithoutCorrection(const MannKendall& mk);
 double HamedRaoFactor(std::span<const Point> points, double slope,
                       double* ar1_floor = nullptr);
 
-// Sen's confidence interval of the slope: the sorted pairwise slopes at the
-// ranks (N -+ z * sqrt(var_s)) / 2.
+// Sen's confidence interval of the slope: the pairwise slopes of 1-based
+// ranks (N - z * sqrt(var_s)) / 2 and (N + z * sqrt(var_s)) / 2 + 1
+// (rounded, clamped to 1..N). Reorders `slopes`.
 struct SlopeInterval {
   double low = 0;
   double high = 0;
 };
-SlopeInterval SenInterval(std::span<const double> sorted_slopes, double var_s, double z);
+SlopeInterval SenInterval(std::vector<double>& slopes, double var_s, double z);
 
 }  // namespace leakprobe::trend::detail
