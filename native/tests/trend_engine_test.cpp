@@ -58,6 +58,20 @@ TEST(TrendStatsTest, NormalDistribution) {
   EXPECT_EQ(detail::NormalQuantile(kNan), -40);
 }
 
+TEST(TrendStatsTest, StudentT) {
+  // Tabulated: t(0.99; 1) = 31.8205, t(0.99; 10) = 2.76377, t(0.975; 30) =
+  // 2.04227; infinite df is the normal.
+  EXPECT_NEAR(detail::StudentQuantile(0.99, 1), 31.8205, 1e-3);
+  EXPECT_NEAR(detail::StudentQuantile(0.99, 10), 2.76377, 1e-4);
+  EXPECT_NEAR(detail::StudentQuantile(0.975, 30), 2.04227, 1e-4);
+  EXPECT_NEAR(detail::StudentUpperTail(2.76377, 10), 0.01, 1e-6);
+  EXPECT_NEAR(detail::StudentUpperTail(-2.76377, 10), 0.99, 1e-6);
+  EXPECT_NEAR(detail::StudentUpperTail(2.326347874, 1e7), 0.01, 1e-6);
+  EXPECT_EQ(detail::StudentUpperTail(0, 5), 0.5);
+  EXPECT_EQ(detail::StudentUpperTail(kInf, 5), 0);
+  EXPECT_EQ(detail::StudentUpperTail(kNan, 5), 0.5);
+}
+
 TEST(TrendStatsTest, AverageRanksShareTies) {
   const std::vector<double> v = {10, 30, 20, 30, 10, 40};
   EXPECT_EQ(detail::AverageRanks(v), (std::vector<double>{1.5, 4.5, 3, 4.5, 1.5, 6}));
@@ -75,9 +89,10 @@ TEST(TrendStatsTest, MannKendallSAndVarianceWithTies) {
   EXPECT_EQ(mk.s, 2);
   EXPECT_NEAR(mk.var_independent, 48.0 / 18, 1e-12);
   EXPECT_EQ(mk.correction, 1);  // fewer than 5 points: no correction
-  // z = (S - 1) / sd, one-sided p.
+  // z = (S - 1) / sd, one-sided p against t with n - 2 df.
   EXPECT_NEAR(mk.z, 1 / std::sqrt(48.0 / 18), 1e-12);
-  EXPECT_NEAR(mk.p_increasing, detail::NormalCdf(-mk.z), 1e-15);
+  EXPECT_EQ(mk.df, 1);
+  EXPECT_NEAR(mk.p_increasing, detail::StudentUpperTail(mk.z, 1), 1e-15);
 }
 
 TEST(TrendStatsTest, HamedRaoInflatesTheVarianceOfAutocorrelatedNoiseOnly) {

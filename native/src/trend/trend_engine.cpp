@@ -66,6 +66,7 @@ constexpr double kStillGrowingAlpha = 0.01;
 // on the differences, robustly) and at least half the segment's rise.
 constexpr double kStepNoiseSds = 6;
 constexpr double kStepShare = 0.5;
+constexpr std::size_t kStepSidePoints = 5;
 
 double TheilSen(std::span<const Point> pts) {
   std::vector<double> slopes = detail::PairwiseSlopes(pts);
@@ -108,8 +109,18 @@ bool OneStep(std::span<const Point> pts, double slope, double alpha) {
   const double noise = 1.4826 * detail::Median(deviations) / std::sqrt(2.0);
   const double rise = slope * (pts.back().t - pts.front().t);
   if (!(jump > kStepNoiseSds * noise) || !(jump >= kStepShare * rise)) return false;
+  // The step's height: the median of the few points after it less that of
+  // the few before (a single difference carries two points' noise).
+  const std::size_t side = std::min({kStepSidePoints, at + 1, n - at - 1});
+  std::vector<double> before;
+  std::vector<double> after;
+  for (std::size_t i = 0; i < side; ++i) {
+    before.push_back(pts[at - i].v);
+    after.push_back(pts[at + 1 + i].v);
+  }
+  const double height = detail::Median(after) - detail::Median(before);
   std::vector<Point> without(pts.begin(), pts.end());
-  for (std::size_t i = at + 1; i < n; ++i) without[i].v -= jump;
+  for (std::size_t i = at + 1; i < n; ++i) without[i].v -= height;
   const double rest = TheilSen(without);
   return !(detail::MannKendallTest(without, rest).p_increasing < alpha && rest > 0);
 }
@@ -147,8 +158,8 @@ Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& par
   j.slope = detail::Median(slopes);
   j.mk = detail::MannKendallTest(pts, j.slope);
   if (MostlyOneWay(pts)) j.mk = detail::WithoutCorrection(j.mk);
-  j.ci =
-      detail::SenInterval(slopes, j.mk.var_corrected, detail::NormalQuantile(1 - alpha));
+  j.ci = detail::SenInterval(slopes, j.mk.var_corrected,
+                             detail::StudentQuantile(1 - alpha, j.mk.df));
   // The fitted level at the segment's start: median of v - slope * t.
   std::vector<double> intercepts(pts.size());
   for (std::size_t i = 0; i < pts.size(); ++i) {

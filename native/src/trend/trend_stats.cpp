@@ -26,6 +26,66 @@ double NormalQuantile(double p) {
   return 0.5 * (lo + hi);
 }
 
+namespace {
+
+// The regularized incomplete beta function I_x(a, b), by its continued
+// fraction (evaluated with the modified Lentz method), on the side of x
+// where it converges fast.
+double IncompleteBeta(double x, double a, double b) {
+  if (!(x > 0)) return 0;
+  if (!(x < 1)) return 1;
+  if (x > (a + 1) / (a + b + 2)) return 1 - IncompleteBeta(1 - x, b, a);
+  const double front = std::exp(std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) +
+                                a * std::log(x) + b * std::log1p(-x)) /
+                       a;
+  constexpr double kTiny = 1e-300;
+  double f = 1;
+  double c = 1;
+  double d = 0;
+  for (int i = 0; i <= 400; ++i) {
+    const int m = i / 2;
+    double numerator = 1;
+    if (i > 0 && i % 2 == 0) {
+      numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m));
+    } else if (i > 0) {
+      numerator = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1));
+    }
+    d = 1 + numerator * d;
+    if (std::fabs(d) < kTiny) d = kTiny;
+    d = 1 / d;
+    c = 1 + numerator / c;
+    if (std::fabs(c) < kTiny) c = kTiny;
+    const double step = c * d;
+    f *= step;
+    if (std::fabs(1 - step) < 1e-14) break;
+  }
+  return front * (f - 1);
+}
+
+}  // namespace
+
+double StudentUpperTail(double t, double df) {
+  if (std::isnan(t) || !(df > 0)) return 0.5;
+  if (std::isinf(t)) return t > 0 ? 0 : 1;
+  const double tail = 0.5 * IncompleteBeta(df / (df + t * t), df / 2, 0.5);
+  return t >= 0 ? tail : 1 - tail;
+}
+
+double StudentQuantile(double p, double df) {
+  if (!(p > 0)) return -1e300;
+  if (!(p < 1)) return 1e300;
+  // Bisection on the tail over a range that grows until it holds p.
+  double lo = -1;
+  double hi = 1;
+  while (1 - StudentUpperTail(lo, df) > p && lo > -1e300) lo *= 2;
+  while (1 - StudentUpperTail(hi, df) < p && hi < 1e300) hi *= 2;
+  for (int i = 0; i < 200 && hi - lo > 1e-9 * std::max(1.0, std::fabs(hi)); ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (1 - StudentUpperTail(mid, df) < p ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
 std::vector<Point> WindowMinima(std::span<const Point> points, std::size_t max_points) {
   const std::size_t n = points.size();
   if (n <= std::max<std::size_t>(max_points, 1)) return {points.begin(), points.end()};
@@ -173,6 +233,7 @@ MannKendall MannKendallTest(std::span<const Point> points, double slope) {
     i = j;
   }
   var /= 18;
+  mk.n = n;
   mk.s = s;
   mk.var_independent = var;
   double ar1 = 1;
@@ -191,8 +252,12 @@ MannKendall WithCorrection(MannKendall mk, double correction) {
   }
   const double sd = std::sqrt(mk.var_corrected);
   mk.z = mk.s > 0 ? (mk.s - 1) / sd : mk.s < 0 ? (mk.s + 1) / sd : 0;
-  mk.p_increasing = NormalCdf(-mk.z);
-  mk.p_decreasing = NormalCdf(mk.z);
+  // The variance is estimated from the series itself: z is referred to
+  // Student's t with the effective sample size n / correction less 2
+  // degrees of freedom, which matters when autocorrelation leaves few.
+  mk.df = std::max(1.0, static_cast<double>(mk.n) / correction - 2);
+  mk.p_increasing = StudentUpperTail(mk.z, mk.df);
+  mk.p_decreasing = StudentUpperTail(-mk.z, mk.df);
   return mk;
 }
 

@@ -23,6 +23,9 @@ namespace leakprobe::trend::detail {
 // (clamped to +-40 outside).
 double NormalCdf(double z);
 double NormalQuantile(double p);
+// Student's t with df degrees of freedom: P(T > t), and its quantile.
+double StudentUpperTail(double t, double df);
+double StudentQuantile(double p, double df);
 
 // At most max_points points: the input split into that many consecutive
 // windows of equal count (+-1), each replaced by its minimum (at the time
@@ -40,12 +43,14 @@ double Median(std::vector<double>& values);
 std::vector<double> AverageRanks(std::span<const double> values);
 
 struct MannKendall {
+  std::size_t n = 0;           // points
   double s = 0;                // sum over i < j of sign(v_j - v_i)
   double var_independent = 0;  // Var(S) under independence, tie-corrected
   double correction = 1;       // max(1, Hamed–Rao n/n*, its AR(1) floor)
   double var_corrected = 0;    // var_independent * correction
   double z = 0;                // with continuity correction
-  double p_increasing = 1;     // one-sided
+  double df = 0;               // n / correction - 2 (at least 1)
+  double p_increasing = 1;     // one-sided, z against Student's t(df)
   double p_decreasing = 1;     // one-sided
 };
 // Mann–Kendall test; the Hamed–Rao factor is computed on the ranks of the
