@@ -30,7 +30,8 @@ constexpr int kMinDetected = kSeries * 95 / 100;
 
 const ts::Sampling kHour{10, 300, 3600};
 const ts::Sampling kRun{0.5, 3, 22};
-const TrendParams kRunParams{.warmup_seconds = 3, .min_points = 12, .min_window_seconds = 10};
+const TrendParams kRunParams{
+    .warmup_seconds = 3, .min_points = 12, .min_window_seconds = 10};
 
 using Family = std::function<std::vector<Point>(ts::Rng&)>;
 
@@ -77,12 +78,14 @@ TEST(TrendRatesTest, FewFalseAlarmsInCompressedTime) {
 }
 
 TEST(TrendRatesTest, ClearLeaksAreDetected) {
-  EXPECT_GE(Flagged([](ts::Rng& r) { return ts::LinearLeak(kHour, r, 5); }, TrendParams{}),
-            kMinDetected);
+  EXPECT_GE(
+      Flagged([](ts::Rng& r) { return ts::LinearLeak(kHour, r, 5); }, TrendParams{}),
+      kMinDetected);
   EXPECT_GE(Flagged([](ts::Rng& r) { return ts::LateLeak(kHour, r, 5); }, TrendParams{}),
             kMinDetected);
-  EXPECT_GE(Flagged([](ts::Rng& r) { return ts::RisingSawtooth(kHour, r, 1); }, TrendParams{}),
-            kMinDetected);
+  EXPECT_GE(
+      Flagged([](ts::Rng& r) { return ts::RisingSawtooth(kHour, r, 1); }, TrendParams{}),
+      kMinDetected);
   EXPECT_GE(Flagged([](ts::Rng& r) { return ts::CountLeak(kHour, r, 4); }, TrendParams{}),
             kMinDetected);
   EXPECT_GE(Flagged([](ts::Rng& r) { return ts::LinearLeak(kRun, r, 8); }, kRunParams),

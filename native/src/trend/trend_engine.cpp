@@ -84,8 +84,9 @@ bool Flattened(std::span<const Point> pts) {
   std::vector<Point> recent(pts.end() - static_cast<std::ptrdiff_t>(k), pts.end());
   // Still growing on its own, clearly: slower, but not flattened.
   const double own = TheilSen(recent);
-  if (detail::MannKendallTest(recent, own).p_increasing < kStillGrowingAlpha)
+  if (detail::MannKendallTest(recent, own).p_increasing < kStillGrowingAlpha) {
     return false;
+  }
   for (Point& p : recent) p.v -= before * p.t;
   return detail::MannKendallTest(recent, TheilSen(recent)).p_decreasing < kPlateauAlpha;
 }
@@ -103,8 +104,9 @@ bool OneStep(std::span<const Point> pts, double slope, double alpha) {
   std::vector<double> scratch = diffs;
   const double centre = detail::Median(scratch);
   std::vector<double> deviations(diffs.size());
-  for (std::size_t i = 0; i < diffs.size(); ++i)
+  for (std::size_t i = 0; i < diffs.size(); ++i) {
     deviations[i] = std::fabs(diffs[i] - centre);
+  }
   // MAD * 1.4826 estimates the differences' sd, sqrt(2) times the noise's.
   const double noise = 1.4826 * detail::Median(deviations) / std::sqrt(2.0);
   const double rise = slope * (pts.back().t - pts.front().t);
@@ -136,8 +138,9 @@ constexpr double kMonotoneShare = 0.5;
 // uses the variance under independence.
 bool MostlyOneWay(std::span<const Point> pts) {
   double total = 0;
-  for (std::size_t i = 1; i < pts.size(); ++i)
+  for (std::size_t i = 1; i < pts.size(); ++i) {
     total += std::fabs(pts[i].v - pts[i - 1].v);
+  }
   const double net = std::fabs(pts.back().v - pts.front().v);
   return total > 0 && net >= kMonotoneShare * total;
 }
@@ -234,6 +237,7 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
   }
   const double segments = static_cast<double>(starts.size());
   std::vector<Judgement> judged;
+  judged.reserve(starts.size());
   for (const std::size_t from : starts) {
     judged.push_back(
         Judge(std::span(pts).subspan(from), alpha / segments, params, scale));

@@ -4,6 +4,8 @@
 // variance under autocorrelation.
 #include "leakprobe/trend/trend_stats.h"
 
+#include <math.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -28,6 +30,13 @@ double NormalQuantile(double p) {
 
 namespace {
 
+// lgamma() sets the global signgam; lgamma_r() (glibc, POSIX.1-2024) does
+// not, which keeps these functions safe to call from any thread.
+double LogGamma(double x) {
+  int sign = 0;
+  return ::lgamma_r(x, &sign);
+}
+
 // The regularized incomplete beta function I_x(a, b), by its continued
 // fraction (evaluated with the modified Lentz method), on the side of x
 // where it converges fast.
@@ -35,7 +44,7 @@ double IncompleteBeta(double x, double a, double b) {
   if (!(x > 0)) return 0;
   if (!(x < 1)) return 1;
   if (x > (a + 1) / (a + b + 2)) return 1 - IncompleteBeta(1 - x, b, a);
-  const double front = std::exp(std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) +
+  const double front = std::exp(LogGamma(a + b) - LogGamma(a) - LogGamma(b) +
                                 a * std::log(x) + b * std::log1p(-x)) /
                        a;
   constexpr double kTiny = 1e-300;
