@@ -6,13 +6,19 @@
 //   3. no verdict (kWarmup) below min_points or min_window_seconds;
 //   4. reduce to kMaxEvaluatedPoints per-window minima (the GC sawtooth
 //      rule: the floor after collections is what a leak raises);
-//   5. Theil–Sen slope, Mann–Kendall S with the tie-corrected variance
-//      times the Hamed–Rao autocorrelation factor, Sen's interval;
-//   6. a significant increase is a plateau when the recent third of the
-//      window grows at less than half the window's slope, too small below
-//      the minimum effect, else a leak (kGrowing); a significant decrease
-//      is kShrinking; anything else kFlat;
-//   7. time to exhaustion for a leak with a finite limit.
+//   5. segments: the whole window, its last half, its last quarter (those
+//      with min_points and min_window_seconds), each at alpha / count;
+//   6. per segment: Theil–Sen slope; Mann–Kendall S, its tie-corrected
+//      variance times max(Hamed–Rao factor, AR(1) floor) unless the series
+//      moves mostly one way, z against Student's t(n / factor - 2); Sen's
+//      interval;
+//   7. a significant increase is a plateau when most pairs see no rise
+//      (slope 0), when the recent third slowed down significantly against
+//      the two thirds before it (and does not still grow on its own), or
+//      when one jump far above the noise makes it; too small below the
+//      minimum effect; else a leak (kGrowing). A significant decrease of the
+//      whole window is kShrinking; anything else kFlat;
+//   8. time to exhaustion for a leak with a finite limit.
 #include "leakprobe/trend/trend_engine.h"
 
 #include <algorithm>
