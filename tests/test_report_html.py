@@ -23,7 +23,8 @@ from leakprobe.report import html as report_html
 HOSTILE_SITE = 'app/<script>alert("x")</script>.py:12 in f&g'
 HOSTILE_KEY = "cache $x$ <b>&amp;</b> 'q'"
 UNDECODABLE = "caf\udcc3\udca9-\udcff.py"  # surrogateescape'd bytes, as os.fsdecode gives
-LEAK_RGB = (0xC6, 0x28, 0x28)  # report_html._LEAK_COLOR, the observed line of a leak
+LEAK_RGB = (0xC6, 0x28, 0x28)  # report_html._LEAK_COLOR: a leak's line, borders, figures
+FIT_RGB = (0xE6, 0x51, 0x00)  # report_html._FIT_COLOR: only in the charts (the fitted growth)
 
 
 def _points(values, step=0.5):
@@ -162,12 +163,17 @@ def test_one_chart_per_leak_and_a_row_per_series(rendered):
     charts = dom.find("svg", id_=r"^chart-\d+$")
     assert [a["id"] for _, a, _ in charts] == ["chart-1", "chart-2", "chart-3", "chart-4"]
     assert len(dom.find("figure", class_="chart")) == 4
-    # Each chart draws the observed series (a path), the fitted rate and the
-    # warm-up band; matplotlib's ids were prefixed so all ids stay unique.
+    # matplotlib's ids were prefixed, so ids stay unique across the charts.
     ids = [a["id"] for _, a, _ in dom.elements if "id" in a]
     assert len(ids) == len(set(ids))
+    # Each chart draws the observed series (120 points), the fitted growth
+    # (dashed) and the warm-up band, each in the plot and its legend.
     for number in range(1, 5):
-        assert sum(1 for i in ids if i.startswith(f"chart-{number}-line2d_")) >= 2
+        svg = re.search(rf'<svg id="chart-{number}".*?</svg>', rendered, re.S).group()
+        observed = re.findall(r' d="([^"]*)"[^>]*stroke: #c62828', svg)
+        assert max(path.count("L") for path in observed) >= 100
+        assert len(re.findall(r"stroke-dasharray[^\"]*stroke: #e65100", svg)) == 2
+        assert len(re.findall(r'style="fill: #9e9e9e; opacity: 0.18"', svg)) == 2
     verdicts = _rows(dom, "verdicts")
     assert len(verdicts) == 4
     assert [row.split("\n")[0][:6] for row in verdicts] == ["fdtcp1", "object", "heapap", "rsstot"]
@@ -231,6 +237,20 @@ def test_a_report_without_leaks():
     assert [t for _, _, t in dom.find("p", id_="^summary$")] == ["No leak found"]
     assert not dom.find("svg", id_="^chart-")
     assert len(_rows(dom, "series")) == 5
+
+
+def test_a_leak_without_points_and_sparklines_past_the_cap(monkeypatch):
+    report = synthetic_report(unflagged=8)
+    del report["series"][1]  # object httpx.Client: in `leaks` only
+    monkeypatch.setattr(report_html, "_MAX_SPARKLINES", 5)
+    dom = _dom(report_html.render(report))
+    assert len(_rows(dom, "verdicts")) == 4
+    assert [a["id"] for _, a, _ in dom.find("svg", id_="^chart-")] == [
+        "chart-1", "chart-3", "chart-4"]
+    assert [t for _, _, t in dom.find("p", id_="^chart-2$")] == [
+        "No points recorded for this series."]
+    assert len(_rows(dom, "series")) == 8
+    assert len(dom.find("svg", id_="^spark-")) == 5
 
 
 def test_long_series_are_drawn_from_minima_and_maxima():
@@ -329,6 +349,9 @@ def test_chromium_screenshot_shows_the_charts(in_chromium):
         pixels = numpy.asarray(image.convert("RGB"), dtype=numpy.int16)
     not_white = int((pixels.min(axis=2) < 240).sum())
     leak_red = int((numpy.abs(pixels - numpy.array(LEAK_RGB)).max(axis=2) < 40).sum())
-    print(f"screenshot: {not_white} non-white pixels, {leak_red} leak-red pixels")
+    fit_orange = int((numpy.abs(pixels - numpy.array(FIT_RGB)).max(axis=2) < 40).sum())
+    print(f"screenshot: {not_white} non-white pixels, {leak_red} leak-red pixels, "
+          f"{fit_orange} fitted-growth orange pixels")
     assert not_white > 0.03 * 1280 * 2400
     assert leak_red > 2000  # the leaks' lines, borders and growth figures
+    assert fit_orange > 1500  # the 4 charts' dashed fitted lines (about 1,000 px each)

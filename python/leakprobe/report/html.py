@@ -39,6 +39,10 @@ SCHEMA = 1
 _MAX_CHART_POINTS = 1200
 _MAX_SPARK_POINTS = 80
 _MAX_SITES = 20
+# Rows of the other series' table with a small chart (about 2.4 kB each);
+# the rows past it have none, so that a report of thousands of series stays
+# a few MB.
+_MAX_SPARKLINES = 200
 
 _LEAK_COLOR = "#c62828"
 _SERIES_COLOR = "#1f4e9c"
@@ -452,7 +456,8 @@ def _others_section(others: list[dict], plotting: _Plotting) -> str:
         return ""
     rows = []
     for index, entry in enumerate(others):
-        spark = plotting.sparkline(entry, f"spark-{index + 1}")
+        spark = (plotting.sparkline(entry, f"spark-{index + 1}") if index < _MAX_SPARKLINES
+                 else _NONE)
         rows.append(
             f'<tr><td>{_h(entry["resource"])}</td><td class="key mono">{_h(entry["key"])}</td>'
             f'<td class="num">{_h(entry["pid"])}</td><td>{_reason(entry)}</td>'
@@ -531,7 +536,9 @@ class _Plotting:
             figure = self._figure(figsize=(11.5, 2.7), dpi=100, layout="constrained")
             axes = figure.add_subplot()
             if _is_number(warmup) and warmup > 0:
-                axes.axvspan(times[0] / time_scale, (times[0] + warmup) / time_scale,
+                # Clipped to the data: a warm-up longer than the run does not
+                # stretch the time axis.
+                axes.axvspan(times[0] / time_scale, min(times[0] + warmup, times[-1]) / time_scale,
                              color=_WARMUP_COLOR, alpha=0.18, lw=0,
                              label=f"warm-up ({_duration(warmup)}, not evaluated)")
             axes.plot([t / time_scale for t in times], [v / scale for v in values],
