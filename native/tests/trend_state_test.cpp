@@ -274,7 +274,7 @@ TEST(TrendStateTest, WindowScalesWithTheInterval) {
             defaults.min_window_seconds);
   EXPECT_EQ(ParamsFor(config, Resource::kFd).min_points, defaults.min_points);
   config.params = DefaultResourceParams(1000);
-  EXPECT_EQ(ParamsFor(config, Resource::kHeap).min_growth, 4000);
+  EXPECT_EQ(ParamsFor(config, Resource::kHeap).min_growth, 8000);
   EXPECT_EQ(ParamsFor(config, Resource::kFd).min_growth, 3);
   EXPECT_EQ(ParamsFor(config, Resource::kRss).min_relative_growth, 0.05);
 }

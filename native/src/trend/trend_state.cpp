@@ -93,7 +93,7 @@ ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes) {
     return table[static_cast<std::size_t>(r)];
   };
   at(Resource::kRss) = {16 * kMiB, 0.05};
-  at(Resource::kHeap) = {4.0 * static_cast<double>(heap_sample_bytes), 0.05};
+  at(Resource::kHeap) = {8.0 * static_cast<double>(heap_sample_bytes), 0.05};
   at(Resource::kNativeHeap) = {16 * kMiB, 0.05};
   at(Resource::kFd) = {3, 0};
   at(Resource::kObject) = {3, 0};
