@@ -199,6 +199,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("census_top_types", 20, _int_in(1, 100), "an integer from 1 to 100"),
     Option("census_max_pause", 0.25, _seconds_in(0.001, 60),
            "a number of seconds from 0.001 to 60"),
+    Option("trends", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("trend_interval", 10.0, _seconds_in(0.05, 3600),
+           "a number of seconds from 0.05 to 3600"),
+    Option("trend_warmup", 300.0, _seconds_in(0, 86400),
+           "a number of seconds from 0 to 86400"),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 _BY_VARIABLE = {option.variable: option for option in OPTIONS}
@@ -231,6 +236,9 @@ class Config(NamedTuple):
     census_interval: float = 60.0
     census_top_types: int = 20
     census_max_pause: float = 0.25
+    trends: bool = True
+    trend_interval: float = 10.0
+    trend_warmup: float = 300.0
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:

@@ -222,6 +222,11 @@ def start(**options: Any) -> dict[str, Any]:
         sampler = _Sampler(config.sample_interval, config.heap,
                            config.fd_reconcile_interval if fds else None)
         sampler.extra_tasks += _containers.sampler_tasks(native, config)
+        if config.trends:  # docs/trends.md: series and verdicts in the process
+            native.trend_start(config.trend_interval, config.trend_warmup,
+                               config.heap_sample_bytes, config.heap_top_sites,
+                               config.fd_top_sites)
+            sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
         sampler.sample_once()  # the first scrape already has gc figures
         port, error = _start_exporter(native, config)
         from . import _runfile  # LEAKPROBE_RUN_DIR: the run file of `leakprobe run`
@@ -329,6 +334,8 @@ def _stop_locked() -> None:
     _containers.reset()
     if state.config.objects:
         _native().objects_stop()
+    if state.config.trends:
+        _native().trend_stop()
     _native().stop_exporter()
 
 
@@ -354,7 +361,8 @@ def status() -> dict[str, Any]:
         if state is not None:
             result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else []) \
                 + (["fds"] if state.fds else []) \
-                + (["objects"] if state.config.objects else [])
+                + (["objects"] if state.config.objects else []) \
+                + (["trends"] if state.config.trends else [])
             result["error"] = state.error
             if state.port is not None:
                 result.update(host=state.config.host, port=state.port,
