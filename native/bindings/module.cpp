@@ -33,6 +33,7 @@
 #include "leakprobe/version.h"
 #include "object_bindings.h"
 #include "prometheus/text_serializer.h"
+#include "trend_bindings.h"
 
 namespace py = pybind11;
 
@@ -363,6 +364,7 @@ PYBIND11_MODULE(_native, m) {
   RegisterFdBindings(m);
   RegisterObjectBindings(m);
   RegisterContainerBindings(m);
+  RegisterTrendBindings(m);
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");
   m.def(

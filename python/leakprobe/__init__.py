@@ -27,9 +27,21 @@ __all__ = [
     "fd_snapshot", "FdOwner", "FdRecord", "FdSnapshot", "FdStat", "FdStatDiff", "Frame",
     "heap_snapshot", "HeapSnapshot", "HeapStat", "HeapStatDiff", "object_snapshot",
     "ObjectRecord", "objects", "ObjectSnapshot", "ObjectStat", "ObjectStatDiff",
-    "ObjectTypeStats", "open_fds", "start", "status", "stop", "top_sites", "track_type",
-    "unwatch", "Watch", "watch",
+    "ObjectTypeStats", "open_fds", "series", "start", "status", "stop", "top_sites",
+    "track_type", "unwatch", "Verdict", "verdicts", "Watch", "watch",
 ]
+
+_LAZY = {"Verdict", "verdicts", "series"}  # leakprobe._trends, loaded on first use
+
+
+def __getattr__(name: str) -> object:
+    # PEP 562: the trend API's module (and dataclasses) load when first used,
+    # so `import leakprobe` does not pay for them.
+    if name in _LAZY:
+        from . import _trends
+
+        return getattr(_trends, name)
+    raise AttributeError(f"module 'leakprobe' has no attribute {name!r}")
 
 start_from_import()
 del start_from_import

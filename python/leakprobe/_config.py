@@ -99,6 +99,22 @@ def _seconds_in(low: float, high: float) -> Callable[[Any], float]:
 
 _parse_interval = _seconds_in(0.01, 3600)
 
+
+def _parse_run_dir(value: Any) -> str | None:
+    """An absolute path of a directory (not checked for existence here: the
+    run file's writer reports a directory it cannot write to); unset or
+    empty: no run file."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _Invalid
+    text = str(value)
+    if not text.strip():
+        return None
+    if not text.startswith("/"):
+        raise _Invalid
+    return text
+
 # The built-in adapters (leakprobe.adapters.ADAPTERS; kept here so that
 # parsing the option imports nothing).
 ADAPTER_NAMES = ("httpx", "requests", "urllib", "sqlalchemy", "sqlite3", "threading",
@@ -154,6 +170,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("strict", False, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("sample_interval", 1.0, _parse_interval,
            "a number of seconds from 0.01 to 3600"),
+    Option("run_dir", None, _parse_run_dir,
+           "an absolute path of a directory, or empty (no run file)"),
     Option("heap", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("heap_sample_bytes", 128 * 1024, _int_in(1, 1 << 30),
            "an integer number of bytes from 1 to 1073741824"),
@@ -181,6 +199,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("census_top_types", 20, _int_in(1, 100), "an integer from 1 to 100"),
     Option("census_max_pause", 0.25, _seconds_in(0.001, 60),
            "a number of seconds from 0.001 to 60"),
+    Option("trends", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("trend_interval", 10.0, _seconds_in(0.05, 3600),
+           "a number of seconds from 0.05 to 3600"),
+    Option("trend_warmup", 300.0, _seconds_in(0, 86400),
+           "a number of seconds from 0 to 86400"),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 _BY_VARIABLE = {option.variable: option for option in OPTIONS}
@@ -193,6 +216,7 @@ class Config(NamedTuple):
     log_level: str = "info"
     strict: bool = False
     sample_interval: float = 1.0
+    run_dir: str | None = None  # set by `leakprobe run`: where the run file goes
     heap: bool = True
     heap_sample_bytes: int = 128 * 1024
     heap_frames: int = 32
@@ -212,6 +236,9 @@ class Config(NamedTuple):
     census_interval: float = 60.0
     census_top_types: int = 20
     census_max_pause: float = 0.25
+    trends: bool = True
+    trend_interval: float = 10.0
+    trend_warmup: float = 300.0
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:

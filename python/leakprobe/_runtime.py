@@ -222,8 +222,16 @@ def start(**options: Any) -> dict[str, Any]:
         sampler = _Sampler(config.sample_interval, config.heap,
                            config.fd_reconcile_interval if fds else None)
         sampler.extra_tasks += _containers.sampler_tasks(native, config)
+        if config.trends:  # docs/trends.md: series and verdicts in the process
+            native.trend_start(config.trend_interval, config.trend_warmup,
+                               config.heap_sample_bytes, config.heap_top_sites,
+                               config.fd_top_sites)
+            sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
         sampler.sample_once()  # the first scrape already has gc figures
         port, error = _start_exporter(native, config)
+        from . import _runfile  # LEAKPROBE_RUN_DIR: the run file of `leakprobe run`
+
+        sampler.extra_tasks += _runfile.sampler_tasks(config)
         sampler.start()
         _start_adapters(native, config)
         _state = _State(config, sampler, port, error, fds)
@@ -326,6 +334,8 @@ def _stop_locked() -> None:
     _containers.reset()
     if state.config.objects:
         _native().objects_stop()
+    if state.config.trends:
+        _native().trend_stop()
     _native().stop_exporter()
 
 
@@ -351,7 +361,8 @@ def status() -> dict[str, Any]:
         if state is not None:
             result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else []) \
                 + (["fds"] if state.fds else []) \
-                + (["objects"] if state.config.objects else [])
+                + (["objects"] if state.config.objects else []) \
+                + (["trends"] if state.config.trends else [])
             result["error"] = state.error
             if state.port is not None:
                 result.update(host=state.config.host, port=state.port,
@@ -518,4 +529,31 @@ def start_from_import() -> None:
             return
     except _config._Invalid:
         pass  # start() reports the bad value
+    if _is_cli():
+        return
     start()
+
+
+def _is_cli() -> bool:
+    """Whether this process is the `leakprobe` command itself (the console
+    script, or ``python -m leakprobe``), which profiles its PROGRAM, not
+    itself."""
+    main = sys.modules.get("__main__")
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "leakprobe" and isinstance(getattr(main, "__file__", None), str) \
+            and os.path.realpath(main.__file__) == os.path.realpath(script):  # type: ignore[union-attr]
+        return True  # the console script (pip's launcher runs leakprobe.cli)
+    argv = list(getattr(sys, "orig_argv", ()))[1:]
+    i = 0
+    while i < len(argv):  # the interpreter's options, up to -m MODULE
+        arg = argv[i]
+        if arg == "-m":
+            return argv[i + 1:i + 2] == ["leakprobe"]
+        if arg.startswith("-m"):
+            return arg[2:] == "leakprobe"
+        if arg in ("-X", "-W"):
+            i += 1  # its value
+        elif not arg.startswith("-") or arg in ("-c", "-"):
+            return False  # a script, -c code or stdin: not us
+        i += 1
+    return False

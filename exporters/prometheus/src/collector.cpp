@@ -1,7 +1,11 @@
 #include "leakprobe/prometheus/collector.h"
 
+#include <cmath>
 #include <string>
 #include <utility>
+
+#include "leakprobe/trend/series_store.h"
+#include "leakprobe/trend/trend_summary.h"
 
 namespace leakprobe::prometheus_exporter {
 namespace {
@@ -342,6 +346,63 @@ void AddContainerFamilies(const ContainerSummary& c, std::vector<MetricFamily>* 
                         MetricType::Gauge, f.duration_seconds));
 }
 
+// Verdicts (docs/trends.md): one sample per series of the trend store, so
+// the store's series cap bounds these families' cardinality.
+void AddTrendFamilies(const trend::TrendSummary& t, std::vector<MetricFamily>* out) {
+  MetricFamily suspected =
+      Family("leakprobe_leak_suspected",
+             "1 when the trend engine suspects a leak in this series (a significant, "
+             "large enough growth after warm-up that does not flatten), else 0.",
+             MetricType::Gauge);
+  // The unit is in the name (Prometheus practice): one family per unit.
+  constexpr const char* kUnits[] = {"bytes", "fds", "objects", "entries", "threads"};
+  std::vector<MetricFamily> growth;
+  for (const char* unit : kUnits) {
+    growth.push_back(Family(std::string("leakprobe_growth_") + unit + "_per_second",
+                            std::string("Robust growth rate of the series' per-window "
+                                        "minima, in ") +
+                                unit + " per second (series past warm-up).",
+                            MetricType::Gauge));
+  }
+  MetricFamily exhaustion =
+      Family("leakprobe_time_to_exhaustion_seconds",
+             "Seconds until the series reaches its resource's limit at its growth rate "
+             "(RLIMIT_NOFILE, memory.max or RAM, a container's maxsize); only series "
+             "growing towards a known limit.",
+             MetricType::Gauge);
+  for (const trend::SeriesVerdict& s : t.series) {
+    const std::vector<ClientMetric::Label> labels = {
+        {"resource", std::string(trend::ResourceName(s.resource))}, {"key", s.key}};
+    AddSample(&suspected, s.verdict.suspected ? 1 : 0, labels);
+    if (s.verdict.reason != trend::Reason::kWarmup) {
+      for (std::size_t u = 0; u < std::size(kUnits); ++u) {
+        if (s.unit == kUnits[u]) AddSample(&growth[u], s.verdict.slope_per_second, labels);
+      }
+    }
+    if (std::isfinite(s.verdict.time_to_exhaustion_seconds)) {
+      AddSample(&exhaustion, s.verdict.time_to_exhaustion_seconds, labels);
+    }
+  }
+  out->push_back(std::move(suspected));
+  for (MetricFamily& family : growth) out->push_back(std::move(family));
+  out->push_back(std::move(exhaustion));
+  out->push_back(Single("leakprobe_trend_series", "Series in the trend store.",
+                        MetricType::Gauge, static_cast<double>(t.series_count)));
+  out->push_back(Single("leakprobe_trend_dropped_series_total",
+                        "Series not recorded because the trend store was full.",
+                        MetricType::Counter, static_cast<double>(t.dropped_series)));
+  out->push_back(Single("leakprobe_trend_memory_bytes",
+                        "Memory held by the trend store's series.", MetricType::Gauge,
+                        static_cast<double>(t.memory_bytes)));
+  out->push_back(Single("leakprobe_trend_samples_total",
+                        "Trend samples taken since start (in a forked child: since the "
+                        "fork).",
+                        MetricType::Counter, static_cast<double>(t.samples)));
+  out->push_back(Single("leakprobe_trend_sample_duration_seconds",
+                        "Wall time of the last trend sample (snapshot, store, evaluation).",
+                        MetricType::Gauge, t.sample_duration_seconds));
+}
+
 }  // namespace
 
 SnapshotCollector::SnapshotCollector(Source source) : source_(std::move(source)) {}
@@ -360,6 +421,7 @@ std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {
   if (snapshot.objects) AddObjectFamilies(*snapshot.objects, &families);
   AddHookPassFamily(snapshot.hook_passes, &families);
   AddContainerFamilies(snapshot.containers, &families);
+  if (snapshot.trends) AddTrendFamilies(*snapshot.trends, &families);
   if (snapshot.python) {
     MetricFamily info =
         Family("python_info", "Python platform information.", MetricType::Gauge);

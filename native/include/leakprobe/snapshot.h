@@ -18,6 +18,7 @@
 #include "leakprobe/process/process_stats.h"
 #include "leakprobe/process/runtime_stats.h"
 #include "leakprobe/runtime/hook_passes.h"
+#include "leakprobe/trend/trend_summary.h"
 
 namespace leakprobe {
 
@@ -33,6 +34,10 @@ struct Snapshot {
 
   // Empty unless object tracking is on.
   std::optional<ObjectSummary> objects;
+
+  // Empty unless trends are on (LEAKPROBE_TRENDS): the verdicts of the
+  // latest trend sample (leakprobe/trend/trend_state.h).
+  std::optional<trend::TrendSummary> trends;
 };
 
 Snapshot TakeSnapshot();

@@ -30,7 +30,11 @@ std::optional<std::string> FormatAddress(const sockaddr_storage& ss, socklen_t l
       sockaddr_in6 in6{};
       std::memcpy(&in6, &ss, sizeof in6);
       if (inet_ntop(AF_INET6, &in6.sin6_addr, host, sizeof host) == nullptr) break;
-      return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6.sin6_port));
+      // Appends, not "[" + string: GCC 12's -O3 C++20 build warns (-Wrestrict,
+      // a false positive) on prepending to a temporary.
+      std::string text = "[";
+      text.append(host).append("]:").append(std::to_string(ntohs(in6.sin6_port)));
+      return text;
     }
     case AF_UNIX: {
       sockaddr_un un{};
@@ -40,7 +44,9 @@ std::optional<std::string> FormatAddress(const sockaddr_storage& ss, socklen_t l
       std::size_t n = std::min<std::size_t>(len - path_offset, sizeof un.sun_path);
       // Paths and abstract names are bytes: kept as valid UTF-8.
       if (un.sun_path[0] == '\0') {  // abstract: not NUL-terminated
-        return "@" + ToValidUtf8(std::string_view(un.sun_path + 1, n - 1));
+        std::string text = "@";
+        text += ToValidUtf8(std::string_view(un.sun_path + 1, n - 1));
+        return text;
       }
       n = strnlen(un.sun_path, n);
       if (n == 0) break;

@@ -6,6 +6,7 @@
 #include "leakprobe/objects/containers.h"
 #include "leakprobe/objects/object_registry.h"
 #include "leakprobe/runtime/clock.h"
+#include "leakprobe/trend/trend_state.h"
 #include "leakprobe/version.h"
 
 namespace leakprobe {
@@ -23,6 +24,7 @@ Snapshot TakeSnapshot() {
   if (objects.enabled()) snapshot.objects = objects.Summary(MonotonicNs());
   snapshot.hook_passes = ReadHookPasses();
   snapshot.containers = ContainerStore::Instance().Summary();
+  snapshot.trends = trend::TrendState::Instance().Summary();
   snapshot.version = kVersion;
   return snapshot;
 }

@@ -9,6 +9,12 @@
 // Each level keeps, per bucket, the minimum, maximum and last value of the
 // samples it merged; Points() returns the per-bucket minima (the GC-sawtooth
 // rule) of the finest level that still covers the series' whole history.
+// One level only, closed buckets only: the minimum of more samples is lower
+// (noise, GC), so finer recent points after coarser old ones, or a partly
+// filled last bucket, would read as growth; a view of one resolution cannot.
+// The cost is the open bucket's samples (at most factor^i - 1) missing from
+// the end of a coarse view. Past the coarsest level's span, Points() gives
+// the coarsest level's buckets (the most recent span).
 // Series beyond max_series are not created (counted in dropped_series).
 // Thread-safety: a SeriesStore is not synchronized; its owner serializes
 // calls (TrendState does, with one mutex that no hook ever takes).
@@ -16,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,10 +64,17 @@ class SeriesStore {
     std::size_t levels = 4;
   };
   explicit SeriesStore(Limits limits);
+  ~SeriesStore();
+  SeriesStore(const SeriesStore&) = delete;
+  SeriesStore& operator=(const SeriesStore&) = delete;
+  SeriesStore(SeriesStore&&) noexcept;
+  SeriesStore& operator=(SeriesStore&&) noexcept;
 
   // Adds one sample. Returns false (and counts it) when the series is new
   // and the store already holds max_series series. t must not decrease
-  // within a series (an earlier t is ignored and counted).
+  // within a series (an earlier t, or the same t again, is ignored and
+  // counted in out_of_order). A NaN or infinite t or v is ignored and
+  // counted in invalid_samples. Returns true when the sample was stored.
   bool Append(const SeriesKey& key, double t, double v);
 
   // The series' history as per-bucket minima (level 0: the samples
@@ -72,6 +86,7 @@ class SeriesStore {
   std::size_t series() const;
   std::uint64_t dropped_series() const;
   std::uint64_t out_of_order() const;
+  std::uint64_t invalid_samples() const;
   // Bytes this store holds now (tables and names); bounded by
   // max_series * (names + levels * points_per_level * bucket size).
   std::size_t MemoryBytes() const;
@@ -80,10 +95,15 @@ class SeriesStore {
 
  private:
   struct Series;
+  struct Index;
+  Series* Find(const SeriesKey& key) const;
+
   Limits limits_;
-  std::vector<Series*> series_;  // owned; see series_store.cpp
+  std::vector<std::unique_ptr<Series>> series_;  // creation order
+  std::unique_ptr<Index> index_;                 // key -> position in series_
   std::uint64_t dropped_series_ = 0;
   std::uint64_t out_of_order_ = 0;
+  std::uint64_t invalid_samples_ = 0;
 };
 
 }  // namespace leakprobe::trend

@@ -49,12 +49,12 @@ struct TrendParams {
 
 // What Evaluate() concluded, and why.
 enum class Reason {
-  kWarmup,          // not enough points or span after warm-up: no verdict yet
-  kGrowing,         // suspected: significant, large enough, not flattening
-  kFlat,            // no significant increasing trend
-  kTooSmall,        // significant but below the minimum effect size
-  kPlateau,         // grew, then flattened (a bound reached): honest growth
-  kShrinking,       // a significant decreasing trend
+  kWarmup,     // not enough points or span after warm-up: no verdict yet
+  kGrowing,    // suspected: significant, large enough, not flattening
+  kFlat,       // no significant increasing trend
+  kTooSmall,   // significant but below the minimum effect size
+  kPlateau,    // grew, then flattened (a bound reached): honest growth
+  kShrinking,  // a significant decreasing trend
 };
 std::string_view ReasonName(Reason reason);  // "warmup", "growing", ...
 
@@ -66,9 +66,9 @@ struct Verdict {
   double slope_per_second = 0;
   double slope_low = 0;
   double slope_high = 0;
-  double p_value = 1;     // one-sided, of the corrected Mann–Kendall test
-  double confidence = 0;  // 1 - p_value
-  double growth = 0;      // slope * window_seconds
+  double p_value = 1;         // one-sided, of the corrected Mann–Kendall test
+  double confidence = 0;      // 1 - p_value
+  double growth = 0;          // slope * window_seconds
   double window_seconds = 0;  // span evaluated (after warm-up)
   std::size_t points = 0;     // points evaluated (after reduction)
   double last_value = 0;

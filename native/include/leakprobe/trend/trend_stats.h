@@ -1,0 +1,66 @@
+// leakprobe/trend/trend_stats.h — the statistics under Evaluate()
+// (trend_engine.h), apart so that tests can check each one on its own:
+// per-window minima, Theil–Sen slope and its confidence interval,
+// Mann–Kendall's S with the tie-corrected variance and the Hamed–Rao (1998)
+// autocorrelation correction, and the normal distribution.
+//
+//   std::vector<double> slopes = detail::PairwiseSlopes(points);  // sorted
+//   detail::MannKendall mk = detail::MannKendallTest(points, Median(slopes));
+//
+// Thread-safety: pure functions of their arguments. Inputs are finite, with
+// strictly increasing t (Evaluate() cleans them first).
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "leakprobe/trend/trend_engine.h"
+
+namespace leakprobe::trend::detail {
+
+// Standard normal distribution function, and its inverse for p in (0, 1)
+// (clamped to +-40 outside).
+double NormalCdf(double z);
+double NormalQuantile(double p);
+
+// At most max_points points: the input split into that many consecutive
+// windows of equal count (+-1), each replaced by its minimum (at the time
+// the minimum was seen). Shorter inputs are returned as they are.
+std::vector<Point> WindowMinima(std::span<const Point> points, std::size_t max_points);
+
+// The slopes of every pair (i < j), sorted ascending; n(n-1)/2 of them.
+std::vector<double> PairwiseSlopes(std::span<const Point> points);
+// The median of sorted values (0 when empty).
+double SortedMedian(std::span<const double> sorted);
+
+// Ranks 1..n, ties given their average rank.
+std::vector<double> AverageRanks(std::span<const double> values);
+
+struct MannKendall {
+  double s = 0;                // sum over i < j of sign(v_j - v_i)
+  double var_independent = 0;  // Var(S) under independence, tie-corrected
+  double correction = 1;       // Hamed–Rao n/n*, at least 1
+  double var_corrected = 0;    // var_independent * correction
+  double z = 0;                // with continuity correction
+  double p_increasing = 1;     // one-sided
+  double p_decreasing = 1;     // one-sided
+};
+// Mann–Kendall test; the Hamed–Rao factor is computed on the ranks of the
+// series detrended by `slope` (the Theil–Sen estimate).
+MannKendall MannKendallTest(std::span<const Point> points, double slope);
+
+// Hamed–Rao's variance factor n/n* = 1 + 2/(n(n-1)(n-2)) *
+// sum_k (n-k)(n-k-1)(n-k-2) rho_k over the lags whose rank autocorrelation
+// rho_k is significant at 5% (|rho_k| > 1.96/sqrt(n)); not clamped here.
+double HamedRaoFactor(std::span<const Point> points, double slope);
+
+// Sen's confidence interval of the slope: the sorted pairwise slopes at the
+// ranks (N -+ z * sqrt(var_s)) / 2.
+struct SlopeInterval {
+  double low = 0;
+  double high = 0;
+};
+SlopeInterval SenInterval(std::span<const double> sorted_slopes, double var_s, double z);
+
+}  // namespace leakprobe::trend::detail

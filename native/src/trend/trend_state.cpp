@@ -1,0 +1,536 @@
+// The process-wide trend state (see leakprobe/trend/trend_state.h).
+#include "leakprobe/trend/trend_state.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <span>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <tuple>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "leakprobe/fd/fd_kind.h"
+#include "leakprobe/objects/object_summary.h"
+#include "leakprobe/runtime/clock.h"
+#include "leakprobe/runtime/fork.h"
+
+namespace leakprobe::trend {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kMiB = 1024.0 * 1024.0;
+// The series' key prefixes of the fd attribution series.
+constexpr std::string_view kFdSitePrefix = "site:";
+constexpr std::string_view kFdOwnerPrefix = "owner:";
+constexpr std::string_view kCollectedOpenSuffix = ":collected_open";
+// The tracked type whose live objects are the process's threads (the
+// threading adapter's), for thread/total's site.
+constexpr std::string_view kThreadType = "threading.Thread";
+
+std::string_view Strip(std::string_view text) {
+  constexpr std::string_view kSpace = " \t\r\n";
+  const std::size_t first = text.find_first_not_of(kSpace);
+  if (first == std::string_view::npos) return {};
+  return text.substr(first, text.find_last_not_of(kSpace) - first + 1);
+}
+
+std::vector<std::string_view> Lines(std::string_view text) {
+  std::vector<std::string_view> lines;
+  while (!text.empty()) {
+    const std::size_t end = text.find('\n');
+    lines.push_back(text.substr(0, end));
+    if (end == std::string_view::npos) break;
+    text.remove_prefix(end + 1);
+  }
+  return lines;
+}
+
+bool ParseNumber(std::string_view text, double* out) {
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, *out);
+  return ec == std::errc() && ptr == end;
+}
+
+std::optional<std::string> ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return std::nullopt;
+  return text.str();
+}
+
+}  // namespace
+
+std::string_view UnitName(Resource resource) {
+  switch (resource) {
+    case Resource::kRss:
+    case Resource::kHeap:
+    case Resource::kNativeHeap:
+      return "bytes";
+    case Resource::kFd:
+      return "fds";
+    case Resource::kObject:
+      return "objects";
+    case Resource::kContainer:
+      return "entries";
+    case Resource::kThread:
+      return "threads";
+  }
+  return "?";
+}
+
+ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes) {
+  ResourceParamTable table{};
+  auto at = [&table](Resource r) -> ResourceParams& {
+    return table[static_cast<std::size_t>(r)];
+  };
+  at(Resource::kRss) = {16 * kMiB, 0.05};
+  at(Resource::kHeap) = {4.0 * static_cast<double>(heap_sample_bytes), 0.05};
+  at(Resource::kNativeHeap) = {16 * kMiB, 0.05};
+  at(Resource::kFd) = {3, 0};
+  at(Resource::kObject) = {3, 0};
+  at(Resource::kThread) = {3, 0};
+  at(Resource::kContainer) = {20, 0};
+  return table;
+}
+
+TrendParams ParamsFor(const TrendConfig& config, Resource resource) {
+  const TrendParams defaults;
+  TrendParams params;
+  const double interval = config.interval_seconds;
+  const double scaled = defaults.min_window_seconds * (interval / 10.0) * (interval / 10.0);
+  params.min_window_seconds =
+      std::min(defaults.min_window_seconds, std::max({10.0, 12.0 * interval, scaled}));
+  params.min_points = defaults.min_points;
+  params.warmup_seconds = config.warmup_seconds;
+  const ResourceParams& effect = config.params[static_cast<std::size_t>(resource)];
+  params.min_growth = effect.min_growth;
+  params.min_relative_growth = effect.min_relative_growth;
+  return params;
+}
+
+std::optional<double> ParseCgroupMemoryMax(std::string_view text) {
+  text = Strip(text);
+  double bytes = 0;
+  if (text.empty() || text == "max" || !ParseNumber(text, &bytes) || bytes <= 0) {
+    return std::nullopt;
+  }
+  return bytes;
+}
+
+std::optional<double> ParseMemTotal(std::string_view meminfo) {
+  for (std::string_view line : Lines(meminfo)) {
+    constexpr std::string_view kName = "MemTotal:";
+    if (!line.starts_with(kName)) continue;
+    line = Strip(line.substr(kName.size()));
+    const bool kib = line.ends_with("kB");
+    if (kib) line = Strip(line.substr(0, line.size() - 2));
+    double value = 0;
+    if (!ParseNumber(line, &value) || value <= 0) return std::nullopt;
+    return kib ? value * 1024 : value;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> ParseCgroupV2Path(std::string_view proc_self_cgroup) {
+  for (std::string_view line : Lines(proc_self_cgroup)) {
+    if (line.starts_with("0::")) return std::string(Strip(line.substr(3)));
+  }
+  return std::nullopt;
+}
+
+double MemoryLimitBytes() {
+  if (const auto cgroup = ReadSmallFile("/proc/self/cgroup")) {
+    if (const auto path = ParseCgroupV2Path(*cgroup)) {
+      if (const auto max = ReadSmallFile("/sys/fs/cgroup" + *path + "/memory.max")) {
+        if (const auto bytes = ParseCgroupMemoryMax(*max)) return *bytes;
+      }
+    }
+  }
+  if (const auto meminfo = ReadSmallFile("/proc/meminfo")) {
+    if (const auto bytes = ParseMemTotal(*meminfo)) return *bytes;
+  }
+  return kInf;
+}
+
+namespace {
+
+// What one sample measured: the series' values, and what the site and limit
+// rules need.
+struct Fed {
+  std::vector<std::pair<SeriesKey, double>> values;
+  std::optional<std::string> heap_top_site;
+  std::optional<std::string> fd_top_site;
+  absl::flat_hash_map<std::string, std::string> object_top_site;  // type -> site
+  absl::flat_hash_map<std::string, double> container_maxsize;     // name -> maxsize
+  double rss = -1;         // bytes; -1: unknown
+  double fds_open = -1;    // open fds of the process; -1: unknown
+  double max_fds = kInf;   // RLIMIT_NOFILE soft
+  double memory_limit = kInf;
+};
+
+using KeySet = absl::flat_hash_set<std::pair<Resource, std::string>>;
+
+class Feeder {
+ public:
+  Feeder(const std::vector<SeriesKey>& known, Fed* fed) : fed_(fed) {
+    for (const SeriesKey& key : known) known_.insert({key.resource, key.key});
+  }
+
+  // Always recorded.
+  void Add(Resource resource, std::string key, double value) {
+    added_.insert({resource, key});
+    fed_->values.push_back({{resource, std::move(key)}, value});
+  }
+  // Recorded once it has been non-zero: a series starts at its first use.
+  void AddOnceUsed(Resource resource, std::string key, double value) {
+    if (value > 0 || known_.contains(std::make_pair(resource, key))) {
+      Add(resource, std::move(key), value);
+    }
+  }
+  // A known series of a top-site list (keys starting with `prefix`) absent
+  // from a list shorter than its N holds nothing now: 0. From a full list,
+  // its value is unknown: nothing.
+  void ZeroAbsent(Resource resource, std::string_view prefix, std::size_t list_size,
+                  std::size_t top_n) {
+    if (list_size >= top_n) return;
+    for (const auto& [r, key] : known_) {
+      if (r != resource || !key.starts_with(prefix) || added_.contains(std::make_pair(r, key))) {
+        continue;
+      }
+      if (resource == Resource::kHeap && key == "total") continue;
+      fed_->values.push_back({{r, key}, 0});
+    }
+  }
+
+ private:
+  Fed* fed_;
+  KeySet known_;
+  KeySet added_;
+};
+
+void CollectValues(const Snapshot& s, const TrendConfig& config,
+                   const std::vector<SeriesKey>& known, Fed* fed) {
+  Feeder feed(known, fed);
+  fed->memory_limit = config.memory_limit_bytes;
+  if (s.process.ok) {
+    feed.Add(Resource::kRss, "total", s.process.resident_memory_bytes);
+    feed.Add(Resource::kThread, "total", static_cast<double>(s.process.threads));
+    fed->rss = s.process.resident_memory_bytes;
+  }
+  if (s.process.open_fds >= 0) fed->fds_open = static_cast<double>(s.process.open_fds);
+  if (s.process.max_fds >= 0) fed->max_fds = static_cast<double>(s.process.max_fds);
+  if (s.heap && s.heap->enabled) {
+    feed.Add(Resource::kHeap, "total", s.heap->live_bytes);
+    for (const HeapSite& site : s.heap->top_sites) {
+      feed.Add(Resource::kHeap, site.site, site.live_bytes);
+    }
+    feed.ZeroAbsent(Resource::kHeap, "", s.heap->top_sites.size(), config.heap_top_sites);
+    if (!s.heap->top_sites.empty()) fed->heap_top_site = s.heap->top_sites.front().site;
+  }
+  if (s.fd) {
+    double total = 0;
+    for (std::size_t k = 0; k < kFdKindCount; ++k) {
+      const auto open = static_cast<double>(s.fd->open[k]);
+      total += open;
+      feed.AddOnceUsed(Resource::kFd, FdKindName(static_cast<FdKind>(k)), open);
+    }
+    feed.Add(Resource::kFd, "total", total);
+    if (fed->fds_open < 0) fed->fds_open = total;
+    for (const FdSite& site : s.fd->top_sites) {
+      feed.Add(Resource::kFd, std::string(kFdSitePrefix) + site.site,
+               static_cast<double>(site.open_fds));
+    }
+    feed.ZeroAbsent(Resource::kFd, kFdSitePrefix, s.fd->top_sites.size(), config.fd_top_sites);
+    if (!s.fd->top_sites.empty()) fed->fd_top_site = s.fd->top_sites.front().site;
+    for (const FdOwnerCount& owner : s.fd->owners) {
+      feed.AddOnceUsed(Resource::kFd, std::string(kFdOwnerPrefix) + owner.owner,
+                       static_cast<double>(owner.open_fds));
+    }
+  }
+  if (s.objects) {
+    for (const ObjectTypeSummary& t : s.objects->types) {
+      if (t.name == kOverflowTypeName && t.created == 0 && t.errors == 0) continue;
+      // From the first creation on: a type with churn has a flat series.
+      if (t.created > 0) feed.Add(Resource::kObject, t.name, static_cast<double>(t.live));
+      feed.AddOnceUsed(Resource::kObject, t.name + std::string(kCollectedOpenSuffix),
+                       static_cast<double>(t.collected_open));
+      if (!t.top_sites.empty()) fed->object_top_site[t.name] = t.top_sites.front().site;
+    }
+  }
+  for (const ContainerSize& c : s.containers.containers) {
+    feed.Add(Resource::kContainer, c.name, static_cast<double>(c.size));
+    if (c.maxsize >= 0) fed->container_maxsize[c.name] = static_cast<double>(c.maxsize);
+  }
+}
+
+// The limit a series is shown against, and the one its time to exhaustion is
+// computed against (the series' own value at which the resource runs out).
+std::pair<double, double> Limits(const SeriesKey& key, double last, const Fed& fed) {
+  switch (key.resource) {
+    case Resource::kRss:
+      return {fed.memory_limit, fed.memory_limit};
+    case Resource::kHeap:
+    case Resource::kNativeHeap:
+      if (fed.rss >= 0 && std::isfinite(fed.memory_limit)) {
+        return {fed.memory_limit, last + std::max(0.0, fed.memory_limit - fed.rss)};
+      }
+      return {fed.memory_limit, fed.memory_limit};
+    case Resource::kFd:
+      if (std::isfinite(fed.max_fds) && fed.fds_open >= 0) {
+        return {fed.max_fds, last + std::max(0.0, fed.max_fds - fed.fds_open)};
+      }
+      return {fed.max_fds, fed.max_fds};
+    case Resource::kContainer:
+      if (const auto it = fed.container_maxsize.find(key.key);
+          it != fed.container_maxsize.end()) {
+        return {it->second, it->second};
+      }
+      return {kInf, kInf};
+    case Resource::kObject:
+    case Resource::kThread:
+      break;
+  }
+  return {kInf, kInf};
+}
+
+SeriesVerdict Judge(const SeriesKey& key, const std::vector<Point>& points,
+                    const TrendConfig& config, const Fed& fed) {
+  SeriesVerdict out;
+  out.resource = key.resource;
+  out.key = key.key;
+  out.unit = std::string(UnitName(key.resource));
+  TrendParams params = ParamsFor(config, key.resource);
+  // Warm-up is the process's: a series that began later is not warmed up again.
+  if (!points.empty()) {
+    params.warmup_seconds = std::max(0.0, config.warmup_seconds - points.front().t);
+  }
+  const double last = points.empty() ? 0 : points.back().v;
+  const auto [shown, against] = Limits(key, last, fed);
+  out.limit = shown;
+  out.verdict = Evaluate(std::span<const Point>(points), params, against);
+  return out;
+}
+
+// The fastest-growing suspected series of `resource` whose key starts with
+// `prefix` (heap sites: every key but "total"), as its site.
+std::optional<std::string> FastestSite(const std::vector<SeriesVerdict>& series,
+                                       Resource resource, std::string_view prefix) {
+  const SeriesVerdict* best = nullptr;
+  for (const SeriesVerdict& s : series) {
+    if (s.resource != resource || !s.verdict.suspected || !s.key.starts_with(prefix)) continue;
+    if (resource == Resource::kHeap && s.key == "total") continue;
+    if (best == nullptr || s.verdict.slope_per_second > best->verdict.slope_per_second) {
+      best = &s;
+    }
+  }
+  if (best == nullptr) return std::nullopt;
+  return best->key.substr(prefix.size());
+}
+
+std::optional<std::string> TopObjectSite(const Fed& fed, std::string_view type) {
+  const auto it = fed.object_top_site.find(std::string(type));
+  if (it == fed.object_top_site.end()) return std::nullopt;
+  return it->second;
+}
+
+void PickSites(const Fed& fed, std::vector<SeriesVerdict>* series) {
+  const std::optional<std::string> heap_site = FastestSite(*series, Resource::kHeap, "");
+  const std::optional<std::string> fd_site =
+      FastestSite(*series, Resource::kFd, kFdSitePrefix);
+  for (SeriesVerdict& s : *series) {
+    const std::string_view key = s.key;
+    switch (s.resource) {
+      case Resource::kHeap:
+        s.site = key == "total" ? (heap_site ? heap_site : fed.heap_top_site) : s.key;
+        break;
+      case Resource::kFd:
+        if (key.starts_with(kFdSitePrefix)) {
+          s.site = std::string(key.substr(kFdSitePrefix.size()));
+        } else if (key.starts_with(kFdOwnerPrefix)) {
+          s.site = TopObjectSite(fed, key.substr(kFdOwnerPrefix.size()));
+        } else {
+          s.site = fd_site ? fd_site : fed.fd_top_site;
+        }
+        break;
+      case Resource::kObject:
+        if (!key.ends_with(kCollectedOpenSuffix)) s.site = TopObjectSite(fed, key);
+        break;
+      case Resource::kThread:
+        s.site = TopObjectSite(fed, kThreadType);
+        break;
+      case Resource::kRss:
+      case Resource::kContainer:
+      case Resource::kNativeHeap:
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+TrendState& TrendState::Instance() {
+  static TrendState* const state = [] {
+    auto* s = new TrendState();  // leaked: the sampler may run during exit
+    RegisterForkHandlers(ForkStage::kTrends,
+                         {[] { Instance().PrepareFork(); },
+                          [] { Instance().ParentAfterFork(); },
+                          [] { Instance().ChildAfterFork(); }});
+    return s;
+  }();
+  return *state;
+}
+
+TrendState::TrendState() = default;
+TrendState::~TrendState() = default;
+
+void TrendState::Start(const TrendConfig& config) {
+  TrendConfig resolved = config;
+  if (resolved.memory_limit_bytes <= 0) resolved.memory_limit_bytes = MemoryLimitBytes();
+  MutexLock sample_lock(&sample_mu_);
+  MutexLock lock(&mu_);
+  config_ = resolved;
+  store_ = std::make_unique<SeriesStore>(resolved.limits);
+  summary_.reset();
+  origin_ns_ = MonotonicNs();
+  running_ = true;
+  forked_ = false;
+  ++generation_;
+}
+
+void TrendState::Stop() {
+  std::unique_ptr<SeriesStore> old;
+  {
+    MutexLock sample_lock(&sample_mu_);
+    MutexLock lock(&mu_);
+    running_ = false;
+    forked_ = false;
+    old = std::move(store_);
+    summary_.reset();
+    ++generation_;
+  }
+}  // `old` is freed without the locks
+
+bool TrendState::running() const {
+  MutexLock lock(&mu_);
+  return running_;
+}
+
+void TrendState::ClearIfForkedLocked() {
+  if (!forked_) return;
+  forked_ = false;
+  if (store_) store_->Clear();
+  summary_.reset();
+  ++generation_;
+}
+
+void TrendState::PrepareFork() {
+  sample_mu_.Lock();
+  mu_.Lock();
+}
+
+void TrendState::ParentAfterFork() {
+  mu_.Unlock();
+  sample_mu_.Unlock();
+}
+
+void TrendState::ChildAfterFork() {
+  // No allocation or freeing here: the next use clears (ClearIfForkedLocked).
+  if (running_) {
+    forked_ = true;
+    origin_ns_ = MonotonicNs();  // the child's history starts at the fork
+  }
+  mu_.Unlock();
+  sample_mu_.Unlock();
+}
+
+bool TrendState::Sample() {
+  if (!running()) return false;
+  return Sample(TakeSnapshot(), MonotonicNs());
+}
+
+bool TrendState::Sample(const Snapshot& s, std::int64_t now_ns) {
+  const std::int64_t started = MonotonicNs();
+  MutexLock sample_lock(&sample_mu_);
+  Fed fed;
+  std::vector<SeriesKey> keys;
+  std::vector<std::vector<Point>> histories;
+  TrendConfig config;
+  std::uint64_t generation = 0;
+  std::uint64_t samples = 0;
+  double t = 0;
+  std::size_t series_count = 0;
+  std::uint64_t dropped = 0;
+  std::size_t memory = 0;
+  {
+    MutexLock lock(&mu_);
+    if (!running_ || !store_) return false;
+    ClearIfForkedLocked();
+    config = config_;
+    generation = generation_;
+    samples = summary_ ? summary_->samples : 0;
+    t = static_cast<double>(now_ns - origin_ns_) / 1e9;
+    const std::vector<SeriesKey> known = store_->Keys();
+    CollectValues(s, config, known, &fed);
+    for (const auto& [key, value] : fed.values) store_->Append(key, t, value);
+    keys = store_->Keys();
+    histories.reserve(keys.size());
+    for (const SeriesKey& key : keys) histories.push_back(store_->Points(key));
+    series_count = store_->series();
+    dropped = store_->dropped_series();
+    memory = store_->MemoryBytes();
+  }
+
+  TrendSummary summary;
+  summary.interval_seconds = config.interval_seconds;
+  summary.warmup_seconds = config.warmup_seconds;
+  summary.samples = samples + 1;
+  summary.last_sample_seconds = t;
+  summary.series_count = series_count;
+  summary.dropped_series = dropped;
+  summary.memory_bytes = memory;
+  summary.series.reserve(keys.size());
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    summary.series.push_back(Judge(keys[i], histories[i], config, fed));
+  }
+  PickSites(fed, &summary.series);
+  std::stable_sort(summary.series.begin(), summary.series.end(),
+                   [](const SeriesVerdict& a, const SeriesVerdict& b) {
+                     return std::make_tuple(!a.verdict.suspected, a.resource, a.key) <
+                            std::make_tuple(!b.verdict.suspected, b.resource, b.key);
+                   });
+  summary.sample_duration_seconds = SecondsSince(started);
+
+  MutexLock lock(&mu_);
+  if (!running_ || generation != generation_) return false;  // restarted meanwhile
+  summary_ = std::move(summary);
+  return true;
+}
+
+std::optional<TrendSummary> TrendState::Summary() const {
+  MutexLock lock(&mu_);
+  if (!running_) return std::nullopt;
+  if (forked_ || !summary_) {
+    TrendSummary empty;
+    empty.interval_seconds = config_.interval_seconds;
+    empty.warmup_seconds = config_.warmup_seconds;
+    return empty;
+  }
+  return summary_;
+}
+
+std::vector<Point> TrendState::Points(Resource resource, const std::string& key) const {
+  MutexLock lock(&mu_);
+  if (!running_ || forked_ || !store_) return {};
+  return store_->Points({resource, key});
+}
+
+}  // namespace leakprobe::trend
