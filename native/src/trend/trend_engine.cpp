@@ -52,17 +52,122 @@ double Finite(double x) {
   return std::clamp(x, -kLargest, kLargest);
 }
 
-// The part of the window whose slope is compared with the whole one.
+// The recent part of a window, whose growth is compared with the part
+// before it: a leak keeps its slope to the end, growth toward a bound slows
+// down.
 constexpr std::size_t kRecentFraction = 3;  // the last third
-constexpr std::size_t kRecentMinPoints = 4;
-// A leak keeps its slope to the end; growth toward a bound slows down.
-constexpr double kPlateauRatio = 0.5;
+constexpr std::size_t kRecentMinPoints = 6;
+// Level of the one-sided test "the recent part grows slower than the part
+// before it" that makes a significant increase a plateau.
+constexpr double kPlateauAlpha = 0.05;
+// A jump is a step when it is this many noise sds high (the noise measured
+// on the differences, robustly) and at least half the segment's rise.
+constexpr double kStepNoiseSds = 6;
+constexpr double kStepShare = 0.5;
 
-bool Flattened(std::span<const Point> pts, double slope) {
+double TheilSen(std::span<const Point> pts) {
+  return detail::SortedMedian(detail::PairwiseSlopes(pts));
+}
+
+// The recent third, detrended by the slope of the two thirds before it,
+// decreases significantly: growth slowed down (a bound reached, a step).
+bool Flattened(std::span<const Point> pts) {
   const std::size_t n = pts.size();
-  const std::size_t k = std::min(n, std::max(n / kRecentFraction, kRecentMinPoints));
-  const std::vector<double> recent = detail::PairwiseSlopes(pts.subspan(n - k));
-  return detail::SortedMedian(recent) < kPlateauRatio * slope;
+  const std::size_t k = std::max(n / kRecentFraction, kRecentMinPoints);
+  if (n < k + kRecentMinPoints) return false;
+  const double before = TheilSen(pts.first(n - k));
+  if (!(before > 0)) return false;
+  std::vector<Point> recent(pts.end() - static_cast<std::ptrdiff_t>(k), pts.end());
+  for (Point& p : recent) p.v -= before * p.t;
+  return detail::MannKendallTest(recent, TheilSen(recent)).p_decreasing < kPlateauAlpha;
+}
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return detail::SortedMedian(values);
+}
+
+// One jump far above the noise makes most of the rise, and without it the
+// series has no significant increase at `alpha`: a one-off step.
+bool OneStep(std::span<const Point> pts, double slope, double alpha) {
+  const std::size_t n = pts.size();
+  if (n < 3) return false;
+  std::vector<double> diffs(n - 1);
+  for (std::size_t i = 1; i < n; ++i) diffs[i - 1] = pts[i].v - pts[i - 1].v;
+  const std::size_t at = static_cast<std::size_t>(
+      std::max_element(diffs.begin(), diffs.end()) - diffs.begin());
+  const double jump = diffs[at];
+  const double centre = Median(diffs);
+  std::vector<double> deviations(diffs.size());
+  for (std::size_t i = 0; i < diffs.size(); ++i)
+    deviations[i] = std::fabs(diffs[i] - centre);
+  // MAD * 1.4826 estimates the differences' sd, sqrt(2) times the noise's.
+  const double noise = 1.4826 * Median(deviations) / std::sqrt(2.0);
+  const double rise = slope * (pts.back().t - pts.front().t);
+  if (!(jump > kStepNoiseSds * noise) || !(jump >= kStepShare * rise)) return false;
+  std::vector<Point> without(pts.begin(), pts.end());
+  for (std::size_t i = at + 1; i < n; ++i) without[i].v -= jump;
+  const double rest = TheilSen(without);
+  return !(detail::MannKendallTest(without, rest).p_increasing < alpha && rest > 0);
+}
+
+// A series that moves mostly one way: its net change is at least this
+// share of its total variation (the sum of |v[i+1] - v[i]|).
+constexpr double kMonotoneShare = 0.5;
+
+// Counts that only ever go up (fds leaked one at a time) are a random walk
+// with drift: detrended, they look strongly autocorrelated, and the
+// correction would take the drift for noise. When the net change is most
+// of the movement, the autocorrelation is the trend itself, and the test
+// uses the variance under independence.
+bool MostlyOneWay(std::span<const Point> pts) {
+  double total = 0;
+  for (std::size_t i = 1; i < pts.size(); ++i)
+    total += std::fabs(pts[i].v - pts[i - 1].v);
+  const double net = std::fabs(pts.back().v - pts.front().v);
+  return total > 0 && net >= kMonotoneShare * total;
+}
+
+// One segment's statistics and what they say at level `alpha`.
+struct Judgement {
+  Reason reason = Reason::kFlat;
+  double slope = 0;  // normalized units (see Evaluate)
+  detail::SlopeInterval ci;
+  detail::MannKendall mk;
+  double level = 0;  // fitted value at the segment's first point
+};
+
+Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& params,
+                double scale) {
+  Judgement j;
+  const std::vector<double> slopes = detail::PairwiseSlopes(pts);
+  j.slope = detail::SortedMedian(slopes);
+  j.mk = detail::MannKendallTest(pts, j.slope);
+  if (MostlyOneWay(pts)) j.mk = detail::WithoutCorrection(j.mk);
+  j.ci =
+      detail::SenInterval(slopes, j.mk.var_corrected, detail::NormalQuantile(1 - alpha));
+  // The fitted level at the segment's start: median of v - slope * t.
+  std::vector<double> intercepts(pts.size());
+  for (std::size_t i = 0; i < pts.size(); ++i) {
+    intercepts[i] = pts[i].v - j.slope * (pts[i].t - pts.front().t);
+  }
+  std::sort(intercepts.begin(), intercepts.end());
+  j.level = detail::SortedMedian(intercepts);
+  if (j.mk.p_increasing < alpha && j.slope > 0) {
+    const double growth = Finite(j.slope * scale * (pts.back().t - pts.front().t));
+    const double level = Finite(j.level * scale);
+    if (Flattened(pts) || OneStep(pts, j.slope, alpha)) {
+      j.reason = Reason::kPlateau;
+    } else if (growth < params.min_growth ||
+               growth < params.min_relative_growth * std::fabs(level)) {
+      j.reason = Reason::kTooSmall;
+    } else {
+      j.reason = Reason::kGrowing;
+    }
+  } else if (j.mk.p_decreasing < alpha && j.slope < 0) {
+    j.reason = Reason::kShrinking;
+  }
+  return j;
 }
 
 }  // namespace
@@ -100,44 +205,54 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
   if (!(scale > 0)) scale = 1;
   for (Point& p : pts) p = Point{p.t - t0, p.v / scale};
 
-  const std::vector<double> slopes = detail::PairwiseSlopes(pts);
-  const double slope = detail::SortedMedian(slopes);
-  const detail::MannKendall mk = detail::MannKendallTest(pts, slope);
+  // The whole window, its last half and its last quarter (those with
+  // min_points and min_window_seconds), each at alpha / their number
+  // (Bonferroni): a leak that starts late dominates a recent segment.
   const double alpha =
       std::isfinite(params.alpha) ? std::clamp(params.alpha, 1e-12, 0.5) : 0.01;
-  const detail::SlopeInterval ci =
-      detail::SenInterval(slopes, mk.var_corrected, detail::NormalQuantile(1 - alpha));
-
-  verdict.slope_per_second = Finite(slope * scale);
-  verdict.slope_low = Finite(ci.low * scale);
-  verdict.slope_high = Finite(ci.high * scale);
-  verdict.p_value = mk.p_increasing;
-  verdict.confidence = 1 - mk.p_increasing;
-  verdict.growth = Finite(verdict.slope_per_second * window);
-
-  if (mk.p_increasing < alpha && slope > 0) {
-    // The fitted level at the window's start: median of v - slope * t.
-    std::vector<double> intercepts(pts.size());
-    for (std::size_t i = 0; i < pts.size(); ++i)
-      intercepts[i] = pts[i].v - slope * pts[i].t;
-    std::sort(intercepts.begin(), intercepts.end());
-    const double level = Finite(detail::SortedMedian(intercepts) * scale);
-    const bool large_enough =
-        verdict.growth >= params.min_growth &&
-        verdict.growth >= params.min_relative_growth * std::fabs(level);
-    if (Flattened(pts, slope)) {
-      verdict.reason = Reason::kPlateau;
-    } else if (!large_enough) {
-      verdict.reason = Reason::kTooSmall;
-    } else {
-      verdict.reason = Reason::kGrowing;
-      verdict.suspected = true;
+  std::vector<std::size_t> starts;
+  for (const std::size_t from : {std::size_t{0}, pts.size() / 2, pts.size() * 3 / 4}) {
+    if (pts.size() - from >= std::max<std::size_t>(params.min_points, 3) &&
+        pts.back().t - pts[from].t >= params.min_window_seconds) {
+      starts.push_back(from);
     }
-  } else if (mk.p_decreasing < alpha && slope < 0) {
-    verdict.reason = Reason::kShrinking;
-  } else {
-    verdict.reason = Reason::kFlat;
   }
+  const double segments = static_cast<double>(starts.size());
+  std::vector<Judgement> judged;
+  for (const std::size_t from : starts) {
+    judged.push_back(
+        Judge(std::span(pts).subspan(from), alpha / segments, params, scale));
+  }
+  // A leak in any segment; else the whole window's significant increase
+  // (plateau, too small), else a recent one's, else the whole's verdict.
+  std::size_t chosen = 0;
+  bool found = false;
+  for (std::size_t i = 0; i < judged.size() && !found; ++i) {
+    if (judged[i].reason == Reason::kGrowing) {
+      chosen = i;
+      found = true;
+    }
+  }
+  for (std::size_t i = 0; i < judged.size() && !found; ++i) {
+    if (judged[i].reason == Reason::kPlateau || judged[i].reason == Reason::kTooSmall) {
+      chosen = i;
+      found = true;
+    }
+  }
+  const Judgement& j = judged[chosen];
+  double p_min = 1;
+  for (const Judgement& other : judged) p_min = std::min(p_min, other.mk.p_increasing);
+  const double span_seconds = chosen == 0 ? window : pts.back().t - pts[starts[chosen]].t;
+  verdict.reason = j.reason;
+  verdict.suspected = j.reason == Reason::kGrowing;
+  verdict.slope_per_second = Finite(j.slope * scale);
+  verdict.slope_low = Finite(j.ci.low * scale);
+  verdict.slope_high = Finite(j.ci.high * scale);
+  verdict.p_value = std::min(1.0, p_min * segments);
+  verdict.confidence = 1 - verdict.p_value;
+  verdict.growth = Finite(verdict.slope_per_second * span_seconds);
+  verdict.window_seconds = span_seconds;
+  verdict.points = pts.size() - starts[chosen];
   if (verdict.suspected && std::isfinite(limit) && verdict.slope_per_second > 0) {
     verdict.time_to_exhaustion_seconds =
         std::max(0.0, (limit - verdict.last_value) / verdict.slope_per_second);

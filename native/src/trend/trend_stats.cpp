@@ -28,8 +28,11 @@ double NormalQuantile(double p) {
 
 std::vector<Point> WindowMinima(std::span<const Point> points, std::size_t max_points) {
   const std::size_t n = points.size();
-  const std::size_t m = std::max<std::size_t>(max_points, 1);
-  if (n <= m) return {points.begin(), points.end()};
+  if (n <= std::max<std::size_t>(max_points, 1)) return {points.begin(), points.end()};
+  // w = ceil(n / max_points) samples a window, so that the windows' counts
+  // differ by at most one and rarely (the minimum of more samples is lower).
+  const std::size_t w = (n + max_points - 1) / max_points;
+  const std::size_t m = n / w;
   std::vector<Point> out;
   out.reserve(m);
   for (std::size_t k = 0; k < m; ++k) {
@@ -81,9 +84,20 @@ std::vector<double> AverageRanks(std::span<const double> values) {
   return ranks;
 }
 
-double HamedRaoFactor(std::span<const Point> points, double slope) {
+namespace {
+
+// (n-k)(n-k-1)(n-k-2): how much lag k weighs in Var(S).
+double VarianceWeight(std::size_t n, std::size_t k) {
+  const double m = static_cast<double>(n - k);
+  return m * (m - 1) * (m - 2);
+}
+
+}  // namespace
+
+double HamedRaoFactor(std::span<const Point> points, double slope, double* ar1_floor) {
   const std::size_t n = points.size();
-  if (n < 3) return 1;
+  if (ar1_floor != nullptr) *ar1_floor = 1;
+  if (n < 5) return 1;
   std::vector<double> detrended(n);
   for (std::size_t i = 0; i < n; ++i) {
     detrended[i] = points[i].v - slope * (points[i].t - points[0].t);
@@ -99,13 +113,27 @@ double HamedRaoFactor(std::span<const Point> points, double slope) {
   const double dn = static_cast<double>(n);
   const double bound = 1.959963984540054 / std::sqrt(dn);
   double sum = 0;
+  double lag1 = 0;
   for (std::size_t k = 1; k + 2 < n; ++k) {
     double acf = 0;
     for (std::size_t i = 0; i + k < n; ++i) acf += ranks[i] * ranks[i + k];
     acf /= denom;
+    if (k == 1) lag1 = acf;
     if (std::fabs(acf) <= bound) continue;
-    const double m = static_cast<double>(n - k);
-    sum += m * (m - 1) * (m - 2) * acf;
+    sum += VarianceWeight(n, k) * acf;
+  }
+  if (ar1_floor != nullptr) {
+    // The lag-1 estimate is biased low by about (1 + 4 phi) / n (the mean
+    // is estimated); (n r1 + 1) / (n - 4) undoes most of it.
+    const double phi = std::clamp((dn * lag1 + 1) / (dn - 4), 0.0, 0.99);
+    double ar1 = 0;
+    double power = 1;
+    for (std::size_t k = 1; k + 2 < n; ++k) {
+      power *= phi;
+      if (power < 1e-6) break;
+      ar1 += VarianceWeight(n, k) * power;
+    }
+    *ar1_floor = 1 + 2 * ar1 / (dn * (dn - 1) * (dn - 2));
   }
   return 1 + 2 * sum / (dn * (dn - 1) * (dn - 2));
 }
@@ -135,19 +163,28 @@ MannKendall MannKendallTest(std::span<const Point> points, double slope) {
   var /= 18;
   mk.s = s;
   mk.var_independent = var;
-  mk.correction = std::max(1.0, HamedRaoFactor(points, slope));
-  mk.var_corrected = var * mk.correction;
+  double ar1 = 1;
+  const double hamed_rao = HamedRaoFactor(points, slope, &ar1);
+  return WithCorrection(mk, std::max({1.0, hamed_rao, ar1}));
+}
+
+MannKendall WithCorrection(MannKendall mk, double correction) {
+  mk.correction = correction;
+  mk.var_corrected = mk.var_independent * correction;
   if (!(mk.var_corrected > 0)) {  // every value equal: no evidence either way
+    mk.z = 0;
     mk.p_increasing = 1;
     mk.p_decreasing = 1;
     return mk;
   }
   const double sd = std::sqrt(mk.var_corrected);
-  mk.z = s > 0 ? (s - 1) / sd : s < 0 ? (s + 1) / sd : 0;
+  mk.z = mk.s > 0 ? (mk.s - 1) / sd : mk.s < 0 ? (mk.s + 1) / sd : 0;
   mk.p_increasing = NormalCdf(-mk.z);
   mk.p_decreasing = NormalCdf(mk.z);
   return mk;
 }
+
+MannKendall WithoutCorrection(const MannKendall& mk) { return WithCorrection(mk, 1); }
 
 SlopeInterval SenInterval(std::span<const double> sorted_slopes, double var_s, double z) {
   SlopeInterval ci;

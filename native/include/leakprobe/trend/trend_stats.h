@@ -40,7 +40,7 @@ std::vector<double> AverageRanks(std::span<const double> values);
 struct MannKendall {
   double s = 0;                // sum over i < j of sign(v_j - v_i)
   double var_independent = 0;  // Var(S) under independence, tie-corrected
-  double correction = 1;       // Hamed–Rao n/n*, at least 1
+  double correction = 1;       // max(1, Hamed–Rao n/n*, its AR(1) floor)
   double var_corrected = 0;    // var_independent * correction
   double z = 0;                // with continuity correction
   double p_increasing = 1;     // one-sided
@@ -49,11 +49,20 @@ struct MannKendall {
 // Mann–Kendall test; the Hamed–Rao factor is computed on the ranks of the
 // series detrended by `slope` (the Theil–Sen estimate).
 MannKendall MannKendallTest(std::span<const Point> points, double slope);
+// The same test with another variance factor (1: under independence).
+MannKendall WithCorrection(MannKendall mk, double correction);
+MannKendall WithoutCorrection(const MannKendall& mk);
 
 // Hamed–Rao's variance factor n/n* = 1 + 2/(n(n-1)(n-2)) *
 // sum_k (n-k)(n-k-1)(n-k-2) rho_k over the lags whose rank autocorrelation
-// rho_k is significant at 5% (|rho_k| > 1.96/sqrt(n)); not clamped here.
-double HamedRaoFactor(std::span<const Point> points, double slope);
+// rho_k is significant at 5% (|rho_k| > 1.96/sqrt(n)); not clamped here
+// (1 below 5 points). When ar1_floor is given, it receives the same factor
+// for an AR(1) whose coefficient is the lag-1 rank autocorrelation,
+// corrected for its small-sample bias: rho_k = phi^k at every lag, which
+// the significance cut and the estimates' bias leave out for strongly
+// autocorrelated series (MannKendallTest uses the larger of the two).
+double HamedRaoFactor(std::span<const Point> points, double slope,
+                      double* ar1_floor = nullptr);
 
 // Sen's confidence interval of the slope: the sorted pairwise slopes at the
 // ranks (N -+ z * sqrt(var_s)) / 2.
