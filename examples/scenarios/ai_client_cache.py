@@ -25,7 +25,8 @@ class AIClient:
         self.http = httpx.Client(base_url=base_url, timeout=10.0)  # leak-site
 
     def complete(self, prompt: str) -> str:
-        return self.http.post("/v1/complete", json={"prompt": prompt}).json()["path"]
+        response = self.http.post("/v1/complete", json={"prompt": prompt})  # leak-site: socket
+        return response.json()["path"]
 
     def close(self) -> None:
         self.http.close()
