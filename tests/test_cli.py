@@ -427,3 +427,46 @@ def test_console_script_shows_progress_on_a_terminal(tmp_path):
     assert " series evaluated (past warm-up), 0 suspected" in text
     assert "no leak suspected; exit status 0" in text
     assert f"(pid {cli.pid})" not in text  # the CLI itself is not profiled
+
+
+# -- the schema and the run-dir option -------------------------------------
+
+def test_schema_is_strict_and_every_field_is_documented(verdict_runs):
+    report = verdict_runs["leak"].report
+    broken = [
+        {k: v for k, v in report.items() if k != "processes"},  # a field missing
+        {**report, "leaks": [{**report["leaks"][0], "points": []}]},  # points in a leak
+        {**report, "series": [{**report["series"][0], "suspected": "yes"}]},
+        {**report, "exit": {**report["exit"], "stopped_by": "timeout"}},
+        {**report, "extra": 1},
+    ]
+    for document in broken:
+        with pytest.raises(jsonschema.ValidationError):
+            validate(document)
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", (ROOT / "docs" / "report-schema.md")
+                                .read_text(), re.M))
+    fields = set(SCHEMA["properties"]) | set(SCHEMA["$defs"]["process"]["properties"]) \
+        | set(SCHEMA["$defs"]["verdict"]["properties"]) | {"points"} \
+        | set(SCHEMA["properties"]["settings"]["properties"]) \
+        | set(SCHEMA["properties"]["exit"]["properties"])
+    assert fields - documented == set()
+
+
+def test_run_dir_that_cannot_be_written_costs_two_lines_not_the_program(tmp_path):
+    from conftest import leakprobe_lines, run_python
+
+    code = """\
+        import time, leakprobe
+        time.sleep(0.5)
+        print(leakprobe.status()["running"])
+        """
+    missing = tmp_path / "gone"
+    result = run_python(code, LEAKPROBE_RUN_DIR=str(missing), LEAKPROBE_TREND_INTERVAL="0.1")
+    assert result.returncode == 0 and result.stdout == "True\n", result.stderr
+    errors = [line for line in leakprobe_lines(result.stderr) if "[error]" in line]
+    assert len(errors) == 2, result.stderr  # at start, then once from the sampler
+    assert f"run file {missing}/" in errors[0] and "profiling continues" in errors[0]
+    assert "run file failed" in errors[1] and "will retry" in errors[1]
+    result = run_python(code, LEAKPROBE_RUN_DIR="relative/dir")
+    assert "LEAKPROBE_RUN_DIR='relative/dir' is not valid; accepted: an absolute path " \
+        "of a directory, or empty (no run file)" in result.stderr
