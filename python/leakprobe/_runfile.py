@@ -62,8 +62,11 @@ class _Writer:
         }
 
     def write(self, series: list[dict[str, Any]]) -> None:
-        data = json.dumps(_finite(self.document(series)), separators=(",", ":"),
-                          allow_nan=False)
+        document = self.document(series)
+        try:  # the figures are finite (the engine's and the store's): one pass
+            data = json.dumps(document, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            data = json.dumps(_finite(document), separators=(",", ":"), allow_nan=False)
         temporary = os.path.join(self.run_dir, f".{self.pid}.{threading.get_ident()}.tmp")
         try:
             with open(temporary, "w", encoding="utf-8") as out:
@@ -119,8 +122,7 @@ def _series() -> list[dict[str, Any]]:
     entries = []
     for verdict in _trends.verdicts():
         entry = verdict.to_dict()
-        entry["points"] = [[t, value] for t, value in
-                           _trends.series(verdict.resource, verdict.key)]
+        entry["points"] = _trends.series(verdict.resource, verdict.key)  # (t, value) pairs
         entries.append(entry)
     return entries
 
