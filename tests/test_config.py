@@ -79,7 +79,7 @@ def test_port_in_use_keeps_profiling_without_exporter(busy_port):
         LEAKPROBE_PORT=str(busy_port),
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["alive True None", "['process', 'gc', 'heap', 'fds', 'objects'] True"]
+    assert proc.stdout.splitlines() == ["alive True None", "['process', 'gc', 'heap', 'fds', 'objects', 'trends'] True"]
     lines = leakprobe_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
     assert f"LEAKPROBE_PORT={busy_port}" in lines[0]

@@ -169,7 +169,8 @@ def test_every_exported_family_is_documented_and_every_documented_one_exported(s
     # Every feature on (the defaults), and one scrape before, so that
     # prometheus-cpp's own latency summary has values.
     server = server_factory()
-    assert server.status["features"] == ["process", "gc", "heap", "fds", "objects", "exporter"]
+    assert server.status["features"] == ["process", "gc", "heap", "fds", "objects", "trends",
+                                         "exporter"]
     httpx.get(server.url)
     documented = set(re.findall(r"^\| `([a-z_]+)`", (ROOT / "docs" / "metrics.md").read_text(), re.M))
     assert documented

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 CLI_PID_FILE = "cli.pid"  # written by `leakprobe run` into the run dir: the CLI's pid
+SITE_DIR = "site"  # the run dir's folder that holds the generated sitecustomize.py
 
 _writer: _Writer | None = None
 _atexit_registered = False
@@ -37,18 +38,18 @@ class _Writer:
     """Writes one process's run file. Made at each start() in a process
     (so a forked child gets its own, for its own pid)."""
 
-    def __init__(self, run_dir: str) -> None:
+    def __init__(self, run_dir: str, trends: bool) -> None:
         self.run_dir = run_dir
+        self.trends = trends  # LEAKPROBE_TRENDS: without them, no series
         self.pid = os.getpid()
         self.path = os.path.join(run_dir, f"{self.pid}.json")
         self.lock = threading.Lock()  # taken by the sampler's write and the exit write
         self.started_at = time.time()
         self.role = _role(run_dir)
         self.cmdline = _cmdline()
-        self.series: list[dict[str, Any]] = []  # the last series written
         self.exited = False  # the exit write is done: later writes are skipped
 
-    def document(self) -> dict[str, Any]:
+    def document(self, series: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "pid": self.pid,
             "ppid": os.getppid(),
@@ -57,11 +58,15 @@ class _Writer:
             "started_at": self.started_at,
             "updated_at": time.time(),
             "exited": self.exited,
-            "series": self.series,
+            "series": series,
         }
 
-    def write(self) -> None:
-        data = json.dumps(_finite(self.document()), separators=(",", ":"), allow_nan=False)
+    def write(self, series: list[dict[str, Any]]) -> None:
+        document = self.document(series)
+        try:  # the figures are finite (the engine's and the store's): one pass
+            data = json.dumps(document, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            data = json.dumps(_finite(document), separators=(",", ":"), allow_nan=False)
         temporary = os.path.join(self.run_dir, f".{self.pid}.{threading.get_ident()}.tmp")
         try:
             with open(temporary, "w", encoding="utf-8") as out:
@@ -78,29 +83,36 @@ class _Writer:
         """The sampler task: the current verdicts and series, written."""
         if self.pid != os.getpid():
             return
-        series = _series()
+        series = _series() if self.trends else []
         with self.lock:
             if self.exited:
                 return
-            self.series = series
-            self.write()
+            self.write(series)
 
     def at_exit(self) -> None:
         if self.pid != os.getpid():
             return  # a forked child that never restarted leakprobe: not its file
         try:
-            series = _series()
-        except Exception:  # leakprobe stopped, or the engine is gone: the last series
-            series = None
+            series = _series() if self.trends else []
+        except Exception:  # leakprobe stopped: the series last written stand
+            series = self.last_series()
         if not self.lock.acquire(timeout=1.0):
             return  # a write is stuck: the last one on disk stands
         try:
-            if series is not None:
-                self.series = series
             self.exited = True
-            self.write()
+            self.write(series)
         finally:
             self.lock.release()
+
+    def last_series(self) -> list[dict[str, Any]]:
+        """The series of the run file on disk (not kept in memory: they
+        would grow the host's heap with every sample)."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                series = json.load(f).get("series")
+        except (OSError, ValueError, AttributeError):
+            return []
+        return series if isinstance(series, list) else []
 
 
 def _series() -> list[dict[str, Any]]:
@@ -110,8 +122,7 @@ def _series() -> list[dict[str, Any]]:
     entries = []
     for verdict in _trends.verdicts():
         entry = verdict.to_dict()
-        entry["points"] = [[t, value] for t, value in
-                           _trends.series(verdict.resource, verdict.key)]
+        entry["points"] = _trends.series(verdict.resource, verdict.key)  # (t, value) pairs
         entries.append(entry)
     return entries
 
@@ -167,7 +178,7 @@ def sampler_tasks(config: Any) -> list[tuple[str, float, Callable[[], None]]]:
     if config.run_dir is None:
         _writer = None
         return []
-    writer = _Writer(config.run_dir)
+    writer = _Writer(config.run_dir, config.trends)
     _writer = writer
     if not _atexit_registered:
         # After _runtime's own exit hook: atexit runs this one first, while
@@ -176,10 +187,19 @@ def sampler_tasks(config: Any) -> list[tuple[str, float, Callable[[], None]]]:
         atexit.register(_at_exit)
     try:
         with writer.lock:
-            writer.write()
+            writer.write([])
     except Exception as exc:
         from . import _runtime
 
         _runtime._native().log("error", f"run file {writer.path} could not be written: "
                                f"{exc!r}; profiling continues")
     return [("run file", config.trend_interval, writer.sample)]
+
+
+def library_prefixes(config: Any) -> list[str]:
+    """The generated sitecustomize's folder, for the attribution-site rule:
+    it imports leakprobe, and is leakprobe's code, not the application's."""
+    if config.run_dir is None:
+        return []
+    site = os.path.join(config.run_dir, SITE_DIR)
+    return sorted({os.path.join(os.path.abspath(site), ""), os.path.join(os.path.realpath(site), "")})

@@ -208,6 +208,7 @@ def start(**options: Any) -> dict[str, Any]:
         _python_info(native)
         if config.heap or config.fds or config.objects:  # attribution sites
             prefixes = _library_prefixes()
+            prefixes += _runfile_prefixes(config)  # `leakprobe run`'s sitecustomize
             # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
             native.set_library_prefixes([os.fsencode(p) for p in prefixes])
             _start_async_attribution(native, prefixes)
@@ -262,6 +263,12 @@ def _start_async_attribution(native: Any, prefixes: list[str]) -> None:
                 _tasks.install(module, _native(), _library_prefixes())
 
         wrapt.register_post_import_hook(on_import, "asyncio.base_events")
+
+
+def _runfile_prefixes(config: Config) -> list[str]:
+    from . import _runfile
+
+    return _runfile.library_prefixes(config)
 
 
 def _start_fds(native: Any, config: Config) -> bool:

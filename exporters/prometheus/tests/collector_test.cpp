@@ -141,6 +141,68 @@ TEST(BuildFamiliesTest, HookPassesAreOneCounterWithEveryHookLabelled) {
   EXPECT_EQ(got, want);
 }
 
+TEST(BuildFamiliesTest, VerdictFamiliesOnePerSeriesUnitInTheName) {
+  EXPECT_EQ(Find(BuildFamilies(FakeSnapshot()), "leakprobe_leak_suspected"), nullptr);
+  Snapshot s = FakeSnapshot();
+  trend::TrendSummary t;
+  trend::SeriesVerdict tcp;
+  tcp.resource = trend::Resource::kFd;
+  tcp.key = "tcp";
+  tcp.unit = "fds";
+  tcp.verdict.suspected = true;
+  tcp.verdict.reason = trend::Reason::kGrowing;
+  tcp.verdict.slope_per_second = 0.25;
+  tcp.verdict.time_to_exhaustion_seconds = 4000;
+  trend::SeriesVerdict heap;
+  heap.resource = trend::Resource::kHeap;
+  heap.key = "/app/a.py:1 in f";
+  heap.unit = "bytes";
+  heap.verdict.reason = trend::Reason::kFlat;
+  heap.verdict.slope_per_second = -2;
+  trend::SeriesVerdict warming;
+  warming.resource = trend::Resource::kObject;
+  warming.key = "app.Client";
+  warming.unit = "objects";  // reason kWarmup: no rate yet
+  t.series = {tcp, heap, warming};
+  t.series_count = 3;
+  t.dropped_series = 2;
+  t.memory_bytes = 4096;
+  t.samples = 17;
+  s.trends = t;
+  const auto families = BuildFamilies(s);
+  const MetricFamily* suspected = Find(families, "leakprobe_leak_suspected");
+  ASSERT_NE(suspected, nullptr);
+  EXPECT_EQ(suspected->type, MetricType::Gauge);
+  ASSERT_EQ(suspected->metric.size(), 3u);
+  EXPECT_EQ(suspected->metric[0].label.at(0).name, "resource");
+  EXPECT_EQ(suspected->metric[0].label.at(0).value, "fd");
+  EXPECT_EQ(suspected->metric[0].label.at(1).name, "key");
+  EXPECT_EQ(suspected->metric[0].label.at(1).value, "tcp");
+  EXPECT_EQ(suspected->metric[0].gauge.value, 1);
+  EXPECT_EQ(suspected->metric[1].gauge.value, 0);
+  EXPECT_EQ(suspected->metric[2].gauge.value, 0);
+  const MetricFamily* fds = Find(families, "leakprobe_growth_fds_per_second");
+  ASSERT_NE(fds, nullptr);
+  ASSERT_EQ(fds->metric.size(), 1u);
+  EXPECT_DOUBLE_EQ(fds->metric[0].gauge.value, 0.25);
+  const MetricFamily* bytes = Find(families, "leakprobe_growth_bytes_per_second");
+  ASSERT_EQ(bytes->metric.size(), 1u);
+  EXPECT_EQ(bytes->metric[0].label.at(1).value, "/app/a.py:1 in f");
+  EXPECT_DOUBLE_EQ(bytes->metric[0].gauge.value, -2);
+  EXPECT_TRUE(Find(families, "leakprobe_growth_objects_per_second")->metric.empty());
+  const MetricFamily* tte = Find(families, "leakprobe_time_to_exhaustion_seconds");
+  ASSERT_EQ(tte->metric.size(), 1u);  // only the finite one
+  EXPECT_DOUBLE_EQ(tte->metric[0].gauge.value, 4000);
+  EXPECT_DOUBLE_EQ(Find(families, "leakprobe_trend_series")->metric.at(0).gauge.value, 3);
+  const MetricFamily* dropped = Find(families, "leakprobe_trend_dropped_series_total");
+  EXPECT_EQ(dropped->type, MetricType::Counter);
+  EXPECT_DOUBLE_EQ(dropped->metric.at(0).counter.value, 2);
+  EXPECT_DOUBLE_EQ(Find(families, "leakprobe_trend_memory_bytes")->metric.at(0).gauge.value,
+                   4096);
+  EXPECT_DOUBLE_EQ(Find(families, "leakprobe_trend_samples_total")->metric.at(0).counter.value,
+                   17);
+}
+
 TEST(SnapshotCollectorTest, StopsCallingTheSourceWhenClosed) {
   std::atomic<int> calls{0};
   SnapshotCollector collector([&] {

@@ -179,6 +179,11 @@ struct Fed {
 
 using KeySet = absl::flat_hash_set<std::pair<Resource, std::string>>;
 
+bool IsSiteKey(Resource resource, std::string_view key) {
+  return (resource == Resource::kHeap && key != "total") ||
+         (resource == Resource::kFd && key.starts_with(kFdSitePrefix));
+}
+
 class Feeder {
  public:
   Feeder(const std::vector<SeriesKey>& known, Fed* fed) : fed_(fed) {
@@ -196,6 +201,32 @@ class Feeder {
       Add(resource, std::move(key), value);
     }
   }
+  // A site series (heap/<site>, fd/site:<site>): appended after every other
+  // series, so that when the store nears its cap the totals, kinds, types
+  // and containers come first; at most kMaxSiteSeries per resource are ever
+  // created (the top sites change over a long run: each change would make a
+  // series that the store keeps for good).
+  void AddSite(Resource resource, std::string key, double value) {
+    const auto id = std::make_pair(resource, key);
+    if (!known_.contains(id)) {
+      std::size_t& created = site_series_[static_cast<std::size_t>(resource)];
+      if (created == 0) {
+        for (const auto& [r, k] : known_) {
+          if (r == resource && IsSiteKey(r, k)) ++created;
+        }
+      }
+      if (created >= kMaxSiteSeries) return;
+      ++created;
+    }
+    added_.insert(id);
+    sites_.push_back({{resource, std::move(key)}, value});
+  }
+  // Moves the site series behind the others.
+  void Finish() {
+    for (auto& value : sites_) fed_->values.push_back(std::move(value));
+    sites_.clear();
+  }
+
   // A known series of a top-site list (keys starting with `prefix`) absent
   // from a list shorter than its N holds nothing now: 0. From a full list,
   // its value is unknown: nothing.
@@ -207,7 +238,7 @@ class Feeder {
         continue;
       }
       if (resource == Resource::kHeap && key == "total") continue;
-      fed_->values.push_back({{r, key}, 0});
+      sites_.push_back({{r, key}, 0});
     }
   }
 
@@ -215,6 +246,8 @@ class Feeder {
   Fed* fed_;
   KeySet known_;
   KeySet added_;
+  std::vector<std::pair<SeriesKey, double>> sites_;
+  std::array<std::size_t, kResourceCount> site_series_{};  // 0: not counted yet
 };
 
 void CollectValues(const Snapshot& s, const TrendConfig& config,
@@ -231,7 +264,7 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
   if (s.heap && s.heap->enabled) {
     feed.Add(Resource::kHeap, "total", s.heap->live_bytes);
     for (const HeapSite& site : s.heap->top_sites) {
-      feed.Add(Resource::kHeap, site.site, site.live_bytes);
+      feed.AddSite(Resource::kHeap, site.site, site.live_bytes);
     }
     feed.ZeroAbsent(Resource::kHeap, "", s.heap->top_sites.size(), config.heap_top_sites);
     if (!s.heap->top_sites.empty()) fed->heap_top_site = s.heap->top_sites.front().site;
@@ -246,8 +279,8 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
     feed.Add(Resource::kFd, "total", total);
     if (fed->fds_open < 0) fed->fds_open = total;
     for (const FdSite& site : s.fd->top_sites) {
-      feed.Add(Resource::kFd, std::string(kFdSitePrefix) + site.site,
-               static_cast<double>(site.open_fds));
+      feed.AddSite(Resource::kFd, std::string(kFdSitePrefix) + site.site,
+                   static_cast<double>(site.open_fds));
     }
     feed.ZeroAbsent(Resource::kFd, kFdSitePrefix, s.fd->top_sites.size(), config.fd_top_sites);
     if (!s.fd->top_sites.empty()) fed->fd_top_site = s.fd->top_sites.front().site;
@@ -270,6 +303,7 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
     feed.Add(Resource::kContainer, c.name, static_cast<double>(c.size));
     if (c.maxsize >= 0) fed->container_maxsize[c.name] = static_cast<double>(c.maxsize);
   }
+  feed.Finish();
 }
 
 // The limit a series is shown against, and the one its time to exhaustion is

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace, program: str, command: list[str]) -> int:
 
 def _run(args: argparse.Namespace, program: str, command: list[str], run_dir: str) -> int:
     out = _terminal.console()
-    site_dir = os.path.join(run_dir, "site")
+    site_dir = os.path.join(run_dir, _runfile.SITE_DIR)
     os.mkdir(site_dir)
     _bootstrap.write(site_dir)
     with open(os.path.join(run_dir, _runfile.CLI_PID_FILE), "w", encoding="ascii") as f:

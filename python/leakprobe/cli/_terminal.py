@@ -62,8 +62,13 @@ def progress_text(elapsed: float, files: list[dict[str, Any]], duration: float |
     running = sum(1 for f in files if not f.get("exited"))
     of = f" of {_duration(duration)}" if duration is not None else ""
     return (f"leakprobe run: {_duration(elapsed)}{of} elapsed, "
-            f"{len(files)} processes ({running} running), {evaluated} of {len(series)} series "
-            f"evaluated (past warm-up), {suspected} suspected")
+            f"{_plural(len(files), 'process', 'processes')} ({running} running), "
+            f"{evaluated} of {len(series)} series evaluated (past warm-up), "
+            f"{suspected} suspected")
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 def _duration(seconds: float | None) -> str:
@@ -114,6 +119,29 @@ def _verdict(entry: dict[str, Any]) -> Text:
     return Text(reason, style="dim" if reason == "warmup" else "green")
 
 
+def _path_abbreviations() -> list[tuple[str, str]]:
+    """Long path prefixes shown short in the table (the JSON report keeps
+    them whole): the current directory, site-packages, the standard library."""
+    import os
+    import sysconfig
+
+    pairs = [(os.path.join(os.getcwd(), ""), "")]
+    for name, short in (("purelib", "<site-packages>/"), ("platlib", "<site-packages>/"),
+                        ("stdlib", "<stdlib>/"), ("platstdlib", "<stdlib>/")):
+        path = sysconfig.get_path(name)
+        if path:
+            pairs.append((os.path.join(path, ""), short))
+    # Longest first: site-packages lies inside the standard library's folder.
+    return sorted(set(pairs), key=lambda pair: -len(pair[0]))
+
+
+def shorten(text: str, abbreviations: list[tuple[str, str]]) -> str:
+    for prefix, short in abbreviations:
+        if len(prefix) > 1:
+            text = text.replace(prefix, short)
+    return text
+
+
 def _row_order(entry: dict[str, Any]) -> tuple[bool, float]:
     return (not entry.get("suspected"), -abs(entry.get("growth_per_hour") or 0.0))
 
@@ -152,15 +180,17 @@ def summary(out: Console, report: dict[str, Any], json_path: str | None,
     shown = [e for e in rows if e["suspected"]]
     others = [e for e in rows if not e["suspected"]]
     shown += others[:MAX_UNFLAGGED_ROWS]
+    short = _path_abbreviations()
     for entry in shown:
         confidence = entry.get("confidence")
         table.add_row(
-            _verdict(entry), entry["resource"], Text(str(entry["key"])), str(entry["pid"]),
+            _verdict(entry), entry["resource"], Text(shorten(str(entry["key"]), short)),
+            str(entry["pid"]),
             growth(entry),
             f"{confidence:.0%}" if confidence is not None else "-",
             _duration(entry.get("time_to_exhaustion_seconds"))
             if entry.get("time_to_exhaustion_seconds") is not None else "-",
-            Text(entry.get("site") or "-"))
+            Text(shorten(entry.get("site") or "-", short)))
     if series:
         out.print(table)
     if len(others) > MAX_UNFLAGGED_ROWS:
@@ -171,4 +201,4 @@ def summary(out: Console, report: dict[str, Any], json_path: str | None,
             out.print(f"{what}: {path}", highlight=False, markup=False)
     verdict = ("[bold red]leak suspected[/]" if exit_["leak_found"]
                else "[bold green]no leak suspected[/]")
-    out.print(f"{verdict}; exit status {exit_['status']}")
+    out.print(f"{verdict}; exit status {exit_['status']}", highlight=False)

@@ -53,6 +53,11 @@ using ResourceParamTable = std::array<ResourceParams, kResourceCount>;
 // entries (docs/trends.md says why).
 ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes);
 
+// Site series (heap/<site>, fd/site:<site>) ever created per resource: the
+// top sites change over a long run, and each change would add a series the
+// store keeps for good, crowding out the rest under its cap.
+inline constexpr std::size_t kMaxSiteSeries = 64;
+
 struct TrendConfig {
   double interval_seconds = 10;
   double warmup_seconds = 300;
