@@ -6,13 +6,19 @@
 //   3. no verdict (kWarmup) below min_points or min_window_seconds;
 //   4. reduce to kMaxEvaluatedPoints per-window minima (the GC sawtooth
 //      rule: the floor after collections is what a leak raises);
-//   5. Theil–Sen slope, Mann–Kendall S with the tie-corrected variance
-//      times the Hamed–Rao autocorrelation factor, Sen's interval;
-//   6. a significant increase is a plateau when the recent third of the
-//      window grows at less than half the window's slope, too small below
-//      the minimum effect, else a leak (kGrowing); a significant decrease
-//      is kShrinking; anything else kFlat;
-//   7. time to exhaustion for a leak with a finite limit.
+//   5. segments: the whole window, its last half, its last quarter (those
+//      with min_points and min_window_seconds), each at alpha / count;
+//   6. per segment: Theil–Sen slope; Mann–Kendall S, its tie-corrected
+//      variance times max(Hamed–Rao factor, AR(1) floor) unless the series
+//      moves mostly one way, z against Student's t(n / factor - 2); Sen's
+//      interval;
+//   7. a significant increase is a plateau when most pairs see no rise
+//      (slope 0), when the recent third slowed down significantly against
+//      the two thirds before it (and does not still grow on its own), or
+//      when one jump far above the noise makes it; too small below the
+//      minimum effect; else a leak (kGrowing). A significant decrease of the
+//      whole window is kShrinking; anything else kFlat;
+//   8. time to exhaustion for a leak with a finite limit.
 #include "leakprobe/trend/trend_engine.h"
 
 #include <algorithm>
@@ -60,13 +66,17 @@ constexpr std::size_t kRecentMinPoints = 6;
 // Level of the one-sided test "the recent part grows slower than the part
 // before it" that makes a significant increase a plateau.
 constexpr double kPlateauAlpha = 0.05;
+// ... unless the recent part still grows on its own at this level.
+constexpr double kStillGrowingAlpha = 0.01;
 // A jump is a step when it is this many noise sds high (the noise measured
 // on the differences, robustly) and at least half the segment's rise.
 constexpr double kStepNoiseSds = 6;
 constexpr double kStepShare = 0.5;
+constexpr std::size_t kStepSidePoints = 5;
 
 double TheilSen(std::span<const Point> pts) {
-  return detail::SortedMedian(detail::PairwiseSlopes(pts));
+  std::vector<double> slopes = detail::PairwiseSlopes(pts);
+  return detail::Median(slopes);
 }
 
 // The recent third, detrended by the slope of the two thirds before it,
@@ -78,13 +88,13 @@ bool Flattened(std::span<const Point> pts) {
   const double before = TheilSen(pts.first(n - k));
   if (!(before > 0)) return false;
   std::vector<Point> recent(pts.end() - static_cast<std::ptrdiff_t>(k), pts.end());
+  // Still growing on its own, clearly: slower, but not flattened.
+  const double own = TheilSen(recent);
+  if (detail::MannKendallTest(recent, own).p_increasing < kStillGrowingAlpha) {
+    return false;
+  }
   for (Point& p : recent) p.v -= before * p.t;
   return detail::MannKendallTest(recent, TheilSen(recent)).p_decreasing < kPlateauAlpha;
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return detail::SortedMedian(values);
 }
 
 // One jump far above the noise makes most of the rise, and without it the
@@ -97,16 +107,28 @@ bool OneStep(std::span<const Point> pts, double slope, double alpha) {
   const std::size_t at = static_cast<std::size_t>(
       std::max_element(diffs.begin(), diffs.end()) - diffs.begin());
   const double jump = diffs[at];
-  const double centre = Median(diffs);
+  std::vector<double> scratch = diffs;
+  const double centre = detail::Median(scratch);
   std::vector<double> deviations(diffs.size());
-  for (std::size_t i = 0; i < diffs.size(); ++i)
+  for (std::size_t i = 0; i < diffs.size(); ++i) {
     deviations[i] = std::fabs(diffs[i] - centre);
+  }
   // MAD * 1.4826 estimates the differences' sd, sqrt(2) times the noise's.
-  const double noise = 1.4826 * Median(deviations) / std::sqrt(2.0);
+  const double noise = 1.4826 * detail::Median(deviations) / std::sqrt(2.0);
   const double rise = slope * (pts.back().t - pts.front().t);
   if (!(jump > kStepNoiseSds * noise) || !(jump >= kStepShare * rise)) return false;
+  // The step's height: the median of the few points after it less that of
+  // the few before (a single difference carries two points' noise).
+  const std::size_t side = std::min({kStepSidePoints, at + 1, n - at - 1});
+  std::vector<double> before;
+  std::vector<double> after;
+  for (std::size_t i = 0; i < side; ++i) {
+    before.push_back(pts[at - i].v);
+    after.push_back(pts[at + 1 + i].v);
+  }
+  const double height = detail::Median(after) - detail::Median(before);
   std::vector<Point> without(pts.begin(), pts.end());
-  for (std::size_t i = at + 1; i < n; ++i) without[i].v -= jump;
+  for (std::size_t i = at + 1; i < n; ++i) without[i].v -= height;
   const double rest = TheilSen(without);
   return !(detail::MannKendallTest(without, rest).p_increasing < alpha && rest > 0);
 }
@@ -122,8 +144,9 @@ constexpr double kMonotoneShare = 0.5;
 // uses the variance under independence.
 bool MostlyOneWay(std::span<const Point> pts) {
   double total = 0;
-  for (std::size_t i = 1; i < pts.size(); ++i)
+  for (std::size_t i = 1; i < pts.size(); ++i) {
     total += std::fabs(pts[i].v - pts[i - 1].v);
+  }
   const double net = std::fabs(pts.back().v - pts.front().v);
   return total > 0 && net >= kMonotoneShare * total;
 }
@@ -140,23 +163,24 @@ struct Judgement {
 Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& params,
                 double scale) {
   Judgement j;
-  const std::vector<double> slopes = detail::PairwiseSlopes(pts);
-  j.slope = detail::SortedMedian(slopes);
+  std::vector<double> slopes = detail::PairwiseSlopes(pts);
+  j.slope = detail::Median(slopes);
   j.mk = detail::MannKendallTest(pts, j.slope);
   if (MostlyOneWay(pts)) j.mk = detail::WithoutCorrection(j.mk);
-  j.ci =
-      detail::SenInterval(slopes, j.mk.var_corrected, detail::NormalQuantile(1 - alpha));
+  j.ci = detail::SenInterval(slopes, j.mk.var_corrected,
+                             detail::StudentQuantile(1 - alpha, j.mk.df));
   // The fitted level at the segment's start: median of v - slope * t.
   std::vector<double> intercepts(pts.size());
   for (std::size_t i = 0; i < pts.size(); ++i) {
     intercepts[i] = pts[i].v - j.slope * (pts[i].t - pts.front().t);
   }
-  std::sort(intercepts.begin(), intercepts.end());
-  j.level = detail::SortedMedian(intercepts);
-  if (j.mk.p_increasing < alpha && j.slope > 0) {
+  j.level = detail::Median(intercepts);
+  if (j.mk.p_increasing < alpha) {
     const double growth = Finite(j.slope * scale * (pts.back().t - pts.front().t));
     const double level = Finite(j.level * scale);
-    if (Flattened(pts) || OneStep(pts, j.slope, alpha)) {
+    // A significant rise that most pairs of points do not see (slope 0:
+    // a step, a fill then a long stay) did not go on.
+    if (!(j.slope > 0) || Flattened(pts) || OneStep(pts, j.slope, alpha)) {
       j.reason = Reason::kPlateau;
     } else if (growth < params.min_growth ||
                growth < params.min_relative_growth * std::fabs(level)) {
@@ -219,19 +243,22 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
   }
   const double segments = static_cast<double>(starts.size());
   std::vector<Judgement> judged;
+  judged.reserve(starts.size());
   for (const std::size_t from : starts) {
     judged.push_back(
         Judge(std::span(pts).subspan(from), alpha / segments, params, scale));
   }
-  // A leak in any segment; else the whole window's significant increase
-  // (plateau, too small), else a recent one's, else the whole's verdict.
+  // A leak in any segment: the longest, unless a more recent one grows
+  // significantly faster (its interval's low end above the slope so far: a
+  // leak that started late, whose current rate is the recent one). Else the
+  // whole window's significant increase (plateau, too small), else a recent
+  // one's, else the whole window's verdict.
   std::size_t chosen = 0;
   bool found = false;
-  for (std::size_t i = 0; i < judged.size() && !found; ++i) {
-    if (judged[i].reason == Reason::kGrowing) {
-      chosen = i;
-      found = true;
-    }
+  for (std::size_t i = 0; i < judged.size(); ++i) {
+    if (judged[i].reason != Reason::kGrowing) continue;
+    if (!found || judged[i].ci.low > judged[chosen].slope) chosen = i;
+    found = true;
   }
   for (std::size_t i = 0; i < judged.size() && !found; ++i) {
     if (judged[i].reason == Reason::kPlateau || judged[i].reason == Reason::kTooSmall) {

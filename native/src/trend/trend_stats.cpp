@@ -4,6 +4,8 @@
 // variance under autocorrelation.
 #include "leakprobe/trend/trend_stats.h"
 
+#include <math.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -22,6 +24,73 @@ double NormalQuantile(double p) {
   for (int i = 0; i < 200 && hi - lo > 1e-13; ++i) {
     const double mid = 0.5 * (lo + hi);
     (NormalCdf(mid) < p ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
+namespace {
+
+// lgamma() sets the global signgam; lgamma_r() (glibc, POSIX.1-2024) does
+// not, which keeps these functions safe to call from any thread.
+double LogGamma(double x) {
+  int sign = 0;
+  return ::lgamma_r(x, &sign);
+}
+
+// The regularized incomplete beta function I_x(a, b), by its continued
+// fraction (evaluated with the modified Lentz method), on the side of x
+// where it converges fast.
+double IncompleteBeta(double x, double a, double b) {
+  if (!(x > 0)) return 0;
+  if (!(x < 1)) return 1;
+  if (x > (a + 1) / (a + b + 2)) return 1 - IncompleteBeta(1 - x, b, a);
+  const double front = std::exp(LogGamma(a + b) - LogGamma(a) - LogGamma(b) +
+                                a * std::log(x) + b * std::log1p(-x)) /
+                       a;
+  constexpr double kTiny = 1e-300;
+  double f = 1;
+  double c = 1;
+  double d = 0;
+  for (int i = 0; i <= 400; ++i) {
+    const int m = i / 2;
+    double numerator = 1;
+    if (i > 0 && i % 2 == 0) {
+      numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m));
+    } else if (i > 0) {
+      numerator = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1));
+    }
+    d = 1 + numerator * d;
+    if (std::fabs(d) < kTiny) d = kTiny;
+    d = 1 / d;
+    c = 1 + numerator / c;
+    if (std::fabs(c) < kTiny) c = kTiny;
+    const double step = c * d;
+    f *= step;
+    if (std::fabs(1 - step) < 1e-14) break;
+  }
+  return front * (f - 1);
+}
+
+}  // namespace
+
+double StudentUpperTail(double t, double df) {
+  if (std::isnan(t) || !(df > 0)) return 0.5;
+  if (std::isinf(t)) return t > 0 ? 0 : 1;
+  const double tail = 0.5 * IncompleteBeta(df / (df + t * t), df / 2, 0.5);
+  return t >= 0 ? tail : 1 - tail;
+}
+
+double StudentQuantile(double p, double df) {
+  if (!(p > 0)) return -1e300;
+  if (!(p < 1)) return 1e300;
+  // Bisection on the tail over a range that grows until it holds p.
+  double lo = -1;
+  double hi = 1;
+  while (1 - StudentUpperTail(lo, df) > p && lo > -1e300) lo *= 2;
+  while (1 - StudentUpperTail(hi, df) < p && hi < 1e300) hi *= 2;
+  for (int i = 0; i < 200 && hi - lo > 1e-9 * std::max(1.0, std::fabs(hi)); ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (1 - StudentUpperTail(mid, df) < p ? lo : hi) = mid;
   }
   return 0.5 * (lo + hi);
 }
@@ -56,14 +125,26 @@ std::vector<double> PairwiseSlopes(std::span<const Point> points) {
       slopes.push_back((points[j].v - points[i].v) / (points[j].t - points[i].t));
     }
   }
-  std::sort(slopes.begin(), slopes.end());
   return slopes;
 }
 
-double SortedMedian(std::span<const double> sorted) {
-  const std::size_t n = sorted.size();
+double KthSmallest(std::vector<double>& values, std::size_t k) {
+  if (values.empty()) return 0;
+  k = std::min(k, values.size() - 1);
+  const auto at = values.begin() + static_cast<std::ptrdiff_t>(k);
+  std::nth_element(values.begin(), at, values.end());
+  return *at;
+}
+
+double Median(std::vector<double>& values) {
+  const std::size_t n = values.size();
   if (n == 0) return 0;
-  return n % 2 == 1 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  const double upper = KthSmallest(values, n / 2);
+  if (n % 2 == 1) return upper;
+  // The lower middle is the largest of the part nth_element left below.
+  const double lower = *std::max_element(
+      values.begin(), values.begin() + static_cast<std::ptrdiff_t>(n / 2));
+  return 0.5 * (lower + upper);
 }
 
 std::vector<double> AverageRanks(std::span<const double> values) {
@@ -161,6 +242,7 @@ MannKendall MannKendallTest(std::span<const Point> points, double slope) {
     i = j;
   }
   var /= 18;
+  mk.n = n;
   mk.s = s;
   mk.var_independent = var;
   double ar1 = 1;
@@ -179,28 +261,31 @@ MannKendall WithCorrection(MannKendall mk, double correction) {
   }
   const double sd = std::sqrt(mk.var_corrected);
   mk.z = mk.s > 0 ? (mk.s - 1) / sd : mk.s < 0 ? (mk.s + 1) / sd : 0;
-  mk.p_increasing = NormalCdf(-mk.z);
-  mk.p_decreasing = NormalCdf(mk.z);
+  // The variance is estimated from the series itself: z is referred to
+  // Student's t with the effective sample size n / correction less 2
+  // degrees of freedom, which matters when autocorrelation leaves few.
+  mk.df = std::max(1.0, static_cast<double>(mk.n) / correction - 2);
+  mk.p_increasing = StudentUpperTail(mk.z, mk.df);
+  mk.p_decreasing = StudentUpperTail(-mk.z, mk.df);
   return mk;
 }
 
 MannKendall WithoutCorrection(const MannKendall& mk) { return WithCorrection(mk, 1); }
 
-SlopeInterval SenInterval(std::span<const double> sorted_slopes, double var_s, double z) {
+SlopeInterval SenInterval(std::vector<double>& slopes, double var_s, double z) {
   SlopeInterval ci;
-  const std::size_t count = sorted_slopes.size();
+  const std::size_t count = slopes.size();
   if (count == 0) return ci;
   const double total = static_cast<double>(count);
   const double c = z * std::sqrt(std::max(var_s, 0.0));
   // 1-based ranks M1 = (N - C)/2 (lower) and M2 + 1 = (N + C)/2 + 1 (upper).
   const double m1 = std::round((total - c) / 2);
   const double m2 = std::round((total + c) / 2);
-  const auto at = [&](double rank1) {
-    const double index = std::clamp(rank1 - 1, 0.0, total - 1);
-    return sorted_slopes[static_cast<std::size_t>(index)];
+  const auto index = [&](double rank1) {
+    return static_cast<std::size_t>(std::clamp(rank1 - 1, 0.0, total - 1));
   };
-  ci.low = at(m1);
-  ci.high = at(m2 + 1);
+  ci.low = KthSmallest(slopes, index(m1));
+  ci.high = KthSmallest(slopes, index(m2 + 1));
   return ci;
 }
 
