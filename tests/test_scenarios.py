@@ -12,6 +12,8 @@ name exactly what leaks.
 The runs are started together, a few at a time (``PARALLEL``), the first
 time a test of this module needs a report; each test then waits for its
 own. Failures print the flagged or missing series with their figures.
+The whole module takes about 4 minutes on a machine of 2 shared cores
+(27 runs of 25 to 32 s each, 3 at a time: 242 s measured).
 """
 
 from __future__ import annotations
@@ -229,6 +231,7 @@ def test_scenario(case_id: str, reports: dict[str, Future]) -> None:
 
     if case.leaks:
         sites = marked_sites(case.path)
+        problems = []
         for expect in case.leaks:
             site = sites[expect.marker] if expect.marker else None
             key = expect.key.replace("<site>", site or "")
@@ -238,13 +241,16 @@ def test_scenario(case_id: str, reports: dict[str, Future]) -> None:
             evaluated = [describe(e) for e in report["series"]
                          if e["pid"] == pid and e["resource"] == expect.resource
                          and e["key"] == key]
-            assert found, (f"{expect.resource}/{key} not flagged; its series: "
-                           f"{evaluated or 'absent'}; flagged: {flagged}")
-            assert found[0]["site"] == site, (
-                f"{expect.resource}/{key}: site {found[0]['site']!r}, expected {site!r}: "
-                f"{describe(found[0])}")
-            assert found[0]["suspected"] and found[0]["reason"] == "growing"
-            assert found[0]["growth_per_hour"] > 0
+            if not found:
+                problems.append(f"{expect.resource}/{key} not flagged; its series: "
+                                f"{evaluated or 'absent'}")
+            elif found[0]["site"] != site:
+                problems.append(f"{expect.resource}/{key}: site {found[0]['site']!r}, "
+                                f"expected {site!r}: {describe(found[0])}")
+            else:
+                assert found[0]["suspected"] and found[0]["reason"] == "growing"
+                assert found[0]["growth_per_hour"] > 0
+        assert not problems, "\n".join(problems) + f"\nflagged: {flagged}"
     else:
         assert report["leaks"] == [], f"false alarm(s) on {case_id}:\n{flagged}"
         for resource, key in case.judged:
