@@ -152,6 +152,22 @@ TEST(TrendEngineTest, NoVerdictWithoutEnoughPoints) {
   EXPECT_EQ(v.last_value, 54);
 }
 
+// The window passes min_window_seconds before reduction, but the minima
+// span less (the first window's minimum comes late): still a verdict.
+TEST(TrendEngineTest, ReductionNeverLeavesTheWindowWithoutASegment) {
+  std::vector<Point> pts;
+  for (int i = 0; i < 601; ++i) {
+    // Each pair's minimum is its second point, so the first minimum is at
+    // t = 1 and the minima span 599 s < 600 s.
+    pts.push_back(Point{static_cast<double>(i), 100.0 + (i % 2 == 0 ? 1 : 0) + i * 0.1});
+  }
+  const Verdict v =
+      Evaluate(pts, TrendParams{.warmup_seconds = 0, .min_window_seconds = 600});
+  EXPECT_EQ(v.points, 200u);
+  EXPECT_EQ(v.window_seconds, 600);
+  EXPECT_EQ(v.reason, Reason::kGrowing);
+}
+
 TEST(TrendEngineTest, AllEqualIsFlat) {
   const Verdict v = Evaluate(Line(400, 10, 42, 0), TrendParams{});
   EXPECT_EQ(v.reason, Reason::kFlat);

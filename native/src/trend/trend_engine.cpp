@@ -234,8 +234,10 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
   // (Bonferroni): a leak that starts late dominates a recent segment.
   const double alpha =
       std::isfinite(params.alpha) ? std::clamp(params.alpha, 1e-12, 0.5) : 0.01;
-  std::vector<std::size_t> starts;
-  for (const std::size_t from : {std::size_t{0}, pts.size() / 2, pts.size() * 3 / 4}) {
+  // The whole window always (it passed the checks above on the points before
+  // reduction, whose span can be a little longer than the minima's).
+  std::vector<std::size_t> starts = {0};
+  for (const std::size_t from : {pts.size() / 2, pts.size() * 3 / 4}) {
     if (pts.size() - from >= std::max<std::size_t>(params.min_points, 3) &&
         pts.back().t - pts[from].t >= params.min_window_seconds) {
       starts.push_back(from);

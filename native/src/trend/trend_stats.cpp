@@ -8,9 +8,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace leakprobe::trend::detail {
+
+constexpr double kLargest = std::numeric_limits<double>::max();
 
 double NormalCdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
 
@@ -122,7 +125,10 @@ std::vector<double> PairwiseSlopes(std::span<const Point> points) {
   slopes.reserve(n < 2 ? 0 : n * (n - 1) / 2);
   for (std::size_t i = 0; i < n; ++i) {
     for (std::size_t j = i + 1; j < n; ++j) {
-      slopes.push_back((points[j].v - points[i].v) / (points[j].t - points[i].t));
+      // Points closer in time than a value difference can be divided by
+      // (denormal gaps) saturate instead of becoming infinite.
+      const double slope = (points[j].v - points[i].v) / (points[j].t - points[i].t);
+      slopes.push_back(std::clamp(slope, -kLargest, kLargest));
     }
   }
   return slopes;
