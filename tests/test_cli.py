@@ -332,9 +332,10 @@ def verdict_runs(tmp_path_factory):
                              ("flat", FLAT, [])):
         directory = tmp_path_factory.mktemp(name)
         program = script(directory, "app.py", code)
+        html = ["--html", str(directory / "report.html")] if name == "leak" else []
         runs[name] = (directory, start_cli(
             directory, "--interval", "0.3", "--warmup", "1.5", "--fail-on-leak",
-            "--json", str(directory / "report.json"), "--", PY, str(program), *args))
+            "--json", str(directory / "report.json"), *html, "--", PY, str(program), *args))
     return {name: Result(process, directory / "report.json", timeout=90)
             for name, (directory, process) in runs.items()}
 
@@ -399,6 +400,30 @@ def test_terminal_summary_shows_the_verdict_table(verdict_runs):
     assert "leak suspected; exit status 3" in result.stderr
     directory = Path(result.report["command"][1]).parent
     assert f"JSON report: {directory / 'report.json'}" in result.stderr
+    assert f"HTML report: {directory / 'report.html'}" in result.stderr
+
+
+def test_html_report_is_written_from_the_same_report(verdict_runs):
+    result = verdict_runs["leak"]
+    html = (Path(result.report["command"][1]).parent / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") >= 4
+    for leak in result.report["leaks"]:  # every leak is named in it, with its site
+        assert leak["key"].replace("<", "&lt;") in html
+        assert leak["site"] in html
+
+
+def test_html_without_matplotlib_is_a_usage_error(tmp_path):
+    marker = tmp_path / "ran"
+    program = script(tmp_path, "p.py", f"open({str(marker)!r}, 'w').close()\n")
+    cli = subprocess.run(
+        [PY, "-c", "import sys; sys.modules['matplotlib'] = None\n"
+         "from leakprobe.cli import main; sys.exit(main())", "run", "--html",
+         str(tmp_path / "r.html"), "--", PY, str(program)],
+        env=child_env(), capture_output=True, text=True, timeout=30)
+    assert cli.returncode == 2
+    assert "--html needs matplotlib, which is not installed: " \
+        "pip install 'leakprobe[report]'" in cli.stderr
+    assert not marker.exists()
 
 
 # -- the console script, and progress on a terminal ------------------------

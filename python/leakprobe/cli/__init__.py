@@ -121,17 +121,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_parser.error("missing PROGRAM: give the program to run after --, "
                          "e.g. leakprobe run -- python app.py")
     if args.html is not None:
-        try:
-            from ..report import html  # noqa: F401  (helper "html"'s writer)
-        except ImportError as exc:
-            run_parser.error(f"--html is not available in this build of leakprobe "
-                             f"(leakprobe.report.html: {exc})")
+        _check_html(run_parser)
     program = _resolve(command[0])
     if isinstance(program, int):
         return program
     from . import _run
 
     return _run.run(args, program, command)
+
+
+def _check_html(run_parser: argparse.ArgumentParser) -> None:
+    """--html needs leakprobe.report.html and matplotlib (the `report`
+    extra): said before PROGRAM runs, not after."""
+    import importlib.util
+
+    try:
+        from ..report import html
+    except ImportError as exc:
+        run_parser.error(f"--html is not available in this build of leakprobe "
+                         f"(leakprobe.report.html: {exc})")
+    if importlib.util.find_spec("matplotlib") is None:
+        run_parser.error("--html needs matplotlib, which is not installed: "
+                         f"{html.INSTALL_HINT}")
 
 
 def _resolve(name: str) -> str | int:
