@@ -394,6 +394,8 @@ def test_terminal_summary_shows_the_verdict_table(verdict_runs):
     assert f"app.py:{LEAK_LINE} in leak" in row and "%" in row
     row = next(line for line in lines if "__main__.Conn" in line)
     assert "LEAK" in row and "objects/h" in row
+    row = next(line for line in lines if " site:(its site) " in line)  # key site:<site>
+    assert "LEAK" in row and f"app.py:{LEAK_LINE} in leak" in row
     rows = [line for line in lines if line.startswith("│")]
     flagged = [i for i, line in enumerate(rows) if "LEAK" in line]
     assert flagged == list(range(len(flagged)))  # flagged first
