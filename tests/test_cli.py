@@ -316,11 +316,12 @@ LEAK_LINE = 11  # keep.append(socket.socket()); Conn() on the next line
 
 FLAT = """\
     import socket, time
-    cache = {}
-    for i in range(130):
+    cache = {i: bytearray(50_000) for i in range(10)}
+    for i in range(150):
         s = socket.socket()
-        cache[i % 10] = bytearray(50_000)
+        scratch = bytearray(50_000)
         s.close()
+        del scratch
         time.sleep(0.1)
     """
 
@@ -328,13 +329,14 @@ FLAT = """\
 @pytest.fixture(scope="module")
 def verdict_runs(tmp_path_factory):
     runs = {}
-    for name, code, args in (("leak", LEAKY, ["0"]), ("leak_fails", LEAKY, ["5"]),
-                             ("flat", FLAT, [])):
+    for name, code, warmup, args in (("leak", LEAKY, "1.5", ["0"]),
+                                     ("leak_fails", LEAKY, "1.5", ["5"]),
+                                     ("flat", FLAT, "2.5", [])):
         directory = tmp_path_factory.mktemp(name)
         program = script(directory, "app.py", code)
         html = ["--html", str(directory / "report.html")] if name == "leak" else []
         runs[name] = (directory, start_cli(
-            directory, "--interval", "0.3", "--warmup", "1.5", "--fail-on-leak",
+            directory, "--interval", "0.3", "--warmup", warmup, "--fail-on-leak",
             "--json", str(directory / "report.json"), *html, "--", PY, str(program), *args))
     return {name: Result(process, directory / "report.json", timeout=90)
             for name, (directory, process) in runs.items()}
@@ -374,7 +376,7 @@ def test_flat_program_exits_0_with_no_leak(verdict_runs):
     result = verdict_runs["flat"]
     assert result.status == 0, result.stderr
     report = result.report
-    assert report["leaks"] == []
+    assert [(s["resource"], s["key"], s["growth_per_hour"]) for s in report["leaks"]] == []
     assert report["exit"]["leak_found"] is False
     evaluated = [s for s in report["series"] if s["reason"] != "warmup"]
     assert {(s["resource"], s["key"]) for s in evaluated} >= {("rss", "total"), ("fd", "tcp")}
