@@ -187,6 +187,17 @@ def test_duration_kills_a_group_that_ignores_sigterm_after_the_grace(tmp_path):
         os.kill(grandchild, 0)
 
 
+def test_a_stopped_program_gets_sigterm_too(tmp_path):
+    # A program stopped by SIGTSTP/SIGTTIN (it is not in the terminal's
+    # foreground group) is continued after SIGTERM, so SIGTERM ends it.
+    program = script(tmp_path, "stops.py", "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\n")
+    result = run_cli(tmp_path, *FAST, "--duration", "1.5", "--grace", "20", "--",
+                     PY, str(program))
+    assert result.status == 0, result.stderr
+    assert result.report["exit"]["program_status"] == 128 + signal.SIGTERM
+    assert "still running" not in result.stderr
+
+
 def test_ctrl_c_stops_program_and_still_reports(tmp_path):
     ready = tmp_path / "ready"
     program = script(tmp_path, "serve.py", f"""\
