@@ -1,11 +1,12 @@
 """The ``leakprobe`` command (also ``python -m leakprobe``): docs/cli.md.
 
-    leakprobe run [--interval SEC] [--warmup SEC] [--duration SEC]
+    leakprobe run [--interval SEC] [--warmup SEC] [--duration SEC] [--grace SEC]
                   [--json PATH] [--html PATH] [--fail-on-leak] -- PROGRAM [ARGS...]
 
 Exit statuses: 0 no leak found; 3 a leak found with --fail-on-leak;
-PROGRAM's own non-zero status when it failed by itself; 2 usage errors;
-126/127 PROGRAM not executable / not found.
+PROGRAM's own non-zero status when it failed by itself (before 3); 2 usage
+errors; 126/127 PROGRAM not executable / not found; 1 a report could not be
+written.
 """
 
 from __future__ import annotations
