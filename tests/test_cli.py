@@ -98,17 +98,24 @@ def run_cli(cwd: Path, *args: str, json_name: str | None = "report.json",
     (["--html", "{tmp}/no/r.html", "--", PY], "argument --html: '{tmp}/no/r.html': directory"),
     (["--bogus", "--", PY], "unrecognized arguments: --bogus"),
 ])
-def test_usage_errors_exit_2_with_the_message_and_run_nothing(tmp_path, args, message):
+def test_usage_errors_exit_2_with_the_message_and_run_nothing(tmp_path, args, message,
+                                                               env=None):
     marker = tmp_path / "ran"
     program = script(tmp_path, "p.py", f"open({str(marker)!r}, 'w').close()\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args and args[-1] == PY:
         args.append(str(program))
-    result = run_cli(tmp_path, *args, json_name=None)
+    result = run_cli(tmp_path, *args, json_name=None, **(env or {}))
     assert result.status == 2, result.stderr
     assert message.replace("{tmp}", str(tmp_path)) in result.stderr
     assert "usage: leakprobe" in result.stderr
     assert not marker.exists()
+
+
+def test_a_leakprobe_variable_every_process_would_reject_is_a_usage_error(tmp_path):
+    test_usage_errors_exit_2_with_the_message_and_run_nothing(
+        tmp_path, ["--", PY], "PROGRAM's leakprobe would not start: LEAKPROBE_PORT='abc' is "
+        "not valid; accepted: an integer from 0 to 65535", env={"LEAKPROBE_PORT": "abc"})
 
 
 def test_program_not_found_127_and_not_executable_126(tmp_path):

@@ -123,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "e.g. leakprobe run -- python app.py")
     if args.html is not None:
         _check_html(run_parser)
+    _check_environment(run_parser, args)
     program = _resolve(command[0])
     if isinstance(program, int):
         return program
@@ -144,6 +145,20 @@ def _check_html(run_parser: argparse.ArgumentParser) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         run_parser.error("--html needs matplotlib, which is not installed: "
                          f"{html.INSTALL_HINT}")
+
+
+def _check_environment(run_parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A LEAKPROBE_* variable that every profiled process would reject
+    (each would log it and run unprofiled) is a usage error, said now."""
+    from .. import _config
+
+    environ = {**os.environ, "LEAKPROBE_TREND_INTERVAL": repr(args.interval),
+               "LEAKPROBE_TREND_WARMUP": repr(args.warmup)}
+    environ.setdefault("LEAKPROBE_PORT", "0")
+    environ.pop("LEAKPROBE_RUN_DIR", None)  # the run's own, set later
+    _, problems = _config.resolve(environ)
+    if problems:
+        run_parser.error("PROGRAM's leakprobe would not start: " + "; ".join(problems))
 
 
 def _resolve(name: str) -> str | int:
