@@ -377,6 +377,9 @@ def test_real_leak_fails_with_3_naming_resource_key_and_site(verdict_runs):
     assert fd["time_to_exhaustion_seconds"] > 0 and fd["limit"] > 0
     obj = leaks[("object", "__main__.Conn")]
     assert obj["site"] == f"{program}:{LEAK_LINE + 1} in leak" and obj["unit"] == "objects"
+    # The generated sitecustomize (it imports leakprobe) is never an attribution site.
+    assert not [s for s in report["series"]
+                if "leakprobe-run-" in f"{s['key']} {s['site']} {s['stack']}"]
     # Every leak is a flagged series entry, listed first among the series.
     flagged = [s for s in report["series"] if s["suspected"]]
     assert report["series"][:len(flagged)] == flagged
