@@ -98,17 +98,24 @@ def run_cli(cwd: Path, *args: str, json_name: str | None = "report.json",
     (["--html", "{tmp}/no/r.html", "--", PY], "argument --html: '{tmp}/no/r.html': directory"),
     (["--bogus", "--", PY], "unrecognized arguments: --bogus"),
 ])
-def test_usage_errors_exit_2_with_the_message_and_run_nothing(tmp_path, args, message):
+def test_usage_errors_exit_2_with_the_message_and_run_nothing(tmp_path, args, message,
+                                                               env=None):
     marker = tmp_path / "ran"
     program = script(tmp_path, "p.py", f"open({str(marker)!r}, 'w').close()\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args and args[-1] == PY:
         args.append(str(program))
-    result = run_cli(tmp_path, *args, json_name=None)
+    result = run_cli(tmp_path, *args, json_name=None, **(env or {}))
     assert result.status == 2, result.stderr
     assert message.replace("{tmp}", str(tmp_path)) in result.stderr
     assert "usage: leakprobe" in result.stderr
     assert not marker.exists()
+
+
+def test_a_leakprobe_variable_every_process_would_reject_is_a_usage_error(tmp_path):
+    test_usage_errors_exit_2_with_the_message_and_run_nothing(
+        tmp_path, ["--", PY], "PROGRAM's leakprobe would not start: LEAKPROBE_PORT='abc' is "
+        "not valid; accepted: an integer from 0 to 65535", env={"LEAKPROBE_PORT": "abc"})
 
 
 def test_program_not_found_127_and_not_executable_126(tmp_path):
@@ -127,12 +134,13 @@ def test_program_not_found_127_and_not_executable_126(tmp_path):
 def test_program_failing_by_itself_gives_its_status(tmp_path):
     program = script(tmp_path, "fail.py", """\
         import sys, leakprobe
-        print("running", leakprobe.status()["running"], flush=True)
+        print("running", leakprobe.status()["running"], "rich" in sys.modules, flush=True)
         sys.exit(5)
         """)
     result = run_cli(tmp_path, *FAST, "--", PY, str(program))
     assert result.status == 5, result.stderr
-    assert result.stdout == "running True\n"  # PROGRAM's stdout is its own
+    # PROGRAM's stdout is its own; the CLI's terminal library is not loaded in it.
+    assert result.stdout == "running True False\n"
     assert result.report["exit"] == {"program_status": 5, "stopped_by": "exited",
                                      "leak_found": False, "status": 5}
     [main] = result.process("main")
@@ -185,6 +193,17 @@ def test_duration_kills_a_group_that_ignores_sigterm_after_the_grace(tmp_path):
     assert [p["pid"] for p in result.process("child")] == [grandchild]  # profiled too
     with pytest.raises(ProcessLookupError):
         os.kill(grandchild, 0)
+
+
+def test_a_stopped_program_gets_sigterm_too(tmp_path):
+    # A program stopped by SIGTSTP/SIGTTIN (it is not in the terminal's
+    # foreground group) is continued after SIGTERM, so SIGTERM ends it.
+    program = script(tmp_path, "stops.py", "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\n")
+    result = run_cli(tmp_path, *FAST, "--duration", "1.5", "--grace", "20", "--",
+                     PY, str(program))
+    assert result.status == 0, result.stderr
+    assert result.report["exit"]["program_status"] == 128 + signal.SIGTERM
+    assert "still running" not in result.stderr
 
 
 def test_ctrl_c_stops_program_and_still_reports(tmp_path):
@@ -316,11 +335,12 @@ LEAK_LINE = 11  # keep.append(socket.socket()); Conn() on the next line
 
 FLAT = """\
     import socket, time
-    cache = {}
-    for i in range(130):
+    cache = {i: bytearray(50_000) for i in range(10)}
+    for i in range(150):
         s = socket.socket()
-        cache[i % 10] = bytearray(50_000)
+        scratch = bytearray(50_000)
         s.close()
+        del scratch
         time.sleep(0.1)
     """
 
@@ -328,13 +348,15 @@ FLAT = """\
 @pytest.fixture(scope="module")
 def verdict_runs(tmp_path_factory):
     runs = {}
-    for name, code, args in (("leak", LEAKY, ["0"]), ("leak_fails", LEAKY, ["5"]),
-                             ("flat", FLAT, [])):
+    for name, code, warmup, args in (("leak", LEAKY, "1.5", ["0"]),
+                                     ("leak_fails", LEAKY, "1.5", ["5"]),
+                                     ("flat", FLAT, "2.5", [])):
         directory = tmp_path_factory.mktemp(name)
         program = script(directory, "app.py", code)
+        html = ["--html", str(directory / "report.html")] if name == "leak" else []
         runs[name] = (directory, start_cli(
-            directory, "--interval", "0.3", "--warmup", "1.5", "--fail-on-leak",
-            "--json", str(directory / "report.json"), "--", PY, str(program), *args))
+            directory, "--interval", "0.3", "--warmup", warmup, "--fail-on-leak",
+            "--json", str(directory / "report.json"), *html, "--", PY, str(program), *args))
     return {name: Result(process, directory / "report.json", timeout=90)
             for name, (directory, process) in runs.items()}
 
@@ -356,6 +378,9 @@ def test_real_leak_fails_with_3_naming_resource_key_and_site(verdict_runs):
     assert fd["time_to_exhaustion_seconds"] > 0 and fd["limit"] > 0
     obj = leaks[("object", "__main__.Conn")]
     assert obj["site"] == f"{program}:{LEAK_LINE + 1} in leak" and obj["unit"] == "objects"
+    # The generated sitecustomize (it imports leakprobe) is never an attribution site.
+    assert not [s for s in report["series"]
+                if "leakprobe-run-" in f"{s['key']} {s['site']} {s['stack']}"]
     # Every leak is a flagged series entry, listed first among the series.
     flagged = [s for s in report["series"] if s["suspected"]]
     assert report["series"][:len(flagged)] == flagged
@@ -373,7 +398,7 @@ def test_flat_program_exits_0_with_no_leak(verdict_runs):
     result = verdict_runs["flat"]
     assert result.status == 0, result.stderr
     report = result.report
-    assert report["leaks"] == []
+    assert [(s["resource"], s["key"], s["growth_per_hour"]) for s in report["leaks"]] == []
     assert report["exit"]["leak_found"] is False
     evaluated = [s for s in report["series"] if s["reason"] != "warmup"]
     assert {(s["resource"], s["key"]) for s in evaluated} >= {("rss", "total"), ("fd", "tcp")}
@@ -393,12 +418,38 @@ def test_terminal_summary_shows_the_verdict_table(verdict_runs):
     assert f"app.py:{LEAK_LINE} in leak" in row and "%" in row
     row = next(line for line in lines if "__main__.Conn" in line)
     assert "LEAK" in row and "objects/h" in row
+    row = next(line for line in lines if " site:(its site) " in line)  # key site:<site>
+    assert "LEAK" in row and f"app.py:{LEAK_LINE} in leak" in row
     rows = [line for line in lines if line.startswith("│")]
     flagged = [i for i, line in enumerate(rows) if "LEAK" in line]
     assert flagged == list(range(len(flagged)))  # flagged first
     assert "leak suspected; exit status 3" in result.stderr
     directory = Path(result.report["command"][1]).parent
     assert f"JSON report: {directory / 'report.json'}" in result.stderr
+    assert f"HTML report: {directory / 'report.html'}" in result.stderr
+
+
+def test_html_report_is_written_from_the_same_report(verdict_runs):
+    result = verdict_runs["leak"]
+    html = (Path(result.report["command"][1]).parent / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") >= 4
+    for leak in result.report["leaks"]:  # every leak is named in it, with its site
+        assert leak["key"].replace("<", "&lt;") in html
+        assert leak["site"] in html
+
+
+def test_html_without_matplotlib_is_a_usage_error(tmp_path):
+    marker = tmp_path / "ran"
+    program = script(tmp_path, "p.py", f"open({str(marker)!r}, 'w').close()\n")
+    cli = subprocess.run(
+        [PY, "-c", "import sys; sys.modules['matplotlib'] = None\n"
+         "from leakprobe.cli import main; sys.exit(main())", "run", "--html",
+         str(tmp_path / "r.html"), "--", PY, str(program)],
+        env=child_env(), capture_output=True, text=True, timeout=30)
+    assert cli.returncode == 2
+    assert "--html needs matplotlib, which is not installed: " \
+        "pip install 'leakprobe[report]'" in cli.stderr
+    assert not marker.exists()
 
 
 # -- the console script, and progress on a terminal ------------------------

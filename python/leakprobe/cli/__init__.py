@@ -1,11 +1,12 @@
 """The ``leakprobe`` command (also ``python -m leakprobe``): docs/cli.md.
 
-    leakprobe run [--interval SEC] [--warmup SEC] [--duration SEC]
+    leakprobe run [--interval SEC] [--warmup SEC] [--duration SEC] [--grace SEC]
                   [--json PATH] [--html PATH] [--fail-on-leak] -- PROGRAM [ARGS...]
 
 Exit statuses: 0 no leak found; 3 a leak found with --fail-on-leak;
-PROGRAM's own non-zero status when it failed by itself; 2 usage errors;
-126/127 PROGRAM not executable / not found.
+PROGRAM's own non-zero status when it failed by itself (before 3); 2 usage
+errors; 126/127 PROGRAM not executable / not found; 1 a report could not be
+written.
 """
 
 from __future__ import annotations
@@ -121,17 +122,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_parser.error("missing PROGRAM: give the program to run after --, "
                          "e.g. leakprobe run -- python app.py")
     if args.html is not None:
-        try:
-            from ..report import html  # noqa: F401  (helper "html"'s writer)
-        except ImportError as exc:
-            run_parser.error(f"--html is not available in this build of leakprobe "
-                             f"(leakprobe.report.html: {exc})")
+        _check_html(run_parser)
+    _check_environment(run_parser, args)
     program = _resolve(command[0])
     if isinstance(program, int):
         return program
     from . import _run
 
     return _run.run(args, program, command)
+
+
+def _check_html(run_parser: argparse.ArgumentParser) -> None:
+    """--html needs leakprobe.report.html and matplotlib (the `report`
+    extra): said before PROGRAM runs, not after."""
+    import importlib.util
+
+    try:
+        from ..report import html
+    except ImportError as exc:
+        run_parser.error(f"--html is not available in this build of leakprobe "
+                         f"(leakprobe.report.html: {exc})")
+    if importlib.util.find_spec("matplotlib") is None:
+        run_parser.error("--html needs matplotlib, which is not installed: "
+                         f"{html.INSTALL_HINT}")
+
+
+def _check_environment(run_parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A LEAKPROBE_* variable that every profiled process would reject
+    (each would log it and run unprofiled) is a usage error, said now."""
+    from .. import _config
+
+    environ = {**os.environ, "LEAKPROBE_TREND_INTERVAL": repr(args.interval),
+               "LEAKPROBE_TREND_WARMUP": repr(args.warmup)}
+    environ.setdefault("LEAKPROBE_PORT", "0")
+    environ.pop("LEAKPROBE_RUN_DIR", None)  # the run's own, set later
+    _, problems = _config.resolve(environ)
+    if problems:
+        run_parser.error("PROGRAM's leakprobe would not start: " + "; ".join(problems))
 
 
 def _resolve(name: str) -> str | int:

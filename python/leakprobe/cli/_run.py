@@ -99,6 +99,7 @@ def _stop(children: _Children, grace: float, interrupts: list[int],
     if not children.group_alive():
         return
     children.signal_group(signal.SIGTERM)
+    children.signal_group(signal.SIGCONT)  # a stopped process (SIGTTIN, ^Z) gets it now
     if _wait_group(children, grace, interrupts, True):
         return
     out.print(f"leakprobe run: PROGRAM's process group {children.main.pid} still running "

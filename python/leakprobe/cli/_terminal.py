@@ -142,6 +142,17 @@ def shorten(text: str, abbreviations: list[tuple[str, str]]) -> str:
     return text
 
 
+def _key(entry: dict[str, Any]) -> str:
+    """The key, without repeating the site column: a per-site series (heap
+    sites, fd ``site:`` series) shows "(its site)" for it."""
+    key, site = str(entry["key"]), entry.get("site")
+    if site and key == site:
+        return "(its site)"
+    if site and key == f"site:{site}":
+        return "site:(its site)"
+    return key
+
+
 def _row_order(entry: dict[str, Any]) -> tuple[bool, float]:
     return (not entry.get("suspected"), -abs(entry.get("growth_per_hour") or 0.0))
 
@@ -184,7 +195,7 @@ def summary(out: Console, report: dict[str, Any], json_path: str | None,
     for entry in shown:
         confidence = entry.get("confidence")
         table.add_row(
-            _verdict(entry), entry["resource"], Text(shorten(str(entry["key"]), short)),
+            _verdict(entry), entry["resource"], Text(shorten(_key(entry), short)),
             str(entry["pid"]),
             growth(entry),
             f"{confidence:.0%}" if confidence is not None else "-",
