@@ -216,6 +216,54 @@ TEST(TrendEngineTest, HugeValuesStayFinite) {
       Evaluate(tight, TrendParams{.warmup_seconds = 0, .min_window_seconds = 0});
   ExpectFinite(w);
   EXPECT_TRUE(w.suspected);
+  // Times from -1e308 to 1e308: the span saturates, the slope is right.
+  std::vector<Point> wide;
+  for (int i = 0; i <= 200; ++i) wide.push_back(Point{(i - 100) * 1e306, 5.0 * i});
+  const Verdict x = Evaluate(wide, TrendParams{.warmup_seconds = 0});
+  ExpectFinite(x);
+  EXPECT_TRUE(x.suspected);
+  EXPECT_EQ(x.window_seconds, std::numeric_limits<double>::max());
+  EXPECT_NEAR(x.slope_per_second, 5e-306, 1e-318);
+}
+
+// Random garbage: times that repeat, go back, or sit a denormal apart;
+// values with NaN, infinities, +-1e308, ties; odd parameters. Every verdict
+// keeps finite fields (ASan/UBSan builds run this too).
+TEST(TrendEngineTest, RandomGarbageGivesFiniteVerdicts) {
+  ts::Rng rng(42);
+  const double specials[] = {kNan, kInf, -kInf, 1e308, -1e308, 0, 5e-324, 1};
+  const auto pick = [&] { return specials[rng() % 8]; };
+  int verdicts = 0;
+  for (int round = 0; round < 3000; ++round) {
+    const std::size_t n = rng() % (round % 10 == 0 ? 1000 : 80);
+    const int mode = static_cast<int>(rng() % 5);
+    double t = mode == 1 ? 0 : ts::Uniform(rng, -1e6, 1e6);
+    std::vector<Point> pts;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double dt = mode == 0   ? ts::Uniform(rng, 0, 10)
+                        : mode == 1 ? (rng() % 3 == 0 ? -1
+                                       : rng() % 2    ? 5e-324
+                                                      : 1e-300)
+                        : mode == 2 ? ts::Uniform(rng, -1, 5)
+                                    : 10;
+      t += dt;
+      double v =
+          mode == 3 ? std::floor(ts::Uniform(rng, 0, 3)) : ts::Uniform(rng, -1e3, 1e3);
+      if (rng() % 20 == 0) v = pick();
+      pts.push_back(Point{rng() % 50 == 0 ? pick() : t, v});
+    }
+    TrendParams params;
+    params.warmup_seconds = rng() % 2 ? 0 : ts::Uniform(rng, -10, 100);
+    params.min_points = rng() % 20;
+    params.min_window_seconds = rng() % 2 ? 0 : ts::Uniform(rng, 0, 100);
+    params.alpha = rng() % 10 == 0 ? pick() : ts::Uniform(rng, 0, 1);
+    params.min_growth = ts::Uniform(rng, -1, 10);
+    const Verdict v = Evaluate(pts, params, rng() % 2 ? kInf : pick());
+    ExpectFinite(v);
+    EXPECT_EQ(v.suspected, v.reason == Reason::kGrowing);
+    verdicts += v.reason != Reason::kWarmup;
+  }
+  EXPECT_GT(verdicts, 500);  // most rounds got as far as a verdict
 }
 
 // Verdicts on the families -------------------------------------------------

@@ -51,6 +51,8 @@ std::string_view ReasonName(Reason reason) {
 namespace {
 
 constexpr double kLargest = std::numeric_limits<double>::max();
+// Times beyond this are scaled before differences are taken.
+constexpr double kHugeTime = 1e150;
 
 // Overflow (values near DBL_MAX, times microseconds apart) saturates.
 double Finite(double x) {
@@ -176,6 +178,7 @@ Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& par
   }
   j.level = detail::Median(intercepts);
   if (j.mk.p_increasing < alpha) {
+    // slope * span: the time scale, if any, cancels.
     const double growth = Finite(j.slope * scale * (pts.back().t - pts.front().t));
     const double level = Finite(j.level * scale);
     // A significant rise that most pairs of points do not see (slope 0:
@@ -213,21 +216,27 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
   clean.erase(clean.begin(), std::find_if(clean.begin(), clean.end(),
                                           [&](const Point& p) { return p.t >= start; }));
   if (clean.empty()) return verdict;
-  const double window = clean.back().t - clean.front().t;
+  const double window = Finite(clean.back().t - clean.front().t);
   verdict.window_seconds = window;
   // Evaluated on per-window minima, moved to t = 0 and scaled to |v| <= 1
-  // so that no difference overflows; slopes are scaled back at the end.
+  // (and, for times near DBL_MAX, to |t| <= 1) so that no difference
+  // overflows; slopes and spans are scaled back at the end.
   std::vector<Point> pts = detail::WindowMinima(clean, kMaxEvaluatedPoints);
   verdict.points = pts.size();
   if (pts.size() < std::max<std::size_t>(params.min_points, 3) ||
       !(window >= params.min_window_seconds)) {
     return verdict;
   }
-  const double t0 = pts.front().t;
   double scale = 0;
   for (const Point& p : pts) scale = std::max(scale, std::fabs(p.v));
   if (!(scale > 0)) scale = 1;
-  for (Point& p : pts) p = Point{p.t - t0, p.v / scale};
+  const double time_scale =
+      std::max({1.0, std::fabs(pts.front().t), std::fabs(pts.back().t)}) > kHugeTime
+          ? std::max(std::fabs(pts.front().t), std::fabs(pts.back().t))
+          : 1.0;
+  const double t0 = pts.front().t / time_scale;
+  for (Point& p : pts) p = Point{p.t / time_scale - t0, p.v / scale};
+  const double rate_scale = scale / time_scale;  // normalized slope -> per second
 
   // The whole window, its last half and its last quarter (those with
   // min_points and min_window_seconds), each at alpha / their number
@@ -239,7 +248,7 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
   std::vector<std::size_t> starts = {0};
   for (const std::size_t from : {pts.size() / 2, pts.size() * 3 / 4}) {
     if (pts.size() - from >= std::max<std::size_t>(params.min_points, 3) &&
-        pts.back().t - pts[from].t >= params.min_window_seconds) {
+        Finite((pts.back().t - pts[from].t) * time_scale) >= params.min_window_seconds) {
       starts.push_back(from);
     }
   }
@@ -271,12 +280,13 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
   const Judgement& j = judged[chosen];
   double p_min = 1;
   for (const Judgement& other : judged) p_min = std::min(p_min, other.mk.p_increasing);
-  const double span_seconds = chosen == 0 ? window : pts.back().t - pts[starts[chosen]].t;
+  const double span_seconds =
+      chosen == 0 ? window : Finite((pts.back().t - pts[starts[chosen]].t) * time_scale);
   verdict.reason = j.reason;
   verdict.suspected = j.reason == Reason::kGrowing;
-  verdict.slope_per_second = Finite(j.slope * scale);
-  verdict.slope_low = Finite(j.ci.low * scale);
-  verdict.slope_high = Finite(j.ci.high * scale);
+  verdict.slope_per_second = Finite(j.slope * rate_scale);
+  verdict.slope_low = Finite(j.ci.low * rate_scale);
+  verdict.slope_high = Finite(j.ci.high * rate_scale);
   verdict.p_value = std::min(1.0, p_min * segments);
   verdict.confidence = 1 - verdict.p_value;
   verdict.growth = Finite(verdict.slope_per_second * span_seconds);
