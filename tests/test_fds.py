@@ -755,7 +755,7 @@ def test_fds_off_patches_nothing():
         print(json.dumps([leakprobe.status()["features"], _native.fd_active(), raised,
                           _native.fd_counters()["slots_patched"]]))
         """, LEAKPROBE_FDS="0")
-    assert out == [["process", "gc", "heap", "objects", "exporter"], False, True, 0]
+    assert out == [["process", "gc", "heap", "objects", "trends", "exporter"], False, True, 0]
 
 
 def test_fd_start_failure_logs_one_warning_and_the_rest_runs():
@@ -778,7 +778,7 @@ def test_fd_start_failure_logs_one_warning_and_the_rest_runs():
         """
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == [True, ["process", "gc", "heap", "objects", "exporter"], False, True]
+    assert json.loads(proc.stdout) == [True, ["process", "gc", "heap", "objects", "trends", "exporter"], False, True]
     assert leakprobe_lines(proc.stderr) == [
         "[leakprobe] [warning] fd tracking could not start: injected; "
         "profiling continues without fd tracking"]

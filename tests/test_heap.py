@@ -196,7 +196,7 @@ def test_heap_off():
         LEAKPROBE_HEAP="0",
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "['process', 'gc', 'fds', 'objects', 'exporter']"
+    assert proc.stdout.splitlines()[0] == "['process', 'gc', 'fds', 'objects', 'trends', 'exporter']"
     assert "RuntimeError heap tracking is off" in proc.stdout
 
 

@@ -397,7 +397,7 @@ def test_stopped_or_disabled_tracking_counts_nothing(tmp_path):
     print(json.dumps([leakprobe.status()["features"], _native.objects_active(),
                       "leakprobe_objects_live" in _native.collect_text()]))
     """, LEAKPROBE_OBJECTS="0")
-    assert out == [[["process", "gc", "heap", "fds", "exporter"], False, False]]
+    assert out == [[["process", "gc", "heap", "fds", "trends", "exporter"], False, False]]
     out = run_app(tmp_path, """
     from leakprobe import _native
     kept = app.make(3)

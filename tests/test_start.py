@@ -17,7 +17,8 @@ def test_import_serves_metrics_and_logs_the_port_once(server_factory):
     assert status["host"] == "127.0.0.1"
     assert status["port"] > 0
     assert status["url"] == f"http://127.0.0.1:{status['port']}/metrics"
-    assert status["features"] == ["process", "gc", "heap", "fds", "objects", "exporter"]
+    assert status["features"] == ["process", "gc", "heap", "fds", "objects", "trends",
+                                  "exporter"]
     families = scrape(server.url)
     assert value(families, "process_open_fds") > 0
     code, stderr = server.close()

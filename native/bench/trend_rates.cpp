@@ -12,6 +12,7 @@
 // native/tests/trend_series.h; honest ones print the share flagged (false
 // alarms), leaking ones the share flagged (detection), with the reasons the
 // others got.
+#include <malloc.h>
 #include <time.h>
 
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "leakprobe/trend/series_store.h"
 #include "leakprobe/trend/trend_engine.h"
 #include "trend_series.h"
 
@@ -83,6 +85,35 @@ std::vector<Family> Families() {
   return f;
 }
 
+// The store's budget: 48 hours at 10 s in 512 series (the default cap),
+// its own account (MemoryBytes) beside what malloc handed out for it.
+void StoreMemory() {
+  using leakprobe::trend::Resource;
+  using leakprobe::trend::SeriesStore;
+  const std::size_t heap_before = mallinfo2().uordblks;
+  auto* store = new SeriesStore(SeriesStore::Limits{});
+  constexpr int kSamples = 48 * 3600 / 10;
+  const double start = Now();
+  for (int s = 0; s < 512; ++s) {
+    const std::string key = "/srv/app/service/handlers.py:" + std::to_string(s) + " in f";
+    for (int i = 0; i < kSamples; ++i) {
+      store->Append({Resource::kHeap, key}, 10.0 * i, 1e6 + s + i % 7);
+    }
+  }
+  const double seconds = Now() - start;
+  const std::size_t heap = mallinfo2().uordblks - heap_before;
+  std::printf("## store: 512 series x 48 h at 10 s (%d samples each)\n\n", kSamples);
+  std::printf(
+      "MemoryBytes: %zu (%.1f KiB a series); malloc in use: %zu (%.1f KiB a series)\n",
+      store->MemoryBytes(), static_cast<double>(store->MemoryBytes()) / 512 / 1024, heap,
+      static_cast<double>(heap) / 512 / 1024);
+  std::printf(
+      "Append: %.0f ns mean; Points() at 48 h: %zu points\n\n",
+      1e9 * seconds / (512.0 * kSamples),
+      store->Points({Resource::kHeap, "/srv/app/service/handlers.py:0 in f"}).size());
+  delete store;
+}
+
 struct Setting {
   const char* name;
   ts::Sampling sampling;
@@ -102,6 +133,7 @@ int main(int argc, char** argv) {
       {"production (10 s, 1 h, 360 points)", ts::Sampling{10, 300, 3600}, TrendParams{}},
       {"compressed (0.5 s, 22 s, 45 points)", ts::Sampling{0.5, 3, 22}, compressed},
   };
+  StoreMemory();
   std::printf("%d series per family, seed %llu, alpha %.2f\n\n", count, seed,
               TrendParams{}.alpha);
   for (const Setting& setting : settings) {

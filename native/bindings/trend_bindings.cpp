@@ -64,10 +64,11 @@ void PutVerdict(const trend::Verdict& v, py::dict* d) {
   (*d)["time_to_exhaustion_seconds"] = FiniteOrNone(v.time_to_exhaustion_seconds);
 }
 
-trend::TrendConfig MakeConfig(double interval, double warmup, std::uint64_t heap_sample_bytes,
-                              std::size_t heap_top_sites, std::size_t fd_top_sites,
-                              const std::map<std::string, std::pair<double, double>>& params,
-                              double memory_limit_bytes) {
+trend::TrendConfig MakeConfig(
+    double interval, double warmup, std::uint64_t heap_sample_bytes,
+    std::size_t heap_top_sites, std::size_t fd_top_sites,
+    const std::map<std::string, std::pair<double, double>>& params,
+    double memory_limit_bytes) {
   if (!(interval > 0) || !std::isfinite(interval)) {
     throw Error("trend interval must be a positive number of seconds");
   }
@@ -92,9 +93,9 @@ void Start(double interval, double warmup, std::uint64_t heap_sample_bytes,
            std::size_t heap_top_sites, std::size_t fd_top_sites,
            const std::map<std::string, std::pair<double, double>>& params,
            double memory_limit_bytes) {
-  const trend::TrendConfig config = MakeConfig(interval, warmup, heap_sample_bytes,
-                                               heap_top_sites, fd_top_sites, params,
-                                               memory_limit_bytes);
+  const trend::TrendConfig config =
+      MakeConfig(interval, warmup, heap_sample_bytes, heap_top_sites, fd_top_sites,
+                 params, memory_limit_bytes);
   const py::gil_scoped_release no_gil;  // reads the cgroup's memory.max
   TrendState::Instance().Start(config);
 }

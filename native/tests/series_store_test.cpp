@@ -154,6 +154,27 @@ TEST(SeriesStoreTest, FortyEightHoursOfTheDefaultCapFitTheBudget) {
   for (const Point& p : pts) EXPECT_EQ(p.v, 7);  // each bucket's minimum
 }
 
+// The store's coarse views still carry a verdict: 48 hours of a GC-like
+// sawtooth (period 7 samples, amplitude 50) whose floor gains 1 every 10
+// minutes is a leak; the same with a flat floor is not.
+TEST(SeriesStoreTest, FortyEightHourViewsCarryTheVerdict) {
+  SeriesStore store(SeriesStore::Limits{});
+  const SeriesKey leak{Resource::kObject, "app.Session"};
+  const SeriesKey flat{Resource::kObject, "app.Client"};
+  for (int i = 0; i < 48 * 360; ++i) {
+    const double t = 10.0 * i;
+    const double saw = 50.0 * (i % 7) / 6;
+    store.Append(leak, t, 100 + std::floor(t / 600) + saw);
+    store.Append(flat, t, 100 + saw);
+  }
+  const Verdict leaking = Evaluate(store.Points(leak), TrendParams{});
+  EXPECT_TRUE(leaking.suspected);
+  EXPECT_NEAR(leaking.slope_per_second, 1.0 / 600, 1e-4);
+  const Verdict steady = Evaluate(store.Points(flat), TrendParams{});
+  EXPECT_FALSE(steady.suspected);
+  EXPECT_EQ(steady.reason, Reason::kFlat);
+}
+
 TEST(SeriesStoreTest, ASingleLevelStoreKeepsTheLastSamples) {
   SeriesStore::Limits limits = Small();
   limits.levels = 1;

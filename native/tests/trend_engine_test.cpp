@@ -2,13 +2,441 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <vector>
+
 #include "leakprobe/trend/trend_stats.h"
 #include "trend_series.h"
 
 namespace leakprobe::trend {
 namespace {
 
-TEST(TrendEngineTest, Placeholder) { EXPECT_EQ(ReasonName(Reason::kGrowing), "growing"); }
+namespace ts = testing;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+
+// Production sampling (TrendParams defaults): a point every 10 s, 300 s of
+// warm-up, then an hour.
+const ts::Sampling kHour{10, 300, 3600};
+
+std::vector<Point> Line(std::size_t n, double dt, double v0, double slope) {
+  std::vector<Point> pts;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double t = static_cast<double>(i) * dt;
+    pts.push_back(Point{t, v0 + slope * t});
+  }
+  return pts;
+}
+
+void ExpectFinite(const Verdict& v) {
+  EXPECT_TRUE(std::isfinite(v.slope_per_second));
+  EXPECT_TRUE(std::isfinite(v.slope_low));
+  EXPECT_TRUE(std::isfinite(v.slope_high));
+  EXPECT_TRUE(std::isfinite(v.p_value));
+  EXPECT_TRUE(std::isfinite(v.confidence));
+  EXPECT_TRUE(std::isfinite(v.growth));
+  EXPECT_TRUE(std::isfinite(v.window_seconds));
+  EXPECT_TRUE(std::isfinite(v.last_value));
+  EXPECT_FALSE(std::isnan(v.time_to_exhaustion_seconds));
+  EXPECT_GE(v.p_value, 0);
+  EXPECT_LE(v.p_value, 1);
+}
+
+// Statistics ---------------------------------------------------------------
+
+TEST(TrendStatsTest, NormalDistribution) {
+  EXPECT_NEAR(detail::NormalCdf(0), 0.5, 1e-15);
+  EXPECT_NEAR(detail::NormalCdf(1.959963984540054), 0.975, 1e-12);
+  EXPECT_NEAR(detail::NormalQuantile(0.975), 1.959963984540054, 1e-9);
+  EXPECT_NEAR(detail::NormalQuantile(0.99), 2.326347874040841, 1e-9);
+  EXPECT_NEAR(detail::NormalQuantile(0.01), -2.326347874040841, 1e-9);
+  EXPECT_EQ(detail::NormalQuantile(0), -40);
+  EXPECT_EQ(detail::NormalQuantile(1), 40);
+  EXPECT_EQ(detail::NormalQuantile(kNan), -40);
+}
+
+TEST(TrendStatsTest, StudentT) {
+  // Tabulated: t(0.99; 1) = 31.8205, t(0.99; 10) = 2.76377, t(0.975; 30) =
+  // 2.04227; infinite df is the normal.
+  EXPECT_NEAR(detail::StudentQuantile(0.99, 1), 31.8205, 1e-3);
+  EXPECT_NEAR(detail::StudentQuantile(0.99, 10), 2.76377, 1e-4);
+  EXPECT_NEAR(detail::StudentQuantile(0.975, 30), 2.04227, 1e-4);
+  EXPECT_NEAR(detail::StudentUpperTail(2.76377, 10), 0.01, 1e-6);
+  EXPECT_NEAR(detail::StudentUpperTail(-2.76377, 10), 0.99, 1e-6);
+  EXPECT_NEAR(detail::StudentUpperTail(2.326347874, 1e7), 0.01, 1e-6);
+  EXPECT_EQ(detail::StudentUpperTail(0, 5), 0.5);
+  EXPECT_EQ(detail::StudentUpperTail(kInf, 5), 0);
+  EXPECT_EQ(detail::StudentUpperTail(kNan, 5), 0.5);
+}
+
+TEST(TrendStatsTest, AverageRanksShareTies) {
+  const std::vector<double> v = {10, 30, 20, 30, 10, 40};
+  EXPECT_EQ(detail::AverageRanks(v), (std::vector<double>{1.5, 4.5, 3, 4.5, 1.5, 6}));
+}
+
+TEST(TrendStatsTest, MannKendallSAndVarianceWithTies) {
+  // 1..5 increasing: S = 10, Var = 5*4*15/18.
+  const auto line = Line(5, 1, 1, 1);
+  detail::MannKendall mk = detail::MannKendallTest(line, 1);
+  EXPECT_EQ(mk.s, 10);
+  EXPECT_NEAR(mk.var_independent, 50.0 / 3, 1e-12);
+  // 1, 1, 2: S = 2; Var = (3*2*11 - 2*1*9) / 18 = 48 / 18.
+  const std::vector<Point> tied = {{0, 1}, {1, 1}, {2, 2}};
+  mk = detail::MannKendallTest(tied, 0.5);
+  EXPECT_EQ(mk.s, 2);
+  EXPECT_NEAR(mk.var_independent, 48.0 / 18, 1e-12);
+  EXPECT_EQ(mk.correction, 1);  // fewer than 5 points: no correction
+  // z = (S - 1) / sd, one-sided p against t with n - 2 df.
+  EXPECT_NEAR(mk.z, 1 / std::sqrt(48.0 / 18), 1e-12);
+  EXPECT_EQ(mk.df, 1);
+  EXPECT_NEAR(mk.p_increasing, detail::StudentUpperTail(mk.z, 1), 1e-15);
+}
+
+TEST(TrendStatsTest, HamedRaoInflatesTheVarianceOfAutocorrelatedNoiseOnly) {
+  ts::Rng rng(7);
+  double white = 0;
+  double persistent = 0;
+  for (int i = 0; i < 20; ++i) {
+    const auto w = ts::WhiteNoise(kHour, rng);
+    const auto a = ts::Ar1Noise(kHour, rng, 0.9);
+    white += detail::MannKendallTest(w, 0).correction / 20;
+    persistent += detail::MannKendallTest(a, 0).correction / 20;
+  }
+  EXPECT_LT(white, 1.3);
+  // An AR(1) of 0.9 has (1 + 0.9) / (1 - 0.9) = 19 times the variance of
+  // a mean; the rank statistic's factor is of that order.
+  EXPECT_GT(persistent, 8);
+}
+
+TEST(TrendStatsTest, SenIntervalPicksTheRanksAroundTheMedian) {
+  std::vector<double> slopes;
+  for (int i = 100; i >= 1; --i) slopes.push_back(i);  // 1..100, unordered
+  // C = 2 * sqrt(100) = 20: ranks 40 and 60 + 1.
+  const detail::SlopeInterval ci = detail::SenInterval(slopes, 100, 2);
+  EXPECT_EQ(ci.low, 40);
+  EXPECT_EQ(ci.high, 61);
+  std::vector<double> even = {4, 1, 3, 2};
+  EXPECT_EQ(detail::Median(even), 2.5);
+}
+
+TEST(TrendStatsTest, WindowMinimaKeepEachWindowsLowestPoint) {
+  std::vector<Point> pts;
+  for (int i = 0; i < 10; ++i)
+    pts.push_back(Point{double(i), double(i % 3 == 1 ? 0 : 5 + i)});
+  const auto m = detail::WindowMinima(pts, 4);  // w = 3: windows of 3, 3, 4
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_EQ(m[0].t, 1);
+  EXPECT_EQ(m[1].t, 4);
+  EXPECT_EQ(m[2].t, 7);
+  EXPECT_EQ(detail::WindowMinima(pts, 10).size(), 10u);
+}
+
+// Degenerate input ---------------------------------------------------------
+
+TEST(TrendEngineTest, NoVerdictWithoutEnoughPoints) {
+  for (std::size_t n : {0u, 1u, 2u, 11u}) {
+    const auto pts = Line(n, 60, 5, 1);
+    const Verdict v = Evaluate(pts, TrendParams{.warmup_seconds = 0});
+    EXPECT_EQ(v.reason, Reason::kWarmup) << n;
+    EXPECT_FALSE(v.suspected);
+    ExpectFinite(v);
+  }
+  // Enough points, too short a span.
+  const Verdict v = Evaluate(Line(50, 1, 5, 1), TrendParams{.warmup_seconds = 0});
+  EXPECT_EQ(v.reason, Reason::kWarmup);
+  EXPECT_EQ(v.points, 50u);
+  EXPECT_EQ(v.window_seconds, 49);
+  EXPECT_EQ(v.last_value, 54);
+}
+
+// The window passes min_window_seconds before reduction, but the minima
+// span less (the first window's minimum comes late): still a verdict.
+TEST(TrendEngineTest, ReductionNeverLeavesTheWindowWithoutASegment) {
+  std::vector<Point> pts;
+  for (int i = 0; i < 601; ++i) {
+    // Each pair's minimum is its second point, so the first minimum is at
+    // t = 1 and the minima span 599 s < 600 s.
+    pts.push_back(Point{static_cast<double>(i), 100.0 + (i % 2 == 0 ? 1 : 0) + i * 0.1});
+  }
+  const Verdict v =
+      Evaluate(pts, TrendParams{.warmup_seconds = 0, .min_window_seconds = 600});
+  EXPECT_EQ(v.points, 200u);
+  EXPECT_EQ(v.window_seconds, 600);
+  EXPECT_EQ(v.reason, Reason::kGrowing);
+}
+
+TEST(TrendEngineTest, AllEqualIsFlat) {
+  const Verdict v = Evaluate(Line(400, 10, 42, 0), TrendParams{});
+  EXPECT_EQ(v.reason, Reason::kFlat);
+  EXPECT_EQ(v.slope_per_second, 0);
+  EXPECT_EQ(v.p_value, 1);
+  EXPECT_EQ(v.time_to_exhaustion_seconds, kInf);
+  ExpectFinite(v);
+}
+
+TEST(TrendEngineTest, SkipsNonFiniteAndOutOfOrderPoints) {
+  ts::Rng rng(3);
+  const auto clean = ts::LinearLeak(kHour, rng, 5);
+  std::vector<Point> dirty;
+  for (std::size_t i = 0; i < clean.size(); ++i) {
+    dirty.push_back(clean[i]);
+    if (i % 10 == 0) dirty.push_back(Point{clean[i].t + 1, kNan});
+    if (i % 15 == 0) dirty.push_back(Point{kInf, 1});
+    if (i % 20 == 0) dirty.push_back(Point{clean[i].t - 5, 1e9});  // earlier t
+  }
+  const Verdict a = Evaluate(clean, TrendParams{});
+  const Verdict b = Evaluate(dirty, TrendParams{});
+  EXPECT_TRUE(a.suspected);
+  EXPECT_EQ(b.reason, a.reason);
+  EXPECT_EQ(b.slope_per_second, a.slope_per_second);
+  EXPECT_EQ(b.p_value, a.p_value);
+  EXPECT_EQ(b.points, a.points);
+  const std::vector<Point> only_nan(100, Point{kNan, kNan});
+  const Verdict c = Evaluate(only_nan, TrendParams{});
+  EXPECT_EQ(c.reason, Reason::kWarmup);
+  EXPECT_EQ(c.points, 0u);
+  ExpectFinite(c);
+}
+
+TEST(TrendEngineTest, HugeValuesStayFinite) {
+  // Growth from -1e308 to 1e308: every difference would overflow.
+  std::vector<Point> pts;
+  for (int i = 0; i < 200; ++i) pts.push_back(Point{i * 10.0, -1e308 + i * 1e306});
+  const Verdict v = Evaluate(pts, TrendParams{.warmup_seconds = 0});
+  EXPECT_EQ(v.reason, Reason::kGrowing);
+  ExpectFinite(v);
+  EXPECT_NEAR(v.slope_per_second, 1e305, 1e292);
+  // Microseconds apart: slopes saturate rather than become inf.
+  std::vector<Point> tight;
+  for (int i = 0; i < 50; ++i) tight.push_back(Point{i * 1e-300, i * 1e300});
+  const Verdict w =
+      Evaluate(tight, TrendParams{.warmup_seconds = 0, .min_window_seconds = 0});
+  ExpectFinite(w);
+  EXPECT_TRUE(w.suspected);
+  // Times from -1e308 to 1e308: the span saturates, the slope is right.
+  std::vector<Point> wide;
+  for (int i = 0; i <= 200; ++i) wide.push_back(Point{(i - 100) * 1e306, 5.0 * i});
+  const Verdict x = Evaluate(wide, TrendParams{.warmup_seconds = 0});
+  ExpectFinite(x);
+  EXPECT_TRUE(x.suspected);
+  EXPECT_EQ(x.window_seconds, std::numeric_limits<double>::max());
+  EXPECT_NEAR(x.slope_per_second, 5e-306, 1e-318);
+}
+
+// Random garbage: times that repeat, go back, or sit a denormal apart;
+// values with NaN, infinities, +-1e308, ties; odd parameters. Every verdict
+// keeps finite fields (ASan/UBSan builds run this too).
+TEST(TrendEngineTest, RandomGarbageGivesFiniteVerdicts) {
+  ts::Rng rng(42);
+  const double specials[] = {kNan, kInf, -kInf, 1e308, -1e308, 0, 5e-324, 1};
+  const auto pick = [&] { return specials[rng() % 8]; };
+  int verdicts = 0;
+  for (int round = 0; round < 3000; ++round) {
+    const std::size_t n = rng() % (round % 10 == 0 ? 1000 : 80);
+    const int mode = static_cast<int>(rng() % 5);
+    double t = mode == 1 ? 0 : ts::Uniform(rng, -1e6, 1e6);
+    std::vector<Point> pts;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double dt = mode == 0   ? ts::Uniform(rng, 0, 10)
+                        : mode == 1 ? (rng() % 3 == 0 ? -1
+                                       : rng() % 2    ? 5e-324
+                                                      : 1e-300)
+                        : mode == 2 ? ts::Uniform(rng, -1, 5)
+                                    : 10;
+      t += dt;
+      double v =
+          mode == 3 ? std::floor(ts::Uniform(rng, 0, 3)) : ts::Uniform(rng, -1e3, 1e3);
+      if (rng() % 20 == 0) v = pick();
+      pts.push_back(Point{rng() % 50 == 0 ? pick() : t, v});
+    }
+    TrendParams params;
+    params.warmup_seconds = rng() % 2 ? 0 : ts::Uniform(rng, -10, 100);
+    params.min_points = rng() % 20;
+    params.min_window_seconds = rng() % 2 ? 0 : ts::Uniform(rng, 0, 100);
+    params.alpha = rng() % 10 == 0 ? pick() : ts::Uniform(rng, 0, 1);
+    params.min_growth = ts::Uniform(rng, -1, 10);
+    const Verdict v = Evaluate(pts, params, rng() % 2 ? kInf : pick());
+    ExpectFinite(v);
+    EXPECT_EQ(v.suspected, v.reason == Reason::kGrowing);
+    verdicts += v.reason != Reason::kWarmup;
+  }
+  EXPECT_GT(verdicts, 500);  // most rounds got as far as a verdict
+}
+
+// Verdicts on the families -------------------------------------------------
+
+TEST(TrendEngineTest, CleanLineIsALeakWithItsExactSlopeAndTimeToExhaustion) {
+  // 1 fd a minute for 2 hours; limit 1024.
+  const auto pts = Line(721, 10, 100, 1.0 / 60);
+  const Verdict v = Evaluate(pts, TrendParams{}, 1024);
+  EXPECT_TRUE(v.suspected);
+  EXPECT_EQ(v.reason, Reason::kGrowing);
+  EXPECT_NEAR(v.slope_per_second, 1.0 / 60, 1e-12);
+  EXPECT_LE(v.slope_low, v.slope_per_second);
+  EXPECT_GE(v.slope_high, v.slope_per_second);
+  EXPECT_LT(v.p_value, 1e-10);
+  EXPECT_EQ(v.window_seconds, 6900);
+  EXPECT_NEAR(v.growth, 115, 1e-9);
+  EXPECT_EQ(v.last_value, 220);
+  EXPECT_NEAR(v.time_to_exhaustion_seconds, (1024 - 220) * 60, 1e-6);
+  EXPECT_EQ(v.points, 230u);  // 691 after warm-up, 3 a window
+  // Past the limit already: 0. No limit: inf.
+  EXPECT_EQ(Evaluate(pts, TrendParams{}, 150).time_to_exhaustion_seconds, 0);
+  EXPECT_EQ(Evaluate(pts, TrendParams{}).time_to_exhaustion_seconds, kInf);
+}
+
+TEST(TrendEngineTest, WarmUpGrowthIsIgnored) {
+  // Climbs for the first 300 s (imports, caches), flat afterwards.
+  std::vector<Point> pts;
+  for (int i = 0; i <= 390; ++i) {
+    const double t = i * 10.0;
+    pts.push_back(Point{t, 1000 + std::min(t, 300.0) + (i % 2)});
+  }
+  const Verdict v = Evaluate(pts, TrendParams{});
+  EXPECT_EQ(v.reason, Reason::kFlat);
+  // The same series with no warm-up rises, then flattens: not a leak.
+  const Verdict w = Evaluate(pts, TrendParams{.warmup_seconds = 0});
+  EXPECT_FALSE(w.suspected);
+  EXPECT_EQ(w.reason, Reason::kPlateau);
+}
+
+TEST(TrendEngineTest, ShrinkingIsNotALeak) {
+  ts::Rng rng(5);
+  const auto pts = ts::Make(kHour, rng, 1, 0, [](double t) { return 1000 - t / 100; });
+  const Verdict v = Evaluate(pts, TrendParams{});
+  EXPECT_EQ(v.reason, Reason::kShrinking);
+  EXPECT_LT(v.slope_per_second, 0);
+  EXPECT_EQ(v.time_to_exhaustion_seconds, kInf);
+}
+
+// Each family over 20 seeds: a stub that always says kFlat fails the leak
+// tests, one that always says kGrowing fails the controls.
+template <typename Make>
+int Flagged(Make make, TrendParams params = {}, int runs = 20) {
+  int flagged = 0;
+  for (int seed = 0; seed < runs; ++seed) {
+    ts::Rng rng(static_cast<unsigned>(1000 + seed));
+    flagged += Evaluate(make(rng), params).suspected ? 1 : 0;
+  }
+  return flagged;
+}
+
+TEST(TrendEngineTest, NoisyFlatIsNotALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::WhiteNoise(kHour, r); }), 0);
+}
+
+TEST(TrendEngineTest, AutocorrelatedNoisyFlatIsNotALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::Ar1Noise(kHour, r, 0.5); }), 0);
+  EXPECT_LE(Flagged([](ts::Rng& r) { return ts::Ar1Noise(kHour, r, 0.9); }), 1);
+}
+
+TEST(TrendEngineTest, UncorrectedTestWouldTakeAutocorrelationForTrends) {
+  // The reason for the correction: without it, AR(1) 0.9 noise is often
+  // "significant".
+  int uncorrected = 0;
+  for (int seed = 0; seed < 20; ++seed) {
+    ts::Rng rng(static_cast<unsigned>(1000 + seed));
+    const auto pts = ts::Ar1Noise(kHour, rng, 0.9);
+    const std::vector<Point> after(pts.begin() + 31, pts.end());
+    const auto reduced = detail::WindowMinima(after, kMaxEvaluatedPoints);
+    const auto mk = detail::WithoutCorrection(detail::MannKendallTest(reduced, 0));
+    uncorrected += mk.p_increasing < 0.01 ? 1 : 0;
+  }
+  EXPECT_GE(uncorrected, 3);
+}
+
+TEST(TrendEngineTest, GcSawtoothWithAFlatFloorIsNotALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::FlatSawtooth(kHour, r); }), 0);
+}
+
+TEST(TrendEngineTest, GcSawtoothWithARisingFloorIsALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::RisingSawtooth(kHour, r, 2); }), 20);
+}
+
+// A cache filling to its maxsize within the window, then staying: its rise
+// is either flagged as a plateau (the recent third grows slower than the
+// rest) or, detrended, so autocorrelated that it is not significant (flat);
+// never a leak.
+TEST(TrendEngineTest, CacheFillingToItsMaxsizeIsNotALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::LinearFill(kHour, r); }), 0);
+  // Exactly (no noise, integer sizes): the test is significant, and the
+  // plateau rule is what keeps it from being a leak.
+  for (double full_at : {1200.0, 2400.0}) {
+    const auto pts =
+        ts::Make(kHour, *std::make_unique<ts::Rng>(1).get(), 0, 0,
+                 [=](double t) { return std::floor(100 * std::min(1.0, t / full_at)); });
+    const Verdict v = Evaluate(pts, TrendParams{});
+    EXPECT_EQ(v.reason, Reason::kPlateau) << full_at;
+  }
+}
+
+TEST(TrendEngineTest, PoolWarmUpIsNotALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::PoolWarmup(kHour, r); }), 0);
+}
+
+TEST(TrendEngineTest, OneOffStepIsNotALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::Step(kHour, r); }), 0);
+  // A step of exact counts (a pool of 30 opened at once): significant, and
+  // a plateau (before the last third) or a step (in it).
+  for (double at : {0.2, 0.5, 0.8}) {
+    const auto pts = Line(391, 10, 20, 0);
+    std::vector<Point> stepped = pts;
+    for (Point& p : stepped) p.v += p.t >= 300 + at * 3600 ? 30 : 0;
+    const Verdict v = Evaluate(stepped, TrendParams{});
+    EXPECT_EQ(v.reason, Reason::kPlateau) << at;
+  }
+}
+
+TEST(TrendEngineTest, SlowLeakUnderNoiseIsALeak) {
+  // Two noise sds over the hour.
+  EXPECT_GE(Flagged([](ts::Rng& r) { return ts::LinearLeak(kHour, r, 2); }), 18);
+  EXPECT_GE(Flagged([](ts::Rng& r) { return ts::LinearLeak(kHour, r, 5, 0.5); }), 19);
+}
+
+TEST(TrendEngineTest, LeakThatStartsLateIsALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::LateLeak(kHour, r, 5); }), 20);
+  // Flat for 80% of the window, then 1 object every 3 samples: the recent
+  // quarter is what shows it.
+  ts::Rng rng(2);
+  const auto pts = ts::Make(kHour, rng, 0, 0, [](double t) {
+    return 50 + std::floor(std::max(0.0, t - 3180) / 30);
+  });
+  const Verdict v = Evaluate(pts, TrendParams{});
+  EXPECT_TRUE(v.suspected);
+  EXPECT_NEAR(v.slope_per_second, 1.0 / 30, 0.01);
+  EXPECT_LT(v.window_seconds, 1000);  // the recent segment decided
+}
+
+TEST(TrendEngineTest, CountLeakingOneAtATimeIsALeak) {
+  EXPECT_EQ(Flagged([](ts::Rng& r) { return ts::CountLeak(kHour, r, 6); }), 20);
+}
+
+TEST(TrendEngineTest, MinimumEffectSizeMakesSmallGrowthTooSmall) {
+  // +60 over the hour at a level of 1000.
+  const auto pts = Line(391, 10, 1000, 60.0 / 3600);
+  EXPECT_TRUE(Evaluate(pts, TrendParams{.min_growth = 50}).suspected);
+  Verdict v = Evaluate(pts, TrendParams{.min_growth = 70});
+  EXPECT_EQ(v.reason, Reason::kTooSmall);
+  EXPECT_FALSE(v.suspected);
+  EXPECT_TRUE(Evaluate(pts, TrendParams{.min_relative_growth = 0.05}).suspected);
+  v = Evaluate(pts, TrendParams{.min_relative_growth = 0.1});
+  EXPECT_EQ(v.reason, Reason::kTooSmall);
+}
+
+TEST(TrendEngineTest, CompressedScenarioSettings) {
+  // The scenario suite: a point every 0.5 s, 3 s of warm-up, ~25 s runs.
+  const ts::Sampling run{0.5, 3, 22};
+  const TrendParams params{
+      .warmup_seconds = 3, .min_points = 12, .min_window_seconds = 10};
+  EXPECT_EQ(Flagged([&](ts::Rng& r) { return ts::LinearLeak(run, r, 8); }, params), 20);
+  EXPECT_EQ(Flagged([&](ts::Rng& r) { return ts::WhiteNoise(run, r); }, params), 0);
+  EXPECT_EQ(Flagged([&](ts::Rng& r) { return ts::FlatSawtooth(run, r); }, params), 0);
+  // A leaked fd every 2 samples, counted exactly.
+  EXPECT_EQ(Flagged([&](ts::Rng& r) { return ts::CountLeak(run, r, 2); }, params), 20);
+}
 
 }  // namespace
 }  // namespace leakprobe::trend

@@ -70,7 +70,8 @@ Snapshot FakeSnapshot(int i) {
   unused.name = "app.Unused";
   objects.types = {client, thread, unused};
   s.objects = objects;
-  s.containers.containers = {{"app:cache", "lru_cache", 40, 128}, {"app:seen", "set", 7, -1}};
+  s.containers.containers = {{"app:cache", "lru_cache", 40, 128},
+                             {"app:seen", "set", 7, -1}};
   return s;
 }
 
@@ -158,7 +159,8 @@ TEST(TrendStateTest, LeakGetsItsSiteAndTimeToExhaustion) {
   EXPECT_EQ(heap->site, "/app/a.py:1 in load");  // nothing flagged: the top live site
   EXPECT_EQ(heap->limit, 1e9);
   EXPECT_TRUE(std::isinf(heap->verdict.time_to_exhaustion_seconds));
-  EXPECT_EQ(Find(*summary, Resource::kHeap, "/app/b.py:2 in f")->site, "/app/b.py:2 in f");
+  EXPECT_EQ(Find(*summary, Resource::kHeap, "/app/b.py:2 in f")->site,
+            "/app/b.py:2 in f");
   EXPECT_EQ(Find(*summary, Resource::kObject, "app.Client")->site, "/app/c.py:5 in make");
   EXPECT_EQ(Find(*summary, Resource::kThread, "total")->site, "/app/w.py:9 in spawn");
   EXPECT_TRUE(std::isinf(Find(*summary, Resource::kThread, "total")->limit));
@@ -242,7 +244,8 @@ TEST(TrendStateTest, ForkedChildForgetsTheParentsHistory) {
     const auto summary = state.Summary();
     if (!summary || !summary->series.empty() || summary->samples != 0) _exit(10);
     if (!state.Points(Resource::kFd, "tcp").empty()) _exit(11);
-    if (!state.Sample(FakeSnapshot(0), MonotonicNs())) _exit(12);  // still running, its own history
+    if (!state.Sample(FakeSnapshot(0), MonotonicNs()))
+      _exit(12);  // still running, its own history
     if (state.Points(Resource::kFd, "tcp").size() != 1) _exit(13);
     _exit(0);
   }
@@ -258,7 +261,8 @@ TEST(TrendStateTest, WindowScalesWithTheInterval) {
   TrendConfig config;
   const TrendParams defaults;
   config.interval_seconds = 10;
-  EXPECT_EQ(ParamsFor(config, Resource::kFd).min_window_seconds, defaults.min_window_seconds);
+  EXPECT_EQ(ParamsFor(config, Resource::kFd).min_window_seconds,
+            defaults.min_window_seconds);
   config.interval_seconds = 0.5;
   EXPECT_EQ(ParamsFor(config, Resource::kFd).min_window_seconds, 10);
   config.interval_seconds = 2;
@@ -266,7 +270,8 @@ TEST(TrendStateTest, WindowScalesWithTheInterval) {
   config.interval_seconds = 5;
   EXPECT_EQ(ParamsFor(config, Resource::kFd).min_window_seconds, 150);
   config.interval_seconds = 300;
-  EXPECT_EQ(ParamsFor(config, Resource::kFd).min_window_seconds, defaults.min_window_seconds);
+  EXPECT_EQ(ParamsFor(config, Resource::kFd).min_window_seconds,
+            defaults.min_window_seconds);
   EXPECT_EQ(ParamsFor(config, Resource::kFd).min_points, defaults.min_points);
   config.params = DefaultResourceParams(1000);
   EXPECT_EQ(ParamsFor(config, Resource::kHeap).min_growth, 4000);

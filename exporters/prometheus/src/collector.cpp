@@ -376,7 +376,9 @@ void AddTrendFamilies(const trend::TrendSummary& t, std::vector<MetricFamily>* o
     AddSample(&suspected, s.verdict.suspected ? 1 : 0, labels);
     if (s.verdict.reason != trend::Reason::kWarmup) {
       for (std::size_t u = 0; u < std::size(kUnits); ++u) {
-        if (s.unit == kUnits[u]) AddSample(&growth[u], s.verdict.slope_per_second, labels);
+        if (s.unit == kUnits[u]) {
+          AddSample(&growth[u], s.verdict.slope_per_second, labels);
+        }
       }
     }
     if (std::isfinite(s.verdict.time_to_exhaustion_seconds)) {
@@ -398,9 +400,10 @@ void AddTrendFamilies(const trend::TrendSummary& t, std::vector<MetricFamily>* o
                         "Trend samples taken since start (in a forked child: since the "
                         "fork).",
                         MetricType::Counter, static_cast<double>(t.samples)));
-  out->push_back(Single("leakprobe_trend_sample_duration_seconds",
-                        "Wall time of the last trend sample (snapshot, store, evaluation).",
-                        MetricType::Gauge, t.sample_duration_seconds));
+  out->push_back(
+      Single("leakprobe_trend_sample_duration_seconds",
+             "Wall time of the last trend sample (snapshot, store, evaluation).",
+             MetricType::Gauge, t.sample_duration_seconds));
 }
 
 }  // namespace

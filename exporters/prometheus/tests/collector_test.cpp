@@ -197,10 +197,10 @@ TEST(BuildFamiliesTest, VerdictFamiliesOnePerSeriesUnitInTheName) {
   const MetricFamily* dropped = Find(families, "leakprobe_trend_dropped_series_total");
   EXPECT_EQ(dropped->type, MetricType::Counter);
   EXPECT_DOUBLE_EQ(dropped->metric.at(0).counter.value, 2);
-  EXPECT_DOUBLE_EQ(Find(families, "leakprobe_trend_memory_bytes")->metric.at(0).gauge.value,
-                   4096);
-  EXPECT_DOUBLE_EQ(Find(families, "leakprobe_trend_samples_total")->metric.at(0).counter.value,
-                   17);
+  EXPECT_DOUBLE_EQ(
+      Find(families, "leakprobe_trend_memory_bytes")->metric.at(0).gauge.value, 4096);
+  EXPECT_DOUBLE_EQ(
+      Find(families, "leakprobe_trend_samples_total")->metric.at(0).counter.value, 17);
 }
 
 TEST(SnapshotCollectorTest, StopsCallingTheSourceWhenClosed) {

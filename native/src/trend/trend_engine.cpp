@@ -6,13 +6,19 @@
 //   3. no verdict (kWarmup) below min_points or min_window_seconds;
 //   4. reduce to kMaxEvaluatedPoints per-window minima (the GC sawtooth
 //      rule: the floor after collections is what a leak raises);
-//   5. Theil–Sen slope, Mann–Kendall S with the tie-corrected variance
-//      times the Hamed–Rao autocorrelation factor, Sen's interval;
-//   6. a significant increase is a plateau when the recent third of the
-//      window grows at less than half the window's slope, too small below
-//      the minimum effect, else a leak (kGrowing); a significant decrease
-//      is kShrinking; anything else kFlat;
-//   7. time to exhaustion for a leak with a finite limit.
+//   5. segments: the whole window, its last half, its last quarter (those
+//      with min_points and min_window_seconds), each at alpha / count;
+//   6. per segment: Theil–Sen slope; Mann–Kendall S, its tie-corrected
+//      variance times max(Hamed–Rao factor, AR(1) floor) unless the series
+//      moves mostly one way, z against Student's t(n / factor - 2); Sen's
+//      interval;
+//   7. a significant increase is a plateau when most pairs see no rise
+//      (slope 0), when the recent third slowed down significantly against
+//      the two thirds before it (and does not still grow on its own), or
+//      when one jump far above the noise makes it; too small below the
+//      minimum effect; else a leak (kGrowing). A significant decrease of the
+//      whole window is kShrinking; anything else kFlat;
+//   8. time to exhaustion for a leak with a finite limit.
 #include "leakprobe/trend/trend_engine.h"
 
 #include <algorithm>
@@ -45,6 +51,8 @@ std::string_view ReasonName(Reason reason) {
 namespace {
 
 constexpr double kLargest = std::numeric_limits<double>::max();
+// Times beyond this are scaled before differences are taken.
+constexpr double kHugeTime = 1e150;
 
 // Overflow (values near DBL_MAX, times microseconds apart) saturates.
 double Finite(double x) {
@@ -52,17 +60,141 @@ double Finite(double x) {
   return std::clamp(x, -kLargest, kLargest);
 }
 
-// The part of the window whose slope is compared with the whole one.
+// The recent part of a window, whose growth is compared with the part
+// before it: a leak keeps its slope to the end, growth toward a bound slows
+// down.
 constexpr std::size_t kRecentFraction = 3;  // the last third
-constexpr std::size_t kRecentMinPoints = 4;
-// A leak keeps its slope to the end; growth toward a bound slows down.
-constexpr double kPlateauRatio = 0.5;
+constexpr std::size_t kRecentMinPoints = 6;
+// Level of the one-sided test "the recent part grows slower than the part
+// before it" that makes a significant increase a plateau.
+constexpr double kPlateauAlpha = 0.05;
+// ... unless the recent part still grows on its own at this level.
+constexpr double kStillGrowingAlpha = 0.01;
+// A jump is a step when it is this many noise sds high (the noise measured
+// on the differences, robustly) and at least half the segment's rise.
+constexpr double kStepNoiseSds = 6;
+constexpr double kStepShare = 0.5;
+constexpr std::size_t kStepSidePoints = 5;
 
-bool Flattened(std::span<const Point> pts, double slope) {
+double TheilSen(std::span<const Point> pts) {
+  std::vector<double> slopes = detail::PairwiseSlopes(pts);
+  return detail::Median(slopes);
+}
+
+// The recent third, detrended by the slope of the two thirds before it,
+// decreases significantly: growth slowed down (a bound reached, a step).
+bool Flattened(std::span<const Point> pts) {
   const std::size_t n = pts.size();
-  const std::size_t k = std::min(n, std::max(n / kRecentFraction, kRecentMinPoints));
-  const std::vector<double> recent = detail::PairwiseSlopes(pts.subspan(n - k));
-  return detail::SortedMedian(recent) < kPlateauRatio * slope;
+  const std::size_t k = std::max(n / kRecentFraction, kRecentMinPoints);
+  if (n < k + kRecentMinPoints) return false;
+  const double before = TheilSen(pts.first(n - k));
+  if (!(before > 0)) return false;
+  std::vector<Point> recent(pts.end() - static_cast<std::ptrdiff_t>(k), pts.end());
+  // Still growing on its own, clearly: slower, but not flattened.
+  const double own = TheilSen(recent);
+  if (detail::MannKendallTest(recent, own).p_increasing < kStillGrowingAlpha) {
+    return false;
+  }
+  for (Point& p : recent) p.v -= before * p.t;
+  return detail::MannKendallTest(recent, TheilSen(recent)).p_decreasing < kPlateauAlpha;
+}
+
+// One jump far above the noise makes most of the rise, and without it the
+// series has no significant increase at `alpha`: a one-off step.
+bool OneStep(std::span<const Point> pts, double slope, double alpha) {
+  const std::size_t n = pts.size();
+  if (n < 3) return false;
+  std::vector<double> diffs(n - 1);
+  for (std::size_t i = 1; i < n; ++i) diffs[i - 1] = pts[i].v - pts[i - 1].v;
+  const std::size_t at = static_cast<std::size_t>(
+      std::max_element(diffs.begin(), diffs.end()) - diffs.begin());
+  const double jump = diffs[at];
+  std::vector<double> scratch = diffs;
+  const double centre = detail::Median(scratch);
+  std::vector<double> deviations(diffs.size());
+  for (std::size_t i = 0; i < diffs.size(); ++i) {
+    deviations[i] = std::fabs(diffs[i] - centre);
+  }
+  // MAD * 1.4826 estimates the differences' sd, sqrt(2) times the noise's.
+  const double noise = 1.4826 * detail::Median(deviations) / std::sqrt(2.0);
+  const double rise = slope * (pts.back().t - pts.front().t);
+  if (!(jump > kStepNoiseSds * noise) || !(jump >= kStepShare * rise)) return false;
+  // The step's height: the median of the few points after it less that of
+  // the few before (a single difference carries two points' noise).
+  const std::size_t side = std::min({kStepSidePoints, at + 1, n - at - 1});
+  std::vector<double> before;
+  std::vector<double> after;
+  for (std::size_t i = 0; i < side; ++i) {
+    before.push_back(pts[at - i].v);
+    after.push_back(pts[at + 1 + i].v);
+  }
+  const double height = detail::Median(after) - detail::Median(before);
+  std::vector<Point> without(pts.begin(), pts.end());
+  for (std::size_t i = at + 1; i < n; ++i) without[i].v -= height;
+  const double rest = TheilSen(without);
+  return !(detail::MannKendallTest(without, rest).p_increasing < alpha && rest > 0);
+}
+
+// A series that moves mostly one way: its net change is at least this
+// share of its total variation (the sum of |v[i+1] - v[i]|).
+constexpr double kMonotoneShare = 0.5;
+
+// Counts that only ever go up (fds leaked one at a time) are a random walk
+// with drift: detrended, they look strongly autocorrelated, and the
+// correction would take the drift for noise. When the net change is most
+// of the movement, the autocorrelation is the trend itself, and the test
+// uses the variance under independence.
+bool MostlyOneWay(std::span<const Point> pts) {
+  double total = 0;
+  for (std::size_t i = 1; i < pts.size(); ++i) {
+    total += std::fabs(pts[i].v - pts[i - 1].v);
+  }
+  const double net = std::fabs(pts.back().v - pts.front().v);
+  return total > 0 && net >= kMonotoneShare * total;
+}
+
+// One segment's statistics and what they say at level `alpha`.
+struct Judgement {
+  Reason reason = Reason::kFlat;
+  double slope = 0;  // normalized units (see Evaluate)
+  detail::SlopeInterval ci;
+  detail::MannKendall mk;
+  double level = 0;  // fitted value at the segment's first point
+};
+
+Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& params,
+                double scale) {
+  Judgement j;
+  std::vector<double> slopes = detail::PairwiseSlopes(pts);
+  j.slope = detail::Median(slopes);
+  j.mk = detail::MannKendallTest(pts, j.slope);
+  if (MostlyOneWay(pts)) j.mk = detail::WithoutCorrection(j.mk);
+  j.ci = detail::SenInterval(slopes, j.mk.var_corrected,
+                             detail::StudentQuantile(1 - alpha, j.mk.df));
+  // The fitted level at the segment's start: median of v - slope * t.
+  std::vector<double> intercepts(pts.size());
+  for (std::size_t i = 0; i < pts.size(); ++i) {
+    intercepts[i] = pts[i].v - j.slope * (pts[i].t - pts.front().t);
+  }
+  j.level = detail::Median(intercepts);
+  if (j.mk.p_increasing < alpha) {
+    // slope * span: the time scale, if any, cancels.
+    const double growth = Finite(j.slope * scale * (pts.back().t - pts.front().t));
+    const double level = Finite(j.level * scale);
+    // A significant rise that most pairs of points do not see (slope 0:
+    // a step, a fill then a long stay) did not go on.
+    if (!(j.slope > 0) || Flattened(pts) || OneStep(pts, j.slope, alpha)) {
+      j.reason = Reason::kPlateau;
+    } else if (growth < params.min_growth ||
+               growth < params.min_relative_growth * std::fabs(level)) {
+      j.reason = Reason::kTooSmall;
+    } else {
+      j.reason = Reason::kGrowing;
+    }
+  } else if (j.mk.p_decreasing < alpha && j.slope < 0) {
+    j.reason = Reason::kShrinking;
+  }
+  return j;
 }
 
 }  // namespace
@@ -84,60 +216,82 @@ Verdict Evaluate(std::span<const Point> points, const TrendParams& params, doubl
   clean.erase(clean.begin(), std::find_if(clean.begin(), clean.end(),
                                           [&](const Point& p) { return p.t >= start; }));
   if (clean.empty()) return verdict;
-  const double window = clean.back().t - clean.front().t;
+  const double window = Finite(clean.back().t - clean.front().t);
   verdict.window_seconds = window;
   // Evaluated on per-window minima, moved to t = 0 and scaled to |v| <= 1
-  // so that no difference overflows; slopes are scaled back at the end.
+  // (and, for times near DBL_MAX, to |t| <= 1) so that no difference
+  // overflows; slopes and spans are scaled back at the end.
   std::vector<Point> pts = detail::WindowMinima(clean, kMaxEvaluatedPoints);
   verdict.points = pts.size();
   if (pts.size() < std::max<std::size_t>(params.min_points, 3) ||
       !(window >= params.min_window_seconds)) {
     return verdict;
   }
-  const double t0 = pts.front().t;
   double scale = 0;
   for (const Point& p : pts) scale = std::max(scale, std::fabs(p.v));
   if (!(scale > 0)) scale = 1;
-  for (Point& p : pts) p = Point{p.t - t0, p.v / scale};
+  const double time_scale =
+      std::max({1.0, std::fabs(pts.front().t), std::fabs(pts.back().t)}) > kHugeTime
+          ? std::max(std::fabs(pts.front().t), std::fabs(pts.back().t))
+          : 1.0;
+  const double t0 = pts.front().t / time_scale;
+  for (Point& p : pts) p = Point{p.t / time_scale - t0, p.v / scale};
+  const double rate_scale = scale / time_scale;  // normalized slope -> per second
 
-  const std::vector<double> slopes = detail::PairwiseSlopes(pts);
-  const double slope = detail::SortedMedian(slopes);
-  const detail::MannKendall mk = detail::MannKendallTest(pts, slope);
+  // The whole window, its last half and its last quarter (those with
+  // min_points and min_window_seconds), each at alpha / their number
+  // (Bonferroni): a leak that starts late dominates a recent segment.
   const double alpha =
       std::isfinite(params.alpha) ? std::clamp(params.alpha, 1e-12, 0.5) : 0.01;
-  const detail::SlopeInterval ci =
-      detail::SenInterval(slopes, mk.var_corrected, detail::NormalQuantile(1 - alpha));
-
-  verdict.slope_per_second = Finite(slope * scale);
-  verdict.slope_low = Finite(ci.low * scale);
-  verdict.slope_high = Finite(ci.high * scale);
-  verdict.p_value = mk.p_increasing;
-  verdict.confidence = 1 - mk.p_increasing;
-  verdict.growth = Finite(verdict.slope_per_second * window);
-
-  if (mk.p_increasing < alpha && slope > 0) {
-    // The fitted level at the window's start: median of v - slope * t.
-    std::vector<double> intercepts(pts.size());
-    for (std::size_t i = 0; i < pts.size(); ++i)
-      intercepts[i] = pts[i].v - slope * pts[i].t;
-    std::sort(intercepts.begin(), intercepts.end());
-    const double level = Finite(detail::SortedMedian(intercepts) * scale);
-    const bool large_enough =
-        verdict.growth >= params.min_growth &&
-        verdict.growth >= params.min_relative_growth * std::fabs(level);
-    if (Flattened(pts, slope)) {
-      verdict.reason = Reason::kPlateau;
-    } else if (!large_enough) {
-      verdict.reason = Reason::kTooSmall;
-    } else {
-      verdict.reason = Reason::kGrowing;
-      verdict.suspected = true;
+  // The whole window always (it passed the checks above on the points before
+  // reduction, whose span can be a little longer than the minima's).
+  std::vector<std::size_t> starts = {0};
+  for (const std::size_t from : {pts.size() / 2, pts.size() * 3 / 4}) {
+    if (pts.size() - from >= std::max<std::size_t>(params.min_points, 3) &&
+        Finite((pts.back().t - pts[from].t) * time_scale) >= params.min_window_seconds) {
+      starts.push_back(from);
     }
-  } else if (mk.p_decreasing < alpha && slope < 0) {
-    verdict.reason = Reason::kShrinking;
-  } else {
-    verdict.reason = Reason::kFlat;
   }
+  const double segments = static_cast<double>(starts.size());
+  std::vector<Judgement> judged;
+  judged.reserve(starts.size());
+  for (const std::size_t from : starts) {
+    judged.push_back(
+        Judge(std::span(pts).subspan(from), alpha / segments, params, scale));
+  }
+  // A leak in any segment: the longest, unless a more recent one grows
+  // significantly faster (its interval's low end above the slope so far: a
+  // leak that started late, whose current rate is the recent one). Else the
+  // whole window's significant increase (plateau, too small), else a recent
+  // one's, else the whole window's verdict.
+  std::size_t chosen = 0;
+  bool found = false;
+  for (std::size_t i = 0; i < judged.size(); ++i) {
+    if (judged[i].reason != Reason::kGrowing) continue;
+    if (!found || judged[i].ci.low > judged[chosen].slope) chosen = i;
+    found = true;
+  }
+  for (std::size_t i = 0; i < judged.size() && !found; ++i) {
+    if (judged[i].reason == Reason::kPlateau || judged[i].reason == Reason::kTooSmall) {
+      chosen = i;
+      found = true;
+    }
+  }
+  const Judgement& j = judged[chosen];
+  double p_min = 1;
+  for (const Judgement& other : judged) p_min = std::min(p_min, other.mk.p_increasing);
+  const double span_seconds =
+      chosen == 0 ? window : Finite((pts.back().t - pts[starts[chosen]].t) * time_scale);
+  verdict.reason = j.reason;
+  verdict.suspected = j.reason == Reason::kGrowing;
+  verdict.slope_per_second = Finite(j.slope * rate_scale);
+  verdict.slope_low = Finite(j.ci.low * rate_scale);
+  verdict.slope_high = Finite(j.ci.high * rate_scale);
+  verdict.p_value = std::min(1.0, p_min * segments);
+  verdict.confidence = 1 - verdict.p_value;
+  verdict.growth = Finite(verdict.slope_per_second * span_seconds);
+  verdict.window_seconds = span_seconds;
+  verdict.points = pts.size() - starts[chosen];
   if (verdict.suspected && std::isfinite(limit) && verdict.slope_per_second > 0) {
     verdict.time_to_exhaustion_seconds =
         std::max(0.0, (limit - verdict.last_value) / verdict.slope_per_second);

@@ -106,7 +106,8 @@ TrendParams ParamsFor(const TrendConfig& config, Resource resource) {
   const TrendParams defaults;
   TrendParams params;
   const double interval = config.interval_seconds;
-  const double scaled = defaults.min_window_seconds * (interval / 10.0) * (interval / 10.0);
+  const double scaled =
+      defaults.min_window_seconds * (interval / 10.0) * (interval / 10.0);
   params.min_window_seconds =
       std::min(defaults.min_window_seconds, std::max({10.0, 12.0 * interval, scaled}));
   params.min_points = defaults.min_points;
@@ -171,9 +172,9 @@ struct Fed {
   std::optional<std::string> fd_top_site;
   absl::flat_hash_map<std::string, std::string> object_top_site;  // type -> site
   absl::flat_hash_map<std::string, double> container_maxsize;     // name -> maxsize
-  double rss = -1;         // bytes; -1: unknown
-  double fds_open = -1;    // open fds of the process; -1: unknown
-  double max_fds = kInf;   // RLIMIT_NOFILE soft
+  double rss = -1;                                                // bytes; -1: unknown
+  double fds_open = -1;   // open fds of the process; -1: unknown
+  double max_fds = kInf;  // RLIMIT_NOFILE soft
   double memory_limit = kInf;
 };
 
@@ -234,7 +235,8 @@ class Feeder {
                   std::size_t top_n) {
     if (list_size >= top_n) return;
     for (const auto& [r, key] : known_) {
-      if (r != resource || !key.starts_with(prefix) || added_.contains(std::make_pair(r, key))) {
+      if (r != resource || !key.starts_with(prefix) ||
+          added_.contains(std::make_pair(r, key))) {
         continue;
       }
       if (resource == Resource::kHeap && key == "total") continue;
@@ -282,7 +284,8 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
       feed.AddSite(Resource::kFd, std::string(kFdSitePrefix) + site.site,
                    static_cast<double>(site.open_fds));
     }
-    feed.ZeroAbsent(Resource::kFd, kFdSitePrefix, s.fd->top_sites.size(), config.fd_top_sites);
+    feed.ZeroAbsent(Resource::kFd, kFdSitePrefix, s.fd->top_sites.size(),
+                    config.fd_top_sites);
     if (!s.fd->top_sites.empty()) fed->fd_top_site = s.fd->top_sites.front().site;
     for (const FdOwnerCount& owner : s.fd->owners) {
       feed.AddOnceUsed(Resource::kFd, std::string(kFdOwnerPrefix) + owner.owner,
@@ -360,7 +363,9 @@ std::optional<std::string> FastestSite(const std::vector<SeriesVerdict>& series,
                                        Resource resource, std::string_view prefix) {
   const SeriesVerdict* best = nullptr;
   for (const SeriesVerdict& s : series) {
-    if (s.resource != resource || !s.verdict.suspected || !s.key.starts_with(prefix)) continue;
+    if (s.resource != resource || !s.verdict.suspected || !s.key.starts_with(prefix)) {
+      continue;
+    }
     if (resource == Resource::kHeap && s.key == "total") continue;
     if (best == nullptr || s.verdict.slope_per_second > best->verdict.slope_per_second) {
       best = &s;
@@ -414,10 +419,9 @@ void PickSites(const Fed& fed, std::vector<SeriesVerdict>* series) {
 TrendState& TrendState::Instance() {
   static TrendState* const state = [] {
     auto* s = new TrendState();  // leaked: the sampler may run during exit
-    RegisterForkHandlers(ForkStage::kTrends,
-                         {[] { Instance().PrepareFork(); },
-                          [] { Instance().ParentAfterFork(); },
-                          [] { Instance().ChildAfterFork(); }});
+    RegisterForkHandlers(ForkStage::kTrends, {[] { Instance().PrepareFork(); },
+                                              [] { Instance().ParentAfterFork(); },
+                                              [] { Instance().ChildAfterFork(); }});
     return s;
   }();
   return *state;

@@ -4,11 +4,16 @@
 // variance under autocorrelation.
 #include "leakprobe/trend/trend_stats.h"
 
+#include <math.h>
+
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace leakprobe::trend::detail {
+
+constexpr double kLargest = std::numeric_limits<double>::max();
 
 double NormalCdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
 
@@ -26,10 +31,80 @@ double NormalQuantile(double p) {
   return 0.5 * (lo + hi);
 }
 
+namespace {
+
+// lgamma() sets the global signgam; lgamma_r() (glibc, POSIX.1-2024) does
+// not, which keeps these functions safe to call from any thread.
+double LogGamma(double x) {
+  int sign = 0;
+  return ::lgamma_r(x, &sign);
+}
+
+// The regularized incomplete beta function I_x(a, b), by its continued
+// fraction (evaluated with the modified Lentz method), on the side of x
+// where it converges fast.
+double IncompleteBeta(double x, double a, double b) {
+  if (!(x > 0)) return 0;
+  if (!(x < 1)) return 1;
+  if (x > (a + 1) / (a + b + 2)) return 1 - IncompleteBeta(1 - x, b, a);
+  const double front = std::exp(LogGamma(a + b) - LogGamma(a) - LogGamma(b) +
+                                a * std::log(x) + b * std::log1p(-x)) /
+                       a;
+  constexpr double kTiny = 1e-300;
+  double f = 1;
+  double c = 1;
+  double d = 0;
+  for (int i = 0; i <= 400; ++i) {
+    const int m = i / 2;
+    double numerator = 1;
+    if (i > 0 && i % 2 == 0) {
+      numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m));
+    } else if (i > 0) {
+      numerator = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1));
+    }
+    d = 1 + numerator * d;
+    if (std::fabs(d) < kTiny) d = kTiny;
+    d = 1 / d;
+    c = 1 + numerator / c;
+    if (std::fabs(c) < kTiny) c = kTiny;
+    const double step = c * d;
+    f *= step;
+    if (std::fabs(1 - step) < 1e-14) break;
+  }
+  return front * (f - 1);
+}
+
+}  // namespace
+
+double StudentUpperTail(double t, double df) {
+  if (std::isnan(t) || !(df > 0)) return 0.5;
+  if (std::isinf(t)) return t > 0 ? 0 : 1;
+  const double tail = 0.5 * IncompleteBeta(df / (df + t * t), df / 2, 0.5);
+  return t >= 0 ? tail : 1 - tail;
+}
+
+double StudentQuantile(double p, double df) {
+  if (!(p > 0)) return -1e300;
+  if (!(p < 1)) return 1e300;
+  // Bisection on the tail over a range that grows until it holds p.
+  double lo = -1;
+  double hi = 1;
+  while (1 - StudentUpperTail(lo, df) > p && lo > -1e300) lo *= 2;
+  while (1 - StudentUpperTail(hi, df) < p && hi < 1e300) hi *= 2;
+  for (int i = 0; i < 200 && hi - lo > 1e-9 * std::max(1.0, std::fabs(hi)); ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (1 - StudentUpperTail(mid, df) < p ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
 std::vector<Point> WindowMinima(std::span<const Point> points, std::size_t max_points) {
   const std::size_t n = points.size();
-  const std::size_t m = std::max<std::size_t>(max_points, 1);
-  if (n <= m) return {points.begin(), points.end()};
+  if (n <= std::max<std::size_t>(max_points, 1)) return {points.begin(), points.end()};
+  // w = ceil(n / max_points) samples a window, so that the windows' counts
+  // differ by at most one and rarely (the minimum of more samples is lower).
+  const std::size_t w = (n + max_points - 1) / max_points;
+  const std::size_t m = n / w;
   std::vector<Point> out;
   out.reserve(m);
   for (std::size_t k = 0; k < m; ++k) {
@@ -50,17 +125,32 @@ std::vector<double> PairwiseSlopes(std::span<const Point> points) {
   slopes.reserve(n < 2 ? 0 : n * (n - 1) / 2);
   for (std::size_t i = 0; i < n; ++i) {
     for (std::size_t j = i + 1; j < n; ++j) {
-      slopes.push_back((points[j].v - points[i].v) / (points[j].t - points[i].t));
+      // Points closer in time than a value difference can be divided by
+      // (denormal gaps) saturate instead of becoming infinite.
+      const double slope = (points[j].v - points[i].v) / (points[j].t - points[i].t);
+      slopes.push_back(std::clamp(slope, -kLargest, kLargest));
     }
   }
-  std::sort(slopes.begin(), slopes.end());
   return slopes;
 }
 
-double SortedMedian(std::span<const double> sorted) {
-  const std::size_t n = sorted.size();
+double KthSmallest(std::vector<double>& values, std::size_t k) {
+  if (values.empty()) return 0;
+  k = std::min(k, values.size() - 1);
+  const auto at = values.begin() + static_cast<std::ptrdiff_t>(k);
+  std::nth_element(values.begin(), at, values.end());
+  return *at;
+}
+
+double Median(std::vector<double>& values) {
+  const std::size_t n = values.size();
   if (n == 0) return 0;
-  return n % 2 == 1 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  const double upper = KthSmallest(values, n / 2);
+  if (n % 2 == 1) return upper;
+  // The lower middle is the largest of the part nth_element left below.
+  const double lower = *std::max_element(
+      values.begin(), values.begin() + static_cast<std::ptrdiff_t>(n / 2));
+  return 0.5 * (lower + upper);
 }
 
 std::vector<double> AverageRanks(std::span<const double> values) {
@@ -81,9 +171,20 @@ std::vector<double> AverageRanks(std::span<const double> values) {
   return ranks;
 }
 
-double HamedRaoFactor(std::span<const Point> points, double slope) {
+namespace {
+
+// (n-k)(n-k-1)(n-k-2): how much lag k weighs in Var(S).
+double VarianceWeight(std::size_t n, std::size_t k) {
+  const double m = static_cast<double>(n - k);
+  return m * (m - 1) * (m - 2);
+}
+
+}  // namespace
+
+double HamedRaoFactor(std::span<const Point> points, double slope, double* ar1_floor) {
   const std::size_t n = points.size();
-  if (n < 3) return 1;
+  if (ar1_floor != nullptr) *ar1_floor = 1;
+  if (n < 5) return 1;
   std::vector<double> detrended(n);
   for (std::size_t i = 0; i < n; ++i) {
     detrended[i] = points[i].v - slope * (points[i].t - points[0].t);
@@ -99,13 +200,27 @@ double HamedRaoFactor(std::span<const Point> points, double slope) {
   const double dn = static_cast<double>(n);
   const double bound = 1.959963984540054 / std::sqrt(dn);
   double sum = 0;
+  double lag1 = 0;
   for (std::size_t k = 1; k + 2 < n; ++k) {
     double acf = 0;
     for (std::size_t i = 0; i + k < n; ++i) acf += ranks[i] * ranks[i + k];
     acf /= denom;
+    if (k == 1) lag1 = acf;
     if (std::fabs(acf) <= bound) continue;
-    const double m = static_cast<double>(n - k);
-    sum += m * (m - 1) * (m - 2) * acf;
+    sum += VarianceWeight(n, k) * acf;
+  }
+  if (ar1_floor != nullptr) {
+    // The lag-1 estimate is biased low by about (1 + 4 phi) / n (the mean
+    // is estimated); (n r1 + 1) / (n - 4) undoes most of it.
+    const double phi = std::clamp((dn * lag1 + 1) / (dn - 4), 0.0, 0.99);
+    double ar1 = 0;
+    double power = 1;
+    for (std::size_t k = 1; k + 2 < n; ++k) {
+      power *= phi;
+      if (power < 1e-6) break;
+      ar1 += VarianceWeight(n, k) * power;
+    }
+    *ar1_floor = 1 + 2 * ar1 / (dn * (dn - 1) * (dn - 2));
   }
   return 1 + 2 * sum / (dn * (dn - 1) * (dn - 2));
 }
@@ -133,37 +248,50 @@ MannKendall MannKendallTest(std::span<const Point> points, double slope) {
     i = j;
   }
   var /= 18;
+  mk.n = n;
   mk.s = s;
   mk.var_independent = var;
-  mk.correction = std::max(1.0, HamedRaoFactor(points, slope));
-  mk.var_corrected = var * mk.correction;
+  double ar1 = 1;
+  const double hamed_rao = HamedRaoFactor(points, slope, &ar1);
+  return WithCorrection(mk, std::max({1.0, hamed_rao, ar1}));
+}
+
+MannKendall WithCorrection(MannKendall mk, double correction) {
+  mk.correction = correction;
+  mk.var_corrected = mk.var_independent * correction;
   if (!(mk.var_corrected > 0)) {  // every value equal: no evidence either way
+    mk.z = 0;
     mk.p_increasing = 1;
     mk.p_decreasing = 1;
     return mk;
   }
   const double sd = std::sqrt(mk.var_corrected);
-  mk.z = s > 0 ? (s - 1) / sd : s < 0 ? (s + 1) / sd : 0;
-  mk.p_increasing = NormalCdf(-mk.z);
-  mk.p_decreasing = NormalCdf(mk.z);
+  mk.z = mk.s > 0 ? (mk.s - 1) / sd : mk.s < 0 ? (mk.s + 1) / sd : 0;
+  // The variance is estimated from the series itself: z is referred to
+  // Student's t with the effective sample size n / correction less 2
+  // degrees of freedom, which matters when autocorrelation leaves few.
+  mk.df = std::max(1.0, static_cast<double>(mk.n) / correction - 2);
+  mk.p_increasing = StudentUpperTail(mk.z, mk.df);
+  mk.p_decreasing = StudentUpperTail(-mk.z, mk.df);
   return mk;
 }
 
-SlopeInterval SenInterval(std::span<const double> sorted_slopes, double var_s, double z) {
+MannKendall WithoutCorrection(const MannKendall& mk) { return WithCorrection(mk, 1); }
+
+SlopeInterval SenInterval(std::vector<double>& slopes, double var_s, double z) {
   SlopeInterval ci;
-  const std::size_t count = sorted_slopes.size();
+  const std::size_t count = slopes.size();
   if (count == 0) return ci;
   const double total = static_cast<double>(count);
   const double c = z * std::sqrt(std::max(var_s, 0.0));
   // 1-based ranks M1 = (N - C)/2 (lower) and M2 + 1 = (N + C)/2 + 1 (upper).
   const double m1 = std::round((total - c) / 2);
   const double m2 = std::round((total + c) / 2);
-  const auto at = [&](double rank1) {
-    const double index = std::clamp(rank1 - 1, 0.0, total - 1);
-    return sorted_slopes[static_cast<std::size_t>(index)];
+  const auto index = [&](double rank1) {
+    return static_cast<std::size_t>(std::clamp(rank1 - 1, 0.0, total - 1));
   };
-  ci.low = at(m1);
-  ci.high = at(m2 + 1);
+  ci.low = KthSmallest(slopes, index(m1));
+  ci.high = KthSmallest(slopes, index(m2 + 1));
   return ci;
 }
 

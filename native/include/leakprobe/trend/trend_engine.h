@@ -62,7 +62,7 @@ struct Verdict {
   bool suspected = false;  // a leak: reason == kGrowing
   Reason reason = Reason::kWarmup;
   // Theil–Sen slope of the evaluated (minima) series, base units/second,
-  // with its confidence interval at the test's level.
+  // with its confidence interval at the test's level (see Evaluate).
   double slope_per_second = 0;
   double slope_low = 0;
   double slope_high = 0;
@@ -80,6 +80,27 @@ struct Verdict {
 // `points` must be in increasing t order. `limit` is the value at which the
 // resource runs out (RLIMIT_NOFILE for fds, memory.max or RAM for bytes, a
 // pool's size), or +inf when there is none.
+//
+// Bad points are skipped, not fatal: a point whose t or v is NaN or
+// infinite, or whose t is not after the previous kept point's, is ignored
+// (the verdict is that of the remaining points). Any other input, however
+// short, constant or large, gives finite fields (slopes saturate at
+// +-DBL_MAX; time_to_exhaustion_seconds is finite or +inf).
+//
+// How (docs/trends.md): the warm-up is dropped, the rest reduced to per-
+// window minima, then the whole window, its last half and its last quarter
+// (those that have min_points and min_window_seconds) are each tested at
+// alpha / (their number). A segment is kGrowing when its Mann–Kendall test
+// (tie-corrected variance times max(Hamed–Rao factor, AR(1) floor), z
+// against Student's t with the effective sample size) is significant, its
+// recent third has not slowed down significantly (plateau), the rise is not
+// one step, and the growth reaches the minimum effect. The verdict's slope,
+// interval, growth, window and points are the deciding segment's: the
+// longest growing one, or a more recent one whose interval lies above its
+// slope (a leak that started late). p_value is the smallest segment p-value
+// times the number of segments (at most 1), for an increase, whatever the
+// reason; the interval is two-sided at 1 - 2 * alpha / segments, so that
+// slope_low > 0 goes with a significant increase.
 Verdict Evaluate(std::span<const Point> points, const TrendParams& params,
                  double limit = std::numeric_limits<double>::infinity());
 

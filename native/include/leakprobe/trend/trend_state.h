@@ -127,7 +127,7 @@ class TrendState {
   mutable Mutex sample_mu_;
   mutable Mutex mu_ ABSL_ACQUIRED_AFTER(sample_mu_);
   bool running_ ABSL_GUARDED_BY(mu_) = false;
-  bool forked_ ABSL_GUARDED_BY(mu_) = false;  // the child forgets on next use
+  bool forked_ ABSL_GUARDED_BY(mu_) = false;           // the child forgets on next use
   std::uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // Start/Stop/fork
   TrendConfig config_ ABSL_GUARDED_BY(mu_);
   std::int64_t origin_ns_ ABSL_GUARDED_BY(mu_) = 0;

@@ -28,9 +28,9 @@ std::string_view UnitName(Resource resource);
 
 struct SeriesVerdict {
   Resource resource = Resource::kRss;
-  std::string key;    // "total", "tcp", "site:<site>", "httpx.Client", ...
-  std::string unit;   // UnitName(resource)
-  Verdict verdict;    // the engine's (Evaluate) conclusion
+  std::string key;   // "total", "tcp", "site:<site>", "httpx.Client", ...
+  std::string unit;  // UnitName(resource)
+  Verdict verdict;   // the engine's (Evaluate) conclusion
   // The attribution site "path:line in function" the verdict points at, or
   // none (rules: docs/trends.md, "Series and verdicts in the process").
   std::optional<std::string> site;
@@ -40,16 +40,16 @@ struct SeriesVerdict {
 };
 
 struct TrendSummary {
-  double interval_seconds = 0;  // the trend interval
-  double warmup_seconds = 0;    // warm-up after start
-  std::uint64_t samples = 0;    // samples taken since start (or the fork)
-  double last_sample_seconds = 0;  // since start, of the latest sample
+  double interval_seconds = 0;         // the trend interval
+  double warmup_seconds = 0;           // warm-up after start
+  std::uint64_t samples = 0;           // samples taken since start (or the fork)
+  double last_sample_seconds = 0;      // since start, of the latest sample
   double sample_duration_seconds = 0;  // wall time of the latest sample
   // Every series of the store, flagged first, then by resource and key.
   std::vector<SeriesVerdict> series;
-  std::size_t series_count = 0;        // series in the store
-  std::uint64_t dropped_series = 0;    // series not created: the store's cap
-  std::size_t memory_bytes = 0;        // the store's own memory
+  std::size_t series_count = 0;      // series in the store
+  std::uint64_t dropped_series = 0;  // series not created: the store's cap
+  std::size_t memory_bytes = 0;      // the store's own memory
 };
 
 }  // namespace leakprobe::trend
