@@ -96,6 +96,8 @@ def run_cli(cwd: Path, *args: str, json_name: str | None = "report.json",
      "'{tmp}/no/such/dir/r.json': directory '{tmp}/no/such/dir' does not exist"),
     (["--json", "{tmp}", "--", PY], "argument --json: '{tmp}' is a directory"),
     (["--html", "{tmp}/no/r.html", "--", PY], "argument --html: '{tmp}/no/r.html': directory"),
+    (["--json", "/proc/leakprobe-report.json", "--", PY], "argument --json: "
+     "'/proc/leakprobe-report.json' cannot be written (No such file or directory)"),
     (["--bogus", "--", PY], "unrecognized arguments: --bogus"),
 ])
 def test_usage_errors_exit_2_with_the_message_and_run_nothing(tmp_path, args, message,

@@ -49,6 +49,9 @@ def _seconds(low: float, high: float | None,
 
 
 def _writable_file() -> Callable[[str], str]:
+    """A report path, tried now (created and removed if it did not exist,
+    opened for appending if it did), so that a path that cannot be written
+    is a usage error before PROGRAM runs, not a lost report after."""
     def parse(text: str) -> str:
         path = os.path.abspath(text)
         directory = os.path.dirname(path)
@@ -58,10 +61,16 @@ def _writable_file() -> Callable[[str], str]:
         if not os.path.isdir(directory):
             raise argparse.ArgumentTypeError(f"{text!r}: directory {directory!r} "
                                              "does not exist")
-        if not os.access(directory, os.W_OK | os.X_OK) or (
-                os.path.exists(path) and not os.access(path, os.W_OK)):
-            raise argparse.ArgumentTypeError(f"{text!r} cannot be written "
-                                             "(permission denied)")
+        try:
+            if os.path.exists(path):
+                with open(path, "a", encoding="utf-8"):
+                    pass
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                os.unlink(path)
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} cannot be written ({exc.strerror or exc})") from None
         return path
 
     return parse
