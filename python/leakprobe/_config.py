@@ -99,6 +99,22 @@ def _seconds_in(low: float, high: float) -> Callable[[Any], float]:
 
 _parse_interval = _seconds_in(0.01, 3600)
 
+
+def _parse_run_dir(value: Any) -> str | None:
+    """An absolute path of a directory (not checked for existence here: the
+    run file's writer reports a directory it cannot write to); unset or
+    empty: no run file."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _Invalid
+    text = str(value)
+    if not text.strip():
+        return None
+    if not text.startswith("/"):
+        raise _Invalid
+    return text
+
 # The built-in adapters (leakprobe.adapters.ADAPTERS; kept here so that
 # parsing the option imports nothing).
 ADAPTER_NAMES = ("httpx", "requests", "urllib", "sqlalchemy", "sqlite3", "threading",
@@ -154,6 +170,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("strict", False, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("sample_interval", 1.0, _parse_interval,
            "a number of seconds from 0.01 to 3600"),
+    Option("run_dir", None, _parse_run_dir,
+           "an absolute path of a directory, or empty (no run file)"),
     Option("heap", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("heap_sample_bytes", 128 * 1024, _int_in(1, 1 << 30),
            "an integer number of bytes from 1 to 1073741824"),
@@ -198,6 +216,7 @@ class Config(NamedTuple):
     log_level: str = "info"
     strict: bool = False
     sample_interval: float = 1.0
+    run_dir: str | None = None  # set by `leakprobe run`: where the run file goes
     heap: bool = True
     heap_sample_bytes: int = 128 * 1024
     heap_frames: int = 32

@@ -208,6 +208,7 @@ def start(**options: Any) -> dict[str, Any]:
         _python_info(native)
         if config.heap or config.fds or config.objects:  # attribution sites
             prefixes = _library_prefixes()
+            prefixes += _runfile_prefixes(config)  # `leakprobe run`'s sitecustomize
             # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
             native.set_library_prefixes([os.fsencode(p) for p in prefixes])
             _start_async_attribution(native, prefixes)
@@ -229,6 +230,9 @@ def start(**options: Any) -> dict[str, Any]:
             sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
         sampler.sample_once()  # the first scrape already has gc figures
         port, error = _start_exporter(native, config)
+        from . import _runfile  # LEAKPROBE_RUN_DIR: the run file of `leakprobe run`
+
+        sampler.extra_tasks += _runfile.sampler_tasks(config)
         sampler.start()
         _start_adapters(native, config)
         _state = _State(config, sampler, port, error, fds)
@@ -259,6 +263,12 @@ def _start_async_attribution(native: Any, prefixes: list[str]) -> None:
                 _tasks.install(module, _native(), _library_prefixes())
 
         wrapt.register_post_import_hook(on_import, "asyncio.base_events")
+
+
+def _runfile_prefixes(config: Config) -> list[str]:
+    from . import _runfile
+
+    return _runfile.library_prefixes(config)
 
 
 def _start_fds(native: Any, config: Config) -> bool:
@@ -526,4 +536,31 @@ def start_from_import() -> None:
             return
     except _config._Invalid:
         pass  # start() reports the bad value
+    if _is_cli():
+        return
     start()
+
+
+def _is_cli() -> bool:
+    """Whether this process is the `leakprobe` command itself (the console
+    script, or ``python -m leakprobe``), which profiles its PROGRAM, not
+    itself."""
+    main = sys.modules.get("__main__")
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "leakprobe" and isinstance(getattr(main, "__file__", None), str) \
+            and os.path.realpath(main.__file__) == os.path.realpath(script):  # type: ignore[union-attr]
+        return True  # the console script (pip's launcher runs leakprobe.cli)
+    argv = list(getattr(sys, "orig_argv", ()))[1:]
+    i = 0
+    while i < len(argv):  # the interpreter's options, up to -m MODULE
+        arg = argv[i]
+        if arg == "-m":
+            return argv[i + 1:i + 2] == ["leakprobe"]
+        if arg.startswith("-m"):
+            return arg[2:] == "leakprobe"
+        if arg in ("-X", "-W"):
+            i += 1  # its value
+        elif not arg.startswith("-") or arg in ("-c", "-"):
+            return False  # a script, -c code or stdin: not us
+        i += 1
+    return False

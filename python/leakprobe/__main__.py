@@ -1,0 +1,7 @@
+"""``python -m leakprobe``: the ``leakprobe`` command (docs/cli.md)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
