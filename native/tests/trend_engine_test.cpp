@@ -426,6 +426,29 @@ TEST(TrendEngineTest, MinimumEffectSizeMakesSmallGrowthTooSmall) {
   EXPECT_EQ(v.reason, Reason::kTooSmall);
 }
 
+TEST(TrendEngineTest, ExactCountWithJitteredSampleTimesIsALeak) {
+  // A scenario-suite run (popen_pipe, fd/pipe): exactly +1 per sample while
+  // the sample spacing drifts from 0.5004 to 0.5015 s. Detrended by the
+  // earlier slope, the last third falls by a few hundredths of an fd; an
+  // earlier engine called that a plateau.
+  const std::vector<Point> pts = {
+      {0.5019, 3},   {1.0045, 4},   {1.5050, 5},   {2.0055, 6},   {2.5061, 7},
+      {3.0064, 8},   {3.5070, 9},   {4.0074, 10},  {4.5078, 11},  {5.0082, 12},
+      {5.5087, 13},  {6.0093, 14},  {6.5099, 15},  {7.0103, 16},  {7.5109, 17},
+      {8.0113, 18},  {8.5119, 19},  {9.0124, 20},  {9.5129, 21},  {10.0134, 22},
+      {10.5139, 23}, {11.0144, 24}, {11.5149, 25}, {12.0154, 26}, {12.5158, 27},
+      {13.0163, 28}, {13.5170, 29}, {14.0176, 30}, {14.5181, 31}, {15.0186, 32},
+      {15.5195, 33}, {16.0202, 34}, {16.5239, 35}, {17.0247, 36}, {17.5254, 37},
+      {18.0267, 38}, {18.5274, 39}, {19.0282, 40}, {19.5292, 41}, {20.0302, 42},
+      {20.5311, 43}, {21.0322, 44}, {21.5332, 45}, {22.0341, 46}, {22.5351, 47},
+      {23.0361, 48}, {23.5372, 49}, {24.0387, 50}, {24.5399, 51}};
+  const TrendParams params{
+      .warmup_seconds = 5, .min_points = 12, .min_window_seconds = 10, .min_growth = 3};
+  const Verdict v = Evaluate(pts, params);
+  EXPECT_EQ(v.reason, Reason::kGrowing) << ReasonName(v.reason);
+  EXPECT_NEAR(v.slope_per_second, 2.0, 0.01);
+}
+
 TEST(TrendEngineTest, CompressedScenarioSettings) {
   // The scenario suite: a point every 0.5 s, 3 s of warm-up, ~25 s runs.
   const ts::Sampling run{0.5, 3, 22};
