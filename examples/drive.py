@@ -3,8 +3,9 @@ r"""Drive load at the example services and show what leakprobe's metrics saw.
 ``scripts/demo.sh`` starts the services; this script does the rest, so the
 shell stays thin. For each round it sends ``--requests`` requests with new
 prompts to every target, then scrapes each target's leakprobe ``/metrics``
-endpoint and prints one table row per target. At the end it fits a line
-through the rounds and says what grew per request.
+endpoint and prints one table row per target, then the top sites and
+tracked owners leakprobe names. It leaves the verdicts to leakprobe: ``scripts/demo.sh`` runs each service
+under ``leakprobe run`` and prints its summary after this script ends.
 
 Usage::
 
@@ -19,7 +20,6 @@ Only 127.0.0.1 is ever contacted: the URLs come from the caller.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -202,46 +202,6 @@ def print_row(round_no: int | str, target: Target) -> None:
     )
 
 
-def per_request(target: Target, sample: str) -> float:
-    """Slope of ``sample`` against requests sent, over the loaded rounds.
-
-    The baseline scrape is left out so that one-off warm-up (the first
-    request's lazy imports, the thread pool filling) does not count as growth.
-    """
-    points = target.history[1:] if len(target.history) > 2 else target.history
-    xs = [requests for requests, _ in points]
-    ys = [values[sample] for _, values in points]
-    return statistics.linear_regression(xs, ys).slope
-
-
-def verdict(fds_per_request: float) -> str:
-    """Plain words for the fd slope: what a reader should conclude."""
-    if fds_per_request >= 0.5:
-        return "about one socket is left open for every request"
-    if fds_per_request >= 0.05:
-        return "some requests leave a socket open"
-    return "the fd count is flat"
-
-
-def summary(target: Target) -> str:
-    """One sentence per target: what grew per request, and by how much."""
-    requests, last = target.history[-1]
-    first = target.history[0][1]
-    fds = per_request(target, "process_open_fds")
-    rss_kib = per_request(target, "process_resident_memory_bytes") / 1024
-    fds_total = last["process_open_fds"] - first["process_open_fds"]
-    rss_total = (
-        last["process_resident_memory_bytes"] - first["process_resident_memory_bytes"]
-    ) / MIB
-    gc_runs = last["python_gc_collections_total"] - first["python_gc_collections_total"]
-    return (
-        f"{target.name}: {fds:+.2f} open fds and {rss_kib:+.1f} KiB of resident "
-        f"memory per request ({fds_total:+.0f} fds and {rss_total:+.1f} MiB over "
-        f"{requests} requests, through {gc_runs:.0f} garbage collections): "
-        f"{verdict(fds)}."
-    )
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -301,11 +261,6 @@ def main(argv: list[str] | None = None) -> int:
             for line in what_leaks(client, target):
                 print(line)
 
-    print()
-    print(
-        f"What grew per request (slope over rounds 1-{len(targets[0].history) - 1}). "
-        + " ".join(summary(target) for target in targets)
-    )
     return 0
 
 

@@ -176,6 +176,28 @@ TEST(TrendStateTest, LeakGetsItsSiteAndTimeToExhaustion) {
   EXPECT_EQ(points[59].v, 69);
 }
 
+TEST(TrendStateTest, HeapTotalNamesTheGrowingSiteNotTheLargest) {
+  // No heap site is flagged (b.py grows by less than the minimum effect):
+  // heap/total still names the site that grows, not the largest one
+  // (start-up code, flat).
+  TrendState state;
+  state.Start(TestConfig());
+  const Clock at;
+  for (int i = 0; i < 60; ++i) {
+    Snapshot s = FakeSnapshot(0);
+    s.heap->top_sites = {{"/app/a.py:1 in load", 6e6, 10},
+                         {"/app/b.py:2 in f", 1e6 + 1000.0 * i, 3}};
+    ASSERT_TRUE(state.Sample(s, at(i)));
+  }
+  const auto summary = state.Summary();
+  ASSERT_TRUE(summary.has_value());
+  const SeriesVerdict* b = Find(*summary, Resource::kHeap, "/app/b.py:2 in f");
+  ASSERT_NE(b, nullptr);
+  EXPECT_FALSE(b->verdict.suspected);
+  EXPECT_GT(b->verdict.slope_per_second, 0);
+  EXPECT_EQ(Find(*summary, Resource::kHeap, "total")->site, "/app/b.py:2 in f");
+}
+
 TEST(TrendStateTest, SiteGoneFromAShortListIsZeroFromAFullOneUnknown) {
   TrendConfig config = TestConfig();
   config.fd_top_sites = 2;

@@ -358,19 +358,26 @@ SeriesVerdict Judge(const SeriesKey& key, const std::vector<Point>& points,
 }
 
 // The fastest-growing suspected series of `resource` whose key starts with
-// `prefix` (heap sites: every key but "total"), as its site.
+// `prefix` (heap sites: every key but "total"), as its site; when none is
+// suspected, the fastest-growing one that has a verdict (a total can be
+// flagged before any one site is: the largest site, the fallback after
+// this, is often start-up code that never grows).
 std::optional<std::string> FastestSite(const std::vector<SeriesVerdict>& series,
                                        Resource resource, std::string_view prefix) {
   const SeriesVerdict* best = nullptr;
+  const SeriesVerdict* growing = nullptr;
   for (const SeriesVerdict& s : series) {
-    if (s.resource != resource || !s.verdict.suspected || !s.key.starts_with(prefix)) {
-      continue;
-    }
+    if (s.resource != resource || !s.key.starts_with(prefix)) continue;
     if (resource == Resource::kHeap && s.key == "total") continue;
-    if (best == nullptr || s.verdict.slope_per_second > best->verdict.slope_per_second) {
-      best = &s;
+    const double slope = s.verdict.slope_per_second;
+    if (s.verdict.suspected) {
+      if (best == nullptr || slope > best->verdict.slope_per_second) best = &s;
+    } else if (s.verdict.reason != Reason::kWarmup && slope > 0 &&
+               (growing == nullptr || slope > growing->verdict.slope_per_second)) {
+      growing = &s;
     }
   }
+  if (best == nullptr) best = growing;
   if (best == nullptr) return std::nullopt;
   return best->key.substr(prefix.size());
 }
