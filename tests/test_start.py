@@ -134,3 +134,46 @@ def test_native_stack_is_walked_by_libunwind():
     # The innermost frame is inside the extension, the outer ones in Python.
     assert "_native" in frames[0]
     assert any("python" in f or "_PyEval" in f for f in frames[1:]), frames
+
+
+THROWER = r"""
+#include <stdexcept>
+#include <string>
+struct Guard { std::string s{"cleanup"}; ~Guard() { s.clear(); } };
+__attribute__((noinline)) void Inner(int n) {
+  Guard g;  // a frame with a cleanup: unwinding it calls _Unwind_Resume
+  if (n >= 0) throw std::runtime_error("from the test library");
+}
+extern "C" int throw_and_catch(int n) {
+  try { Inner(n); } catch (const std::runtime_error&) { return 1; }
+  return 0;
+}
+"""
+
+
+def test_cxx_exceptions_of_other_extensions(tmp_path):
+    """A C++ library loaded after leakprobe throws and catches through a
+    frame with a cleanup. When libunwind came before libgcc_s in the
+    extension's dependencies, libstdc++'s `throw` went to libunwind's
+    _Unwind_RaiseException and the library's cleanup to libgcc_s's
+    _Unwind_Resume: the process aborted (it did on `import matplotlib`)."""
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("g++")
+    assert cxx, "a C++ compiler is required (Debian: g++)"
+    source = tmp_path / "thrower.cpp"
+    source.write_text(THROWER)
+    library = tmp_path / "libthrower.so"
+    subprocess.run([cxx, "-shared", "-fPIC", "-O1", "-o", str(library), str(source)],
+                   check=True, timeout=120)
+    code = f"""
+        import ctypes, leakprobe
+        from leakprobe import _native  # loaded whether or not leakprobe runs
+        lib = ctypes.CDLL({str(library)!r})
+        print(lib.throw_and_catch(1), lib.throw_and_catch(-1), leakprobe.status()["running"])
+    """
+    for env, running in (({"LEAKPROBE_DISABLE": "1"}, "False"), ({"LEAKPROBE_PORT": "0"}, "True")):
+        proc = run_python(code, **env)
+        assert proc.returncode == 0, (env, proc.returncode, proc.stderr[-2000:])
+        assert proc.stdout.split() == ["1", "0", running]
