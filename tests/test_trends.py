@@ -104,8 +104,9 @@ r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
     os.close(r)
+    first = [v.to_dict() for v in leakprobe.verdicts()]  # right after the fork
     time.sleep(0.7)
-    child = {"verdicts": [v.to_dict() for v in leakprobe.verdicts()],
+    child = {"first": first, "verdicts": [v.to_dict() for v in leakprobe.verdicts()],
              "series": leakprobe.series("fd", "unix"), "pid": os.getpid()}
     os.write(w, json.dumps(child).encode())
     os._exit(0)
@@ -256,6 +257,7 @@ def test_forked_child_starts_its_own_history(runs):
     assert result["parent_series"][-1][0] > 11
     child = result["child"]
     assert child["pid"] != result["pid"]
+    assert child["first"] == []  # nothing of the parent's, before its first sample
     # 0.7 s after the fork: a few samples of its own, all warming up.
     assert all(v["reason"] == "warmup" and not v["suspected"] for v in child["verdicts"]), \
         child["verdicts"]
