@@ -523,3 +523,20 @@ def test_run_dir_that_cannot_be_written_costs_two_lines_not_the_program(tmp_path
     result = run_python(code, LEAKPROBE_RUN_DIR="relative/dir")
     assert "LEAKPROBE_RUN_DIR='relative/dir' is not valid; accepted: an absolute path " \
         "of a directory, or empty (no run file)" in result.stderr
+
+
+def test_run_file_at_exit_after_stop_keeps_the_last_series(tmp_path):
+    from conftest import run_python
+
+    result = run_python("""\
+        import os, time, leakprobe
+        time.sleep(0.6)
+        leakprobe.stop()  # the trend state is gone: the exit write rereads the file
+        print(os.getpid())
+        """, LEAKPROBE_RUN_DIR=str(tmp_path), LEAKPROBE_TREND_INTERVAL="0.1")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / f"{result.stdout.strip()}.json").read_text())
+    assert document["exited"] is True and document["role"] == "child"  # no CLI here
+    assert {(s["resource"], s["key"]) for s in document["series"]} >= {("fd", "total")}
+    assert all(s["points"] for s in document["series"] if s["key"] == "total")
+    assert [p.name for p in tmp_path.iterdir()] == [f"{result.stdout.strip()}.json"]
