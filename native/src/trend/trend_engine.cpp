@@ -70,6 +70,12 @@ constexpr std::size_t kRecentMinPoints = 6;
 constexpr double kPlateauAlpha = 0.05;
 // ... unless the recent part still grows on its own at this level.
 constexpr double kStillGrowingAlpha = 0.01;
+// ... and only when the recent part's own slope is below this share of the
+// slope before it. The test alone called an exact count (+1 fd a sample,
+// sample times drifting by a millisecond) a plateau: detrended by the
+// earlier slope, its last third fell by a few hundredths of an fd, and that
+// was significant; its slope was 99.9 % of the earlier one.
+constexpr double kFlattenedShare = 0.5;
 // A jump is a step when it is this many noise sds high (the noise measured
 // on the differences, robustly) and at least half the segment's rise.
 constexpr double kStepNoiseSds = 6;
@@ -90,8 +96,11 @@ bool Flattened(std::span<const Point> pts) {
   const double before = TheilSen(pts.first(n - k));
   if (!(before > 0)) return false;
   std::vector<Point> recent(pts.end() - static_cast<std::ptrdiff_t>(k), pts.end());
-  // Still growing on its own, clearly: slower, but not flattened.
+  // Nearly as fast as before: the growth did not slow down, however
+  // significant a tiny difference may test.
   const double own = TheilSen(recent);
+  if (own >= kFlattenedShare * before) return false;
+  // Still growing on its own, clearly: slower, but not flattened.
   if (detail::MannKendallTest(recent, own).p_increasing < kStillGrowingAlpha) {
     return false;
   }
