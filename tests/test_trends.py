@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env, leakprobe_lines, parse_exposition, run_python
+from conftest import child_env, leakprobe_lines, parse_exposition, run_python, value
 
 # Every program: trends every 0.2 s, warm-up 1 s; prints one JSON line at the
 # end: {"verdicts": [...to_dict()], "scrape": text, ...}.
@@ -77,6 +77,25 @@ while time.monotonic() < deadline:
 report()
 """
 
+# Dropped unclosed: reference counting frees each at once, so the live count
+# stays flat and only the collected-while-open total grows.
+DROPPED_LEAK = PRELUDE + """\
+import leakapp
+leakprobe.track_type(leakapp.Connection)
+def make(i):
+    return leakapp.Connection(i)  # DROPPED
+def task(i):
+    connection = make(i)
+    return connection.name  # used, never closed, dropped on return
+deadline = time.monotonic() + 14
+i = 0
+while time.monotonic() < deadline:
+    task(i)
+    i += 1
+    time.sleep(0.1)
+report(made=i)
+"""
+
 CONTROL = PRELUDE + """\
 import leakapp
 leakprobe.track_type(leakapp.Connection)
@@ -129,7 +148,7 @@ def runs(tmp_path_factory):
     directory = tmp_path_factory.mktemp("trends")
     (directory / "leakapp.py").write_text(APP_MODULE)
     programs = {"sockets": SOCKET_LEAK, "objects": OBJECT_LEAK, "control": CONTROL,
-                "fork": FORK, "heap": HEAP_LEAK}
+                "fork": FORK, "heap": HEAP_LEAK, "dropped": DROPPED_LEAK}
     procs = {}
     for name, source in programs.items():
         script = directory / f"{name}_program.py"
@@ -217,6 +236,31 @@ def test_tracked_object_leak_is_flagged_with_its_site(runs):
     assert 6 < verdict["growth_per_second"] < 14  # 10 objects/s
     assert f'leakprobe_leak_suspected{{resource="object",key="leakapp.Connection"}} 1' \
         in result["scrape"]
+
+
+def test_dropped_unclosed_objects_are_flagged_at_their_creation_site(runs):
+    script, source, result = runs["dropped"]
+    by_key = _by_key(result["verdicts"])
+    verdict = by_key[("object", "leakapp.Connection:collected_open")]
+    line = _line_of(source, "# DROPPED")
+    site = f"{script}:{line} in make"
+    assert verdict["suspected"] is True and verdict["reason"] == "growing", verdict
+    assert verdict["site"] == site
+    # The stack the registry kept, innermost first (leakprobe's own wrapper
+    # frame included): make, then task.
+    functions = [frame["function"] for frame in verdict["stack"]]
+    at = verdict["stack"].index({"filename": str(script), "lineno": line, "function": "make"})
+    assert functions[at:at + 3] == ["make", "task", "<module>"], verdict["stack"]
+    assert 6 < verdict["growth_per_second"] < 14  # 10 objects/s
+    # The live count stayed flat (at most the one being made).
+    assert by_key[("object", "leakapp.Connection")]["suspected"] is False
+    # The per-site counter: every collection came from that one site.
+    total = value(parse_exposition(result["scrape"]),
+                  "leakprobe_objects_collected_while_open_total", type="leakapp.Connection")
+    assert 50 < total <= result["made"]
+    assert value(parse_exposition(result["scrape"]),
+                 "leakprobe_objects_collected_open_site_total",
+                 type="leakapp.Connection", site=site) == total
 
 
 def test_heap_leak_is_flagged_at_its_site_with_its_stack(runs):

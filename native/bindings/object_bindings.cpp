@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -229,6 +230,11 @@ py::dict SummaryDict() {
       sites.append(py::make_tuple(site.site, site.live));
     }
     d["top_sites"] = sites;
+    py::list collected;
+    for (const ObjectCollectedSite& site : t.collected_open_sites) {
+      collected.append(py::make_tuple(site.site, site.collected_open));
+    }
+    d["collected_open_sites"] = collected;
     types.append(std::move(d));
   }
   py::dict d;
@@ -238,6 +244,38 @@ py::dict SummaryDict() {
   d["type_overflows"] = s.type_overflows;
   d["memory_bytes"] = s.memory_bytes;
   return d;
+}
+
+// The sites of `type_name`'s instances collected while open, most first:
+// [(site, count, frames)], frames as (filename, line, function), innermost
+// first, of the stack that contributed most to the site (empty for the
+// overflow entry); [] for an unknown type.
+py::list CollectedOpenSites(const std::string& type_name) {
+  std::vector<std::tuple<std::string, std::uint64_t, std::vector<Frame>>> sites;
+  {
+    py::gil_scoped_release no_gil;
+    const ObjectSummary s = ObjectRegistry::Instance().Summary(MonotonicNs());
+    const StackTable& table = StackTable::Instance();
+    for (const ObjectTypeSummary& t : s.types) {
+      if (t.name != type_name) continue;
+      for (const ObjectCollectedSite& site : t.collected_open_sites) {
+        sites.emplace_back(site.site, site.collected_open,
+                           site.site == kCollectedSitesOverflowName
+                               ? std::vector<Frame>()
+                               : table.FramesOf(site.stack));
+      }
+      break;
+    }
+  }
+  py::list out;
+  for (const auto& [site, count, frames] : sites) {
+    py::tuple stack(frames.size());
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      stack[i] = py::make_tuple(frames[i].filename, frames[i].line, frames[i].function);
+    }
+    out.append(py::make_tuple(site, count, stack));
+  }
+  return out;
 }
 
 // (records, stacks, now_ns): records as (type name, stack id, created_ns,
@@ -308,6 +346,9 @@ void RegisterObjectBindings(py::module_& m) {
       py::arg("obj"), "Whether obj has a live record.");
   m.def("object_summary", &SummaryDict,
         "Per type counts, oldest age and top sites, as the exporter sees them.");
+  m.def("object_collected_open_sites", &CollectedOpenSites, py::arg("type_name"),
+        "[(site, count, frames)] of type_name's instances collected while open, "
+        "most first.");
   m.def(
       "object_record_of",
       [](py::handle obj) -> py::object {

@@ -189,6 +189,98 @@ TEST_F(ObjectRegistryTest, TopSitesByLiveInstancesPerType) {
   EXPECT_EQ(sites[0].live, 4u);
 }
 
+TEST_F(ObjectRegistryTest, CollectedOpenCountedPerCreationSite) {
+  const ObjectTypeId t = registry_.RegisterType("T");
+  const ObjectTypeId u = registry_.RegisterType("U");
+  // Two stacks with one attribution site, a third site, and a close.
+  const StackId site_a1 = Stack({FakeFrame(1001, 4), FakeFrame(5, 20)});
+  const StackId site_a2 = Stack({FakeFrame(1002, 4), FakeFrame(5, 20)});
+  const StackId site_b = Stack({FakeFrame(6, 10)});
+  std::uintptr_t n = 0;
+  const auto collect = [&](ObjectTypeId type, StackId stack) {
+    ++n;
+    ASSERT_EQ(registry_.Add(type, Obj(n), Handle(n), stack, 1), Result::kAdded);
+    ASSERT_TRUE(registry_.Collected(Handle(n)));
+  };
+  for (int i = 0; i < 2; ++i) collect(t, site_a1);
+  for (int i = 0; i < 3; ++i) collect(t, site_a2);
+  for (int i = 0; i < 4; ++i) collect(t, site_b);
+  collect(u, site_b);
+  // Closed, then collected: not collected while open.
+  registry_.Add(t, Obj(100), Handle(100), site_b, 1);
+  registry_.Close(Obj(100));
+  EXPECT_FALSE(registry_.Collected(Handle(100)));
+  // Live: not in the collected sites.
+  registry_.Add(t, Obj(101), Handle(101), site_a1, 1);
+  const ObjectSummary s = registry_.Summary(1);
+  const ObjectTypeSummary ts = TypeOf(s, "T");
+  EXPECT_EQ(ts.collected_open, 9u);
+  ASSERT_EQ(ts.collected_open_sites.size(), 2u);
+  EXPECT_EQ(ts.collected_open_sites[0].site, "/app/file5.py:10 in f5");
+  EXPECT_EQ(ts.collected_open_sites[0].collected_open, 5u);
+  // The stack that contributed most to the site: its frames name it.
+  EXPECT_EQ(ts.collected_open_sites[0].stack, site_a2);
+  EXPECT_EQ(ts.collected_open_sites[1].site, "/app/file6.py:5 in f6");
+  EXPECT_EQ(ts.collected_open_sites[1].collected_open, 4u);
+  EXPECT_EQ(ts.collected_open_sites[1].stack, site_b);
+  const ObjectTypeSummary us = TypeOf(s, "U");
+  ASSERT_EQ(us.collected_open_sites.size(), 1u);
+  EXPECT_EQ(us.collected_open_sites[0].collected_open, 1u);
+  // The live-site list is unaffected by collections.
+  ASSERT_EQ(ts.top_sites.size(), 1u);
+  EXPECT_EQ(ts.top_sites[0].live, 1u);
+  // At most top_sites of them.
+  registry_.Start(1000, 1);
+  EXPECT_EQ(TypeOf(registry_.Summary(1), "T").collected_open_sites.size(), 1u);
+  // Stop forgets them.
+  registry_.Stop();
+  registry_.Start(1000, 5);
+  EXPECT_TRUE(TypeOf(registry_.Summary(1), "T").collected_open_sites.empty());
+}
+
+TEST_F(ObjectRegistryTest, CollectedOpenSitesAreBoundedWithAnOverflowEntry) {
+  const ObjectTypeId t = registry_.RegisterType("T");
+  registry_.Start(1000, 100);
+  constexpr std::size_t kSites = ObjectRegistry::kMaxCollectedSites + 4;
+  std::uintptr_t n = 0;
+  std::vector<StackId> stacks;
+  for (std::size_t i = 0; i < kSites; ++i) {
+    stacks.push_back(Stack({FakeFrame(static_cast<int>(10 + i), 1)}));
+  }
+  // Stack i collects i + 1 instances, the first 16 stacks seen first.
+  for (std::size_t i = 0; i < kSites; ++i) {
+    for (std::size_t k = 0; k <= i; ++k) {
+      ++n;
+      registry_.Add(t, Obj(n), Handle(n), stacks[i], 1);
+      registry_.Collected(Handle(n));
+    }
+  }
+  const std::size_t memory = registry_.MemoryBytes();
+  const ObjectTypeSummary s = TypeOf(registry_.Summary(1), "T");
+  EXPECT_EQ(s.collected_open, n);
+  ASSERT_EQ(s.collected_open_sites.size(), ObjectRegistry::kMaxCollectedSites + 1);
+  // Stacks 16..19 collected 17 + 18 + 19 + 20 = 74: the overflow entry, first.
+  EXPECT_EQ(s.collected_open_sites[0].site, kCollectedSitesOverflowName);
+  EXPECT_EQ(s.collected_open_sites[0].collected_open, 74u);
+  EXPECT_EQ(s.collected_open_sites[0].stack, kEmptyStack);
+  EXPECT_EQ(s.collected_open_sites[1].collected_open, 16u);
+  EXPECT_EQ(s.collected_open_sites[1].stack, stacks[15]);
+  EXPECT_EQ(s.collected_open_sites.back().collected_open, 1u);
+  std::uint64_t total = 0;
+  for (const ObjectCollectedSite& site : s.collected_open_sites)
+    total += site.collected_open;
+  EXPECT_EQ(total, n);
+  // More collections from yet more stacks cost no memory.
+  for (int i = 0; i < 50; ++i) {
+    ++n;
+    registry_.Add(t, Obj(n), Handle(n), Stack({FakeFrame(200 + i, 1)}), 1);
+    registry_.Collected(Handle(n));
+  }
+  EXPECT_EQ(registry_.MemoryBytes(), memory);
+  EXPECT_EQ(TypeOf(registry_.Summary(1), "T").collected_open_sites[0].collected_open,
+            124u);
+}
+
 TEST_F(ObjectRegistryTest, StopForgetsRecordsAndCountsKeepsNames) {
   const ObjectTypeId t = registry_.RegisterType("T");
   registry_.Add(t, Obj(1), Handle(1), kEmptyStack, 1);

@@ -130,6 +130,36 @@ TEST(TrendStateTest, FeedsEverySeriesOfTheContract) {
   EXPECT_EQ(state.Points(Resource::kFd, "total").at(0).v, 14);
 }
 
+TEST(TrendStateTest, CollectedOpenSeriesGetsTheTopCollectedSite) {
+  TrendState state;
+  state.Start(TestConfig());
+  const Clock at;
+  for (int i = 0; i < 60; ++i) {
+    Snapshot s = FakeSnapshot(i);
+    // Dropped unclosed: none live, one more collected open every second.
+    ObjectTypeSummary session;
+    session.name = "app.Session";
+    session.created = 1000 + static_cast<std::uint64_t>(i);
+    session.collected_open = 1000 + static_cast<std::uint64_t>(i);
+    session.collected_open_sites = {{kCollectedSitesOverflowName, 900, 0},
+                                    {"/app/s.py:4 in open_session", 100, 7}};
+    s.objects->types.push_back(session);
+    ASSERT_TRUE(state.Sample(s, at(i)));
+  }
+  const auto summary = state.Summary();
+  ASSERT_TRUE(summary.has_value());
+  const SeriesVerdict* collected =
+      Find(*summary, Resource::kObject, "app.Session:collected_open");
+  ASSERT_NE(collected, nullptr);
+  EXPECT_TRUE(collected->verdict.suspected);
+  // The top site naming a line: the overflow entry names none.
+  EXPECT_EQ(collected->site, "/app/s.py:4 in open_session");
+  // The live series has no live site.
+  EXPECT_FALSE(Find(*summary, Resource::kObject, "app.Session")->site.has_value());
+  // A type with no collected-open site leaves it unnamed.
+  EXPECT_EQ(Find(*summary, Resource::kObject, "app.Client:collected_open"), nullptr);
+}
+
 TEST(TrendStateTest, LeakGetsItsSiteAndTimeToExhaustion) {
   TrendState state;
   state.Start(TestConfig());

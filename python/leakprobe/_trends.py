@@ -6,7 +6,9 @@ the native trend state, which records every watched figure in bounded time
 series and evaluates each with the trend engine, without the GIL
 (docs/trends.md). This module reads the cached verdicts and adds, for a
 suspected verdict whose site has live records, the creation stack of one of
-them (looked up cold, in the matching snapshot, only when asked).
+them (looked up cold, in the matching snapshot, only when asked); for
+``object/<type>:collected_open``, the stack the registry kept with its count
+of that site's instances collected while open.
 
 Imported on first use (``leakprobe.verdicts``, ``leakprobe.Verdict``): the
 dataclasses module costs milliseconds that ``import leakprobe`` does not pay.
@@ -24,6 +26,7 @@ from ._heap import Frame
 
 RESOURCES = ("rss", "heap", "fd", "object", "container", "thread")
 _THREAD_TYPE = "threading.Thread"  # the threading adapter's tracked type
+_COLLECTED_OPEN = ":collected_open"  # object/<type>:collected_open
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,9 @@ class Verdict:
     at that rate (None when not growing or no limit is known). ``site`` is
     the attribution site the verdict points at (``path:line in function``),
     ``stack`` the creation stack of a live resource made there, innermost
-    first (filled for suspected verdicts whose site has live records).
+    first (filled for suspected verdicts whose site has live records; for
+    ``<type>:collected_open``, the stack of that site's instances collected
+    while open).
     """
 
     resource: str  # rss, heap, fd, object, container, thread
@@ -133,6 +138,21 @@ class _Stacks:
         return max(records, key=lambda r: r.sequence).stack if records else ()
 
 
+    def collected(self, type_name: str, site: str) -> tuple[Frame, ...]:
+        """The stack of `type_name`'s instances collected while open at
+        `site`: they are gone, so the registry keeps it with their count."""
+        if not self._config.objects:
+            return ()
+        from ._heap import _frames
+
+        sites = self._once(f"collected:{type_name}",
+                           lambda: self._native.object_collected_open_sites(type_name))
+        for name, _count, frames in sites or ():
+            if name == site:
+                return _frames(frames)
+        return ()
+
+
 def _stack_of(entry: dict[str, Any], stacks: _Stacks) -> tuple[Frame, ...]:
     """The stack of a suspected verdict's site, from the snapshot its site
     came from (docs/trends.md, "Series and verdicts in the process")."""
@@ -146,6 +166,8 @@ def _stack_of(entry: dict[str, Any], stacks: _Stacks) -> tuple[Frame, ...]:
             return stacks.objects(key[len("owner:"):], site)
         return stacks.fd(site)
     if resource == "object":
+        if key.endswith(_COLLECTED_OPEN):
+            return stacks.collected(key[:-len(_COLLECTED_OPEN)], site)
         return stacks.objects(key, site)
     if resource == "thread":
         return stacks.objects(_THREAD_TYPE, site)

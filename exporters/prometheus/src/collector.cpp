@@ -221,6 +221,11 @@ void AddObjectFamilies(const ObjectSummary& objects, std::vector<MetricFamily>* 
                               "Live tracked objects by type and creation site (top sites "
                               "per type only).",
                               MetricType::Gauge);
+  MetricFamily collected_sites =
+      Family("leakprobe_objects_collected_open_site_total",
+             "Tracked objects garbage-collected without being closed, by type and "
+             "creation site (top sites per type only).",
+             MetricType::Counter);
   for (const ObjectTypeSummary& t : objects.types) {
     // The overflow type only once something landed there.
     if (t.name == kOverflowTypeName && t.created == 0 && t.errors == 0) continue;
@@ -236,6 +241,10 @@ void AddObjectFamilies(const ObjectSummary& objects, std::vector<MetricFamily>* 
       AddSample(&sites, static_cast<double>(site.live),
                 {{"type", t.name}, {"site", site.site}});
     }
+    for (const ObjectCollectedSite& site : t.collected_open_sites) {
+      AddSample(&collected_sites, static_cast<double>(site.collected_open),
+                {{"type", t.name}, {"site", site.site}});
+    }
   }
   out->push_back(std::move(live));
   out->push_back(std::move(created));
@@ -245,6 +254,7 @@ void AddObjectFamilies(const ObjectSummary& objects, std::vector<MetricFamily>* 
   out->push_back(std::move(dropped));
   out->push_back(std::move(errors));
   out->push_back(std::move(sites));
+  out->push_back(std::move(collected_sites));
   out->push_back(Single("leakprobe_object_records",
                         "Live records in the tracked-object registry, all types.",
                         MetricType::Gauge, static_cast<double>(objects.records)));

@@ -182,9 +182,31 @@ bool ObjectRegistry::Collected(const void* handle) noexcept {
   const auto it = index_.find(handle);
   if (it == index_.end() || records_[it->second].handle != handle) return false;
   const std::uint32_t index = it->second;
-  ++types_[records_[index].type].collected_open;
+  Type& type = types_[records_[index].type];
+  ++type.collected_open;
+  CountCollectedSite(&type, records_[index].stack);
   RemoveLocked(index);
   return true;
+}
+
+void ObjectRegistry::CountCollectedSite(Type* type, StackId stack) noexcept {
+  for (auto& [id, count] : type->collected_sites) {
+    if (id == stack) {
+      ++count;
+      return;
+    }
+  }
+  if (type->collected_sites.size() >= kMaxCollectedSites) {
+    ++type->collected_sites_overflow;
+    return;
+  }
+  try {
+    // One allocation per type, ever (until Stop).
+    type->collected_sites.reserve(kMaxCollectedSites);
+    type->collected_sites.emplace_back(stack, 1);
+  } catch (...) {  // out of memory: counted, without its site
+    ++type->collected_sites_overflow;
+  }
 }
 
 std::optional<ObjectRecord> ObjectRegistry::Find(const void* object) const {
@@ -216,6 +238,9 @@ bool ObjectRegistry::Tracked(const void* object) const {
 ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
   ObjectSummary summary;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> sites;  // (SiteKey, live)
+  // Per type: (stack, collected while open), then the overflow count.
+  std::vector<std::vector<std::pair<StackId, std::uint64_t>>> collected;
+  std::vector<std::uint64_t> collected_overflow;
   {
     const TrackerLock lock(&mu_);
     summary.types.reserve(types_.size());
@@ -228,6 +253,8 @@ ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
       s.collected_open = t.collected_open;
       s.dropped = t.dropped;
       s.errors = t.errors;
+      collected.push_back(t.collected_sites);
+      collected_overflow.push_back(t.collected_sites_overflow);
       if (t.head != kNil) {
         s.oldest_age_seconds = static_cast<double>(std::max<std::int64_t>(
                                    now_ns - records_[t.head].created_ns, 0)) /
@@ -261,6 +288,37 @@ ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
     });
     if (out.size() > top) out.resize(top);
   }
+  // Collected-open sites the same way; a site's stack is the one that
+  // contributed most to it.
+  for (std::size_t t = 0; t < collected.size() && t < summary.types.size(); ++t) {
+    std::vector<ObjectCollectedSite> out;
+    absl::flat_hash_map<std::string, std::size_t> at;  // site -> index in out
+    std::vector<std::uint64_t> best;                   // the stack's own count
+    for (const auto& [stack, count] : collected[t]) {
+      std::string site = table.SiteOf(stack);
+      const auto [it, added] = at.emplace(site, out.size());
+      if (added) {
+        out.push_back(ObjectCollectedSite{std::move(site), 0, stack});
+        best.push_back(count);
+      } else if (count > best[it->second]) {
+        best[it->second] = count;
+        out[it->second].stack = stack;
+      }
+      out[it->second].collected_open += count;
+    }
+    if (collected_overflow[t] > 0) {
+      out.push_back(ObjectCollectedSite{kCollectedSitesOverflowName,
+                                        collected_overflow[t], kEmptyStack});
+    }
+    std::sort(out.begin(), out.end(),
+              [](const ObjectCollectedSite& a, const ObjectCollectedSite& b) {
+                return a.collected_open != b.collected_open
+                           ? a.collected_open > b.collected_open
+                           : a.site < b.site;
+              });
+    if (out.size() > top) out.resize(top);
+    summary.types[t].collected_open_sites = std::move(out);
+  }
   return summary;
 }
 
@@ -291,6 +349,7 @@ std::size_t ObjectRegistry::MemoryBytesLocked() const {
       site_live_.capacity() * (1 + sizeof(std::pair<std::uint64_t, std::uint64_t>));
   for (const Type& t : types_) {
     if (t.name.capacity() > 15) bytes += t.name.capacity() + 1;
+    bytes += t.collected_sites.capacity() * sizeof(std::pair<StackId, std::uint64_t>);
   }
   return bytes;
 }

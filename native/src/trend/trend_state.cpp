@@ -171,8 +171,10 @@ struct Fed {
   std::optional<std::string> heap_top_site;
   std::optional<std::string> fd_top_site;
   absl::flat_hash_map<std::string, std::string> object_top_site;  // type -> site
-  absl::flat_hash_map<std::string, double> container_maxsize;     // name -> maxsize
-  double rss = -1;                                                // bytes; -1: unknown
+  // type -> the site whose instances were most often collected while open
+  absl::flat_hash_map<std::string, std::string> object_collected_site;
+  absl::flat_hash_map<std::string, double> container_maxsize;  // name -> maxsize
+  double rss = -1;                                             // bytes; -1: unknown
   double fds_open = -1;   // open fds of the process; -1: unknown
   double max_fds = kInf;  // RLIMIT_NOFILE soft
   double memory_limit = kInf;
@@ -300,6 +302,13 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
       feed.AddOnceUsed(Resource::kObject, t.name + std::string(kCollectedOpenSuffix),
                        static_cast<double>(t.collected_open));
       if (!t.top_sites.empty()) fed->object_top_site[t.name] = t.top_sites.front().site;
+      // The top real site: the overflow entry names no line.
+      for (const ObjectCollectedSite& site : t.collected_open_sites) {
+        if (site.site != kCollectedSitesOverflowName) {
+          fed->object_collected_site[t.name] = site.site;
+          break;
+        }
+      }
     }
   }
   for (const ContainerSize& c : s.containers.containers) {
@@ -408,7 +417,14 @@ void PickSites(const Fed& fed, std::vector<SeriesVerdict>* series) {
         }
         break;
       case Resource::kObject:
-        if (!key.ends_with(kCollectedOpenSuffix)) s.site = TopObjectSite(fed, key);
+        if (key.ends_with(kCollectedOpenSuffix)) {
+          // Collected instances are gone: their sites are counted apart.
+          const auto it = fed.object_collected_site.find(
+              std::string(key.substr(0, key.size() - kCollectedOpenSuffix.size())));
+          if (it != fed.object_collected_site.end()) s.site = it->second;
+        } else {
+          s.site = TopObjectSite(fed, key);
+        }
         break;
       case Resource::kThread:
         s.site = TopObjectSite(fed, kThreadType);

@@ -21,7 +21,13 @@
 // kOverflowType, "[type table full]", counted); at most max_records live
 // records (Start): a creation beyond it is counted (created and dropped)
 // but not tracked, so its close and its collection are not seen. Records of
-// a type form a list in creation order, so the oldest is its head.
+// a type form a list in creation order, so the oldest is its head. Per
+// type, collections while open are also counted by creation stack, for at
+// most kMaxCollectedSites stacks (the first seen; later ones count in one
+// overflow entry): a dropped-unclosed instance is freed at once, so its
+// site survives only there. Stack ids are never retired by the stack
+// table, so a count kept after its record is freed never names a wrong
+// site.
 //
 // Thread-safety: all methods are thread-safe (one mutex, taken as a
 // TrackerLock so that hooks on the thread holding it pass through; it is
@@ -37,6 +43,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -64,6 +71,7 @@ class ObjectRegistry {
   static constexpr std::size_t kMaxTypes = 128;      // kOverflowType included
   static constexpr std::size_t kMaxNameBytes = 200;  // longer names are cut
   static constexpr std::size_t kDefaultMaxRecords = 100000;
+  static constexpr std::size_t kMaxCollectedSites = 16;  // stacks per type
 
   enum class AddResult { kAdded, kDuplicate, kDropped, kDisabled, kError };
 
@@ -152,10 +160,16 @@ class ObjectRegistry {
     std::uint64_t errors = 0;
     std::uint32_t head = kNil;  // oldest live record
     std::uint32_t tail = kNil;  // newest
+    // Collections while open by creation stack (at most
+    // kMaxCollectedSites; linear search), and those of other stacks.
+    std::vector<std::pair<StackId, std::uint64_t>> collected_sites{};
+    std::uint64_t collected_sites_overflow = 0;
   };
   static std::uint64_t SiteKey(ObjectTypeId type, StackId stack) {
     return (std::uint64_t{type} << 32) | stack;
   }
+  // Counts a collection while open of an instance made at `stack`.
+  static void CountCollectedSite(Type* type, StackId stack) noexcept;
   // Removes record `index` (both index keys, its list, its site count).
   void RemoveLocked(std::uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::size_t MemoryBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

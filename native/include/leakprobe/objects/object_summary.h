@@ -1,9 +1,9 @@
 // leakprobe/objects/object_summary.h — the objects section of the snapshot:
 // per tracked type (an application's or a library's resource owner), the
 // live instances, the creations, closes and collections while still open,
-// the oldest live instance's age and the creation sites holding the most
-// live instances. Plain values, copied out of the ObjectRegistry
-// (leakprobe/objects/object_registry.h) at one moment.
+// the oldest live instance's age, the creation sites holding the most
+// live instances and those whose instances were collected while open. Plain values,
+// copied out of the ObjectRegistry (leakprobe/objects/object_registry.h) at one moment.
 //
 //   ObjectSummary s = ObjectRegistry::Instance().Summary();
 //   for (const ObjectTypeSummary& t : s.types) use(t.name, t.live);
@@ -26,6 +26,21 @@ struct ObjectSite {
   std::uint64_t live = 0;
 };
 
+// The creation sites of the instances collected while open: a type's
+// registry keeps at most ObjectRegistry::kMaxCollectedSites creation
+// stacks; collections from stacks beyond them count under
+// kCollectedSitesOverflowName (with no stack).
+inline constexpr const char* kCollectedSitesOverflowName = "[site table full]";
+
+struct ObjectCollectedSite {
+  std::string site;  // "path:line in function", "<native>", kCollectedSitesOverflowName
+  std::uint64_t collected_open = 0;
+  // The stack (StackTable id) that contributed most to this site: stack
+  // ids are never retired, so it names its frames for good. kEmptyStack
+  // (0) for the overflow entry.
+  std::uint32_t stack = 0;
+};
+
 struct ObjectTypeSummary {
   std::string name;                   // "httpx.Client", "app.clients.AIClient"
   std::uint64_t live = 0;             // tracked instances alive and not closed
@@ -36,6 +51,8 @@ struct ObjectTypeSummary {
   std::uint64_t errors = 0;           // creations that could not be tracked
   double oldest_age_seconds = 0;      // of the oldest live instance; 0 if none
   std::vector<ObjectSite> top_sites;  // by live instances, descending
+  // By instances collected while open, descending; at most top_sites.
+  std::vector<ObjectCollectedSite> collected_open_sites;
 };
 
 struct ObjectSummary {
