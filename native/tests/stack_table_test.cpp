@@ -135,6 +135,25 @@ TEST(StackTableRuleTest, FrozenModulesAreLibraryButStringCodeIsNot) {
   EXPECT_EQ(table.SiteOf(table.Intern(frames.data(), 2)), "<string>:1 in f");
 }
 
+TEST(StackTableRuleTest, GeneratedWrappersAreLibrary) {
+  // SQLAlchemy's create_engine is a wrapper it generates with exec(): its
+  // frame must not be the site of an engine the application created.
+  StackTable table(100, 100);
+  table.SetSource({&testing::FakeCapture,
+                   [](const LeakprobeRawFrame* f, LeakprobeResolvedFrame* out) {
+                     std::snprintf(out->filename, sizeof out->filename, "%s",
+                                   f->offset == 0
+                                       ? "<sqlalchemy generated warned() wrapper for "
+                                         "sqlalchemy.engine.create.create_engine>"
+                                       : "/app/tasks.py");
+                     std::snprintf(out->function, sizeof out->function, "f");
+                     out->line = 1;
+                     return 0;
+                   }});
+  std::vector<LeakprobeRawFrame> frames = {FakeFrame(1, 0), FakeFrame(2, 2)};
+  EXPECT_EQ(table.SiteOf(table.Intern(frames.data(), 2)), "/app/tasks.py:1 in f");
+}
+
 TEST_F(StackTableTest, AllLibraryFallsBackToInnermostAndPrefixesCanChange) {
   const StackId id = Intern({FakeFrame(1001, 4), FakeFrame(1002, 6)});
   EXPECT_EQ(table_.SiteOf(id), "/lib/file1001.py:2 in f1001");

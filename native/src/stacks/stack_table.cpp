@@ -121,7 +121,16 @@ int StackTable::Capture(LeakprobeRawFrame* out, int max_frames) const noexcept {
 }
 
 bool StackTable::IsLibrary(const std::string& filename) const {
-  if (filename.compare(0, 8, "<frozen ") == 0) return true;  // importlib's bootstrap
+  // Code without a file: importlib's frozen bootstrap, and the wrappers
+  // libraries generate with exec() and name "<...>" (SQLAlchemy's
+  // "<sqlalchemy generated warned() wrapper for ...create_engine>", attrs,
+  // ...) are not the application's; "<string>" (exec of the application's
+  // own text), "<stdin>" and "<console>" are.
+  if (filename.size() >= 2 && filename.front() == '<' && filename.back() == '>') {
+    return filename != "<string>" && filename != "<stdin>" && filename != "<console>";
+  }
+  if (filename.compare(0, 8, "<frozen ") == 0)
+    return true;  // "<frozen x>" always ends in '>'
   for (const std::string& prefix : prefixes_) {
     if (filename.compare(0, prefix.size(), prefix) == 0) return true;
   }
