@@ -264,3 +264,26 @@ def test_fork_from_a_thread_child_serves_without_running_more_python():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "200"]
+
+
+def test_exit_while_the_sampler_is_in_native_code_without_the_gil():
+    """At exit CPython ends a daemon thread that takes the GIL back with
+    pthread_exit, a forced unwind. The sampler spends most of its time in
+    native calls that release the GIL (trend_sample, fd_reconcile); when it
+    took the GIL back in py::gil_scoped_release's noexcept destructor, the
+    unwind met it and std::terminate aborted the process ("terminate called
+    without an active exception", about 1 exit in 5 at these intervals)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    code = """\
+        import time, leakprobe
+        time.sleep(0.3)
+        print(leakprobe.status()["running"])
+        """
+    env = {"LEAKPROBE_TREND_INTERVAL": "0.05", "LEAKPROBE_SAMPLE_INTERVAL": "0.05",
+           "LEAKPROBE_FD_RECONCILE_INTERVAL": "0.05"}
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: run_python(code, **env), range(24)))
+    failed = [(r.returncode, r.stderr[-300:]) for r in runs
+              if r.returncode != 0 or "terminate" in r.stderr or r.stdout != "True\n"]
+    assert failed == []

@@ -26,6 +26,7 @@
 #include "leakprobe/runtime/clock.h"
 #include "leakprobe/runtime/error.h"
 #include "leakprobe/stacks/stack_table.h"
+#include "without_gil.h"
 
 namespace py = pybind11;
 
@@ -69,7 +70,7 @@ void FdStart(int max_frames, int top_sites) {
         py::cpp_function([] { FreezeFdStacks(); }));
     freeze_registered = true;
   }
-  py::gil_scoped_release no_gil;  // patching takes the loader's locks
+  const WithoutGil no_gil;  // patching takes the loader's locks
   SetFdTopSites(static_cast<std::size_t>(top_sites));
   EnableFdStacks(max_frames);
   try {
@@ -87,7 +88,7 @@ void FdStart(int max_frames, int top_sites) {
 }
 
 void FdStop() {
-  py::gil_scoped_release no_gil;
+  const WithoutGil no_gil;
   RemoveFdHooks();
   DisableFdStacks();
   ProcessFdTable().Clear();
@@ -127,7 +128,7 @@ py::list OpenFds() {
   std::unordered_map<std::uint32_t, OwnerEntry> owners;
   std::int64_t now = 0;
   {
-    py::gil_scoped_release no_gil;
+    const WithoutGil no_gil;
     const StackTable& table = StackTable::Instance();
     for (FdRecord& record : ProcessFdTable().OpenFds()) {
       FdEntry e{record, FdTarget(record.fd), ResolveSocket(record.fd, record.kind)};
@@ -198,7 +199,7 @@ py::dict FdCountersDict() {
   std::array<std::uint64_t, kFdKindCount> open{};
   std::uint64_t unattributed = 0;
   {
-    py::gil_scoped_release no_gil;
+    const WithoutGil no_gil;
     const FdTable& table = ProcessFdTable();
     for (const FdRecord& record : table.OpenFds()) {
       ++open[static_cast<std::size_t>(record.kind)];
@@ -240,7 +241,7 @@ void RegisterFdBindings(py::module_& m) {
       [] {
         ReconcileResult r;
         {
-          py::gil_scoped_release no_gil;
+          const WithoutGil no_gil;
           r = ReconcileNow();
         }
         return ReconcileDict(r);
@@ -264,7 +265,7 @@ void RegisterFdBindings(py::module_& m) {
   m.def(
       "fd_set_owner",
       [](int fd, std::uint32_t owner) {
-        py::gil_scoped_release no_gil;
+        const WithoutGil no_gil;
         FdTable& table = ProcessFdTable();
         const std::optional<FdRecord> record = table.Find(fd);
         return record.has_value() && table.SetOwner(fd, record->sequence, owner);

@@ -34,6 +34,7 @@
 #include "object_bindings.h"
 #include "prometheus/text_serializer.h"
 #include "trend_bindings.h"
+#include "without_gil.h"
 
 namespace py = pybind11;
 
@@ -78,7 +79,7 @@ ExporterSlot& Slot() {
 }
 
 int StartExporter(const std::string& host, int port) {
-  py::gil_scoped_release no_gil;  // binding and starting threads takes a while
+  const WithoutGil no_gil;  // binding and starting threads takes a while
   ExporterSlot& slot = Slot();
   MutexLock lock(&slot.mu);
   if (slot.exporter != nullptr) {
@@ -92,7 +93,7 @@ int StartExporter(const std::string& host, int port) {
 }
 
 bool StopExporter() {
-  py::gil_scoped_release no_gil;
+  const WithoutGil no_gil;
   ExporterSlot& slot = Slot();
   MutexLock lock(&slot.mu);
   if (slot.exporter == nullptr) return false;
@@ -262,7 +263,7 @@ bool CallFromEvalLoop(py::object fn) {
   // In a child forked on a thread other than the main one, CPython 3.13
   // does not flag the call on this thread: it ran only once the thread next
   // took the GIL (seen with 3.13.0). Taking the GIL again here is that.
-  { const py::gil_scoped_release retake; }
+  { const WithoutGil retake; }
   return true;
 }
 

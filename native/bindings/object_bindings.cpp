@@ -27,6 +27,7 @@
 #include "leakprobe/runtime/error.h"
 #include "leakprobe/runtime/log.h"
 #include "leakprobe/stacks/stack_table.h"
+#include "without_gil.h"
 
 namespace py = pybind11;
 
@@ -211,7 +212,7 @@ void ObjectsStop() {
 py::dict SummaryDict() {
   ObjectSummary s;
   {
-    py::gil_scoped_release no_gil;
+    const WithoutGil no_gil;
     s = ObjectRegistry::Instance().Summary(MonotonicNs());
   }
   py::list types;
@@ -253,7 +254,7 @@ py::dict SummaryDict() {
 py::list CollectedOpenSites(const std::string& type_name) {
   std::vector<std::tuple<std::string, std::uint64_t, std::vector<Frame>>> sites;
   {
-    py::gil_scoped_release no_gil;
+    const WithoutGil no_gil;
     const ObjectSummary s = ObjectRegistry::Instance().Summary(MonotonicNs());
     const StackTable& table = StackTable::Instance();
     for (const ObjectTypeSummary& t : s.types) {
@@ -289,7 +290,7 @@ py::tuple RecordsTuple() {
       stacks;
   std::int64_t now = 0;
   {
-    py::gil_scoped_release no_gil;
+    const WithoutGil no_gil;
     const ObjectRegistry& registry = ObjectRegistry::Instance();
     records = registry.Records();
     const StackTable& table = StackTable::Instance();

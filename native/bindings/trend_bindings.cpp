@@ -22,6 +22,7 @@
 #include "leakprobe/trend/series_store.h"
 #include "leakprobe/trend/trend_engine.h"
 #include "leakprobe/trend/trend_state.h"
+#include "without_gil.h"
 
 namespace py = pybind11;
 
@@ -96,19 +97,19 @@ void Start(double interval, double warmup, std::uint64_t heap_sample_bytes,
   const trend::TrendConfig config =
       MakeConfig(interval, warmup, heap_sample_bytes, heap_top_sites, fd_top_sites,
                  params, memory_limit_bytes);
-  const py::gil_scoped_release no_gil;  // reads the cgroup's memory.max
+  const WithoutGil no_gil;  // reads the cgroup's memory.max
   TrendState::Instance().Start(config);
 }
 
 bool Sample() {
-  const py::gil_scoped_release no_gil;  // a snapshot and every series' statistics
+  const WithoutGil no_gil;  // a snapshot and every series' statistics
   return TrendState::Instance().Sample();
 }
 
 py::object Verdicts() {
   std::optional<trend::TrendSummary> summary;
   {
-    const py::gil_scoped_release no_gil;
+    const WithoutGil no_gil;
     summary = TrendState::Instance().Summary();
   }
   if (!summary) return py::none();
@@ -141,7 +142,7 @@ std::vector<std::pair<double, double>> Series(const std::string& resource,
   const Resource parsed = ParseResource(resource);
   std::vector<Point> points;
   {
-    const py::gil_scoped_release no_gil;
+    const WithoutGil no_gil;
     points = TrendState::Instance().Points(parsed, key);
   }
   std::vector<std::pair<double, double>> out;
@@ -195,7 +196,7 @@ py::dict EvaluatePoints(const std::vector<std::pair<double, double>>& points,
   params.min_relative_growth = min_relative_growth;
   trend::Verdict verdict;
   {
-    const py::gil_scoped_release no_gil;
+    const WithoutGil no_gil;
     verdict = trend::Evaluate(converted, params, limit);
   }
   py::dict d;
