@@ -129,8 +129,6 @@ bool StackTable::IsLibrary(const std::string& filename) const {
   if (filename.size() >= 2 && filename.front() == '<' && filename.back() == '>') {
     return filename != "<string>" && filename != "<stdin>" && filename != "<console>";
   }
-  if (filename.compare(0, 8, "<frozen ") == 0)
-    return true;  // "<frozen x>" always ends in '>'
   for (const std::string& prefix : prefixes_) {
     if (filename.compare(0, prefix.size(), prefix) == 0) return true;
   }
