@@ -16,7 +16,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONDONTWRITEBYTECODE=1
 
-step() { printf '\n==== %s ====\n' "$*"; }
+# Each step's heading also says how long the previous one took, so the
+# suite's time against CI's budget can be read from any log.
+STEP_STARTED=$SECONDS
+step() {
+  printf '\n==== %s ==== (previous step: %d s, total: %d s)\n' "$*" \
+    $((SECONDS - STEP_STARTED)) "$SECONDS"
+  STEP_STARTED=$SECONDS
+}
 
 step "set-up"
 # shellcheck source=scripts/setup.sh
