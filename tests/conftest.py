@@ -70,14 +70,34 @@ def scrape(url: str, client: httpx.Client | None = None) -> dict[str, dict]:
     return parse_exposition(response.text)
 
 
+# The labels naming the process of every series (docs/multiprocess.md).
+PROCESS_LABELS = ("pid", "role")
+
+
 def parse_exposition(text: str) -> dict[str, dict]:
-    """Parses exposition text as scrape() does, text kept under '__text__'."""
+    """Parses exposition text as scrape() does, text kept under '__text__'.
+    When every series comes from one process, its `pid` and `role` labels
+    are left out of the keys (and kept under '__processes__': {pid: role});
+    with several processes they stay in."""
     families: dict[str, dict] = {"__text__": text}
-    for family in text_string_to_metric_families(text):
+    parsed = list(text_string_to_metric_families(text))
+    processes = {s.labels["pid"]: s.labels.get("role") for f in parsed for s in f.samples
+                 if "pid" in s.labels}
+    families["__processes__"] = processes
+    drop = PROCESS_LABELS if len(processes) == 1 else ()
+    for family in parsed:
         samples = families.setdefault(family.name, {})
         for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in drop))
+            samples[(sample.name, labels)] = sample.value
     return families
+
+
+def without_process_labels(text: str) -> str:
+    """Exposition text of one process with its `pid` and `role` labels
+    removed (they come last in every series), for checks of whole lines."""
+    text = re.sub(r',pid="\d+",role="[^"]*"\}', "}", text)
+    return re.sub(r'\{pid="\d+",role="[^"]*"\}', "", text)
 
 
 def value(families: dict, name: str, **labels: str) -> float:

@@ -91,7 +91,8 @@ def test_twenty_fork_exit_cycles_do_not_hang():
     assert leakprobe_lines(proc.stderr) == []
 
 
-def test_child_with_fixed_port_runs_without_exporter_and_parent_is_unharmed():
+def test_child_with_fixed_port_and_no_group_runs_without_exporter_and_parent_is_unharmed():
+    # With LEAKPROBE_GROUP=0 (tests/test_multiprocess.py has the default).
     import socket
 
     with socket.socket() as sock:
@@ -109,7 +110,7 @@ def test_child_with_fixed_port_runs_without_exporter_and_parent_is_unharmed():
         os.waitpid(pid, 0)
         print("parent", httpx.get(leakprobe.status()["url"]).status_code)
         """,
-        LEAKPROBE_PORT=str(port),
+        LEAKPROBE_PORT=str(port), LEAKPROBE_GROUP="0",
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["child True None", "parent 200"]

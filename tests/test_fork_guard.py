@@ -63,7 +63,7 @@ def wait_child(pid, timeout={CHILD_TIMEOUT}):
 
 def passes():
     import leakprobe._native as native
-    found = re.findall(r'^leakprobe_hook_passes_total\\{{hook="(\\w+)"\\}} (\\S+)$',
+    found = re.findall(r'^leakprobe_hook_passes_total\\{{hook="(\\w+)"[^}}]*\\}} (\\S+)$',
                        native.collect_text(), re.M)
     return {{hook: float(value) for hook, value in found}}
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -166,9 +167,12 @@ def test_concurrent_scrapes_under_load(server_factory):
 
 
 def test_every_exported_family_is_documented_and_every_documented_one_exported(server_factory):
-    # Every feature on (the defaults), and one scrape before, so that
-    # prometheus-cpp's own latency summary has values.
-    server = server_factory()
+    # Every feature on (the defaults: a fixed port, so the group's families
+    # too), and one scrape before, so that the latency summary has values.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_factory(LEAKPROBE_PORT=str(port))
     assert server.status["features"] == ["process", "gc", "heap", "fds", "objects", "trends",
                                          "exporter"]
     httpx.get(server.url)

@@ -4,6 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <unistd.h>
+
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -22,6 +25,7 @@
 #include "leakprobe/process/runtime_stats.h"
 #include "leakprobe/prometheus/collector.h"
 #include "leakprobe/prometheus/exporter.h"
+#include "leakprobe/prometheus/peers.h"
 #include "leakprobe/runtime/error.h"
 #include "leakprobe/runtime/fork.h"
 #include "leakprobe/runtime/log.h"
@@ -42,6 +46,7 @@ namespace leakprobe {
 namespace {
 
 using prometheus_exporter::Exporter;
+using prometheus_exporter::PeerServer;
 using prometheus_exporter::SnapshotCollector;
 
 // The one exporter of this process. Never destroyed (threads of a released
@@ -49,7 +54,14 @@ using prometheus_exporter::SnapshotCollector;
 struct ExporterSlot {
   Mutex mu;
   Exporter* exporter ABSL_GUARDED_BY(mu) = nullptr;
+  // The private socket of this process in its port's group (peers.h), and
+  // the collector it renders; both leaked like the exporter at exit.
+  PeerServer* peer ABSL_GUARDED_BY(mu) = nullptr;
+  std::shared_ptr<SnapshotCollector> peer_collector ABSL_GUARDED_BY(mu);
 };
+
+// How long the holder of a port waits for its peers at a scrape.
+constexpr std::chrono::milliseconds kPeerDeadline{2000};
 
 ExporterSlot& Slot();
 
@@ -65,6 +77,11 @@ void AbandonSlotInChild() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     slot.exporter->AbandonAfterFork();
     slot.exporter = nullptr;  // leaked: freeing is not safe to do here
   }
+  if (slot.peer != nullptr) {
+    slot.peer->AbandonAfterFork();
+    slot.peer = nullptr;  // leaked, as the exporter
+    // The shared_ptr is not touched here: it is reset when a peer starts.
+  }
   slot.mu.Unlock();
 }
 
@@ -78,7 +95,7 @@ ExporterSlot& Slot() {
   return *slot;
 }
 
-int StartExporter(const std::string& host, int port) {
+int StartExporter(const std::string& host, int port, bool group) {
   const WithoutGil no_gil;  // binding and starting threads takes a while
   ExporterSlot& slot = Slot();
   MutexLock lock(&slot.mu);
@@ -87,9 +104,38 @@ int StartExporter(const std::string& host, int port) {
                 prometheus_exporter::ListeningAddress(slot.exporter->host(),
                                                       slot.exporter->port()));
   }
-  slot.exporter =
-      new Exporter(host, port, std::make_shared<SnapshotCollector>(&TakeSnapshot));
+  auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
+  if (group && port > 0) collector->JoinGroup(port, kPeerDeadline);
+  slot.exporter = new Exporter(host, port, std::move(collector));
   return slot.exporter->port();
+}
+
+// Listens on this process's private socket of `port`'s group; idempotent.
+void StartPeer(int port) {
+  const WithoutGil no_gil;
+  ExporterSlot& slot = Slot();
+  MutexLock lock(&slot.mu);
+  if (slot.peer != nullptr) {
+    if (slot.peer->group_port() == port) return;
+    delete slot.peer;
+    slot.peer = nullptr;
+  }
+  auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
+  slot.peer = new PeerServer(port, [collector] {
+    return prometheus_exporter::EncodeFamilies(collector->CollectOwn());
+  });
+  slot.peer_collector = std::move(collector);
+}
+
+bool StopPeer() {
+  const WithoutGil no_gil;
+  ExporterSlot& slot = Slot();
+  MutexLock lock(&slot.mu);
+  if (slot.peer == nullptr) return false;
+  delete slot.peer;
+  slot.peer = nullptr;
+  slot.peer_collector.reset();
+  return true;
 }
 
 bool StopExporter() {
@@ -107,6 +153,7 @@ bool StopExporter() {
 void ReleaseAtExit() {
   ExporterSlot& slot = Slot();
   MutexLock lock(&slot.mu);
+  if (slot.peer_collector) slot.peer_collector->Close();  // its server may still answer
   if (slot.exporter == nullptr) return;
   slot.exporter->Release();
   slot.exporter = nullptr;  // leaked on purpose
@@ -122,8 +169,11 @@ std::optional<std::tuple<std::string, int, std::vector<int>>> ExporterInfo() {
 
 std::string CollectText() {
   std::ostringstream out;
-  prometheus::TextSerializer().Serialize(
-      out, prometheus_exporter::BuildFamilies(TakeSnapshot()));
+  std::vector<prometheus::MetricFamily> families =
+      prometheus_exporter::BuildFamilies(TakeSnapshot());
+  prometheus_exporter::AddProcessLabels(&families, getpid(),
+                                        prometheus_exporter::ProcessRole());
+  prometheus::TextSerializer().Serialize(out, families);
   return out.str();
 }
 
@@ -296,8 +346,20 @@ PYBIND11_MODULE(_native, m) {
   Slot();  // registers the exporter's fork handlers
 
   m.def("start_exporter", &StartExporter, py::arg("host"), py::arg("port"),
-        "Serve /metrics on host:port (0: any free port); returns the port. "
+        py::arg("group") = false,
+        "Serve /metrics on host:port (0: any free port); returns the port. With "
+        "group, each scrape also carries the series of the port's peers. "
         "Raises BindError when it cannot listen, Error when already running.");
+  m.def("start_peer", &StartPeer, py::arg("port"),
+        "Answer the holder of `port` on this process's private socket "
+        "(peers.h). Raises Error when the socket cannot be made.");
+  m.def("stop_peer", &StopPeer, "Close the private socket; False when none was open.");
+  m.def(
+      "group_pids",
+      [](int port) { return prometheus_exporter::GroupPids(port); },
+      py::arg("port"), "The pids of this user's leakprobe processes in `port`'s group.");
+  m.def("set_process_role", &prometheus_exporter::SetProcessRole, py::arg("role"),
+        "The role label of this process's series.");
   m.def("stop_exporter", &StopExporter,
         "Stop the exporter; returns False when none was running.");
   m.def("release_at_exit", &ReleaseAtExit,

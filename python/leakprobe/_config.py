@@ -115,6 +115,22 @@ def _parse_run_dir(value: Any) -> str | None:
         raise _Invalid
     return text
 
+_ROLE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def _parse_role(value: Any) -> str | None:
+    """A role label (lower-case letters, digits, '-', '_', '.'; at most 64),
+    or unset/empty (None): detected from the command line and parentage."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _Invalid
+    text = str(value).strip()
+    if len(text) > 64 or not set(text) <= _ROLE_CHARS:
+        raise _Invalid
+    return text or None
+
+
 # The built-in adapters (leakprobe.adapters.ADAPTERS; kept here so that
 # parsing the option imports nothing).
 ADAPTER_NAMES = ("httpx", "requests", "urllib", "sqlalchemy", "sqlite3", "threading",
@@ -166,6 +182,9 @@ OPTIONS: tuple[Option, ...] = (
            "Debian's civetweb, the HTTP server, is built without it)"),
     Option("port", 9464, _parse_port,
            "an integer from 0 to 65535 (0: any free port)"),
+    Option("group", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("role", None, _parse_role,
+           "empty (detected) or up to 64 of a-z, 0-9, '-', '_' and '.'"),
     Option("log_level", "info", _parse_log_level, "one of " + ", ".join(LOG_LEVELS)),
     Option("strict", False, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("sample_interval", 1.0, _parse_interval,
@@ -213,6 +232,8 @@ class Config(NamedTuple):
     disable: bool = False
     host: str = "127.0.0.1"
     port: int = 9464
+    group: bool = True  # processes of one fixed port share one scrape target
+    role: str | None = None  # None: detected (leakprobe._group.detect_role)
     log_level: str = "info"
     strict: bool = False
     sample_interval: float = 1.0

@@ -36,6 +36,8 @@ _last_problems: list[str] = []
 _options: dict[str, Any] = {}  # the overrides of the last start(), kept for fork
 _restart_pending = False  # a forked child's start is queued (_restart_in_child)
 _hooks_installed = False
+_role: str | None = None  # this process's role label, once started
+_parent_role: str | None = None  # the role of the process this one was forked from
 
 
 def _native() -> Any:
@@ -155,10 +157,11 @@ def _library_prefixes() -> list[str]:
 
 class _State:
     def __init__(self, config: Config, sampler: _Sampler, port: int | None,
-                 error: str | None, fds: bool) -> None:
+                 error: str | None, fds: bool, group: Any = None) -> None:
         self.config = config
         self.sampler = sampler
-        self.port = port
+        self.group = group  # leakprobe._group.Group, with a fixed port
+        self.port = port  # set by the group's takeover task too
         self.error = error  # why the exporter is not serving, if it is not
         self.fds = fds  # fd tracking is on (config.fds, and the hooks went in)
 
@@ -229,13 +232,17 @@ def start(**options: Any) -> dict[str, Any]:
                                config.fd_top_sites)
             sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
         sampler.sample_once()  # the first scrape already has gc figures
-        port, error = _start_exporter(native, config)
+        port, error, group = _start_exporter(native, config)
         from . import _runfile  # LEAKPROBE_RUN_DIR: the run file of `leakprobe run`
 
         sampler.extra_tasks += _runfile.sampler_tasks(config)
+        if group is not None:
+            sampler.extra_tasks.append(("group", config.sample_interval,
+                                        functools.partial(_group_task, native, group,
+                                                          bool(config.role))))
         sampler.start()
         _start_adapters(native, config)
-        _state = _State(config, sampler, port, error, fds)
+        _state = _State(config, sampler, port, error, fds, group)
         _options = dict(options)
         return status()
 
@@ -296,10 +303,30 @@ def _start_adapters(native: Any, config: Config) -> None:
                    "profiling continues without them")
 
 
-def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None]:
+def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None, Any]:
+    """Serves the exporter, or, with a fixed port held by another leakprobe
+    process of this host, joins that port's group (leakprobe._group);
+    returns (port served, why not served, group)."""
+    global _role
+    from . import _group
+
+    _role = config.role or _group.detect_role(_parent_role)
+    native.set_process_role(_role)
+    group = None
+    if config.group and config.port != 0:
+        try:
+            group = _group.Group(native, config.host, config.port, _role)
+        except native.Error as exc:  # no private socket: this process serves only itself
+            native.log("warning", f"{exc}; the series of this process reach no other")
     try:
-        port = native.start_exporter(config.host, config.port)
+        port = native.start_exporter(config.host, config.port, group=group is not None)
     except native.BindError as exc:
+        if group is not None and group.others():
+            native.log("info", f"port {config.port} is served by another leakprobe process of "
+                       f"this host: its scrapes carry this process's series (pid "
+                       f"{os.getpid()}, role {_role}); this process serves the port if "
+                       "that one goes")
+            return None, None, group
         message = (
             f"LEAKPROBE_HOST={config.host!r}, LEAKPROBE_PORT={config.port}: {exc}; "
             "accepted: an address of this host and a free port (0: any free port)"
@@ -307,9 +334,33 @@ def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None
         if config.strict:
             raise ConfigError([message]) from None
         native.log("warning", f"{message}; profiling continues without the exporter")
-        return None, message
+        return None, message, group
+    if group is not None:
+        group.holder = True
     native.log("info", f"serving metrics on {_url(config.host, port)} (pid {os.getpid()})")
-    return port, None
+    return port, None, group
+
+
+def _group_task(native: Any, group: Any, role_configured: bool) -> None:
+    """The sampler's group task: serve the port when its holder is gone,
+    and follow a role that changes (a spawned worker imports its server
+    after leakprobe started)."""
+    global _role
+    if not role_configured:
+        from . import _group
+
+        if _group._spawned():
+            role = _group.detect_role(_parent_role)
+            if role != _role:
+                _role = group.role = role
+                native.set_process_role(role)
+    if group.holder or not group.try_to_serve():
+        return
+    state = _state
+    if state is not None and state.group is group:
+        state.port, state.error = group.port, None
+    native.log("info", f"serving metrics on {_url(group.host, group.port)} (pid "
+               f"{os.getpid()}): took the port over from a holder that is gone")
 
 
 def stop() -> None:
@@ -344,14 +395,19 @@ def _stop_locked() -> None:
     if state.config.trends:
         _native().trend_stop()
     _native().stop_exporter()
+    if state.group is not None:
+        state.group.stop()
 
 
 def status() -> dict[str, Any]:
     """What leakprobe is doing in this process: ``running``, ``host``,
     ``port`` and ``url`` of the exporter (``None`` when not serving),
     active ``features``, ``version``, ``pid``, and ``problems`` (the
-    configuration problems of the last start, if any) and ``error`` (why
-    the exporter is not serving)."""
+    configuration problems of the last start, if any), ``error`` (why
+    the exporter is not serving), ``role`` (the role label of this
+    process's series) and ``group`` (with a fixed port: ``port``,
+    ``serving`` when this process holds it, and ``processes`` of the group
+    now; docs/multiprocess.md)."""
     with _lock:
         state = _state
         result: dict[str, Any] = {
@@ -364,6 +420,8 @@ def status() -> dict[str, Any]:
             "features": [],
             "problems": list(_last_problems),
             "error": None,
+            "role": None,
+            "group": None,
         }
         if state is not None:
             result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else []) \
@@ -371,6 +429,10 @@ def status() -> dict[str, Any]:
                 + (["objects"] if state.config.objects else []) \
                 + (["trends"] if state.config.trends else [])
             result["error"] = state.error
+            result["role"] = _role
+            if state.group is not None:
+                result["group"] = {"port": state.group.port, "serving": state.group.holder,
+                                   "processes": len(state.group.others()) + 1}
             if state.port is not None:
                 result.update(host=state.config.host, port=state.port,
                               url=_url(state.config.host, state.port))
@@ -448,9 +510,11 @@ def _after_fork_in_child() -> None:
     # these hooks also run in a subprocess child between fork and exec when
     # it has a preexec_fn, and such a child must start no thread and no
     # exporter (see _restart_in_child).
-    global _state, _lock, _restart_pending
+    global _state, _lock, _restart_pending, _parent_role
     _lock = threading.RLock()
     state, _state = _state, None
+    if state is not None:
+        _parent_role = _role
     if state is None:
         return
     _restart_pending = True

@@ -1,9 +1,12 @@
 #include "leakprobe/prometheus/collector.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <string>
 #include <utility>
 
+#include "leakprobe/prometheus/peers.h"
 #include "leakprobe/trend/series_store.h"
 #include "leakprobe/trend/trend_summary.h"
 
@@ -420,9 +423,53 @@ void AddTrendFamilies(const trend::TrendSummary& t, std::vector<MetricFamily>* o
 
 SnapshotCollector::SnapshotCollector(Source source) : source_(std::move(source)) {}
 
-std::vector<MetricFamily> SnapshotCollector::Collect() const {
+std::vector<MetricFamily> SnapshotCollector::CollectOwn() const {
   if (closed_.load(std::memory_order_acquire)) return {};
-  return BuildFamilies(source_());
+  std::vector<MetricFamily> families = BuildFamilies(source_());
+  AddProcessLabels(&families, getpid(), ProcessRole());
+  return families;
+}
+
+void SnapshotCollector::JoinGroup(int group_port, std::chrono::milliseconds deadline) noexcept {
+  deadline_ms_.store(deadline.count(), std::memory_order_relaxed);
+  group_port_.store(group_port, std::memory_order_release);
+}
+
+std::vector<MetricFamily> SnapshotCollector::Collect() const {
+  const int group_port = group_port_.load(std::memory_order_acquire);
+  if (group_port <= 0 || closed_.load(std::memory_order_acquire)) return CollectOwn();
+  PeerFetch peers = FetchPeers(group_port, getpid(),
+                               std::chrono::milliseconds(deadline_ms_.load(std::memory_order_relaxed)));
+  connect_failed_.fetch_add(static_cast<std::uint64_t>(peers.connect_failed),
+                            std::memory_order_relaxed);
+  timed_out_.fetch_add(static_cast<std::uint64_t>(peers.timed_out), std::memory_order_relaxed);
+  malformed_.fetch_add(static_cast<std::uint64_t>(peers.malformed), std::memory_order_relaxed);
+  foreign_.fetch_add(static_cast<std::uint64_t>(peers.foreign), std::memory_order_relaxed);
+  conflicts_.fetch_add(static_cast<std::uint64_t>(peers.conflicts), std::memory_order_relaxed);
+
+  std::vector<MetricFamily> group;
+  group.push_back(Single("leakprobe_group_processes",
+                         "leakprobe processes whose series this exposition carries: the "
+                         "one serving it and the peers of its port that answered",
+                         MetricType::Gauge, 1.0 + peers.collected));
+  MetricFamily failures =
+      Family("leakprobe_group_peer_failures_total",
+             "Peers of this port whose series could not be collected at a scrape, by reason",
+             MetricType::Counter);
+  const std::pair<const char*, const std::atomic<std::uint64_t>*> reasons[] = {
+      {"connect", &connect_failed_}, {"timeout", &timed_out_}, {"malformed", &malformed_},
+      {"foreign_user", &foreign_},   {"conflict", &conflicts_}};
+  for (const auto& [reason, count] : reasons) {
+    AddSample(&failures, static_cast<double>(count->load(std::memory_order_relaxed)),
+              {{"reason", reason}});
+  }
+  group.push_back(std::move(failures));
+  AddProcessLabels(&group, getpid(), ProcessRole());
+
+  std::vector<MetricFamily> families = CollectOwn();
+  MergeFamilies(&families, std::move(group));
+  MergeFamilies(&families, std::move(peers.families));
+  return families;
 }
 
 std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {

@@ -71,7 +71,7 @@ TEST(ExporterTest, ServesMetricsOnAnEphemeralPort) {
   ASSERT_EQ(exporter.listening_fds().size(), 1u);
   const std::string body = HttpGet(exporter.port());
   EXPECT_NE(body.find("200 OK"), std::string::npos) << body;
-  EXPECT_NE(body.find("\nprocess_open_fds "), std::string::npos) << body;
+  EXPECT_NE(body.find("\nprocess_open_fds{pid=\""), std::string::npos) << body;
   EXPECT_NE(body.find("# TYPE process_cpu_seconds_total counter"), std::string::npos);
   // Values are read at scrape time: prometheus-cpp's own counter moves.
   EXPECT_NE(HttpGet(exporter.port()).find("exposer_scrapes_total 1"), std::string::npos);
@@ -85,7 +85,7 @@ TEST(ExporterTest, EveryResponseClosesItsConnection) {
   const std::string response = HttpRequest(exporter.port(), "GET", "/metrics", "");
   EXPECT_NE(response.find("200 OK"), std::string::npos) << response;
   EXPECT_NE(response.find("\r\nConnection: close\r\n"), std::string::npos) << response;
-  EXPECT_NE(response.find("\nprocess_open_fds "), std::string::npos);
+  EXPECT_NE(response.find("\nprocess_open_fds{pid=\""), std::string::npos);
 }
 
 // Nice values of this process's threads, from /proc/self/task/*/stat.

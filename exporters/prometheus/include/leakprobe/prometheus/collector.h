@@ -10,6 +10,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -25,7 +27,16 @@ class SnapshotCollector : public prometheus::Collectable {
 
   explicit SnapshotCollector(Source source);
 
+  // This process's families, each metric labelled with its pid and role
+  // (peers.h), and, when the collector has joined a group, those of every
+  // other process of the group (FetchPeers) with the group's own figures.
   std::vector<prometheus::MetricFamily> Collect() const override;
+  // This process's families only, labelled: what a peer sends its holder.
+  std::vector<prometheus::MetricFamily> CollectOwn() const;
+
+  // From now on Collect() also gathers the processes of the group of
+  // `group_port` (see peers.h), waiting at most `deadline` for them.
+  void JoinGroup(int group_port, std::chrono::milliseconds deadline) noexcept;
 
   // After Close(), Collect() returns nothing without calling the source; used
   // at interpreter exit, when the server may outlive the state it reads.
@@ -34,6 +45,14 @@ class SnapshotCollector : public prometheus::Collectable {
  private:
   Source source_;
   std::atomic<bool> closed_{false};
+  std::atomic<int> group_port_{0};
+  std::atomic<std::int64_t> deadline_ms_{0};
+  // Peer failures since the start, by reason (leakprobe_group_peer_failures_total).
+  mutable std::atomic<std::uint64_t> connect_failed_{0};
+  mutable std::atomic<std::uint64_t> timed_out_{0};
+  mutable std::atomic<std::uint64_t> malformed_{0};
+  mutable std::atomic<std::uint64_t> foreign_{0};
+  mutable std::atomic<std::uint64_t> conflicts_{0};
 };
 
 // The families for one snapshot; exposed for tests and for rendering the
