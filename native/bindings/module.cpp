@@ -355,8 +355,7 @@ PYBIND11_MODULE(_native, m) {
         "(peers.h). Raises Error when the socket cannot be made.");
   m.def("stop_peer", &StopPeer, "Close the private socket; False when none was open.");
   m.def(
-      "group_pids",
-      [](int port) { return prometheus_exporter::GroupPids(port); },
+      "group_pids", [](int port) { return prometheus_exporter::GroupPids(port); },
       py::arg("port"), "The pids of this user's leakprobe processes in `port`'s group.");
   m.def("set_process_role", &prometheus_exporter::SetProcessRole, py::arg("role"),
         "The role label of this process's series.");

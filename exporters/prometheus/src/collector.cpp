@@ -430,7 +430,8 @@ std::vector<MetricFamily> SnapshotCollector::CollectOwn() const {
   return families;
 }
 
-void SnapshotCollector::JoinGroup(int group_port, std::chrono::milliseconds deadline) noexcept {
+void SnapshotCollector::JoinGroup(int group_port,
+                                  std::chrono::milliseconds deadline) noexcept {
   deadline_ms_.store(deadline.count(), std::memory_order_relaxed);
   group_port_.store(group_port, std::memory_order_release);
 }
@@ -438,27 +439,35 @@ void SnapshotCollector::JoinGroup(int group_port, std::chrono::milliseconds dead
 std::vector<MetricFamily> SnapshotCollector::Collect() const {
   const int group_port = group_port_.load(std::memory_order_acquire);
   if (group_port <= 0 || closed_.load(std::memory_order_acquire)) return CollectOwn();
-  PeerFetch peers = FetchPeers(group_port, getpid(),
-                               std::chrono::milliseconds(deadline_ms_.load(std::memory_order_relaxed)));
+  PeerFetch peers =
+      FetchPeers(group_port, getpid(),
+                 std::chrono::milliseconds(deadline_ms_.load(std::memory_order_relaxed)));
   connect_failed_.fetch_add(static_cast<std::uint64_t>(peers.connect_failed),
                             std::memory_order_relaxed);
-  timed_out_.fetch_add(static_cast<std::uint64_t>(peers.timed_out), std::memory_order_relaxed);
-  malformed_.fetch_add(static_cast<std::uint64_t>(peers.malformed), std::memory_order_relaxed);
-  foreign_.fetch_add(static_cast<std::uint64_t>(peers.foreign), std::memory_order_relaxed);
-  conflicts_.fetch_add(static_cast<std::uint64_t>(peers.conflicts), std::memory_order_relaxed);
+  timed_out_.fetch_add(static_cast<std::uint64_t>(peers.timed_out),
+                       std::memory_order_relaxed);
+  malformed_.fetch_add(static_cast<std::uint64_t>(peers.malformed),
+                       std::memory_order_relaxed);
+  foreign_.fetch_add(static_cast<std::uint64_t>(peers.foreign),
+                     std::memory_order_relaxed);
+  conflicts_.fetch_add(static_cast<std::uint64_t>(peers.conflicts),
+                       std::memory_order_relaxed);
 
   std::vector<MetricFamily> group;
   group.push_back(Single("leakprobe_group_processes",
                          "leakprobe processes whose series this exposition carries: the "
                          "one serving it and the peers of its port that answered",
                          MetricType::Gauge, 1.0 + peers.collected));
-  MetricFamily failures =
-      Family("leakprobe_group_peer_failures_total",
-             "Peers of this port whose series could not be collected at a scrape, by reason",
-             MetricType::Counter);
+  MetricFamily failures = Family(
+      "leakprobe_group_peer_failures_total",
+      "Peers of this port whose series could not be collected at a scrape, by reason",
+      MetricType::Counter);
   const std::pair<const char*, const std::atomic<std::uint64_t>*> reasons[] = {
-      {"connect", &connect_failed_}, {"timeout", &timed_out_}, {"malformed", &malformed_},
-      {"foreign_user", &foreign_},   {"conflict", &conflicts_}};
+      {"connect", &connect_failed_},
+      {"timeout", &timed_out_},
+      {"malformed", &malformed_},
+      {"foreign_user", &foreign_},
+      {"conflict", &conflicts_}};
   for (const auto& [reason, count] : reasons) {
     AddSample(&failures, static_cast<double>(count->load(std::memory_order_relaxed)),
               {{"reason", reason}});

@@ -257,7 +257,8 @@ int MergeFamilies(std::vector<MetricFamily>* into, std::vector<MetricFamily> fro
       ++conflicts;
       continue;
     }
-    target.metric.insert(target.metric.end(), std::make_move_iterator(family.metric.begin()),
+    target.metric.insert(target.metric.end(),
+                         std::make_move_iterator(family.metric.begin()),
                          std::make_move_iterator(family.metric.end()));
   }
   return conflicts;
@@ -267,7 +268,8 @@ std::string PeerSocketName(uid_t uid, int group_port, pid_t pid) {
   return absl::StrCat("leakprobe-", uid, "-", group_port, "-", pid);
 }
 
-std::vector<pid_t> ParsePeerPids(std::string_view proc_net_unix, uid_t uid, int group_port) {
+std::vector<pid_t> ParsePeerPids(std::string_view proc_net_unix, uid_t uid,
+                                 int group_port) {
   // Lines: "Num RefCount Protocol Flags Type St Inode Path"; an abstract
   // name's path starts with '@'. Accepted connections carry their
   // listener's name too: duplicates are removed.
@@ -285,7 +287,8 @@ std::vector<pid_t> ParsePeerPids(std::string_view proc_net_unix, uid_t uid, int 
     if (path.substr(0, prefix.size()) != prefix) continue;
     int pid = 0;
     const std::string_view digits = path.substr(prefix.size());
-    if (absl::SimpleAtoi(absl::string_view(digits.data(), digits.size()), &pid) && pid > 0) {
+    if (absl::SimpleAtoi(absl::string_view(digits.data(), digits.size()), &pid) &&
+        pid > 0) {
       pids.push_back(pid);
     }
   }
@@ -314,7 +317,8 @@ PeerFetch FetchPeers(int group_port, pid_t self, std::chrono::milliseconds deadl
       continue;
     }
     socklen_t len = 0;
-    const sockaddr_un addr = AbstractAddress(PeerSocketName(getuid(), group_port, pid), &len);
+    const sockaddr_un addr =
+        AbstractAddress(PeerSocketName(getuid(), group_port, pid), &len);
     if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), len) != 0 &&
         errno != EINPROGRESS && errno != EAGAIN) {
       ++result.connect_failed;  // gone since the listing, or its backlog is full

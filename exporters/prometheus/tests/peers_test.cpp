@@ -27,7 +27,8 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-MetricFamily Gauge(const std::string& name, std::vector<std::pair<std::string, double>> rows) {
+MetricFamily Gauge(const std::string& name,
+                   std::vector<std::pair<std::string, double>> rows) {
   MetricFamily family;
   family.name = name;
   family.help = "help of " + name;
@@ -77,7 +78,8 @@ TEST(PeersCodec, RoundTripKeepsNamesHelpTypesLabelsAndValues) {
 }
 
 TEST(PeersCodec, EveryTruncationAndTrailingBytesAreRejected) {
-  const std::string data = EncodeFamilies({Gauge("g", {{"x", 1}, {"y", 2}}), Counter("c", 3)});
+  const std::string data =
+      EncodeFamilies({Gauge("g", {{"x", 1}, {"y", 2}}), Counter("c", 3)});
   for (std::size_t n = 0; n < data.size(); ++n) {
     std::vector<MetricFamily> out;
     EXPECT_FALSE(DecodeFamilies(std::string_view(data).substr(0, n), &out)) << n;
@@ -97,8 +99,8 @@ TEST(PeersCodec, EveryTruncationAndTrailingBytesAreRejected) {
 TEST(PeersMerge, AppendsMetricsOfKnownFamiliesAddsNewOnesDropsTypeConflicts) {
   std::vector<MetricFamily> into = {Gauge("g", {{"a", 1}}), Counter("c", 1)};
   MetricFamily conflicting = Gauge("c", {{"z", 9}});  // a gauge named like our counter
-  const int conflicts =
-      MergeFamilies(&into, {Gauge("g", {{"b", 2}}), Gauge("new", {{"n", 3}}), conflicting});
+  const int conflicts = MergeFamilies(
+      &into, {Gauge("g", {{"b", 2}}), Gauge("new", {{"n", 3}}), conflicting});
   EXPECT_EQ(conflicts, 1);
   ASSERT_EQ(into.size(), 3u);
   EXPECT_EQ(into[0].metric.size(), 2u);
@@ -108,7 +110,8 @@ TEST(PeersMerge, AppendsMetricsOfKnownFamiliesAddsNewOnesDropsTypeConflicts) {
 }
 
 TEST(PeersLabels, EveryMetricGetsPidAndRole) {
-  std::vector<MetricFamily> families = {Gauge("g", {{"a", 1}, {"b", 2}}), Counter("c", 1)};
+  std::vector<MetricFamily> families = {Gauge("g", {{"a", 1}, {"b", 2}}),
+                                        Counter("c", 1)};
   AddProcessLabels(&families, 1234, "gunicorn-worker");
   for (const MetricFamily& family : families) {
     for (const ClientMetric& metric : family.metric) {
@@ -183,7 +186,8 @@ TEST(PeersFetch, CollectsEveryPeerAndForgetsOneKilled) {
   ASSERT_EQ(fetched.families.size(), 2u);
   EXPECT_EQ(fetched.families[0].metric.size(), 2u);  // g from both
   std::vector<std::string> pids;
-  for (const ClientMetric& m : fetched.families[0].metric) pids.push_back(m.label[1].value);
+  for (const ClientMetric& m : fetched.families[0].metric)
+    pids.push_back(m.label[1].value);
   std::sort(pids.begin(), pids.end());
   std::vector<std::string> expected = {std::to_string(a), std::to_string(b)};
   std::sort(expected.begin(), expected.end());
@@ -208,12 +212,15 @@ TEST(PeersFetch, ASilentPeerCostsTheDeadlineAndAGarbledOneIsDropped) {
   addr.sun_family = AF_UNIX;
   const std::string name = PeerSocketName(getuid(), port, 1);  // "pid 1": not us
   std::memcpy(addr.sun_path + 1, name.data(), name.size());
-  ASSERT_EQ(bind(silent, reinterpret_cast<sockaddr*>(&addr),
-                 static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())),
-            0);
+  ASSERT_EQ(
+      bind(silent, reinterpret_cast<sockaddr*>(&addr),
+           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())),
+      0);
   ASSERT_EQ(listen(silent, 4), 0);
-  const pid_t garbled = StartPeerChild(port, [] { return std::string("not an encoding"); });
-  const pid_t good = StartPeerChild(port, [] { return EncodeFamilies({Counter("c", 1)}); });
+  const pid_t garbled =
+      StartPeerChild(port, [] { return std::string("not an encoding"); });
+  const pid_t good =
+      StartPeerChild(port, [] { return EncodeFamilies({Counter("c", 1)}); });
   ASSERT_GT(garbled, 0);
   ASSERT_GT(good, 0);
 
@@ -260,7 +267,8 @@ TEST(PeersCollector, AGroupCollectorServesItsOwnAndItsPeersSeriesLabelledByPid) 
         threads_rows.push_back(absl::StrCat(m.label[0].value, "/", m.label[1].value));
       }
     }
-    if (family.name == "leakprobe_group_processes") processes = family.metric[0].gauge.value;
+    if (family.name == "leakprobe_group_processes")
+      processes = family.metric[0].gauge.value;
   }
   std::sort(threads_rows.begin(), threads_rows.end());
   std::vector<std::string> expected = {absl::StrCat(getpid(), "/celery-main"),

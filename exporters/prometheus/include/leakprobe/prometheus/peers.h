@@ -60,7 +60,8 @@ int MergeFamilies(std::vector<prometheus::MetricFamily>* into,
 std::string PeerSocketName(uid_t uid, int group_port, pid_t pid);
 // The pids whose peer sockets of `group_port` and `uid` are listening, from
 // the text of /proc/net/unix; sorted, without duplicates.
-std::vector<pid_t> ParsePeerPids(std::string_view proc_net_unix, uid_t uid, int group_port);
+std::vector<pid_t> ParsePeerPids(std::string_view proc_net_unix, uid_t uid,
+                                 int group_port);
 // The pids of this user's processes listening in `group_port`'s group now.
 std::vector<pid_t> GroupPids(int group_port);
 
