@@ -115,6 +115,24 @@ def _parse_run_dir(value: Any) -> str | None:
         raise _Invalid
     return text
 
+
+def _parse_targets_file(value: Any) -> str | None:
+    """An absolute path ending in ``.json`` (the Prometheus ``file_sd``
+    targets file; its directory is checked when leakprobe starts); unset or
+    empty: none."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _Invalid
+    text = str(value)
+    if not text.strip():
+        return None
+    if not text.startswith("/") or not text.endswith(".json") or text.endswith("/.json") \
+            or "\0" in text:
+        raise _Invalid
+    return text
+
+
 _ROLE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
 
 
@@ -185,6 +203,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("group", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("role", None, _parse_role,
            "empty (detected) or up to 64 of a-z, 0-9, '-', '_' and '.'"),
+    Option("targets_file", None, _parse_targets_file,
+           "an absolute path of a file ending in .json, in a directory this user can "
+           "write to, or empty (no targets file)"),
     Option("log_level", "info", _parse_log_level, "one of " + ", ".join(LOG_LEVELS)),
     Option("strict", False, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("sample_interval", 1.0, _parse_interval,
@@ -234,6 +255,7 @@ class Config(NamedTuple):
     port: int = 9464
     group: bool = True  # processes of one fixed port share one scrape target
     role: str | None = None  # None: detected (leakprobe._group.detect_role)
+    targets_file: str | None = None  # a file_sd targets file (leakprobe._targets)
     log_level: str = "info"
     strict: bool = False
     sample_interval: float = 1.0

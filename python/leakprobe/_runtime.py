@@ -232,10 +232,19 @@ def start(**options: Any) -> dict[str, Any]:
                                config.fd_top_sites)
             sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
         sampler.sample_once()  # the first scrape already has gc figures
-        port, error, group = _start_exporter(native, config)
+        targets = _targets_problem(native, config)
+        # With a targets file every process serves its own free port, alone
+        # (docs/multiprocess.md#one-target-per-process-file_sd).
+        port, error, group = _start_exporter(
+            native, config._replace(port=0, group=False) if targets else config)
         from . import _runfile  # LEAKPROBE_RUN_DIR: the run file of `leakprobe run`
 
         sampler.extra_tasks += _runfile.sampler_tasks(config)
+        if targets:
+            from . import _targets
+
+            sampler.extra_tasks += _targets.sampler_tasks(
+                native, config, port, functools.partial(_refresh_role, native, bool(config.role)))
         if group is not None:
             sampler.extra_tasks.append(("group", config.sample_interval,
                                         functools.partial(_group_task, native, group,
@@ -341,6 +350,35 @@ def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None
     return port, None, group
 
 
+def _targets_problem(native: Any, config: Config) -> bool:
+    """Whether this process lists itself in a targets file. A file that
+    cannot be written raises ConfigError in strict mode; otherwise the
+    targets file's task says why and retries (leakprobe._targets)."""
+    if config.targets_file is None:
+        return False
+    from . import _targets
+
+    problem = _targets.check(config.targets_file)
+    if problem is not None and config.strict:
+        raise ConfigError([problem])
+    return True
+
+
+def _refresh_role(native: Any, role_configured: bool) -> str:
+    """This process's role now: a spawned worker's changes once it has
+    imported its server (after leakprobe started)."""
+    global _role
+    if not role_configured:
+        from . import _group
+
+        if _group._spawned():
+            role = _group.detect_role(_parent_role)
+            if role != _role:
+                _role = role
+                native.set_process_role(role)
+    return _role or "main"
+
+
 def _group_task(native: Any, group: Any, role_configured: bool) -> None:
     """The sampler's group task: serve the port when its holder is gone,
     and follow a role that changes (a spawned worker imports its server
@@ -395,6 +433,9 @@ def _stop_locked() -> None:
     if state.config.trends:
         _native().trend_stop()
     _native().stop_exporter()
+    targets = sys.modules.get("leakprobe._targets")
+    if targets is not None:
+        targets.stop()  # this process's entry leaves the targets file
     if state.group is not None:
         state.group.stop()
 
@@ -405,9 +446,10 @@ def status() -> dict[str, Any]:
     active ``features``, ``version``, ``pid``, and ``problems`` (the
     configuration problems of the last start, if any), ``error`` (why
     the exporter is not serving), ``role`` (the role label of this
-    process's series) and ``group`` (with a fixed port: ``port``,
+    process's series), ``group`` (with a fixed port: ``port``,
     ``serving`` when this process holds it, and ``processes`` of the group
-    now; docs/multiprocess.md)."""
+    now; docs/multiprocess.md) and ``targets_file`` (the file_sd targets
+    file that lists this process, if one does)."""
     with _lock:
         state = _state
         result: dict[str, Any] = {
@@ -422,6 +464,7 @@ def status() -> dict[str, Any]:
             "error": None,
             "role": None,
             "group": None,
+            "targets_file": None,
         }
         if state is not None:
             result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else []) \
@@ -433,6 +476,9 @@ def status() -> dict[str, Any]:
             if state.group is not None:
                 result["group"] = {"port": state.group.port, "serving": state.group.holder,
                                    "processes": len(state.group.others()) + 1}
+            targets = sys.modules.get("leakprobe._targets")
+            if targets is not None:
+                result["targets_file"] = targets.listed_path()
             if state.port is not None:
                 result.update(host=state.config.host, port=state.port,
                               url=_url(state.config.host, state.port))
