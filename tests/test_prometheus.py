@@ -59,6 +59,7 @@ class Family:
                 pass
         self.proc.kill()
         self.proc.wait()
+        self.proc.stdout.close()
 
 
 def series_pids(server, expr: str) -> dict[str, dict[str, str]]:

@@ -159,6 +159,7 @@ def test_a_held_lock_delays_an_update_for_a_bounded_time(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     assert file.update(os.getpid(), entry(os.getpid(), 5))
     assert list(listed(path)) == [str(os.getpid())]
 
