@@ -96,11 +96,12 @@ def test_gone_processes_are_swept_out_and_foreign_entries_kept(tmp_path):
         path.write_text(json.dumps([by_hand, entry(reaped.pid, 1), entry(zombie.pid, 2),
                                     reused, entry(alive.pid, 4)]))
         file = TargetsFile(str(path), lambda level, message: None)
-        # Nothing is gone yet: the reused pid's entry aside, no change.
+        # Nothing is gone yet but the reused pid's entry (another start time).
         assert file.update(os.getpid(), entry(os.getpid(), 5))
         assert set(listed(path)) == {str(p) for p in
                                      (reaped.pid, zombie.pid, alive.pid, os.getpid())}
-        assert listed(path)[str(alive.pid)]["targets"] == ["127.0.0.1:4"]
+        assert [e["targets"] for e in json.loads(path.read_text())
+                if e["labels"].get(PID_LABEL) == str(alive.pid)] == [["127.0.0.1:4"]]
         assert not file.update(os.getpid(), entry(os.getpid(), 5))  # unchanged: not rewritten
         reaped.kill()
         reaped.wait()

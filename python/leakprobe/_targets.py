@@ -66,11 +66,16 @@ def start_time(pid: int) -> str | None:
     """The start time of process `pid` (field 22 of /proc/<pid>/stat), or
     None when no such process runs (none, or a zombie: killed and not yet
     reaped). Raises PermissionError when /proc hides it (hidepid)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+    try:  # os.open, not open(): no buffered file object, at every tick
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         return None
+    try:
+        stat = os.read(fd, 4096)
+    except ProcessLookupError:  # exited between the open and the read
+        return None
+    finally:
+        os.close(fd)
     # comm, in parentheses, may hold spaces and parentheses: split after it.
     fields = stat[stat.rfind(b")") + 2:].split()
     if len(fields) < 20 or fields[0] in (b"Z", b"X"):
@@ -90,12 +95,18 @@ def _alive(labels: dict[str, str]) -> bool:
 
 def _valid(entry: Any) -> bool:
     """Whether Prometheus can read this target group."""
-    if not isinstance(entry, dict) or not set(entry) <= {"targets", "labels"}:
+    if not isinstance(entry, dict) or not entry.keys() <= {"targets", "labels"}:
         return False
     targets, labels = entry.get("targets"), entry.get("labels", {})
-    return isinstance(targets, list) and all(isinstance(t, str) for t in targets) \
-        and isinstance(labels, dict) \
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+    if not isinstance(targets, list) or not isinstance(labels, dict):
+        return False
+    for target in targets:
+        if not isinstance(target, str):
+            return False
+    for key, value in labels.items():  # JSON keys are strings
+        if not isinstance(value, str):
+            return False
+    return True
 
 
 def _ours(entry: dict[str, Any]) -> bool:
@@ -110,9 +121,14 @@ def _pid_of(entry: dict[str, Any]) -> int:
         return -1
 
 
+def _in_order(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """leakprobe's entries by pid, then the others as they were."""
+    return sorted(entries, key=lambda e: (not _ours(e), _pid_of(e)))
+
+
 def render(entries: list[dict[str, Any]]) -> str:
     """The file's text: one target group a line, leakprobe's by pid."""
-    entries = sorted(entries, key=lambda e: (not _ours(e), _pid_of(e)))
+    entries = _in_order(entries)
     lines = ",\n ".join(json.dumps(e, sort_keys=True, separators=(", ", ": ")) for e in entries)
     return f"[{lines}]\n"
 
@@ -145,8 +161,9 @@ class TargetsFile:
             return text, None
         return text, parsed if isinstance(parsed, list) else None
 
-    def _wanted(self, pid: int, own: dict[str, Any] | None) -> tuple[str | None, str, str]:
-        """(text now, text wanted, why the file is replaced or '')."""
+    def _wanted(self, pid: int, own: dict[str, Any] | None) -> tuple[str | None, str]:
+        """(text wanted, or None when the file is as wanted; why the file is
+        replaced, or '')."""
         text, parsed = self._read()
         why = ""
         if parsed is None:
@@ -162,7 +179,12 @@ class TargetsFile:
             kept.append(entry)
         if own is not None:
             kept.append(own)
-        return text, render(kept), why
+        if not why and (_in_order(kept) == parsed if text is not None else own is None):
+            # The same entries in the same order (no file, and nothing to
+            # list): unchanged, and not rendered (the cheap path of a tick).
+            # Only a file leakprobe wrote could differ from its rendering.
+            return None, why
+        return render(kept), why
 
     def update(self, pid: int, own: dict[str, Any] | None) -> bool:
         """Makes the file list `own` (the entry of process `pid`; None:
@@ -170,12 +192,11 @@ class TargetsFile:
         rewritten, False when nothing had to change. Raises OSError when
         the file cannot be written, TimeoutError when the lock stays held
         for lock_timeout seconds."""
-        text, wanted, why = self._wanted(pid, own)
-        if text == wanted or (text is None and own is None and wanted == "[]\n"):
+        if self._wanted(pid, own)[0] is None:
             return False  # the cheap path: no lock, no write
         with self._locked():
-            text, wanted, why = self._wanted(pid, own)  # as it is now, under the lock
-            if text == wanted or (text is None and own is None and wanted == "[]\n"):
+            wanted, why = self._wanted(pid, own)  # as it is now, under the lock
+            if wanted is None:
                 return False
             if why and not self._replaced_logged:
                 self._replaced_logged = True
