@@ -101,9 +101,13 @@ def test_file_sd_discovers_every_process_and_drops_a_killed_one(prometheus, tmp_
     path = directory / "leakprobe.json"
     family = Family(LEAKPROBE_TARGETS_FILE=str(path), LEAKPROBE_SAMPLE_INTERVAL="0.2")
     try:
-        server = prometheus([{"job_name": "leakprobe",
-                              "file_sd_configs": [{"files": [str(directory / "*.json")],
-                                                   "refresh_interval": "1s"}]}])
+        file_sd = [{"files": [str(directory / "*.json")], "refresh_interval": "1s"}]
+        server = prometheus([
+            {"job_name": "leakprobe", "file_sd_configs": file_sd},
+            # docs/multiprocess.md's relabelling: workers only, by role.
+            {"job_name": "workers", "file_sd_configs": file_sd,
+             "relabel_configs": [{"source_labels": ["__meta_leakprobe_role"],
+                                  "regex": ".*-(child|worker)|child", "action": "keep"}]}])
         everyone = {family.main, *family.kids}
 
         def targets_up() -> dict[str, dict] | None:
@@ -120,6 +124,8 @@ def test_file_sd_discovers_every_process_and_drops_a_killed_one(prometheus, tmp_
             {family.main: "main", **{kid: "child" for kid in family.kids}}
         assert not any(key.startswith("__meta_leakprobe") for t in targets.values()
                        for key in t["labels"])  # dropped after relabelling
+        assert sorted(t["discoveredLabels"]["__meta_leakprobe_pid"] for t in server.targets()
+                      if t["labels"]["job"] == "workers") == sorted(family.kids)
         expr = 'process_threads{job="leakprobe"}'
         found = server.wait_for(
             lambda: (lambda got: got if set(got) == everyone else None)(
