@@ -137,6 +137,17 @@ def test_a_malformed_file_is_replaced_and_logged_once(tmp_path, content):
     assert len(logged) == 1  # once per process
 
 
+def test_an_empty_file_made_beforehand_is_filled_without_a_warning(tmp_path):
+    path = tmp_path / "targets.json"
+    path.write_text("\n")  # as `touch` or a provisioning tool leaves it
+    logged: list[tuple[str, str]] = []
+    file = TargetsFile(str(path), lambda level, message: logged.append((level, message)))
+    assert not file.update(os.getpid(), None)  # nothing to list: left alone
+    assert path.read_text() == "\n"
+    assert file.update(os.getpid(), entry(os.getpid(), 5))
+    assert json.loads(path.read_text()) == [entry(os.getpid(), 5)] and logged == []
+
+
 def test_a_held_lock_delays_an_update_for_a_bounded_time(tmp_path):
     # Another process holds the lock (stopped, say): the update gives up
     # after its lock timeout instead of waiting for ever; it succeeds once

@@ -155,6 +155,8 @@ class TargetsFile:
             return None, []
         except UnicodeDecodeError:
             return "", None
+        if not text.strip():
+            return text, []  # made empty beforehand (touch): nothing listed yet
         try:
             parsed = json.loads(text)
         except ValueError:
