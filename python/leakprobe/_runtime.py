@@ -432,10 +432,10 @@ def _stop_locked() -> None:
         _native().objects_stop()
     if state.config.trends:
         _native().trend_stop()
-    _native().stop_exporter()
     targets = sys.modules.get("leakprobe._targets")
     if targets is not None:
-        targets.stop()  # this process's entry leaves the targets file
+        targets.stop()  # unlisted before its port closes
+    _native().stop_exporter()
     if state.group is not None:
         state.group.stop()
 
