@@ -238,7 +238,8 @@ TEST(TrendStateTest, PoolSeriesRunsOutAtThePoolsSize) {
   }
   const auto summary = state.Summary();
   ASSERT_TRUE(summary.has_value());
-  const SeriesVerdict* pool = Find(*summary, Resource::kPool, "sqlalchemy:sqlite:///app.db");
+  const SeriesVerdict* pool =
+      Find(*summary, Resource::kPool, "sqlalchemy:sqlite:///app.db");
   ASSERT_NE(pool, nullptr);
   EXPECT_EQ(ResourceName(pool->resource), "pool");
   EXPECT_EQ(pool->unit, "connections");
@@ -253,7 +254,8 @@ TEST(TrendStateTest, PoolSeriesRunsOutAtThePoolsSize) {
   EXPECT_EQ(pool->site, "/app/db.py:12 in get_session");
   // Only the in-use states make series.
   std::size_t pools = 0;
-  for (const SeriesVerdict& v : summary->series) pools += v.resource == Resource::kPool;
+  for (const SeriesVerdict& v : summary->series)
+    pools += v.resource == Resource::kPool ? 1 : 0;
   EXPECT_EQ(pools, 2u);
   const SeriesVerdict* http = Find(*summary, Resource::kPool, "httpcore:all");
   ASSERT_NE(http, nullptr);  // from its first connection in use
@@ -276,7 +278,8 @@ TEST(TrendStateTest, PoolFullAndStayingFullIsAPlateau) {
   }
   const auto summary = state.Summary();
   ASSERT_TRUE(summary.has_value());
-  const SeriesVerdict* pool = Find(*summary, Resource::kPool, "sqlalchemy:sqlite:///app.db");
+  const SeriesVerdict* pool =
+      Find(*summary, Resource::kPool, "sqlalchemy:sqlite:///app.db");
   ASSERT_NE(pool, nullptr);
   EXPECT_EQ(pool->limit, 10);
   EXPECT_FALSE(pool->verdict.suspected);
@@ -300,7 +303,8 @@ TEST(TrendStateTest, PoolSeriesAreCappedAndTheRestCounted) {
   }
   const auto summary = state.Summary();
   std::size_t pools = 0;
-  for (const SeriesVerdict& v : summary->series) pools += v.resource == Resource::kPool;
+  for (const SeriesVerdict& v : summary->series)
+    pools += v.resource == Resource::kPool ? 1 : 0;
   EXPECT_EQ(pools, kMaxPoolSeries);
   EXPECT_EQ(summary->dropped_series, 3 * (kPools - kMaxPoolSeries));
   EXPECT_EQ(state.Points(Resource::kPool, "sqlalchemy:sqlite:///0.db").size(), 3u);

@@ -190,7 +190,7 @@ struct Fed {
   absl::flat_hash_map<std::string, double> container_maxsize;  // name -> maxsize
   absl::flat_hash_map<std::string, double> pool_limit;  // "<library>:<pool>" -> limit
   std::uint64_t dropped_pool_samples = 0;               // beyond kMaxPoolSeries
-  double rss = -1;                                             // bytes; -1: unknown
+  double rss = -1;                                      // bytes; -1: unknown
   double fds_open = -1;   // open fds of the process; -1: unknown
   double max_fds = kInf;  // RLIMIT_NOFILE soft
   double memory_limit = kInf;
@@ -287,7 +287,7 @@ class Feeder {
   KeySet added_;
   std::vector<std::pair<SeriesKey, double>> sites_;
   std::array<std::size_t, kResourceCount> site_series_{};  // 0: not counted yet
-  std::ptrdiff_t pool_series_ = -1;                         // -1: not counted yet
+  std::ptrdiff_t pool_series_ = -1;                        // -1: not counted yet
 };
 
 void CollectValues(const Snapshot& s, const TrendConfig& config,
