@@ -149,10 +149,14 @@ def test_pool_limits_follow_each_librarys_semantics(tmp_path):
     from leakprobe import _native
 
     db = os.environ["DB"]
+    def limits():
+        return {(library, pool): limit for library, pool, limit in adapters.pool_limits()}
     def limit_of(**kwargs):
         engine = sqlalchemy.create_engine(f"sqlite:///{db}-{len(kwargs)}", **kwargs)
         from leakprobe.adapters import _sqlalchemy
-        return _sqlalchemy.pool_limit(engine.pool)
+        limit = _sqlalchemy.pool_limit(engine.pool)
+        engine.dispose()
+        return limit
     queue = limit_of(pool_size=2, max_overflow=3, poolclass=pools.QueuePool)
     unlimited_overflow = limit_of(pool_size=2, max_overflow=-1, poolclass=pools.QueuePool)
     unlimited_size = limit_of(pool_size=0, max_overflow=3, poolclass=pools.QueuePool)
@@ -164,14 +168,13 @@ def test_pool_limits_follow_each_librarys_semantics(tmp_path):
     twins = [sqlalchemy.create_engine(f"sqlite:///{db}", pool_size=2, max_overflow=1,
                                       poolclass=pools.QueuePool) for _ in range(2)]
     label = repr(twins[0].url)
-    limits = {(lib, pool): limit for lib, pool, limit in adapters.pool_limits()}
-    sqlalchemy_limit = limits[("sqlalchemy", label)]
+    sqlalchemy_limit = limits()[("sqlalchemy", label)]
     clients = [httpx.Client(limits=httpx.Limits(max_connections=7)),
                httpx.Client(limits=httpx.Limits(max_connections=3))]
-    httpcore_bounded = {k: v for k, v in adapters.pool_limits()}.get(("httpcore", "all"))
+    httpcore_bounded = limits()[("httpcore", "all")]
     blocking = [urllib3.HTTPConnectionPool("127.0.0.1", 9, maxsize=4, block=True),
                 urllib3.HTTPConnectionPool("127.0.0.1", 9, maxsize=2, block=True)]
-    urllib3_blocking = dict(((l, p), v) for l, p, v in adapters.pool_limits())[("urllib3", "all")]
+    urllib3_blocking = limits()[("urllib3", "all")]
     # Wait for a sampler pass that exports them.
     deadline = time.monotonic() + 10
     while "leakprobe_pool_connections_limit" not in _native.collect_text() \\
@@ -179,9 +182,11 @@ def test_pool_limits_follow_each_librarys_semantics(tmp_path):
         time.sleep(0.05)
     time.sleep(0.3)
     text = _native.collect_text()
+    for engine in twins:
+        engine.dispose()
     unbounded_client = httpx.Client(limits=httpx.Limits(max_connections=None))
     loose = urllib3.HTTPConnectionPool("127.0.0.1", 9, maxsize=4, block=False)
-    after = {(l, p): v for l, p, v in adapters.pool_limits()}
+    after = limits()
     emit(queue=queue, unlimited_overflow=unlimited_overflow, unlimited_size=unlimited_size,
          null=null, static=static, singleton=singleton, asserting=asserting,
          twins=sqlalchemy_limit, label=label, httpcore=httpcore_bounded,
