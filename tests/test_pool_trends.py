@@ -215,3 +215,37 @@ def test_pool_limits_follow_each_librarys_semantics(tmp_path):
                  pool="all") == 10
     assert value(families, "leakprobe_pool_connections_limit", library="urllib3",
                  pool="all") == 6
+
+
+def test_static_pool_overlapping_checkouts_count_one_connection():
+    # StaticPool hands its one connection to every session at once, and
+    # SQLAlchemy sends one checkin for overlapping checkouts: counted per
+    # checkout, checked_out climbed by one per overlap (a false pool leak).
+    body = """
+    import gc
+    import sqlalchemy
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+    from sqlalchemy.pool import StaticPool
+
+    engine = sqlalchemy.create_engine("sqlite://", poolclass=StaticPool)
+    label = repr(engine.url)
+    rounds = []
+    for _ in range(5):
+        a, b = Session(engine), Session(engine)
+        a.execute(text("select 1"))
+        b.execute(text("select 1"))
+        out = pools("sqlalchemy", label)["checked_out"]
+        b.close()
+        a.close()
+        rounds.append((out, pools("sqlalchemy", label)["checked_out"]))
+    del a, b
+    gc.collect()
+    fairies = [(t.live, t.collected_while_open) for t in leakprobe.objects()
+               if t.name == "sqlalchemy.PoolProxiedConnection"]
+    engine.dispose()
+    emit(rounds=rounds, fairies=fairies)
+    """
+    result = run_child(body)
+    assert result["rounds"] == [[1, 0]] * 5
+    assert result["fairies"] == [[0, 0]]  # none left open, none collected open

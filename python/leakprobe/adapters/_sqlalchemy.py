@@ -74,6 +74,12 @@ def _listen_pool(event: Any, pool: Any, label: str, fairies: Any, engine: Any) -
         gauges.add(label, "open", -1)
 
     def checkout(dbapi_connection: Any, record: Any, fairy: Any) -> None:
+        if id(record) in out:
+            # A pool that shares one connection (StaticPool) handed it out
+            # again: still one connection in use, and SQLAlchemy sends one
+            # checkin for the lot (counted twice, checked_out would climb
+            # with every overlap: a false pool leak).
+            return
         gauges.add(label, "checked_out", 1)
         out[id(record)] = weakref.ref(fairy)
         if SWITCH.on:
