@@ -13,8 +13,8 @@ The runs are started together, a few at a time (``PARALLEL``), the first
 time a test of this module needs a report; each test then waits for its
 own. Failures print the flagged or missing series with their figures.
 The whole module takes about 4 minutes on a machine of 2 shared cores
-(29 runs of 25 to 32 s each, 3 at a time: 234 to 255 s measured when there
-were 27; the two queuepool_session runs add about 20 s).
+(29 runs of 25 to 32 s each, 3 at a time: 270 s measured with the two
+queuepool_session runs; 234 to 255 s when there were 27).
 """
 
 from __future__ import annotations
