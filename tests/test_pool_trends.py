@@ -10,6 +10,7 @@ two programs run side by side (~14 s), trends every 0.2 s after 1 s."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -121,6 +122,11 @@ def test_sessions_never_closed_exhaust_the_pool_and_are_flagged(runs):
     assert value(families, "leakprobe_leak_suspected", **labels) == 1
     assert value(families, "leakprobe_growth_connections_per_second", **labels) > 0
     assert value(families, "leakprobe_time_to_exhaustion_seconds", **labels) > 0
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package 'prometheus') is required"
+    checked = subprocess.run([promtool, "check", "metrics"], input=result["scrape"],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_sessions_closed_are_not_flagged(runs):
