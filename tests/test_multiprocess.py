@@ -285,3 +285,43 @@ def test_every_worker_of_a_real_server_is_served_with_its_role(tmp_path, server)
             proc.kill()
             _, stderr = proc.communicate()
     assert "Traceback" not in stderr, stderr
+
+
+def test_gunicorn_recycling_its_workers_never_hangs_and_every_worker_is_served(tmp_path):
+    # max_requests recycles each worker after 10 requests: about 30 workers
+    # start, each importing leakprobe after the fork (no preload), and the
+    # port passes from worker to worker as its holders are recycled.
+    (tmp_path / "app.py").write_text(WSGI_APP)
+    http_port, group_port = free_port(), free_port()
+    command = [str(Path(sys.executable).parent / "gunicorn"), "-w", "2", "--max-requests", "10",
+               "-b", f"127.0.0.1:{http_port}", "app:app"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=child_env(LEAKPROBE_PORT=str(group_port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    answered = 0
+    try:
+        assert len(_group_rows(group_port, 2)) == 2
+        with httpx.Client(timeout=10) as client:
+            for i in range(300):
+                for _ in range(50):  # a worker being replaced may refuse for a moment
+                    try:
+                        answered += client.get(f"http://127.0.0.1:{http_port}/").text == "ok"
+                        break
+                    except httpx.TransportError:
+                        time.sleep(0.1)
+                if i % 10 == 9:
+                    rows = _group_rows(group_port, 1, deadline=10)
+                    assert set(rows.values()) == {"gunicorn-worker"}, rows
+                    seen |= set(rows)
+        assert proc.poll() is None, "gunicorn died"
+    finally:
+        proc.terminate()
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+            raise AssertionError("gunicorn did not stop within 30 s of SIGTERM") from None
+    assert answered == 300
+    assert len(seen) >= 10, seen  # recycled workers' series were served in turn
+    assert "Traceback" not in stderr, stderr

@@ -40,13 +40,14 @@ void SetCensus(const std::vector<CensusTuple>& rows, std::uint64_t runs,
                                        {runs, objects, pause_seconds, duration_seconds});
 }
 
-using PoolTuple = std::tuple<std::string, std::string, std::string, std::uint64_t>;
+using PoolTuple =
+    std::tuple<std::string, std::string, std::string, std::uint64_t, std::int64_t>;
 
 void SetPools(const std::vector<PoolTuple>& rows) {
   std::vector<PoolConnections> converted;
   converted.reserve(rows.size());
-  for (const auto& [library, pool, state, connections] : rows) {
-    converted.push_back({library, pool, state, connections});
+  for (const auto& [library, pool, state, connections, limit] : rows) {
+    converted.push_back({library, pool, state, connections, limit < 0 ? -1 : limit});
   }
   ContainerStore::Instance().SetPools(converted);
 }
@@ -71,7 +72,7 @@ py::dict Summary() {
   d["census_duration_seconds"] = s.census_figures.duration_seconds;
   py::list pools;
   for (const PoolConnections& p : s.pools) {
-    pools.append(py::make_tuple(p.library, p.pool, p.state, p.connections));
+    pools.append(py::make_tuple(p.library, p.pool, p.state, p.connections, p.limit));
   }
   d["pools"] = pools;
   d["torn_reads"] = s.torn_reads;
@@ -88,8 +89,8 @@ void RegisterContainerBindings(py::module_& m) {
         py::arg("pause_seconds"), py::arg("duration_seconds"),
         "Replace the census rows (type, objects, growth) and the census figures.");
   m.def("set_pools", &SetPools, py::arg("rows"),
-        "Replace the pool-connection rows (library, pool, state, connections); rows "
-        "beyond the store's 128 are ignored.");
+        "Replace the pool-connection rows (library, pool, state, connections, limit "
+        "or -1 for none); rows beyond the store's 128 are ignored.");
   m.def("container_summary", &Summary,
         "What the exporter reads from the container store.");
 }

@@ -122,5 +122,41 @@ TEST(ContainerStoreTest, FamiliesHaveBoundedLabelsAndMaxsizeOnlyWhenBounded) {
   EXPECT_EQ(find("leakprobe_containers_watched")->metric[0].gauge.value, 2);
 }
 
+TEST(ContainerStoreTest, PoolRowsCarryTheirLimit) {
+  ContainerStore& store = ContainerStore::Instance();
+  store.SetPools({{"sqlalchemy", "sqlite:///a.db", "checked_out", 3, 5},
+                  {"httpcore", "all", "active", 1, -1}});
+  const ContainerSummary s = store.Summary();
+  ASSERT_EQ(s.pools.size(), 2u);
+  EXPECT_EQ(s.pools[0].connections, 3u);
+  EXPECT_EQ(s.pools[0].limit, 5);
+  EXPECT_EQ(s.pools[1].limit, -1);
+  store.SetPools({});
+}
+
+TEST(ContainerStoreTest, PoolLimitFamilyHasOneSamplePerPoolWithALimit) {
+  Snapshot snapshot;
+  snapshot.containers.pools = {{"sqlalchemy", "sqlite:///a.db", "open", 4, 5},
+                               {"sqlalchemy", "sqlite:///a.db", "checked_out", 3, 5},
+                               {"sqlalchemy", "sqlite:///a.db", "invalidated", 0, 5},
+                               {"sqlalchemy", "sqlite:///b.db", "checked_out", 1, -1},
+                               {"httpcore", "all", "active", 2, 200},
+                               {"httpcore", "all", "idle", 1, 200}};
+  const auto families = prometheus_exporter::BuildFamilies(snapshot);
+  const prometheus::MetricFamily* limits = nullptr;
+  for (const auto& f : families) {
+    if (f.name == "leakprobe_pool_connections_limit") limits = &f;
+  }
+  ASSERT_NE(limits, nullptr);
+  EXPECT_EQ(limits->type, prometheus::MetricType::Gauge);
+  ASSERT_EQ(limits->metric.size(), 2u);  // b.db has none: no sample
+  EXPECT_EQ(limits->metric[0].label.size(), 2u);
+  EXPECT_EQ(limits->metric[0].label[0].value, "sqlalchemy");
+  EXPECT_EQ(limits->metric[0].label[1].value, "sqlite:///a.db");
+  EXPECT_EQ(limits->metric[0].gauge.value, 5);
+  EXPECT_EQ(limits->metric[1].label[0].value, "httpcore");
+  EXPECT_EQ(limits->metric[1].gauge.value, 200);
+}
+
 }  // namespace
 }  // namespace leakprobe

@@ -206,6 +206,111 @@ TEST(TrendStateTest, LeakGetsItsSiteAndTimeToExhaustion) {
   EXPECT_EQ(points[59].v, 69);
 }
 
+// The pool rows of one SQLAlchemy engine (its `checked_out` the in-use
+// state) with `limit`, and an httpcore "all" without one.
+void AddPools(Snapshot* s, std::uint64_t checked_out, std::int64_t limit,
+              std::uint64_t active) {
+  s->containers.pools = {
+      {"sqlalchemy", "sqlite:///app.db", "open", checked_out + 1, limit},
+      {"sqlalchemy", "sqlite:///app.db", "checked_in", 1, limit},
+      {"sqlalchemy", "sqlite:///app.db", "checked_out", checked_out, limit},
+      {"sqlalchemy", "sqlite:///app.db", "invalidated", 0, limit},
+      {"httpcore", "all", "active", active, -1},
+      {"httpcore", "all", "idle", 4, -1},
+  };
+}
+
+TEST(TrendStateTest, PoolSeriesRunsOutAtThePoolsSize) {
+  TrendState state;
+  state.Start(TestConfig());
+  const Clock at;
+  for (int i = 0; i < 60; ++i) {
+    Snapshot s = FakeSnapshot(0);
+    // One more connection checked out and never returned every 2 s, from 4.
+    AddPools(&s, 4 + static_cast<std::uint64_t>(i / 2), 50, i == 0 ? 0 : 1);
+    ObjectTypeSummary fairy;
+    fairy.name = "sqlalchemy.PoolProxiedConnection";
+    fairy.live = 4 + static_cast<std::uint64_t>(i / 2);
+    fairy.created = fairy.live;
+    fairy.top_sites = {{"/app/db.py:12 in get_session", fairy.live}};
+    s.objects->types.push_back(fairy);
+    ASSERT_TRUE(state.Sample(s, at(i)));
+  }
+  const auto summary = state.Summary();
+  ASSERT_TRUE(summary.has_value());
+  const SeriesVerdict* pool =
+      Find(*summary, Resource::kPool, "sqlalchemy:sqlite:///app.db");
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(ResourceName(pool->resource), "pool");
+  EXPECT_EQ(pool->unit, "connections");
+  EXPECT_TRUE(pool->verdict.suspected);
+  EXPECT_EQ(pool->limit, 50);
+  EXPECT_EQ(pool->verdict.last_value, 33);
+  EXPECT_NEAR(pool->verdict.slope_per_second, 0.5, 0.02);
+  // (limit - last) / slope: 17 connections left at the fitted rate.
+  EXPECT_NEAR(pool->verdict.time_to_exhaustion_seconds,
+              (50 - 33) / pool->verdict.slope_per_second, 1e-6);
+  EXPECT_NEAR(pool->verdict.time_to_exhaustion_seconds, 34, 2);
+  EXPECT_EQ(pool->site, "/app/db.py:12 in get_session");
+  // Only the in-use states make series.
+  std::size_t pools = 0;
+  for (const SeriesVerdict& v : summary->series)
+    pools += v.resource == Resource::kPool ? 1 : 0;
+  EXPECT_EQ(pools, 2u);
+  const SeriesVerdict* http = Find(*summary, Resource::kPool, "httpcore:all");
+  ASSERT_NE(http, nullptr);  // from its first connection in use
+  EXPECT_EQ(state.Points(Resource::kPool, "httpcore:all").size(), 59u);
+  EXPECT_FALSE(http->verdict.suspected);
+  EXPECT_TRUE(std::isinf(http->limit));
+  EXPECT_TRUE(std::isinf(http->verdict.time_to_exhaustion_seconds));
+  EXPECT_FALSE(http->site.has_value());
+}
+
+TEST(TrendStateTest, PoolFullAndStayingFullIsAPlateau) {
+  TrendState state;
+  state.Start(TestConfig());
+  const Clock at;
+  for (int i = 0; i < 90; ++i) {
+    Snapshot s = FakeSnapshot(0);
+    // Warms up to its size (10) within 20 s, then serves at its size.
+    AddPools(&s, static_cast<std::uint64_t>(std::min(10, i / 2)), 10, 0);
+    ASSERT_TRUE(state.Sample(s, at(i)));
+  }
+  const auto summary = state.Summary();
+  ASSERT_TRUE(summary.has_value());
+  const SeriesVerdict* pool =
+      Find(*summary, Resource::kPool, "sqlalchemy:sqlite:///app.db");
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(pool->limit, 10);
+  EXPECT_FALSE(pool->verdict.suspected);
+  EXPECT_EQ(pool->verdict.reason, Reason::kPlateau);
+  EXPECT_TRUE(std::isinf(pool->verdict.time_to_exhaustion_seconds));
+  EXPECT_EQ(Find(*summary, Resource::kPool, "httpcore:all"), nullptr);  // never used
+}
+
+TEST(TrendStateTest, PoolSeriesAreCappedAndTheRestCounted) {
+  TrendState state;
+  state.Start(TestConfig());
+  const Clock at;
+  constexpr std::size_t kPools = kMaxPoolSeries + 8;
+  for (int i = 0; i < 3; ++i) {
+    Snapshot s = FakeSnapshot(0);
+    for (std::size_t p = 0; p < kPools; ++p) {
+      s.containers.pools.push_back(
+          {"sqlalchemy", "sqlite:///" + std::to_string(p) + ".db", "checked_out", 1, 5});
+    }
+    ASSERT_TRUE(state.Sample(s, at(i)));
+  }
+  const auto summary = state.Summary();
+  std::size_t pools = 0;
+  for (const SeriesVerdict& v : summary->series)
+    pools += v.resource == Resource::kPool ? 1 : 0;
+  EXPECT_EQ(pools, kMaxPoolSeries);
+  EXPECT_EQ(summary->dropped_series, 3 * (kPools - kMaxPoolSeries));
+  EXPECT_EQ(state.Points(Resource::kPool, "sqlalchemy:sqlite:///0.db").size(), 3u);
+  EXPECT_TRUE(state.Points(Resource::kPool, "sqlalchemy:sqlite:///39.db").empty());
+}
+
 TEST(TrendStateTest, HeapTotalNamesTheGrowingSiteNotTheLargest) {
   // No heap site is flagged (b.py grows by less than the minimum effect):
   // heap/total still names the site that grows, not the largest one

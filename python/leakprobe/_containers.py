@@ -636,15 +636,22 @@ def census_once(native: Any | None, top: int, chunk: int = CENSUS_CHUNK) -> list
 
 
 def push_pools(native: Any) -> None:
-    """The adapters' pool connections by state (leakprobe.adapters), for
-    leakprobe_pool_connections; nothing until an adapter with pools is
+    """The adapters' pool connections by state and each pool's size limit
+    (leakprobe.adapters), for leakprobe_pool_connections(_limit) and the
+    pool trend series; nothing until an adapter with pools is
     loaded."""
     adapters = sys.modules.get("leakprobe.adapters")
     if adapters is None:
         return
-    rows = [(_label(library), _label(pool), _label(state), max(0, int(count)))
+    limits = {(library, pool): limit for library, pool, limit in adapters.pool_limits()}
+    rows = [(_label(library), _label(pool), _label(state), max(0, int(count)),
+             _pool_limit(limits.get((library, pool))))
             for library, pool, state, count in adapters.pool_connections()]
     native.set_pools(rows)
+
+
+def _pool_limit(limit: int | None) -> int:
+    return -1 if limit is None or limit < 0 else int(limit)
 
 
 def sampler_tasks(native: Any, config: Any) -> list[tuple[str, float, Callable[[], None]]]:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import atexit
 import json
-import math
 import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from ._files import strict_json, write_atomically
 
 CLI_PID_FILE = "cli.pid"  # written by `leakprobe run` into the run dir: the CLI's pid
 SITE_DIR = "site"  # the run dir's folder that holds the generated sitecustomize.py
@@ -66,18 +67,8 @@ class _Writer:
         try:  # the figures are finite (the engine's and the store's): one pass
             data = json.dumps(document, separators=(",", ":"), allow_nan=False)
         except ValueError:
-            data = json.dumps(_finite(document), separators=(",", ":"), allow_nan=False)
-        temporary = os.path.join(self.run_dir, f".{self.pid}.{threading.get_ident()}.tmp")
-        try:
-            with open(temporary, "w", encoding="utf-8") as out:
-                out.write(data)
-            os.replace(temporary, self.path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
+            data = json.dumps(strict_json(document), separators=(",", ":"), allow_nan=False)
+        write_atomically(self.path, data)
 
     def sample(self) -> None:
         """The sampler task: the current verdicts and series, written."""
@@ -147,17 +138,6 @@ def _cmdline() -> list[str]:
 
         return list(getattr(sys, "orig_argv", sys.argv))
     return [arg.decode("utf-8", "backslashreplace") for arg in raw.split(b"\0")[:-1]]
-
-
-def _finite(value: Any) -> Any:
-    """The document with NaN and infinities as null: strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _at_exit() -> None:

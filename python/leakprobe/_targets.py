@@ -52,6 +52,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import _files
+
 PID_LABEL = "__meta_leakprobe_pid"
 ROLE_LABEL = "__meta_leakprobe_role"
 START_LABEL = "__meta_leakprobe_start"
@@ -209,19 +211,9 @@ class TargetsFile:
         return True
 
     def _write(self, text: str) -> None:
-        directory, name = os.path.split(self.path)
-        # Not *.json: a file_sd pattern such as *.json never reads it.
-        temporary = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(temporary, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(temporary, self.path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
+        # The temporary file, .<name>.<pid>.<thread>.tmp, does not end in
+        # .json: a file_sd pattern such as *.json never reads it.
+        _files.write_atomically(self.path, text)
 
     class _Lock:
         def __init__(self, owner: TargetsFile) -> None:

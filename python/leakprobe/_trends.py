@@ -24,9 +24,12 @@ from typing import Any
 
 from ._heap import Frame
 
-RESOURCES = ("rss", "heap", "fd", "object", "container", "thread")
+RESOURCES = ("rss", "heap", "fd", "object", "container", "thread", "pool")
 _THREAD_TYPE = "threading.Thread"  # the threading adapter's tracked type
 _COLLECTED_OPEN = ":collected_open"  # object/<type>:collected_open
+# pool/sqlalchemy:<url>: its site is that of the checked-out connections
+_SQLALCHEMY_POOL = "sqlalchemy:"
+_CHECKED_OUT_TYPE = "sqlalchemy.PoolProxiedConnection"
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,10 @@ class Verdict:
     while open).
     """
 
-    resource: str  # rss, heap, fd, object, container, thread
-    key: str  # "total", a kind, "site:<site>", "owner:<type>", a type, a name
+    resource: str  # rss, heap, fd, object, container, thread, pool
+    key: str  # "total", a kind, "site:<site>", "owner:<type>", a type, a name, "<library>:<pool>"
     pid: int
-    unit: str  # bytes, fds, objects, entries, threads
+    unit: str  # bytes, fds, objects, entries, threads, connections
     suspected: bool
     reason: str  # warmup, growing, flat, too_small, plateau, shrinking
     growth_per_second: float
@@ -171,6 +174,8 @@ def _stack_of(entry: dict[str, Any], stacks: _Stacks) -> tuple[Frame, ...]:
         return stacks.objects(key, site)
     if resource == "thread":
         return stacks.objects(_THREAD_TYPE, site)
+    if resource == "pool" and key.startswith(_SQLALCHEMY_POOL):
+        return stacks.objects(_CHECKED_OUT_TYPE, site)
     return ()
 
 

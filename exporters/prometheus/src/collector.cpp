@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -317,7 +318,17 @@ void AddContainerFamilies(const ContainerSummary& c, std::vector<MetricFamily>* 
       Family("leakprobe_pool_connections_invalidated_total",
              "Connections of a SQLAlchemy engine's pool invalidated since start.",
              MetricType::Counter);
+  MetricFamily pool_limits =
+      Family("leakprobe_pool_connections_limit",
+             "Size limit of an instrumented pool: the connections in use (checked_out, "
+             "active) at which it runs out, for pools that have one.",
+             MetricType::Gauge);
+  std::set<std::pair<std::string, std::string>> limited;  // one sample per pool
   for (const PoolConnections& row : c.pools) {
+    if (row.limit >= 0 && limited.insert({row.library, row.pool}).second) {
+      AddSample(&pool_limits, static_cast<double>(row.limit),
+                {{"library", row.library}, {"pool", row.pool}});
+    }
     if (row.state == "invalidated") {
       AddSample(&invalidated, static_cast<double>(row.connections),
                 {{"library", row.library}, {"pool", row.pool}});
@@ -328,6 +339,7 @@ void AddContainerFamilies(const ContainerSummary& c, std::vector<MetricFamily>* 
   }
   out->push_back(std::move(pools));
   out->push_back(std::move(invalidated));
+  out->push_back(std::move(pool_limits));
   out->push_back(Single("leakprobe_containers_watched",
                         "Containers watched or discovered now, exported or not.",
                         MetricType::Gauge, static_cast<double>(c.watched)));
@@ -368,7 +380,8 @@ void AddTrendFamilies(const trend::TrendSummary& t, std::vector<MetricFamily>* o
              "large enough growth after warm-up that does not flatten), else 0.",
              MetricType::Gauge);
   // The unit is in the name (Prometheus practice): one family per unit.
-  constexpr const char* kUnits[] = {"bytes", "fds", "objects", "entries", "threads"};
+  constexpr const char* kUnits[] = {"bytes",   "fds",     "objects",
+                                    "entries", "threads", "connections"};
   std::vector<MetricFamily> growth;
   for (const char* unit : kUnits) {
     growth.push_back(Family(std::string("leakprobe_growth_") + unit + "_per_second",
@@ -380,7 +393,8 @@ void AddTrendFamilies(const trend::TrendSummary& t, std::vector<MetricFamily>* o
   MetricFamily exhaustion =
       Family("leakprobe_time_to_exhaustion_seconds",
              "Seconds until the series reaches its resource's limit at its growth rate "
-             "(RLIMIT_NOFILE, memory.max or RAM, a container's maxsize); only series "
+             "(RLIMIT_NOFILE, memory.max or RAM, a container's maxsize, a pool's size); "
+             "only series "
              "growing towards a known limit.",
              MetricType::Gauge);
   for (const trend::SeriesVerdict& s : t.series) {

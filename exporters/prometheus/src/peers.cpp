@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "leakprobe/runtime/error.h"
+#include "leakprobe/runtime/fork.h"
 #include "leakprobe/runtime/mutex.h"
 
 namespace leakprobe::prometheus_exporter {
@@ -37,7 +38,13 @@ struct RoleSlot {
 };
 
 RoleSlot& Role() {
-  static auto* const slot = new RoleSlot();  // never destroyed: read at exit
+  static RoleSlot* const slot = [] {
+    auto* s = new RoleSlot();  // never destroyed: read at exit
+    // A scrape may hold it while another thread forks: the fork protocol
+    // takes it first, so the child never inherits it held.
+    RegisterForkLock(ForkStage::kRole, &s->mu);
+    return s;
+  }();
   return *slot;
 }
 
@@ -319,9 +326,10 @@ PeerFetch FetchPeers(int group_port, pid_t self, std::chrono::milliseconds deadl
     socklen_t len = 0;
     const sockaddr_un addr =
         AbstractAddress(PeerSocketName(getuid(), group_port, pid), &len);
-    if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), len) != 0 &&
-        errno != EINPROGRESS && errno != EAGAIN) {
-      ++result.connect_failed;  // gone since the listing, or its backlog is full
+    // A Unix stream socket connects at once or not at all (EAGAIN: the
+    // peer's backlog is full; ECONNREFUSED: gone since the listing).
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), len) != 0) {
+      ++result.connect_failed;
       close(fd);
       continue;
     }

@@ -240,6 +240,51 @@ TEST(PeersFetch, ASilentPeerCostsTheDeadlineAndAGarbledOneIsDropped) {
   Kill(good);
 }
 
+TEST(PeersFetch, ANameSquattedByAnotherUserIsNeverRead) {
+  if (getuid() != 0) GTEST_SKIP() << "needs root, to run the squatter as another user";
+  const int port = TestGroupPort() + 3;
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t squatter = fork();
+  if (squatter == 0) {
+    // Another user binds a name of root's group (abstract names have no
+    // permissions) and would answer with a valid encoding.
+    close(ready[0]);
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(1);
+    PeerServer server(port,
+                      [] { return EncodeFamilies({Counter("injected_total", 1)}); });
+    // PeerServer named itself with uid 65534: bind root's name by hand.
+    const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string name = PeerSocketName(0, port, getpid());
+    std::memcpy(addr.sun_path + 1, name.data(), name.size());
+    if (bind(fd, reinterpret_cast<sockaddr*>(&addr),
+             static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())) !=
+            0 ||
+        listen(fd, 4) != 0) {
+      _exit(2);
+    }
+    (void)write(ready[1], "x", 1);
+    for (;;) {
+      const int conn = accept(fd, nullptr, nullptr);
+      const std::string data = EncodeFamilies({Counter("injected_total", 1)});
+      (void)write(conn, data.data(), data.size());
+      close(conn);
+    }
+  }
+  close(ready[1]);
+  char byte = 0;
+  ASSERT_EQ(read(ready[0], &byte, 1), 1);
+  close(ready[0]);
+  const PeerFetch fetched = FetchPeers(port, getpid(), std::chrono::seconds(2));
+  EXPECT_EQ(fetched.listed, 1);
+  EXPECT_EQ(fetched.foreign, 1);
+  EXPECT_EQ(fetched.collected, 0);
+  EXPECT_TRUE(fetched.families.empty());
+  Kill(squatter);
+}
+
 TEST(PeersCollector, AGroupCollectorServesItsOwnAndItsPeersSeriesLabelledByPid) {
   const int port = TestGroupPort() + 2;
   auto source = [] {

@@ -110,6 +110,7 @@ void ContainerStore::SetPools(const std::vector<PoolConnections>& rows) noexcept
     StoreName(&row.pool, rows[i].pool);
     StoreName(&row.state, rows[i].state);
     row.connections.store(rows[i].connections, std::memory_order_release);
+    row.limit.store(rows[i].limit, std::memory_order_release);
   }
   pool_count_.store(n, std::memory_order_release);
   EndWrite(sequence);
@@ -150,7 +151,8 @@ ContainerSummary ContainerStore::Summary() const {
     for (std::size_t i = 0; i < pools; ++i) {
       const PoolRow& row = pools_[i];
       s.pools.push_back({LoadName(row.library), LoadName(row.pool), LoadName(row.state),
-                         row.connections.load(std::memory_order_acquire)});
+                         row.connections.load(std::memory_order_acquire),
+                         row.limit.load(std::memory_order_acquire)});
     }
     if (sequence_.load(std::memory_order_relaxed) == before) {
       s.torn_reads = torn_reads_.load(std::memory_order_relaxed);

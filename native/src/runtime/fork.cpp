@@ -85,6 +85,8 @@ const char* ForkStageName(ForkStage stage) noexcept {
   switch (stage) {
     case ForkStage::kExporter:
       return "exporter";
+    case ForkStage::kRole:
+      return "role";
     case ForkStage::kTrends:
       return "trends";
     case ForkStage::kReconciler:

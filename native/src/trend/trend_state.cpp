@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstddef>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -17,6 +18,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "leakprobe/fd/fd_kind.h"
+#include "leakprobe/objects/containers_summary.h"
 #include "leakprobe/objects/object_summary.h"
 #include "leakprobe/runtime/clock.h"
 #include "leakprobe/runtime/fork.h"
@@ -33,6 +35,15 @@ constexpr std::string_view kCollectedOpenSuffix = ":collected_open";
 // The tracked type whose live objects are the process's threads (the
 // threading adapter's), for thread/total's site.
 constexpr std::string_view kThreadType = "threading.Thread";
+// The pool rows' states that count connections in use: a pool runs out when
+// they reach its limit (SQLAlchemy's checked_out; httpcore's and urllib3's
+// active).
+constexpr std::string_view kPoolInUseStates[] = {"checked_out", "active"};
+// The pool series that name a site: SQLAlchemy's checked-out connections
+// are tracked objects of this type (the adapter's), whose top creation site
+// is where connections are checked out.
+constexpr std::string_view kSqlalchemyPoolPrefix = "sqlalchemy:";
+constexpr std::string_view kCheckedOutType = "sqlalchemy.PoolProxiedConnection";
 
 std::string_view Strip(std::string_view text) {
   constexpr std::string_view kSpace = " \t\r\n";
@@ -83,6 +94,8 @@ std::string_view UnitName(Resource resource) {
       return "entries";
     case Resource::kThread:
       return "threads";
+    case Resource::kPool:
+      return "connections";
   }
   return "?";
 }
@@ -99,6 +112,7 @@ ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes) {
   at(Resource::kObject) = {3, 0};
   at(Resource::kThread) = {3, 0};
   at(Resource::kContainer) = {20, 0};
+  at(Resource::kPool) = {3, 0};
   return table;
 }
 
@@ -174,7 +188,9 @@ struct Fed {
   // type -> the site whose instances were most often collected while open
   absl::flat_hash_map<std::string, std::string> object_collected_site;
   absl::flat_hash_map<std::string, double> container_maxsize;  // name -> maxsize
-  double rss = -1;                                             // bytes; -1: unknown
+  absl::flat_hash_map<std::string, double> pool_limit;  // "<library>:<pool>" -> limit
+  std::uint64_t dropped_pool_samples = 0;               // beyond kMaxPoolSeries
+  double rss = -1;                                      // bytes; -1: unknown
   double fds_open = -1;   // open fds of the process; -1: unknown
   double max_fds = kInf;  // RLIMIT_NOFILE soft
   double memory_limit = kInf;
@@ -224,6 +240,25 @@ class Feeder {
     added_.insert(id);
     sites_.push_back({{resource, std::move(key)}, value});
   }
+  // A pool series, recorded once it has been non-zero; at most
+  // kMaxPoolSeries are ever created (the others' samples are counted).
+  void AddPool(std::string key, double value) {
+    const auto id = std::make_pair(Resource::kPool, key);
+    if (!known_.contains(id)) {
+      if (value <= 0) return;
+      if (pool_series_ < 0) {
+        pool_series_ = 0;
+        for (const auto& [r, k] : known_) pool_series_ += r == Resource::kPool ? 1 : 0;
+      }
+      if (pool_series_ >= static_cast<std::ptrdiff_t>(kMaxPoolSeries)) {
+        ++fed_->dropped_pool_samples;
+        return;
+      }
+      ++pool_series_;
+      known_.insert(id);
+    }
+    Add(Resource::kPool, std::move(key), value);
+  }
   // Moves the site series behind the others.
   void Finish() {
     for (auto& value : sites_) fed_->values.push_back(std::move(value));
@@ -252,6 +287,7 @@ class Feeder {
   KeySet added_;
   std::vector<std::pair<SeriesKey, double>> sites_;
   std::array<std::size_t, kResourceCount> site_series_{};  // 0: not counted yet
+  std::ptrdiff_t pool_series_ = -1;                        // -1: not counted yet
 };
 
 void CollectValues(const Snapshot& s, const TrendConfig& config,
@@ -315,6 +351,15 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
     feed.Add(Resource::kContainer, c.name, static_cast<double>(c.size));
     if (c.maxsize >= 0) fed->container_maxsize[c.name] = static_cast<double>(c.maxsize);
   }
+  for (const PoolConnections& p : s.containers.pools) {
+    if (std::find(std::begin(kPoolInUseStates), std::end(kPoolInUseStates), p.state) ==
+        std::end(kPoolInUseStates)) {
+      continue;
+    }
+    std::string key = p.library + ":" + p.pool;
+    if (p.limit >= 0) fed->pool_limit[key] = static_cast<double>(p.limit);
+    feed.AddPool(std::move(key), static_cast<double>(p.connections));
+  }
   feed.Finish();
 }
 
@@ -338,6 +383,11 @@ std::pair<double, double> Limits(const SeriesKey& key, double last, const Fed& f
     case Resource::kContainer:
       if (const auto it = fed.container_maxsize.find(key.key);
           it != fed.container_maxsize.end()) {
+        return {it->second, it->second};
+      }
+      return {kInf, kInf};
+    case Resource::kPool:
+      if (const auto it = fed.pool_limit.find(key.key); it != fed.pool_limit.end()) {
         return {it->second, it->second};
       }
       return {kInf, kInf};
@@ -429,6 +479,11 @@ void PickSites(const Fed& fed, std::vector<SeriesVerdict>* series) {
       case Resource::kThread:
         s.site = TopObjectSite(fed, kThreadType);
         break;
+      case Resource::kPool:
+        if (key.starts_with(kSqlalchemyPoolPrefix)) {
+          s.site = TopObjectSite(fed, kCheckedOutType);
+        }
+        break;
       case Resource::kRss:
       case Resource::kContainer:
       case Resource::kNativeHeap:
@@ -461,6 +516,7 @@ void TrendState::Start(const TrendConfig& config) {
   config_ = resolved;
   store_ = std::make_unique<SeriesStore>(resolved.limits);
   summary_.reset();
+  dropped_pool_samples_ = 0;
   origin_ns_ = MonotonicNs();
   running_ = true;
   forked_ = false;
@@ -490,6 +546,7 @@ void TrendState::ClearIfForkedLocked() {
   forked_ = false;
   if (store_) store_->Clear();
   summary_.reset();
+  dropped_pool_samples_ = 0;
   ++generation_;
 }
 
@@ -546,7 +603,8 @@ bool TrendState::Sample(const Snapshot& s, std::int64_t now_ns) {
     histories.reserve(keys.size());
     for (const SeriesKey& key : keys) histories.push_back(store_->Points(key));
     series_count = store_->series();
-    dropped = store_->dropped_series();
+    dropped_pool_samples_ += fed.dropped_pool_samples;
+    dropped = store_->dropped_series() + dropped_pool_samples_;
     memory = store_->MemoryBytes();
   }
 

@@ -13,6 +13,7 @@ adapter counts and how it hooks.
     import leakprobe.adapters as adapters
     adapters.installed()          # ['httpx', 'sqlite3', 'subprocess', 'threading']
     adapters.pool_connections()   # [('sqlalchemy', 'sqlite:///app.db', 'checked_out', 1), ...]
+    adapters.pool_limits()        # [('sqlalchemy', 'sqlite:///app.db', 15), ...]
 
 Thread-safety: ``activate``/``deactivate`` are called under the runtime's
 lock; the hooks run under the import lock of the module they instrument.
@@ -134,6 +135,33 @@ def pool_connections() -> list[tuple[str, str, str, int]]:
         for gauge in gauges:
             try:
                 rows.extend(gauge.rows())
+            except Exception as exc:  # a pool changed under us: skip this round
+                _common.internal_error(name, exc)
+    return rows
+
+
+def pool_limits() -> list[tuple[str, str, int | None]]:
+    """The size limit of each pool label of :func:`pool_connections`, as rows
+    ``(library, pool, limit)``: the connections in use (``checked_out``,
+    ``active``) at which the pool runs out, or None when it has none
+    (docs/objects.md, "Pool size limits"):
+
+    - ``sqlalchemy``: ``QueuePool`` (and its asyncio variants) ``pool_size +
+      max_overflow`` (none when either is unlimited: 0 and -1),
+      ``AssertionPool`` 1, ``NullPool``, ``StaticPool`` and
+      ``SingletonThreadPool`` none (they never make a caller wait); engines
+      sharing a label add up;
+    - ``httpcore`` ``"all"``: the sum of the live pools' ``max_connections``
+      (none when one has no limit, or no pool is alive);
+    - ``urllib3`` ``"all"``: the sum of the live pools' ``maxsize`` when every
+      one blocks (``block=True``), else none."""
+    rows: list[tuple[str, str, int | None]] = []
+    with _lock:
+        names = sorted(_installed)
+    for name in names:
+        for gauge in getattr(_module(name), "GAUGES", ()):
+            try:
+                rows.extend(gauge.limits())
             except Exception as exc:  # a pool changed under us: skip this round
                 _common.internal_error(name, exc)
     return rows

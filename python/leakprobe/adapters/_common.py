@@ -9,7 +9,7 @@ callbacks (one ``dict`` item add per event) and read as copies.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 _lock = threading.Lock()
@@ -103,13 +103,16 @@ class PoolGauges:
     ``counts[label][state]`` are kept by the library's events (SQLAlchemy)
     or computed on demand by ``probe`` (httpcore, urllib3). Labels are
     capped at ``max_labels``; later ones share the label ``"other"``, so
-    the metric's cardinality stays bounded."""
+    the metric's cardinality stays bounded. ``limit_probe`` gives each
+    label's size limit (connections in use at which its pools run out), or
+    None for a label without one (docs/objects.md, "Pool size limits")."""
 
     def __init__(self, library: str, max_labels: int = 20) -> None:
         self.library = library
         self.max_labels = max_labels
         self.counts: dict[str, dict[str, int]] = {}
         self.probe: Callable[[], dict[str, dict[str, int]]] | None = None
+        self.limit_probe: Callable[[], dict[str, int | None]] | None = None
 
     def label(self, wanted: str) -> str:
         if wanted in self.counts or len(self.counts) < self.max_labels:
@@ -128,3 +131,24 @@ class PoolGauges:
         return [(self.library, label, state, value)
                 for label, states in sorted(counts.items())
                 for state, value in sorted(states.items())]
+
+    def limits(self) -> list[tuple[str, str, int | None]]:
+        """Rows ``(library, label, limit or None)``, one per label that
+        ``limit_probe`` knows (none without one)."""
+        if self.limit_probe is None:
+            return []
+        return [(self.library, label, limit)
+                for label, limit in sorted(self.limit_probe().items())]
+
+
+def summed_limit(limits: Iterable[int | None]) -> int | None:
+    """The limit of pools counted together: the sum of their limits, or None
+    when one of them has none (or there are none)."""
+    total = 0
+    seen = False
+    for limit in limits:
+        if limit is None or limit < 0:
+            return None
+        total += limit
+        seen = True
+    return total if seen else None

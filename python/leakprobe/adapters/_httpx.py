@@ -6,10 +6,11 @@ httpcore has no events)."""
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
-from ._common import PoolGauges, Switch, attach_socket
+from ._common import PoolGauges, Switch, attach_socket, summed_limit
 from ._track import track_class
 
 SWITCH = Switch("httpx")
@@ -30,7 +31,16 @@ def _probe() -> dict[str, dict[str, int]]:
     return {"all": {"active": active, "idle": idle}}
 
 
+def _limits() -> dict[str, int | None]:
+    # httpcore keeps max_connections as _max_connections, sys.maxsize for None
+    # (no limit); a pool without the attribute has an unknown one: none.
+    limits = [getattr(pool, "_max_connections", None) for pool in list(_POOLS)]
+    return {"all": summed_limit(None if limit is None or limit >= sys.maxsize else limit
+                                for limit in limits)}
+
+
 GAUGES[0].probe = _probe
+GAUGES[0].limit_probe = _limits
 
 
 def install(httpx: Any) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ._common import PoolGauges, Switch, owning
+from ._common import PoolGauges, Switch, owning, summed_limit
 from ._track import track_class
 
 SWITCH = Switch("requests")
@@ -31,7 +31,20 @@ def _probe() -> dict[str, dict[str, int]]:
     return {"all": {"active": active, "idle": idle}}
 
 
+def _limits() -> dict[str, int | None]:
+    # maxsize bounds the connections in use only for a pool that blocks; one
+    # that does not makes more (and discards them on return): no limit.
+    limits: list[int | None] = []
+    for pool in list(_POOLS):
+        queue = pool.pool
+        if queue is None:  # closed
+            continue
+        limits.append(queue.maxsize if getattr(pool, "block", False) else None)
+    return {"all": summed_limit(limits)}
+
+
 GAUGES[0].probe = _probe
+GAUGES[0].limit_probe = _limits
 
 
 def install(requests: Any) -> bool:

@@ -19,12 +19,15 @@ from typing import Any
 
 import wrapt
 
-from ._common import PoolGauges, Switch, attach_socket, guarded, internal_error, log
+from ._common import (PoolGauges, Switch, attach_socket, guarded, internal_error, log,
+                      summed_limit)
 from ._track import register, track_class
 
 SWITCH = Switch("sqlalchemy")
 GAUGES = (PoolGauges("sqlalchemy"),)
 _ENGINES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # undisposed -> site
+# every live instrumented engine -> its pool label (the label's size limit)
+_LABELS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _prefixes: tuple[str, ...] | None = None
 _LIBRARY_MODULES = ("sqlalchemy", "leakprobe", "wrapt")
 
@@ -71,6 +74,12 @@ def _listen_pool(event: Any, pool: Any, label: str, fairies: Any, engine: Any) -
         gauges.add(label, "open", -1)
 
     def checkout(dbapi_connection: Any, record: Any, fairy: Any) -> None:
+        if id(record) in out:
+            # A pool that shares one connection (StaticPool) handed it out
+            # again: still one connection in use, and SQLAlchemy sends one
+            # checkin for the lot (counted twice, checked_out would climb
+            # with every overlap: a false pool leak).
+            return
         gauges.add(label, "checked_out", 1)
         out[id(record)] = weakref.ref(fairy)
         if SWITCH.on:
@@ -111,6 +120,33 @@ def _probe() -> dict[str, dict[str, int]]:
     return counts
 
 
+def pool_limit(pool: Any) -> int | None:
+    """The connections checked out at which `pool` makes the next checkout
+    wait (or fail): QueuePool and its asyncio variants ``pool_size +
+    max_overflow`` (none when either is unlimited), AssertionPool 1; none
+    for the pools that never make a caller wait (NullPool opens a connection
+    per checkout, StaticPool shares one, SingletonThreadPool keeps one per
+    thread)."""
+    from sqlalchemy import pool as pools  # imported by sqlalchemy already: a lookup
+
+    if isinstance(pool, pools.QueuePool):
+        overflow = getattr(pool, "_max_overflow", -1)  # -1 also when pool_size is 0
+        size = pool.size()
+        if overflow < 0 or size <= 0:
+            return None
+        return int(size) + int(overflow)
+    if isinstance(pool, pools.AssertionPool):
+        return 1
+    return None
+
+
+def _limits() -> dict[str, int | None]:
+    by_label: dict[str, list[int | None]] = {}
+    for engine, label in list(_LABELS.items()):
+        by_label.setdefault(label, []).append(pool_limit(engine.pool))
+    return {label: summed_limit(limits) for label, limits in by_label.items()}
+
+
 def install(sqlalchemy: Any) -> bool:
     version = getattr(sqlalchemy, "__version__", "0")
     if int(version.split(".")[0]) < 2:
@@ -128,7 +164,9 @@ def install(sqlalchemy: Any) -> bool:
             try:
                 engines.created(instance)
                 _ENGINES[instance] = _site()
-                _listen_pool(event, instance.pool, _label(instance), fairies, instance)
+                label = _label(instance)
+                _listen_pool(event, instance.pool, label, fairies, instance)
+                _LABELS[instance] = label
             except Exception as exc:
                 internal_error(SWITCH.name, exc)
         return result
@@ -144,6 +182,7 @@ def install(sqlalchemy: Any) -> bool:
     wrapt.wrap_function_wrapper(base.Engine, "__init__", engine_init)
     wrapt.wrap_function_wrapper(base.Engine, "dispose", engine_dispose)
     GAUGES[0].probe = _probe
+    GAUGES[0].limit_probe = _limits
     atexit.register(_report_engines)
     wrapt.register_post_import_hook(_install_orm, "sqlalchemy.orm.session")
     return True

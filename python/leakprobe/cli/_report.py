@@ -9,11 +9,12 @@ the run files of the profiled processes, merged, with the run's own facts.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from datetime import datetime, timezone
 from typing import Any
+
+from .._files import strict_json, write_atomically
 
 SCHEMA = 1
 PROCESS_FIELDS = ("pid", "ppid", "cmdline", "role", "started_at", "updated_at", "exited")
@@ -111,27 +112,6 @@ def _version() -> str:
     return _runtime.VERSION
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_json(report: dict[str, Any], path: str) -> None:
     """Writes the report to ``path`` (strict JSON, indented), atomically."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            json.dump(_finite(report), out, indent=1, allow_nan=False)
-            out.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n")

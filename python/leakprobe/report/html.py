@@ -26,8 +26,9 @@ import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
+
+from .._files import write_atomically
 
 __all__ = ["INSTALL_HINT", "MissingDependencyError", "render", "write"]
 
@@ -58,14 +59,7 @@ def write(report: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Renders `report` (the JSON report's dict, schema 1) and writes it to
     `path` as UTF-8, replacing the file atomically (a temporary file beside
     it, then a rename)."""
-    text = render(report)
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8", newline="\n")
-        temporary.replace(target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomically(path, render(report))
 
 
 def render(report: Mapping[str, Any]) -> str:

@@ -72,6 +72,7 @@ class ContainerStore {
     Name pool{};
     Name state{};
     std::atomic<std::uint64_t> connections{0};
+    std::atomic<std::int64_t> limit{-1};
   };
   struct CensusRow {
     Name type{};

@@ -42,6 +42,10 @@ struct PoolConnections {
   std::string
       state;  // "open", "checked_out", "checked_in", "invalidated", "active", "idle"
   std::uint64_t connections = 0;
+  // The pool's size limit, the same on each of its rows: the connections in
+  // use (checked_out, active) at which it runs out; -1: none (unbounded, or
+  // not known). Rules per library: docs/objects.md, "Pool size limits".
+  std::int64_t limit = -1;
 };
 
 struct ContainerSummary {

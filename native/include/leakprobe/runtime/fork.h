@@ -40,6 +40,7 @@ namespace leakprobe {
 
 enum class ForkStage : unsigned char {
   kExporter,    // the exporter slot (bindings): start/stop of the server
+  kRole,        // the process role label (peers.h); scrapes take it, a leaf
   kTrends,      // the trend state (samples; verdicts); no hook takes it
   kReconciler,  // one fd reconcile pass at a time
   kFdSummary,   // the TCP state cache

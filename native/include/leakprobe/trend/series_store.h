@@ -43,8 +43,11 @@ enum class Resource : std::uint8_t {
   kContainer,   // key a watched or discovered name: entries
   kThread,      // key "total": OS threads of the process
   kNativeHeap,  // later (issue 12)
+  kPool,        // key "<library>:<pool>" (as leakprobe_pool_connections'
+                // labels): connections in use (SQLAlchemy checked_out,
+                // httpcore and urllib3 active)
 };
-inline constexpr std::size_t kResourceCount = 7;
+inline constexpr std::size_t kResourceCount = 8;
 std::string_view ResourceName(Resource resource);  // "rss", "heap", ...
 
 struct SeriesKey {

@@ -48,15 +48,20 @@ struct ResourceParams {
 };
 using ResourceParamTable = std::array<ResourceParams, kResourceCount>;
 
-// The defaults: fds, objects and threads 3; heap 4 sample intervals
-// (`heap_sample_bytes` each) and 5 %; rss 16 MiB and 5 %; containers 20
-// entries (docs/trends.md says why).
+// The defaults: fds, objects, threads and pool connections 3; heap 8
+// sample intervals (`heap_sample_bytes` each) and 5 %; rss 16 MiB and 5 %;
+// containers 20 entries (docs/trends.md says why).
 ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes);
 
 // Site series (heap/<site>, fd/site:<site>) ever created per resource: the
 // top sites change over a long run, and each change would add a series the
 // store keeps for good, crowding out the rest under its cap.
 inline constexpr std::size_t kMaxSiteSeries = 64;
+
+// Pool series (pool/<library>:<pool>) ever created: the adapters cap their
+// pool labels (20 per library, then "other"), this caps what they can cost
+// the store; samples of pools beyond it are counted in dropped_series.
+inline constexpr std::size_t kMaxPoolSeries = 32;
 
 struct TrendConfig {
   double interval_seconds = 10;
@@ -133,6 +138,8 @@ class TrendState {
   std::int64_t origin_ns_ ABSL_GUARDED_BY(mu_) = 0;
   std::unique_ptr<SeriesStore> store_ ABSL_GUARDED_BY(mu_);
   std::optional<TrendSummary> summary_ ABSL_GUARDED_BY(mu_);
+  // Samples of pool series not created (kMaxPoolSeries), since Start().
+  std::uint64_t dropped_pool_samples_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace leakprobe::trend

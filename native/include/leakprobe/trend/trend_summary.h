@@ -23,7 +23,7 @@
 namespace leakprobe::trend {
 
 // The unit of a resource's values: "bytes", "fds", "objects", "entries",
-// "threads".
+// "threads", "connections".
 std::string_view UnitName(Resource resource);
 
 struct SeriesVerdict {
@@ -35,7 +35,7 @@ struct SeriesVerdict {
   // none (rules: docs/trends.md, "Series and verdicts in the process").
   std::optional<std::string> site;
   // The real limit of the resource (RLIMIT_NOFILE, memory.max or RAM, a
-  // container's maxsize), +inf when none is known.
+  // container's maxsize, a pool's size), +inf when none is known.
   double limit = std::numeric_limits<double>::infinity();
 };
 
