@@ -232,7 +232,7 @@ def start(**options: Any) -> dict[str, Any]:
                                config.fd_top_sites)
             sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
         sampler.sample_once()  # the first scrape already has gc figures
-        targets = _targets_problem(native, config)
+        targets = _targets_mode(native, config)
         # With a targets file every process serves its own free port, alone
         # (docs/multiprocess.md#one-target-per-process-file_sd).
         port, error, group = _start_exporter(
@@ -350,7 +350,7 @@ def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None
     return port, None, group
 
 
-def _targets_problem(native: Any, config: Config) -> bool:
+def _targets_mode(native: Any, config: Config) -> bool:
     """Whether this process lists itself in a targets file. A file that
     cannot be written raises ConfigError in strict mode; otherwise the
     targets file's task says why and retries (leakprobe._targets)."""
