@@ -383,15 +383,7 @@ def _group_task(native: Any, group: Any, role_configured: bool) -> None:
     """The sampler's group task: serve the port when its holder is gone,
     and follow a role that changes (a spawned worker imports its server
     after leakprobe started)."""
-    global _role
-    if not role_configured:
-        from . import _group
-
-        if _group._spawned():
-            role = _group.detect_role(_parent_role)
-            if role != _role:
-                _role = group.role = role
-                native.set_process_role(role)
+    group.role = _refresh_role(native, role_configured)
     if group.holder or not group.try_to_serve():
         return
     state = _state
