@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "prometheus/metric_family.h"
-#include "prometheus/text_serializer.h"
+#include "text_format.h"
 
 namespace leakprobe::prometheus_exporter {
 namespace {
@@ -24,15 +24,27 @@ const prometheus::Summary::Quantiles& LatencyQuantiles() {
   return *quantiles;
 }
 
+// How long a scrape waits for a render under way before giving up with a
+// 503: a render takes milliseconds, so only a stuck one reaches this (the
+// client's own timeout, Prometheus' default, is the same 10 s).
+constexpr std::chrono::seconds kMaxJoinWait{10};
+
 }  // namespace
 
 ScrapeHandler::ScrapeHandler(std::shared_ptr<SnapshotCollector> collector)
     : collector_(std::move(collector)),
+      flight_(kMaxJoinWait),
       scrapes_(prometheus::BuildCounter()
                    .Name("exposer_scrapes_total")
                    .Help("Scrapes served by this exporter")
                    .Register(registry_)
                    .Add({})),
+      coalesced_(prometheus::BuildCounter()
+                     .Name("exposer_scrapes_coalesced_total")
+                     .Help("Scrapes served with the page of a render already under way "
+                           "when they arrived (single-flight)")
+                     .Register(registry_)
+                     .Add({})),
       bytes_(prometheus::BuildCounter()
                  .Name("exposer_transferred_bytes_total")
                  .Help("Bytes of exposition text sent to scrapers")
@@ -60,13 +72,12 @@ int ScrapeHandler::Handle(mg_connection* conn, void* handler) noexcept {
   }
 }
 
-int ScrapeHandler::Serve(mg_connection* conn) {
-  const auto start = std::chrono::steady_clock::now();
+ScrapeHandler::Page ScrapeHandler::Render() {
   std::vector<prometheus::MetricFamily> families = registry_.Collect();
   std::vector<prometheus::MetricFamily> collected = collector_->Collect();
   families.insert(families.end(), std::make_move_iterator(collected.begin()),
                   std::make_move_iterator(collected.end()));
-  const std::string body = prometheus::TextSerializer().Serialize(families);
+  const std::string body = SerializeText(families);
 
   // Sent uncompressed: gzip would cost the host CPU at every scrape for a
   // page of a few kilobytes. "Connection: close" tells the client not to
@@ -75,7 +86,9 @@ int ScrapeHandler::Serve(mg_connection* conn) {
   // by the body is what Nagle's algorithm holds back until the client's
   // delayed ACK (~48 ms per scrape on kept-alive connections with
   // prometheus-cpp's handler, which wrote headers in two pieces).
-  std::string response = absl::StrCat(
+  Page page;
+  page.body_bytes = body.size();
+  page.response = absl::StrCat(
       "HTTP/1.1 200 OK\r\n"
       "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
       "Content-Length: ",
@@ -83,7 +96,30 @@ int ScrapeHandler::Serve(mg_connection* conn) {
       "\r\n"
       "Connection: close\r\n\r\n",
       body);
-  mg_write(conn, response.data(), response.size());
+  return page;
+}
+
+int ScrapeHandler::Serve(mg_connection* conn) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto result = flight_.Get([this] { return Render(); });
+  using Outcome = SingleFlight<Page>::Outcome;
+  switch (result.outcome) {
+    case Outcome::kRendered:
+    case Outcome::kJoined:
+      break;
+    case Outcome::kFailed:
+      // Out of memory while collecting or rendering: nothing was sent yet.
+      mg_send_http_error(conn, 500, "The exporter could not render the metrics.\n");
+      return 500;
+    case Outcome::kClosed:
+      mg_send_http_error(conn, 503, "The exporter is shutting down.\n");
+      return 503;
+    case Outcome::kTimedOut:
+      mg_send_http_error(conn, 503, "The metrics took too long to render.\n");
+      return 503;
+  }
+  const Page& page = *result.page;
+  mg_write(conn, page.response.data(), page.response.size());
 
   const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - start);
@@ -92,8 +128,9 @@ int ScrapeHandler::Serve(mg_connection* conn) {
   } catch (const std::exception&) {
     // The response is sent: a latency the summary cannot store is dropped.
   }
-  bytes_.Increment(static_cast<double>(body.size()));
+  bytes_.Increment(static_cast<double>(page.body_bytes));
   scrapes_.Increment();
+  if (result.outcome == Outcome::kJoined) coalesced_.Increment();
   return 200;
 }
 
