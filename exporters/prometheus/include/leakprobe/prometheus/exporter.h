@@ -1,5 +1,6 @@
 // leakprobe/prometheus/exporter.h — the in-process HTTP endpoint (civetweb,
-// with prometheus-cpp's metric model and text format) serving /metrics.
+// with prometheus-cpp's metric model, the text written by text_format.h)
+// serving /metrics.
 //
 //   auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
 //   Exporter exporter("127.0.0.1", 0, collector);  // throws BindError
