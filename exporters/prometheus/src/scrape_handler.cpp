@@ -24,6 +24,30 @@ const prometheus::Summary::Quantiles& LatencyQuantiles() {
   return *quantiles;
 }
 
+// An error response, written in one piece like the page. Not
+// mg_send_http_error: civetweb dates it with gmtime(), whose static result
+// the server threads overwrite under each other when several scrapes fail
+// at once (ThreadSanitizer reports it when a failed render answers all its
+// waiters). Never throws: a message that cannot be built is not sent.
+int SendError(mg_connection* conn, int status, const char* reason,
+              const char* text) noexcept {
+  try {
+    const std::string response =
+        absl::StrCat("HTTP/1.1 ", status, " ", reason,
+                     "\r\n"
+                     "Content-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: ",
+                     std::strlen(text),
+                     "\r\n"
+                     "Connection: close\r\n\r\n",
+                     text);
+    mg_write(conn, response.data(), response.size());
+  } catch (const std::exception&) {
+    // Out of memory: the connection closes without a response.
+  }
+  return status;
+}
+
 // How long a scrape waits for a render under way before giving up with a
 // 503: a render takes milliseconds, so only a stuck one reaches this (the
 // client's own timeout, Prometheus' default, is the same 10 s).
@@ -60,15 +84,14 @@ int ScrapeHandler::Handle(mg_connection* conn, void* handler) noexcept {
   const mg_request_info* request = mg_get_request_info(conn);
   if (request == nullptr || request->request_method == nullptr ||
       std::strcmp(request->request_method, "GET") != 0) {
-    mg_send_http_error(conn, 405, "Only GET is served here.\n");
-    return 405;
+    return SendError(conn, 405, "Method Not Allowed", "Only GET is served here.\n");
   }
   try {
     return static_cast<ScrapeHandler*>(handler)->Serve(conn);
   } catch (const std::exception&) {
     // Out of memory while collecting or rendering: nothing was sent yet.
-    mg_send_http_error(conn, 500, "The exporter could not render the metrics.\n");
-    return 500;
+    return SendError(conn, 500, "Internal Server Error",
+                     "The exporter could not render the metrics.\n");
   }
 }
 
@@ -109,14 +132,14 @@ int ScrapeHandler::Serve(mg_connection* conn) {
       break;
     case Outcome::kFailed:
       // Out of memory while collecting or rendering: nothing was sent yet.
-      mg_send_http_error(conn, 500, "The exporter could not render the metrics.\n");
-      return 500;
+      return SendError(conn, 500, "Internal Server Error",
+                       "The exporter could not render the metrics.\n");
     case Outcome::kClosed:
-      mg_send_http_error(conn, 503, "The exporter is shutting down.\n");
-      return 503;
+      return SendError(conn, 503, "Service Unavailable",
+                       "The exporter is shutting down.\n");
     case Outcome::kTimedOut:
-      mg_send_http_error(conn, 503, "The metrics took too long to render.\n");
-      return 503;
+      return SendError(conn, 503, "Service Unavailable",
+                       "The metrics took too long to render.\n");
   }
   const Page& page = *result.page;
   mg_write(conn, page.response.data(), page.response.size());
