@@ -755,6 +755,8 @@ def measure_scrape_load(scraped: bool, scraper_nice: int = 0,
                 latencies.append((time.perf_counter() - began) * 1e3)
 
     host_cpus, scraper_cpus = pinned_cpus() if pin else (None, None)
+    url = ""
+    rendered = 1.0
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             child_script_argv("scrape-host", PROBE), stdin=subprocess.PIPE,
@@ -786,6 +788,8 @@ def measure_scrape_load(scraped: bool, scraper_nice: int = 0,
             stop.set()
             for t in threads:
                 t.join(2 * SCRAPE_TIMEOUT_S)
+            if scraped and url:
+                rendered = _rendered_share(url)
             proc.stdin.close()
             try:
                 proc.wait(timeout=SERVER_STOP_TIMEOUT_S)
@@ -796,7 +800,30 @@ def measure_scrape_load(scraped: bool, scraper_nice: int = 0,
             raise BenchError(f"scrape-load: host child failed "
                              f"({_describe_exit(proc.returncode)})"
                              + _stderr_tail(err))
+    if scraped:
+        loop["rendered_share"] = rendered
     return ScrapeRun(host_ms, latencies, failures, loop)
+
+
+def _rendered_share(url: str) -> float:
+    """The share of the scrapes served so far that rendered their own page,
+    from the exporter's own counters (exposer_scrapes_coalesced_total counts
+    those that shared a render; an exporter without it renders every
+    scrape). NaN when the exporter cannot be read."""
+    import httpx
+
+    values = {}
+    try:
+        for line in httpx.get(url, timeout=SCRAPE_TIMEOUT_S).text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("exposer_scrapes_total", "exposer_scrapes_coalesced_total"):
+                values[name] = float(value)
+    except (httpx.HTTPError, ValueError):
+        return float("nan")
+    total = values.get("exposer_scrapes_total", 0.0)
+    if not total:
+        return float("nan")
+    return (total - values.get("exposer_scrapes_coalesced_total", 0.0)) / total
 
 
 SCRAPE_HEADER = ("row", "unit", "unscraped", "scraped", "added", "ratio",
@@ -865,9 +892,22 @@ def run_scrape_load(repeat: int, warmup: int, scraper_nice: int = 0,
              f"{fmt(statistics.median(i.loop[key] for i, _ in pairs))}, scraped "
              f"{fmt(statistics.median(b.loop[key] for _, b in pairs))}"
              for key, label in SCRAPE_NOTES.items()]
-    lines.append("scrapes per second during the scraped loop: "
-                 + fmt(statistics.median(len(b.latencies_ms) / b.host_ms * 1e3
-                                         for _, b in pairs)))
+    per_second = statistics.median(len(b.latencies_ms) / b.host_ms * 1e3
+                                   for _, b in pairs)
+    lines.append("scrapes per second during the scraped loop: " + fmt(per_second))
+    share = statistics.median(b.loop.get("rendered_share", float("nan"))
+                              for _, b in pairs)
+    lines.append(f"scrapes that rendered their own page: {share:.1%} (the others "
+                 "shared a render under way); renders per second: "
+                 + fmt(per_second * share))
+    def beyond_loop(run: ScrapeRun) -> float:
+        return run.loop["process_cpu_ms"] - run.loop["loop_cpu_ms"]
+
+    per_scrape = statistics.median((beyond_loop(b) - beyond_loop(i))
+                                   / max(1, len(b.latencies_ms)) for i, b in pairs)
+    lines.append("exporter CPU per scrape (the host process's CPU beyond its "
+                 "loop thread's, scraped minus unscraped, over the scrapes): "
+                 f"{per_scrape:.3f} ms")
     return ["scrape-load", "ms", fmt(statistics.median(idle_ms)),
             fmt(statistics.median(busy_ms)),
             ("+" if added >= 0 else "") + fmt(added),

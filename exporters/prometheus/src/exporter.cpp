@@ -150,6 +150,9 @@ Exporter::Exporter(const std::string& host, int port,
 
 Exporter::~Exporter() {
   if (context_ == nullptr) return;
+  // Scrapes waiting for a render answer 503 now instead of keeping their
+  // threads from the join below.
+  handler_->Shutdown();
   // Wake civetweb's master thread now rather than after its poll quantum.
   for (int fd : listening_fds_) shutdown(fd, SHUT_RDWR);
   mg_stop(context_);  // joins the server threads before handler_ goes
@@ -158,10 +161,24 @@ Exporter::~Exporter() {
 void Exporter::AbandonAfterFork() noexcept {
   for (int fd : listening_fds_) close(fd);
   listening_fds_.clear();
-  Release();
+  // Not Shutdown(): the handler's lock may be held by a parent thread that
+  // does not exist here; no thread of this child waits on it anyway.
+  Leak();
 }
 
 void Exporter::Release() noexcept {
+  if (handler_) {
+    try {
+      handler_->Shutdown();
+    } catch (const std::exception&) {
+      // A lock that fails to lock (std::system_error): the waiters' own
+      // deadline wakes them, and the process is exiting.
+    }
+  }
+  Leak();
+}
+
+void Exporter::Leak() noexcept {
   if (handler_) handler_->Close();
   // Leaked on purpose: server threads may still be in the handler.
   context_ = nullptr;

@@ -11,11 +11,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <fstream>
 #include <memory>
+#include <mutex>
+#include <regex>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -210,6 +215,163 @@ TEST(ExporterTest, ForkedChildAbandonsInheritedServerAndServesItsOwn) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
   // The parent's server is untouched by the child's close().
   EXPECT_NE(HttpGet(parent_port).find("process_open_fds"), std::string::npos);
+}
+
+// A response's status code, and whether it is complete and well-formed: its
+// Content-Length equals the body's size and every body line is a comment
+// or a sample ("name{labels} value").
+struct Parsed {
+  int status = 0;
+  std::string body;
+  bool complete = false;
+};
+
+Parsed Parse(const std::string& response) {
+  Parsed parsed;
+  if (response.rfind("HTTP/1.1 ", 0) != 0 || response.size() < 12) return parsed;
+  parsed.status = std::stoi(response.substr(9, 3));
+  const std::size_t end = response.find("\r\n\r\n");
+  if (end == std::string::npos) return parsed;
+  parsed.body = response.substr(end + 4);
+  static const std::regex kLength("\r\nContent-Length: ([0-9]+)\r\n", std::regex::icase);
+  std::smatch length;
+  const std::string headers = response.substr(0, end + 2);
+  if (!std::regex_search(headers, length, kLength) ||
+      std::stoul(length[1].str()) != parsed.body.size()) {
+    return parsed;
+  }
+  static const std::regex kLine(
+      R"((# (HELP|TYPE) .*)|([a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})? [^ ]+))");
+  std::istringstream lines(parsed.body);
+  std::string line;
+  int samples = 0;
+  while (std::getline(lines, line)) {
+    if (!std::regex_match(line, kLine)) return parsed;
+    if (line[0] != '#') ++samples;
+  }
+  parsed.complete = !parsed.body.empty() && parsed.body.back() == '\n' && samples > 0;
+  return parsed;
+}
+
+// The value of an unlabelled sample in a body; -1 when absent.
+double SampleValue(const std::string& body, const std::string& name) {
+  const std::size_t at = body.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(body.substr(at + name.size() + 2));
+}
+
+// Scrapes port from `clients` threads, `each` times each, all at once.
+std::vector<std::string> ScrapeStorm(int port, int clients, int each) {
+  std::vector<std::string> responses(static_cast<std::size_t>(clients * each));
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&responses, port, c, each] {
+      for (int i = 0; i < each; ++i) {
+        responses[static_cast<std::size_t>(c * each + i)] = HttpGet(port);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return responses;
+}
+
+TEST(ExporterTest, ConcurrentScrapesShareRenders) {
+  std::atomic<int> renders{0};
+  // A render slowed to 20 ms, so that scrapes overlap it as in a storm.
+  auto collector = std::make_shared<SnapshotCollector>([&renders] {
+    ++renders;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return TakeSnapshot();
+  });
+  Exporter exporter("127.0.0.1", 0, collector);
+  constexpr int kClients = 8;
+  constexpr int kEach = 10;
+  const std::vector<std::string> responses =
+      ScrapeStorm(exporter.port(), kClients, kEach);
+  for (const std::string& response : responses) {
+    const Parsed parsed = Parse(response);
+    ASSERT_EQ(parsed.status, 200) << response;
+    ASSERT_TRUE(parsed.complete) << response;
+    EXPECT_NE(parsed.body.find("\nprocess_open_fds "), std::string::npos);
+    EXPECT_NE(parsed.body.find("\nleakprobe_build_info{"), std::string::npos);
+  }
+  const int storm_renders = renders.load();
+  EXPECT_GE(storm_renders, 1);
+  EXPECT_LT(storm_renders, kClients * kEach) << "every scrape rendered on its own";
+  // The exporter counts the scrapes that shared a render.
+  const Parsed after = Parse(HttpGet(exporter.port()));
+  ASSERT_TRUE(after.complete);
+  EXPECT_EQ(SampleValue(after.body, "exposer_scrapes_total"), kClients * kEach);
+  EXPECT_EQ(SampleValue(after.body, "exposer_scrapes_coalesced_total"),
+            kClients * kEach - storm_renders);
+  EXPECT_EQ(renders.load(), storm_renders + 1) << "a scrape alone renders afresh";
+}
+
+TEST(ExporterTest, ARenderThatThrowsAnswers500ToItsWaitersAndTheNextScrapeRendersAgain) {
+  std::atomic<int> renders{0};
+  std::atomic<bool> fail{true};
+  auto collector = std::make_shared<SnapshotCollector>([&] {
+    ++renders;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (fail.load()) throw std::runtime_error("no snapshot");
+    return TakeSnapshot();
+  });
+  Exporter exporter("127.0.0.1", 0, collector);
+  constexpr int kClients = 8;
+  constexpr int kEach = 5;
+  for (const std::string& response : ScrapeStorm(exporter.port(), kClients, kEach)) {
+    EXPECT_EQ(Parse(response).status, 500) << response;
+  }
+  const int failed_renders = renders.load();
+  EXPECT_LT(failed_renders, kClients * kEach) << "no scrape joined a failing render";
+  fail.store(false);
+  const Parsed next = Parse(HttpGet(exporter.port()));
+  EXPECT_EQ(next.status, 200);
+  EXPECT_TRUE(next.complete);
+  EXPECT_EQ(renders.load(), failed_renders + 1);
+}
+
+TEST(ExporterTest, StoppingTheExporterReleasesWaitingScrapesAtOnce) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  std::atomic<bool> rendering{false};
+  // Every render waits until the test opens the gate.
+  auto collector = std::make_shared<SnapshotCollector>([&] {
+    rendering.store(true);
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return open; });
+    return TakeSnapshot();
+  });
+  auto exporter = std::make_unique<Exporter>("127.0.0.1", 0, collector);
+  const int port = exporter->port();
+  std::thread renderer([port] { HttpGet(port); });
+  while (!rendering.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::vector<std::string> waiters(2);
+  std::vector<std::thread> threads;
+  for (std::string& response : waiters) {
+    threads.emplace_back([&response, port] { response = HttpGet(port); });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // they join the render
+  const auto stopping = std::chrono::steady_clock::now();
+  std::thread stopper([&] { exporter.reset(); });
+  // The waiters are let go while the render is still held at the gate:
+  // well before their client's 5 s timeout, with a 503 or the connection
+  // closed (civetweb writes nothing once stopping), never a page.
+  for (std::thread& t : threads) t.join();
+  const auto waited = std::chrono::steady_clock::now() - stopping;
+  EXPECT_LT(waited, std::chrono::seconds(3));
+  for (const std::string& response : waiters) {
+    const int status = Parse(response).status;
+    EXPECT_TRUE(status == 503 || response.empty()) << response;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    open = true;
+  }
+  cv.notify_all();
+  stopper.join();  // the render under way ends, then the server stops
+  renderer.join();
 }
 
 TEST(ListeningAddressTest, BracketsIpv6) {

@@ -91,8 +91,13 @@ std::int64_t CountOpenFds() {
 ProcessStats ReadProcessStats() {
   ProcessStats stats;
   std::string text;
-  double boot_time = -1;
-  if (ReadSmallFile("/proc/stat", &text)) boot_time = ParseBootTime(text);
+  // The boot time does not change: /proc/stat (a line per CPU and one of
+  // every interrupt's count, which the kernel sums at each read) is read at
+  // the first call only, not at every scrape.
+  static const double boot_time = [] {
+    std::string proc_stat;
+    return ReadSmallFile("/proc/stat", &proc_stat) ? ParseBootTime(proc_stat) : -1.0;
+  }();
   if (ReadSmallFile("/proc/self/stat", &text)) {
     ParseProcStat(text, sysconf(_SC_PAGESIZE), sysconf(_SC_CLK_TCK), boot_time, &stats);
   }

@@ -10,9 +10,13 @@
 // ThreadSanitizer cannot see into, so a TSan build could not check these
 // tables; a pthread mutex is intercepted by TSan. Locked only on sampled
 // (rare) events, so its simplicity costs nothing.
+// CondVar waits on a Mutex (the exporter's single-flight scrapes):
+//   while (!ready) cv.WaitUntil(&mu, deadline);  // mu held
 // Thread-safety: it is a mutex.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <mutex>
 
 #include "absl/base/thread_annotations.h"
@@ -25,6 +29,7 @@ class ABSL_LOCKABLE Mutex {
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
 
  private:
+  friend class CondVar;
   std::mutex mu_;
 };
 
@@ -39,6 +44,23 @@ class ABSL_SCOPED_LOCKABLE MutexLock {
 
  private:
   Mutex* const mu_;
+};
+
+class CondVar {
+ public:
+  // Releases `mu` until notified, spuriously woken or `deadline` passes,
+  // then holds it again. False when the deadline passed.
+  bool WaitUntil(Mutex* mu, std::chrono::steady_clock::time_point deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::unique_lock<std::mutex> lock(mu->mu_, std::adopt_lock);
+    const bool woken = cv_.wait_until(lock, deadline) == std::cv_status::no_timeout;
+    lock.release();  // still held: the caller's MutexLock unlocks it
+    return woken;
+  }
+  void NotifyAll() { cv_.notify_all(); }
+
+ private:
+  std::condition_variable cv_;
 };
 
 }  // namespace leakprobe

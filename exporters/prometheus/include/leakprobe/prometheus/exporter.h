@@ -1,5 +1,6 @@
 // leakprobe/prometheus/exporter.h — the in-process HTTP endpoint (civetweb,
-// with prometheus-cpp's metric model and text format) serving /metrics.
+// with prometheus-cpp's metric model, the text written by text_format.h)
+// serving /metrics.
 //
 //   auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
 //   Exporter exporter("127.0.0.1", 0, collector);  // throws BindError
@@ -17,6 +18,8 @@
 // - Scrapes never starve: a fixed pool of server threads, one request per
 //   connection ("Connection: close", keep-alive off), so no thread waits on
 //   a client idling between scrapes; more scrapers than threads queue.
+//   Scrapes that arrive during a render share it (single-flight); stopping
+//   the exporter answers those still waiting with 503 at once.
 //   The server threads run 10 nice levels below their creator, so under CPU
 //   contention a scrape storm yields to the host's own threads.
 // Thread-safety: not thread-safe; the owner serialises calls. The server
@@ -54,10 +57,14 @@ class Exporter {
 
   // Child side of fork: async-signal-safe (close() only), never blocks.
   void AbandonAfterFork() noexcept;
-  // At exit: stop serving data and leak the server without joining threads.
+  // At exit: stop serving data (scrapes waiting for a render answer 503)
+  // and leak the server without joining threads.
   void Release() noexcept;
 
  private:
+  // Closes the collector and leaks the server; both ends above share it.
+  void Leak() noexcept;
+
   std::string host_;
   int port_ = 0;
   // Both leaked by Release() and AbandonAfterFork(); context_ is null then.
