@@ -292,7 +292,7 @@ TEST(ExporterTest, ConcurrentScrapesShareRenders) {
     const Parsed parsed = Parse(response);
     ASSERT_EQ(parsed.status, 200) << response;
     ASSERT_TRUE(parsed.complete) << response;
-    EXPECT_NE(parsed.body.find("\nprocess_open_fds "), std::string::npos);
+    EXPECT_NE(parsed.body.find("\nprocess_open_fds{pid=\""), std::string::npos);
     EXPECT_NE(parsed.body.find("\nleakprobe_build_info{"), std::string::npos);
   }
   const int storm_renders = renders.load();
