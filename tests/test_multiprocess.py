@@ -244,11 +244,14 @@ def _group_rows(port: int, want: int, deadline: float = 60) -> dict[str, str]:
     rows: dict[str, str] = {}
     while time.monotonic() < end:
         try:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
         except httpx.HTTPError:
             time.sleep(0.2)
             continue
-        for family in text_string_to_metric_families(text):
+        if response.status_code != 200:  # 503: the holder is exiting (recycled)
+            time.sleep(0.2)
+            continue
+        for family in text_string_to_metric_families(response.text):
             if family.name == "process_threads":
                 rows = {s.labels["pid"]: s.labels["role"] for s in family.samples}
         if len(rows) >= want:
