@@ -24,7 +24,7 @@ from typing import Any
 
 from ._heap import Frame
 
-RESOURCES = ("rss", "heap", "fd", "object", "container", "thread")
+RESOURCES = ("rss", "heap", "fd", "object", "container", "thread", "work")
 _THREAD_TYPE = "threading.Thread"  # the threading adapter's tracked type
 _COLLECTED_OPEN = ":collected_open"  # object/<type>:collected_open
 
@@ -45,8 +45,8 @@ class Verdict:
     while open).
     """
 
-    resource: str  # rss, heap, fd, object, container, thread
-    key: str  # "total", a kind, "site:<site>", "owner:<type>", a type, a name
+    resource: str  # rss, heap, fd, object, container, thread, work
+    key: str  # "total", a kind, "site:<site>", "owner:<type>", a type, a name, "<kind>:<name>:fds"
     pid: int
     unit: str  # bytes, fds, objects, entries, threads
     suspected: bool

@@ -34,6 +34,8 @@ std::string_view ResourceName(Resource resource) {
       return "thread";
     case Resource::kNativeHeap:
       return "native_heap";
+    case Resource::kWork:
+      return "work";
   }
   return "unknown";
 }

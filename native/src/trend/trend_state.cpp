@@ -33,6 +33,9 @@ constexpr std::string_view kCollectedOpenSuffix = ":collected_open";
 // The tracked type whose live objects are the process's threads (the
 // threading adapter's), for thread/total's site.
 constexpr std::string_view kThreadType = "threading.Thread";
+// The suffixes of the work series' keys (<kind>:<name><suffix>).
+constexpr std::string_view kWorkFdsSuffix = ":fds";
+constexpr std::string_view kWorkObjectsSuffix = ":objects";
 
 std::string_view Strip(std::string_view text) {
   constexpr std::string_view kSpace = " \t\r\n";
@@ -83,6 +86,8 @@ std::string_view UnitName(Resource resource) {
       return "entries";
     case Resource::kThread:
       return "threads";
+    case Resource::kWork:
+      return "units";  // Judge names the key's unit: fds or objects
   }
   return "?";
 }
@@ -99,6 +104,7 @@ ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes) {
   at(Resource::kObject) = {3, 0};
   at(Resource::kThread) = {3, 0};
   at(Resource::kContainer) = {20, 0};
+  at(Resource::kWork) = {3, 0};
   return table;
 }
 
@@ -315,6 +321,16 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
     feed.Add(Resource::kContainer, c.name, static_cast<double>(c.size));
     if (c.maxsize >= 0) fed->container_maxsize[c.name] = static_cast<double>(c.maxsize);
   }
+  // Per unit of work: what its runs left behind, summed. Fds from the
+  // first run on (a clean unit's series is flat at 0); objects once used.
+  for (const WorkUnit& w : s.containers.work) {
+    if (w.runs == 0) continue;
+    const std::string prefix = w.kind + ":" + w.name;
+    feed.Add(Resource::kWork, prefix + std::string(kWorkFdsSuffix),
+             static_cast<double>(w.retained_fds));
+    feed.AddOnceUsed(Resource::kWork, prefix + std::string(kWorkObjectsSuffix),
+                     static_cast<double>(w.retained_objects));
+  }
   feed.Finish();
 }
 
@@ -343,6 +359,7 @@ std::pair<double, double> Limits(const SeriesKey& key, double last, const Fed& f
       return {kInf, kInf};
     case Resource::kObject:
     case Resource::kThread:
+    case Resource::kWork:
       break;
   }
   return {kInf, kInf};
@@ -354,6 +371,9 @@ SeriesVerdict Judge(const SeriesKey& key, const std::vector<Point>& points,
   out.resource = key.resource;
   out.key = key.key;
   out.unit = std::string(UnitName(key.resource));
+  if (key.resource == Resource::kWork) {
+    out.unit = key.key.ends_with(kWorkFdsSuffix) ? "fds" : "objects";
+  }
   TrendParams params = ParamsFor(config, key.resource);
   // Warm-up is the process's: a series that began later is not warmed up again.
   if (!points.empty()) {
@@ -432,6 +452,7 @@ void PickSites(const Fed& fed, std::vector<SeriesVerdict>* series) {
       case Resource::kRss:
       case Resource::kContainer:
       case Resource::kNativeHeap:
+      case Resource::kWork:
         break;
     }
   }

@@ -43,8 +43,11 @@ enum class Resource : std::uint8_t {
   kContainer,   // key a watched or discovered name: entries
   kThread,      // key "total": OS threads of the process
   kNativeHeap,  // later (issue 12)
+  kWork,        // key "<kind>:<name>:fds" or "<kind>:<name>:objects": what
+                // the runs of a unit of work (a Celery task, a route) left
+                // behind, summed over its runs (python/leakprobe/_work.py)
 };
-inline constexpr std::size_t kResourceCount = 7;
+inline constexpr std::size_t kResourceCount = 8;
 std::string_view ResourceName(Resource resource);  // "rss", "heap", ...
 
 struct SeriesKey {
