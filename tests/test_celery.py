@@ -206,8 +206,9 @@ def client_app(redis_url: str):
     return app
 
 
-def per_process(samples, name: str, **labels: str) -> dict[str, float]:
-    return {s.labels["pid"]: s.value for s in samples if s.name == name
+def per_process(samples, sample_name: str, **labels: str) -> dict[str, float]:
+    """pid -> value of one sample name with these labels, per process."""
+    return {s.labels["pid"]: s.value for s in samples if s.name == sample_name
             and all(s.labels.get(k) == v for k, v in labels.items())}
 
 

@@ -106,7 +106,10 @@ def _figures() -> _Figures:
     native = _native()
     fds = objects = heap = None
     if state.fds:
-        fds = {k: v for k, v in native.fd_counters()["open"].items() if v}
+        # Attributed only: reconciliation adds fds open before (a forked
+        # child's inherited ones, at its first reconcile), whichever run
+        # it happens in; they are no run's doing.
+        fds = {k: v for k, v in native.fd_counters()["open_attributed"].items() if v}
     if state.config.objects:
         objects = {t["name"]: t["live"] for t in native.object_summary()["types"] if t["live"]}
     if state.config.heap:
