@@ -51,8 +51,8 @@ void SetPools(const std::vector<PoolTuple>& rows) {
   ContainerStore::Instance().SetPools(converted);
 }
 
-using WorkTuple =
-    std::tuple<std::string, std::string, std::uint64_t, std::int64_t, std::int64_t, double>;
+using WorkTuple = std::tuple<std::string, std::string, std::uint64_t, std::int64_t,
+                             std::int64_t, double>;
 
 void SetWork(const std::vector<WorkTuple>& rows) {
   std::vector<WorkUnit> converted;

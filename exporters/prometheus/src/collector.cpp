@@ -296,19 +296,21 @@ void AddWorkFamilies(const std::vector<WorkUnit>& work, std::vector<MetricFamily
                              "Units of work run and measured, by kind (task, route) and "
                              "name; name \"<other>\" counts the names beyond the cap.",
                              MetricType::Counter);
-  MetricFamily fds = Family("leakprobe_work_retained_fds",
-                            "Open fds the runs of a unit of work left behind: the sum over "
-                            "its runs of open fds after minus before.",
-                            MetricType::Gauge);
+  MetricFamily fds =
+      Family("leakprobe_work_retained_fds",
+             "Open fds the runs of a unit of work left behind: the sum over "
+             "its runs of open fds after minus before.",
+             MetricType::Gauge);
   MetricFamily objects = Family("leakprobe_work_retained_objects",
                                 "Live tracked objects the runs of a unit of work left "
                                 "behind: the sum over its runs of after minus before.",
                                 MetricType::Gauge);
-  MetricFamily bytes = Family("leakprobe_work_retained_bytes",
-                              "Sampled live Python heap the runs of a unit of work left "
-                              "behind (an estimate): the sum over its runs of after minus "
-                              "before.",
-                              MetricType::Gauge);
+  MetricFamily bytes =
+      Family("leakprobe_work_retained_bytes",
+             "Sampled live Python heap the runs of a unit of work left "
+             "behind (an estimate): the sum over its runs of after minus "
+             "before.",
+             MetricType::Gauge);
   for (const WorkUnit& w : work) {
     const std::vector<ClientMetric::Label> labels = {{"kind", w.kind}, {"name", w.name}};
     AddSample(&runs, static_cast<double>(w.runs), labels);

@@ -168,7 +168,8 @@ ContainerSummary ContainerStore::Summary() const {
       s.pools.push_back({LoadName(row.library), LoadName(row.pool), LoadName(row.state),
                          row.connections.load(std::memory_order_acquire)});
     }
-    const std::size_t work = std::min(work_count_.load(std::memory_order_acquire), kMaxWorkRows);
+    const std::size_t work =
+        std::min(work_count_.load(std::memory_order_acquire), kMaxWorkRows);
     for (std::size_t i = 0; i < work; ++i) {
       const WorkRow& row = work_[i];
       s.work.push_back({LoadName(row.kind), LoadName(row.name),
