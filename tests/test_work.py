@@ -8,6 +8,7 @@ import json
 import textwrap
 
 from conftest import run_python, without_process_labels
+from test_multiprocess import promtool_check
 
 PRELUDE = """\
 import json, socket, time, urllib.request
@@ -66,6 +67,7 @@ def test_retained_fds_objects_and_runs_are_exact_for_sequential_runs():
     assert 'leakprobe_work_retained_fds{kind="task",name="clean"} 0' in text
     assert 'leakprobe_work_retained_objects{kind="task",name="leaky"} 7' in text
     assert 'leakprobe_work_runs_total{kind="route",name="GET /items"} 7' in text
+    promtool_check(text)
 
 
 def test_names_beyond_the_cap_are_counted_under_other():
@@ -80,6 +82,7 @@ def test_names_beyond_the_cap_are_counted_under_other():
     assert len(out["names"]) == 31  # MAX_NAMES, and <other>
     assert out["other"] == [5]
     assert 'leakprobe_work_runs_total{kind="task",name="<other>"} 5' in out["scrape"]
+    promtool_check(out["scrape"])
 
 
 def test_a_unit_that_leaves_a_socket_per_run_is_flagged_and_its_twin_is_not():
