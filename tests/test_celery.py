@@ -96,7 +96,8 @@ from celery import Celery
 app = Celery("lpapp", broker=os.environ["BROKER"], backend=os.environ["BROKER"])
 app.conf.update(worker_prefetch_multiplier=1, task_ignore_result=True,
                 broker_connection_retry_on_startup=True,
-                worker_max_tasks_per_child=int(os.environ.get("MAX_TASKS", "0")) or None)
+                worker_max_tasks_per_child=int(os.environ.get("MAX_TASKS", "0")) or None,
+                worker_max_memory_per_child=int(os.environ.get("MAX_MEMORY_KIB", "0")) or None)
 _CLIENTS = []
 _ENGINES = []
 
@@ -120,6 +121,11 @@ def engine(path):
         _ENGINES.append(sqlalchemy.create_engine(f"sqlite:///{path}"))  # ENGINE_LINE
     with _ENGINES[0].connect() as connection:
         connection.execute(sqlalchemy.text("select 1"))
+
+
+@app.task(name="lpapp.pid", ignore_result=False)
+def pid():
+    return os.getpid()
 
 
 @app.task(name="lpapp.square", ignore_result=False)
@@ -320,3 +326,24 @@ def test_a_thousand_tasks_with_one_task_per_child_never_hang_and_every_child_is_
     stderr = worker.stop()
     assert "Traceback" not in stderr, stderr
     assert worker.proc.returncode == 0, stderr
+
+
+def test_children_replaced_by_max_memory_per_child_are_each_served(worker_factory, redis_url):
+    """worker_max_memory_per_child of 1 KiB: every child is over it after
+    its first task, so Celery replaces it; each new child restarts
+    leakprobe and is served through the main process's port."""
+    tasks = 8
+    worker = worker_factory(MAX_MEMORY_KIB="1")
+    worker.wait_for_roles(children=2)
+    app = client_app(redis_url)
+    pids = []
+    served: set[str] = set()
+    for _ in range(tasks):
+        pids.append(str(app.send_task("lpapp.pid").get(timeout=60)))
+        served.update(pid for pid, role in worker.processes().items() if role == "celery-child")
+    assert len(set(pids)) == tasks, pids  # one task per child: each was replaced
+    # A child's replacement is started when the next task is due: the
+    # children that ran the tasks after the first are served in between.
+    assert len(set(pids) & served) >= tasks // 2, (pids, served)
+    stderr = worker.stop()
+    assert "Traceback" not in stderr, stderr
