@@ -142,11 +142,16 @@ class Worker:
         self.app_path = str(tmp_path / "lpapp.py")
         self.port = free_port()
         celery = str(Path(sys.executable).parent / "celery")
+        # A file, not a pipe: every child logs at start and exit, and a pipe
+        # that nobody reads until the end fills up (64 KiB: ~220 children)
+        # and blocks the children's writes, which stalls the pool.
+        self.err_path = tmp_path / f"worker-{self.port}.err"
+        self.err = open(self.err_path, "w")
         self.proc = subprocess.Popen(
             [celery, "-A", "lpapp", "worker", "--pool", "prefork", "--concurrency",
              str(concurrency), "--loglevel", "warning", "--without-gossip", "--without-mingle",
              "--without-heartbeat"],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=self.err, text=True,
             env=child_env(LEAKPROBE_PORT=str(self.port), BROKER=redis_url,
                           PYTHONPATH=str(tmp_path), **env))
         self.stderr = ""
@@ -168,7 +173,7 @@ class Worker:
         end = time.monotonic() + deadline
         rows: dict[str, str] = {}
         while time.monotonic() < end:
-            assert self.proc.poll() is None, self.proc.stderr.read()
+            assert self.proc.poll() is None, self.err_path.read_text()
             rows = self.processes()
             if sorted(rows.values()) == ["celery-child"] * children + ["celery-main"]:
                 return rows
@@ -180,11 +185,15 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, self.stderr = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, self.stderr = self.proc.communicate()
-            raise AssertionError("the worker did not stop within 60 s: " + self.stderr)
+            self.proc.wait()
+            raise AssertionError("the worker did not stop within 60 s: "
+                                 + self.err_path.read_text())
+        finally:
+            self.err.close()
+        self.stderr = self.err_path.read_text()
         return self.stderr
 
 
@@ -201,7 +210,8 @@ def worker_factory(tmp_path, redis_url):
     for worker in workers:
         if worker.proc.poll() is None:
             worker.proc.kill()
-            worker.proc.communicate()
+            worker.proc.wait()
+        worker.err.close()
 
 
 def client_app(redis_url: str):

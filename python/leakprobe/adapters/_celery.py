@@ -95,7 +95,8 @@ def report(role: str) -> list[dict[str, Any]]:
         log("warning", f"celery {role} shutdown (pid {pid}): {row['count']} "
             f"{row['type']} {verb}, created at {row['site']}")
     if not rows:
-        log("info", f"celery {role} shutdown (pid {pid}): no engine, client or session "
+        # debug: a pool recycling a child per task would log it per task
+        log("debug", f"celery {role} shutdown (pid {pid}): no engine, client or session "
             "left open")
     from .. import _runfile
 
