@@ -303,7 +303,8 @@ def test_a_thousand_tasks_with_one_task_per_child_never_hang_and_every_child_is_
     1,000 children forked, each restarting leakprobe. SLOW: Celery replaces
     a child in ~0.3 s here without leakprobe (100 tasks: 32 s with
     LEAKPROBE_DISABLE=1, 42 s with leakprobe, side by side on the shared
-    2-core machine), so 1,000 tasks take minutes (the figure is printed)."""
+    2-core machine), so 1,000 tasks take minutes: 330 s measured (602
+    distinct child pids seen in the scrapes), the figure is printed."""
     tasks = 1000
     worker = worker_factory(MAX_TASKS="1")
     worker.wait_for_roles(children=2)
