@@ -106,10 +106,10 @@ def _figures() -> _Figures:
     native = _native()
     fds = objects = heap = None
     if state.fds:
-        # Reconciled first (~20 us): fds closed unseen before the run (a
-        # forked child's inherited ones, closed by os.closerange's
-        # close_range syscall) would otherwise leave the table at the
-        # sampler's next reconcile, inside whichever run is in progress.
+        # Reconciled first (~20 us): fds closed unseen before the run (by
+        # os.closerange's close_range syscall, say; a Celery child showed
+        # -1 in a clean task without this) would otherwise leave the table
+        # at the sampler's next reconcile, inside whichever run is then.
         # Attributed only: what reconciliation adds (fds open before start,
         # raw syscalls) is no run's doing.
         native.fd_reconcile()
