@@ -19,6 +19,7 @@ APT_PACKAGES=(
   clang-format clang-tidy
   prometheus            # promtool, and a real Prometheus server for tests
   postgresql            # a real PostgreSQL server for the SQLAlchemy adapter's tests
+  redis-server          # a real Redis broker for the Celery integration's tests
   chromium              # headless rendering of the HTML report in its test
 )
 

@@ -52,6 +52,18 @@ void SetPools(const std::vector<PoolTuple>& rows) {
   ContainerStore::Instance().SetPools(converted);
 }
 
+using WorkTuple = std::tuple<std::string, std::string, std::uint64_t, std::int64_t,
+                             std::int64_t, double>;
+
+void SetWork(const std::vector<WorkTuple>& rows) {
+  std::vector<WorkUnit> converted;
+  converted.reserve(rows.size());
+  for (const auto& [kind, name, runs, fds, objects, bytes] : rows) {
+    converted.push_back({kind, name, runs, fds, objects, bytes});
+  }
+  ContainerStore::Instance().SetWork(converted);
+}
+
 py::dict Summary() {
   const ContainerSummary s = ContainerStore::Instance().Summary();
   py::list containers;
@@ -75,6 +87,12 @@ py::dict Summary() {
     pools.append(py::make_tuple(p.library, p.pool, p.state, p.connections, p.limit));
   }
   d["pools"] = pools;
+  py::list work;
+  for (const WorkUnit& w : s.work) {
+    work.append(py::make_tuple(w.kind, w.name, w.runs, w.retained_fds, w.retained_objects,
+                               w.retained_bytes));
+  }
+  d["work"] = work;
   d["torn_reads"] = s.torn_reads;
   return d;
 }
@@ -91,6 +109,9 @@ void RegisterContainerBindings(py::module_& m) {
   m.def("set_pools", &SetPools, py::arg("rows"),
         "Replace the pool-connection rows (library, pool, state, connections, limit "
         "or -1 for none); rows beyond the store's 128 are ignored.");
+  m.def("set_work", &SetWork, py::arg("rows"),
+        "Replace the per-unit-of-work rows (kind, name, runs, retained fds, retained "
+        "objects, retained bytes); rows beyond the store's 128 are ignored.");
   m.def("container_summary", &Summary,
         "What the exporter reads from the container store.");
 }

@@ -197,13 +197,18 @@ py::dict FdCountersDict() {
   ReconcileStats r;
   InterposeStats interpose;
   std::array<std::uint64_t, kFdKindCount> open{};
+  std::array<std::uint64_t, kFdKindCount> open_attributed{};  // creation seen by a hook
   std::uint64_t unattributed = 0;
   {
     const WithoutGil no_gil;
     const FdTable& table = ProcessFdTable();
     for (const FdRecord& record : table.OpenFds()) {
       ++open[static_cast<std::size_t>(record.kind)];
-      if (!record.attributed) ++unattributed;
+      if (!record.attributed) {
+        ++unattributed;
+      } else {
+        ++open_attributed[static_cast<std::size_t>(record.kind)];
+      }
     }
     c = table.Counters();
     r = GetReconcileStats();
@@ -213,6 +218,7 @@ py::dict FdCountersDict() {
   d["opened"] = ByKind(c.opened);
   d["closed"] = ByKind(c.closed);
   d["open"] = ByKind(open);
+  d["open_attributed"] = ByKind(open_attributed);
   d["unattributed"] = unattributed;
   d["dropped"] = c.dropped;
   d["replaced"] = c.replaced;

@@ -60,6 +60,44 @@ TEST(ContainerStoreTest, CensusRoundTrips) {
   store.SetCensus({}, {});
 }
 
+TEST(ContainerStoreTest, WorkRowsRoundTripCappedAndExported) {
+  ContainerStore& store = ContainerStore::Instance();
+  std::vector<WorkUnit> rows(ContainerStore::kMaxWorkRows + 3, {"task", "t", 1, 0, 0, 0});
+  rows[0] = {"task", "app.fetch", 30, 30, 29, -512.5};
+  store.SetWork(rows);
+  ContainerSummary s = store.Summary();
+  ASSERT_EQ(s.work.size(), ContainerStore::kMaxWorkRows);
+  EXPECT_EQ(s.work[0].kind, "task");
+  EXPECT_EQ(s.work[0].name, "app.fetch");
+  EXPECT_EQ(s.work[0].runs, 30u);
+  EXPECT_EQ(s.work[0].retained_fds, 30);
+  EXPECT_EQ(s.work[0].retained_objects, 29);
+  EXPECT_DOUBLE_EQ(s.work[0].retained_bytes, -512.5);
+
+  Snapshot snapshot;
+  snapshot.containers.work = {s.work[0]};
+  const auto families = prometheus_exporter::BuildFamilies(snapshot);
+  int found = 0;
+  for (const auto& f : families) {
+    if (f.name == "leakprobe_work_runs_total") {
+      ASSERT_EQ(f.metric.size(), 1u);
+      EXPECT_EQ(f.metric[0].counter.value, 30);
+      EXPECT_EQ(f.metric[0].label[0].name, "kind");
+      EXPECT_EQ(f.metric[0].label[1].value, "app.fetch");
+      ++found;
+    } else if (f.name == "leakprobe_work_retained_fds") {
+      EXPECT_EQ(f.metric[0].gauge.value, 30);
+      ++found;
+    } else if (f.name == "leakprobe_work_retained_bytes") {
+      EXPECT_EQ(f.metric[0].gauge.value, -512.5);
+      ++found;
+    }
+  }
+  EXPECT_EQ(found, 3);
+  store.SetWork({});
+  EXPECT_TRUE(store.Summary().work.empty());
+}
+
 // A reader concurrent with a writer sees either the old or the new table,
 // never a mix: every row of one write carries the same size.
 TEST(ContainerStoreTest, ReadersNeverSeeATornTable) {

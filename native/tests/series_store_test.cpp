@@ -40,6 +40,7 @@ TEST(SeriesStoreTest, NamesEveryResource) {
   EXPECT_EQ(ResourceName(Resource::kContainer), "container");
   EXPECT_EQ(ResourceName(Resource::kThread), "thread");
   EXPECT_EQ(ResourceName(Resource::kNativeHeap), "native_heap");
+  EXPECT_EQ(ResourceName(Resource::kWork), "work");
 }
 
 TEST(SeriesStoreTest, KeepsEverySampleWhileLevelZeroHoldsThem) {

@@ -160,6 +160,30 @@ TEST(TrendStateTest, CollectedOpenSeriesGetsTheTopCollectedSite) {
   EXPECT_EQ(Find(*summary, Resource::kObject, "app.Client:collected_open"), nullptr);
 }
 
+TEST(TrendStateTest, AUnitOfWorkThatKeepsASocketPerRunIsFlaggedItsTwinNot) {
+  TrendState state;
+  state.Start(TestConfig());
+  const Clock at;
+  for (int i = 0; i < 60; ++i) {
+    Snapshot s = FakeSnapshot(i);
+    const auto runs = static_cast<std::uint64_t>(i + 1);
+    s.containers.work = {{"task", "app.leaky", runs, i + 1, 0, 0},
+                         {"task", "app.clean", runs, 0, 0, 0}};
+    ASSERT_TRUE(state.Sample(s, at(i)));
+  }
+  const auto summary = state.Summary();
+  ASSERT_TRUE(summary.has_value());
+  const SeriesVerdict* leaky = Find(*summary, Resource::kWork, "task:app.leaky:fds");
+  ASSERT_NE(leaky, nullptr);
+  EXPECT_TRUE(leaky->verdict.suspected);
+  EXPECT_EQ(leaky->unit, "fds");
+  const SeriesVerdict* clean = Find(*summary, Resource::kWork, "task:app.clean:fds");
+  ASSERT_NE(clean, nullptr);
+  EXPECT_FALSE(clean->verdict.suspected);
+  // Objects: a series only once some run left one.
+  EXPECT_EQ(Find(*summary, Resource::kWork, "task:app.leaky:objects"), nullptr);
+}
+
 TEST(TrendStateTest, LeakGetsItsSiteAndTimeToExhaustion) {
   TrendState state;
   state.Start(TestConfig());

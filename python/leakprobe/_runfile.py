@@ -32,6 +32,7 @@ CLI_PID_FILE = "cli.pid"  # written by `leakprobe run` into the run dir: the CLI
 SITE_DIR = "site"  # the run dir's folder that holds the generated sitecustomize.py
 
 _writer: _Writer | None = None
+_unreleased: list[dict[str, Any]] | None = None  # a shutdown report's rows (note_unreleased)
 _atexit_registered = False
 
 
@@ -60,6 +61,7 @@ class _Writer:
             "updated_at": time.time(),
             "exited": self.exited,
             "series": series,
+            **({"unreleased": _unreleased} if _unreleased is not None else {}),
         }
 
     def write(self, series: list[dict[str, Any]]) -> None:
@@ -104,6 +106,20 @@ class _Writer:
         except (OSError, ValueError, AttributeError):
             return []
         return series if isinstance(series, list) else []
+
+
+def note_unreleased(rows: list[dict[str, Any]]) -> None:
+    """A shutdown report (leakprobe.adapters._celery): the resource owners
+    this process still holds, as rows {"type", "site", "count"}; written
+    into the run file at once (the process may end without atexit)."""
+    global _unreleased
+    _unreleased = list(rows)
+    writer = _writer
+    if writer is not None:
+        try:
+            writer.sample()
+        except Exception:  # leakprobe stopped meanwhile: the exit write has them
+            pass
 
 
 def _series() -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._heap import Frame
 
-RESOURCES = ("rss", "heap", "fd", "object", "container", "thread", "pool")
+RESOURCES = ("rss", "heap", "fd", "object", "container", "thread", "pool", "work")
 _THREAD_TYPE = "threading.Thread"  # the threading adapter's tracked type
 _COLLECTED_OPEN = ":collected_open"  # object/<type>:collected_open
 # pool/sqlalchemy:<url>: its site is that of the checked-out connections
@@ -48,8 +48,9 @@ class Verdict:
     while open).
     """
 
-    resource: str  # rss, heap, fd, object, container, thread, pool
-    key: str  # "total", a kind, "site:<site>", "owner:<type>", a type, a name, "<library>:<pool>"
+    resource: str  # rss, heap, fd, object, container, thread, pool, work
+    key: str  # "total", a kind, "site:<site>", "owner:<type>", a type, a name,
+    #           "<library>:<pool>", "<kind>:<name>:fds"
     pid: int
     unit: str  # bytes, fds, objects, entries, threads, connections
     suspected: bool

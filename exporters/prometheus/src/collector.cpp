@@ -290,6 +290,41 @@ void AddHookPassFamily(const HookPasses& hooks, std::vector<MetricFamily>* out) 
   out->push_back(std::move(passes));
 }
 
+// What each unit of work (a Celery task, an ASGI route) left behind, per
+// (kind, name): python/leakprobe/_work.py, docs/metrics.md.
+void AddWorkFamilies(const std::vector<WorkUnit>& work, std::vector<MetricFamily>* out) {
+  MetricFamily runs = Family("leakprobe_work_runs_total",
+                             "Units of work run and measured, by kind (task, route) and "
+                             "name; name \"<other>\" counts the names beyond the cap.",
+                             MetricType::Counter);
+  MetricFamily fds =
+      Family("leakprobe_work_retained_fds",
+             "Open fds the runs of a unit of work left behind: the sum over "
+             "its runs of open fds after minus before.",
+             MetricType::Gauge);
+  MetricFamily objects = Family("leakprobe_work_retained_objects",
+                                "Live tracked objects the runs of a unit of work left "
+                                "behind: the sum over its runs of after minus before.",
+                                MetricType::Gauge);
+  MetricFamily bytes =
+      Family("leakprobe_work_retained_bytes",
+             "Sampled live Python heap the runs of a unit of work left "
+             "behind (an estimate): the sum over its runs of after minus "
+             "before.",
+             MetricType::Gauge);
+  for (const WorkUnit& w : work) {
+    const std::vector<ClientMetric::Label> labels = {{"kind", w.kind}, {"name", w.name}};
+    AddSample(&runs, static_cast<double>(w.runs), labels);
+    AddSample(&fds, static_cast<double>(w.retained_fds), labels);
+    AddSample(&objects, static_cast<double>(w.retained_objects), labels);
+    AddSample(&bytes, w.retained_bytes, labels);
+  }
+  out->push_back(std::move(runs));
+  out->push_back(std::move(fds));
+  out->push_back(std::move(objects));
+  out->push_back(std::move(bytes));
+}
+
 void AddContainerFamilies(const ContainerSummary& c, std::vector<MetricFamily>* out) {
   MetricFamily size = Family(
       "leakprobe_container_size",
@@ -340,6 +375,7 @@ void AddContainerFamilies(const ContainerSummary& c, std::vector<MetricFamily>* 
   out->push_back(std::move(pools));
   out->push_back(std::move(invalidated));
   out->push_back(std::move(pool_limits));
+  AddWorkFamilies(c.work, out);
   out->push_back(Single("leakprobe_containers_watched",
                         "Containers watched or discovered now, exported or not.",
                         MetricType::Gauge, static_cast<double>(c.watched)));

@@ -116,6 +116,22 @@ void ContainerStore::SetPools(const std::vector<PoolConnections>& rows) noexcept
   EndWrite(sequence);
 }
 
+void ContainerStore::SetWork(const std::vector<WorkUnit>& rows) noexcept {
+  const std::size_t n = std::min(rows.size(), kMaxWorkRows);
+  const std::uint64_t sequence = BeginWrite();
+  for (std::size_t i = 0; i < n; ++i) {
+    WorkRow& row = work_[i];
+    StoreName(&row.kind, rows[i].kind);
+    StoreName(&row.name, rows[i].name);
+    row.runs.store(rows[i].runs, std::memory_order_release);
+    row.fds.store(rows[i].retained_fds, std::memory_order_release);
+    row.objects.store(rows[i].retained_objects, std::memory_order_release);
+    row.bytes.store(rows[i].retained_bytes, std::memory_order_release);
+  }
+  work_count_.store(n, std::memory_order_release);
+  EndWrite(sequence);
+}
+
 ContainerSummary ContainerStore::Summary() const {
   ContainerSummary s;
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
@@ -153,6 +169,16 @@ ContainerSummary ContainerStore::Summary() const {
       s.pools.push_back({LoadName(row.library), LoadName(row.pool), LoadName(row.state),
                          row.connections.load(std::memory_order_acquire),
                          row.limit.load(std::memory_order_acquire)});
+    }
+    const std::size_t work =
+        std::min(work_count_.load(std::memory_order_acquire), kMaxWorkRows);
+    for (std::size_t i = 0; i < work; ++i) {
+      const WorkRow& row = work_[i];
+      s.work.push_back({LoadName(row.kind), LoadName(row.name),
+                        row.runs.load(std::memory_order_acquire),
+                        row.fds.load(std::memory_order_acquire),
+                        row.objects.load(std::memory_order_acquire),
+                        row.bytes.load(std::memory_order_acquire)});
     }
     if (sequence_.load(std::memory_order_relaxed) == before) {
       s.torn_reads = torn_reads_.load(std::memory_order_relaxed);

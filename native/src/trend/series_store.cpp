@@ -36,6 +36,8 @@ std::string_view ResourceName(Resource resource) {
       return "native_heap";
     case Resource::kPool:
       return "pool";
+    case Resource::kWork:
+      return "work";
   }
   return "unknown";
 }

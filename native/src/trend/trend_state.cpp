@@ -44,6 +44,9 @@ constexpr std::string_view kPoolInUseStates[] = {"checked_out", "active"};
 // is where connections are checked out.
 constexpr std::string_view kSqlalchemyPoolPrefix = "sqlalchemy:";
 constexpr std::string_view kCheckedOutType = "sqlalchemy.PoolProxiedConnection";
+// The suffixes of the work series' keys (<kind>:<name><suffix>).
+constexpr std::string_view kWorkFdsSuffix = ":fds";
+constexpr std::string_view kWorkObjectsSuffix = ":objects";
 
 std::string_view Strip(std::string_view text) {
   constexpr std::string_view kSpace = " \t\r\n";
@@ -96,6 +99,8 @@ std::string_view UnitName(Resource resource) {
       return "threads";
     case Resource::kPool:
       return "connections";
+    case Resource::kWork:
+      return "units";  // Judge names the key's unit: fds or objects
   }
   return "?";
 }
@@ -113,6 +118,7 @@ ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes) {
   at(Resource::kThread) = {3, 0};
   at(Resource::kContainer) = {20, 0};
   at(Resource::kPool) = {3, 0};
+  at(Resource::kWork) = {3, 0};
   return table;
 }
 
@@ -360,6 +366,16 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
     if (p.limit >= 0) fed->pool_limit[key] = static_cast<double>(p.limit);
     feed.AddPool(std::move(key), static_cast<double>(p.connections));
   }
+  // Per unit of work: what its runs left behind, summed. Fds from the
+  // first run on (a clean unit's series is flat at 0); objects once used.
+  for (const WorkUnit& w : s.containers.work) {
+    if (w.runs == 0) continue;
+    const std::string prefix = w.kind + ":" + w.name;
+    feed.Add(Resource::kWork, prefix + std::string(kWorkFdsSuffix),
+             static_cast<double>(w.retained_fds));
+    feed.AddOnceUsed(Resource::kWork, prefix + std::string(kWorkObjectsSuffix),
+                     static_cast<double>(w.retained_objects));
+  }
   feed.Finish();
 }
 
@@ -393,6 +409,7 @@ std::pair<double, double> Limits(const SeriesKey& key, double last, const Fed& f
       return {kInf, kInf};
     case Resource::kObject:
     case Resource::kThread:
+    case Resource::kWork:
       break;
   }
   return {kInf, kInf};
@@ -404,6 +421,9 @@ SeriesVerdict Judge(const SeriesKey& key, const std::vector<Point>& points,
   out.resource = key.resource;
   out.key = key.key;
   out.unit = std::string(UnitName(key.resource));
+  if (key.resource == Resource::kWork) {
+    out.unit = key.key.ends_with(kWorkFdsSuffix) ? "fds" : "objects";
+  }
   TrendParams params = ParamsFor(config, key.resource);
   // Warm-up is the process's: a series that began later is not warmed up again.
   if (!points.empty()) {
@@ -487,6 +507,7 @@ void PickSites(const Fed& fed, std::vector<SeriesVerdict>* series) {
       case Resource::kRss:
       case Resource::kContainer:
       case Resource::kNativeHeap:
+      case Resource::kWork:
         break;
     }
   }

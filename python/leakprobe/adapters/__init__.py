@@ -37,6 +37,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "sqlite3": ("sqlite3", "._sqlite3"),
     "threading": ("threading", "._threading"),
     "subprocess": ("subprocess", "._subprocess"),
+    "celery": ("celery", "._celery"),
 }
 
 _lock = threading.Lock()

@@ -37,6 +37,7 @@ class ContainerStore {
   static constexpr std::size_t kMaxContainers = 64;
   static constexpr std::size_t kMaxCensusTypes = 100;
   static constexpr std::size_t kMaxPoolRows = 128;
+  static constexpr std::size_t kMaxWorkRows = 128;
   // Names and kinds longer than this are cut (at a UTF-8 boundary).
   static constexpr std::size_t kMaxNameBytes = 127;
 
@@ -54,6 +55,9 @@ class ContainerStore {
 
   // Replaces the pool-connection rows (beyond kMaxPoolRows ignored).
   void SetPools(const std::vector<PoolConnections>& rows) noexcept;
+
+  // Replaces the per-unit-of-work rows (beyond kMaxWorkRows ignored).
+  void SetWork(const std::vector<WorkUnit>& rows) noexcept;
 
   ContainerSummary Summary() const;
 
@@ -73,6 +77,14 @@ class ContainerStore {
     Name state{};
     std::atomic<std::uint64_t> connections{0};
     std::atomic<std::int64_t> limit{-1};
+  };
+  struct WorkRow {
+    Name kind{};
+    Name name{};
+    std::atomic<std::uint64_t> runs{0};
+    std::atomic<std::int64_t> fds{0};
+    std::atomic<std::int64_t> objects{0};
+    std::atomic<double> bytes{0};
   };
   struct CensusRow {
     Name type{};
@@ -100,6 +112,8 @@ class ContainerStore {
   std::atomic<double> census_duration_{0};
   std::array<PoolRow, kMaxPoolRows> pools_;
   std::atomic<std::size_t> pool_count_{0};
+  std::array<WorkRow, kMaxWorkRows> work_;
+  std::atomic<std::size_t> work_count_{0};
   mutable std::atomic<std::uint64_t> torn_reads_{0};  // reader-side counter only
 };
 

@@ -48,12 +48,25 @@ struct PoolConnections {
   std::int64_t limit = -1;
 };
 
+// What the units of work of one (kind, name) left behind, accumulated over
+// their runs (python/leakprobe/_work.py: after minus before of each run).
+// Name "<other>": the runs of names beyond the per-kind cap.
+struct WorkUnit {
+  std::string kind;  // "task" (Celery), "route" (ASGI), ...
+  std::string name;  // the task's or route's name
+  std::uint64_t runs = 0;
+  std::int64_t retained_fds = 0;      // open fds, all kinds
+  std::int64_t retained_objects = 0;  // live tracked objects, all types
+  double retained_bytes = 0;          // sampled live heap (an estimate)
+};
+
 struct ContainerSummary {
   std::vector<ContainerSize> containers;  // at most ContainerStore::kMaxContainers
   std::uint64_t watched = 0;              // watched or discovered, exported or not
   std::vector<CensusType> census;         // at most kMaxCensusTypes
   CensusFigures census_figures;
   std::vector<PoolConnections> pools;  // at most ContainerStore::kMaxPoolRows
+  std::vector<WorkUnit> work;          // at most ContainerStore::kMaxWorkRows
   std::uint64_t torn_reads = 0;        // reads that gave up on the rows (writer busy)
 };
 

@@ -46,6 +46,9 @@ enum class Resource : std::uint8_t {
   kPool,        // key "<library>:<pool>" (as leakprobe_pool_connections'
                 // labels): connections in use (SQLAlchemy checked_out,
                 // httpcore and urllib3 active)
+  kWork,        // key "<kind>:<name>:fds" or "<kind>:<name>:objects": what
+                // the runs of a unit of work (a Celery task, a route) left
+                // behind, summed over its runs (python/leakprobe/_work.py)
 };
 inline constexpr std::size_t kResourceCount = 8;
 std::string_view ResourceName(Resource resource);  // "rss", "heap", ...

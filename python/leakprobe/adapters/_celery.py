@@ -1,0 +1,149 @@
+"""Celery: per-task attribution and a report at worker shutdown, through
+Celery's signals (docs/multiprocess.md, "Celery").
+
+- ``task_prerun``/``task_postrun``: each task run is a unit of work of kind
+  ``task`` named by the task's name (leakprobe._work): what the run left
+  behind (open fds, live tracked objects, sampled heap) is added to the
+  task's totals, exported as ``leakprobe_work_*{kind="task",name=...}`` and
+  judged by the trend engine (series ``work/task:<name>:fds``). The prefork
+  pool runs one task at a time per child, so there the figures are exact;
+  in the threads, gevent and eventlet pools tasks overlap (leakprobe._work
+  says what that means).
+- ``worker_process_shutdown`` (a prefork child ending, recycled or not) and
+  ``worker_shutdown`` (the main process): one warning line per resource
+  owner still open (SQLAlchemy engines never disposed, httpx clients, ORM
+  and requests sessions never closed), with the count and creation site,
+  and, under ``leakprobe run``, the same in the process's run file
+  (``unreleased``).
+
+The handlers never raise into Celery (errors are counted as the adapter's,
+``leakprobe.adapters.errors()``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ._common import Switch, internal_error, log
+
+SWITCH = Switch("celery")
+_tokens: dict[str, Any] = {}  # task id -> its run's token (one per run in progress)
+_reported: set[int] = set()  # pids whose shutdown report was made
+
+# The owners whose instances still open at shutdown are reported: the
+# adapters' tracked types that hold connections.
+REPORTED_TYPES = ("sqlalchemy.Engine", "sqlalchemy.orm.Session", "httpx.Client",
+                  "httpx.AsyncClient", "requests.Session")
+
+
+def _task_name(task: Any, sender: Any) -> str:
+    name = getattr(task, "name", None) or getattr(sender, "name", None)
+    return name if isinstance(name, str) and name else "<unnamed>"
+
+
+def _prerun(sender: Any = None, task_id: Any = None, task: Any = None,
+            **_kwargs: Any) -> None:
+    if not SWITCH.on:
+        return
+    try:
+        from .. import _work
+
+        _tokens[str(task_id)] = _work.begin("task", _task_name(task, sender))
+    except Exception as exc:
+        internal_error(SWITCH.name, exc)
+
+
+def _postrun(sender: Any = None, task_id: Any = None, task: Any = None,
+             **_kwargs: Any) -> None:
+    token = _tokens.pop(str(task_id), None)
+    if token is None:
+        return
+    try:
+        from .. import _work
+
+        _work.end(token)
+    except Exception as exc:
+        internal_error(SWITCH.name, exc)
+
+
+def unreleased() -> list[dict[str, Any]]:
+    """The reported owners still open in this process now, as rows
+    ``{"type", "site", "count"}``, most first; empty when object tracking
+    is off."""
+    from .. import _runtime
+
+    try:
+        snapshot = _runtime.object_snapshot()
+    except RuntimeError:
+        return []
+    rows = [{"type": stat.type, "site": stat.site_name, "count": stat.count}
+            for stat in snapshot.statistics("site") if stat.type in REPORTED_TYPES]
+    return sorted(rows, key=lambda r: (-r["count"], r["type"], r["site"]))
+
+
+def report(role: str) -> list[dict[str, Any]]:
+    """Logs (and writes to the run file) what this process still holds;
+    once per process. Returns the rows."""
+    pid = os.getpid()
+    if pid in _reported or not SWITCH.on:
+        return []
+    _reported.add(pid)
+    rows = unreleased()
+    for row in rows:
+        verb = "never disposed" if row["type"] == "sqlalchemy.Engine" else "never closed"
+        log("warning", f"celery {role} shutdown (pid {pid}): {row['count']} "
+            f"{row['type']} {verb}, created at {row['site']}")
+    if not rows:
+        # debug: a pool recycling a child per task would log it per task
+        log("debug", f"celery {role} shutdown (pid {pid}): no engine, client or session "
+            "left open")
+    from .. import _runfile
+
+    _runfile.note_unreleased(rows)
+    return rows
+
+
+def _child_shutdown(**_kwargs: Any) -> None:
+    try:
+        report("child")
+    except Exception as exc:
+        internal_error(SWITCH.name, exc)
+
+
+def _main_shutdown(**_kwargs: Any) -> None:
+    try:
+        report("main")
+    except Exception as exc:
+        internal_error(SWITCH.name, exc)
+
+
+def _forked() -> None:
+    _tokens.clear()
+    _reported.discard(os.getpid())
+
+
+def install(celery: Any) -> bool:
+    # celery.signals imports billiard, kombu and more, whose own imports run
+    # the other adapters' hooks: never import it here, under the adapters'
+    # lock. Connect when it is imported (at once if it is already).
+    import wrapt
+
+    wrapt.register_post_import_hook(_connect, "celery.signals")
+    return True
+
+
+def _connect(signals: Any) -> None:
+    try:
+        # weak=False: the handlers are module functions, kept anyway;
+        # dispatch_uid: connected once however often this runs.
+        for signal, handler in ((signals.task_prerun, _prerun),
+                                (signals.task_postrun, _postrun),
+                                (signals.worker_process_shutdown, _child_shutdown),
+                                (signals.worker_shutdown, _main_shutdown)):
+            signal.connect(handler, weak=False, dispatch_uid=f"leakprobe.{handler.__name__}")
+    except Exception as exc:
+        internal_error(SWITCH.name, exc)
+
+
+os.register_at_fork(after_in_child=_forked)

@@ -1,0 +1,131 @@
+"""Per-unit-of-work attribution (leakprobe._work): exact retained figures
+for sequential runs, the exported families, the cap on names, the trend
+verdict, and bad input. Each program runs in its own interpreter."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from conftest import run_python, without_process_labels
+from test_multiprocess import promtool_check
+
+PRELUDE = """\
+import json, socket, time, urllib.request
+import leakprobe
+from leakprobe import _work
+leakprobe.start(port=0, trend_interval=0.2, trend_warmup=1)
+
+def scrape():
+    return urllib.request.urlopen(leakprobe.status()["url"], timeout=10).read().decode()
+"""
+
+
+def run(code: str, **env: str) -> dict:
+    result = run_python(PRELUDE + textwrap.dedent(code), **env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    out["scrape"] = without_process_labels(out.get("scrape", ""))
+    return out
+
+
+def test_retained_fds_objects_and_runs_are_exact_for_sequential_runs():
+    out = run("""
+        kept = []
+
+        @leakprobe.track_type
+        class Handle:
+            def close(self): pass
+
+        def leaky():
+            kept.append(socket.socket())
+            kept.append(Handle())
+
+        def clean():
+            with socket.socket():
+                Handle().close()
+
+        for _ in range(7):
+            for kind, name, body in (("task", "leaky", leaky), ("task", "clean", clean),
+                                     ("route", "GET /items", clean)):
+                token = _work.begin(kind, name)
+                body()
+                _work.end(token)
+        stats = {s.name: s._asdict() for s in _work.stats()}
+        print(json.dumps({"stats": stats, "scrape": scrape(),
+                          "overlapped": _work.overlapped()}))
+    """)
+    leaky, clean = out["stats"]["leaky"], out["stats"]["clean"]
+    assert (leaky["runs"], leaky["retained_fds"], leaky["retained_objects"]) == (7, 7, 7)
+    assert leaky["fds_by_kind"] == {"tcp": 7}
+    assert (clean["runs"], clean["retained_fds"], clean["retained_objects"]) == (7, 0, 0)
+    assert out["stats"]["GET /items"]["runs"] == 7
+    assert out["overlapped"] == 0
+    text = out["scrape"]
+    assert 'leakprobe_work_runs_total{kind="task",name="leaky"} 7' in text
+    assert 'leakprobe_work_retained_fds{kind="task",name="leaky"} 7' in text
+    assert 'leakprobe_work_retained_fds{kind="task",name="clean"} 0' in text
+    assert 'leakprobe_work_retained_objects{kind="task",name="leaky"} 7' in text
+    assert 'leakprobe_work_runs_total{kind="route",name="GET /items"} 7' in text
+    promtool_check(text)
+
+
+def test_names_beyond_the_cap_are_counted_under_other():
+    out = run("""
+        for i in range(_work.MAX_NAMES + 5):
+            _work.end(_work.begin("task", f"t{i}"))
+        stats = _work.stats("task")
+        print(json.dumps({"names": [s.name for s in stats],
+                          "other": [s.runs for s in stats if s.name == "<other>"],
+                          "scrape": scrape()}))
+    """)
+    assert len(out["names"]) == 31  # MAX_NAMES, and <other>
+    assert out["other"] == [5]
+    assert 'leakprobe_work_runs_total{kind="task",name="<other>"} 5' in out["scrape"]
+    promtool_check(out["scrape"])
+
+
+def test_a_unit_that_leaves_a_socket_per_run_is_flagged_and_its_twin_is_not():
+    out = run("""
+        kept = []
+        deadline = time.monotonic() + 13
+        while time.monotonic() < deadline:
+            token = _work.begin("task", "app.leaky")
+            kept.append(socket.socket())
+            _work.end(token)
+            token = _work.begin("task", "app.clean")
+            socket.socket().close()
+            _work.end(token)
+            time.sleep(0.1)
+        time.sleep(0.3)
+        verdicts = {v.key: (v.suspected, v.reason, v.unit) for v in leakprobe.verdicts()
+                    if v.resource == "work"}
+        print(json.dumps({"verdicts": verdicts, "scrape": scrape(),
+                          "series": leakprobe.series("work", "task:app.leaky:fds")}))
+    """)
+    verdicts = out["verdicts"]
+    assert verdicts["task:app.leaky:fds"][0] is True, verdicts
+    assert verdicts["task:app.leaky:fds"][2] == "fds"
+    assert verdicts["task:app.clean:fds"][0] is False, verdicts
+    assert 'leakprobe_leak_suspected{resource="work",key="task:app.leaky:fds"' in out["scrape"]
+    assert out["series"] and out["series"][-1][1] > out["series"][0][1]
+
+
+def test_bad_kind_or_name_is_refused_with_what_is_accepted():
+    out = run("""
+        errors = []
+        for kind, name in (("Task!", "x"), ("task", ""), (3, "x"), ("task", None)):
+            try:
+                _work.begin(kind, name)
+            except ValueError as exc:
+                errors.append(str(exc))
+        print(json.dumps({"errors": errors}))
+    """)
+    assert out["errors"] == [
+        "kind 'Task!' is not valid; accepted: a lower-case word ([a-z][a-z0-9_]*, at most "
+        "32 characters), e.g. 'task' or 'route'",
+        "name '' is not valid; accepted: a non-empty str",
+        "kind 3 is not valid; accepted: a lower-case word ([a-z][a-z0-9_]*, at most "
+        "32 characters), e.g. 'task' or 'route'",
+        "name None is not valid; accepted: a non-empty str",
+    ]
