@@ -50,7 +50,11 @@ enum class Resource : std::uint8_t {
                 // the runs of a unit of work (a Celery task, a route) left
                 // behind, summed over its runs (python/leakprobe/_work.py)
 };
-inline constexpr std::size_t kResourceCount = 8;
+inline constexpr std::size_t kResourceCount = 9;
+// Arrays are indexed by Resource: a resource added without raising the
+// count would index past them (two branches each adding one did).
+static_assert(static_cast<std::size_t>(Resource::kWork) + 1 == kResourceCount,
+              "kResourceCount must follow the last Resource");
 std::string_view ResourceName(Resource resource);  // "rss", "heap", ...
 
 struct SeriesKey {
