@@ -354,7 +354,9 @@ PeerFetch FetchPeers(int group_port, pid_t self, std::chrono::milliseconds deadl
       polled_for.push_back(&p);
     }
     if (polled.empty()) break;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+    // Rounded up: a poll that wakes a fraction of a millisecond early would
+    // end the collection before the deadline it promises.
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
         until - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     const int ready = poll(polled.data(), polled.size(), static_cast<int>(left.count()));
