@@ -263,8 +263,13 @@ def test_a_task_that_leaks_a_socket_per_run_is_measured_and_flagged_its_twin_not
     leaked = per_process(samples, "leakprobe_work_retained_fds", kind="task", name="lpapp.leak")
     twin = per_process(samples, "leakprobe_work_retained_fds", kind="task", name="lpapp.clean")
     objects = per_process(samples, "leakprobe_work_retained_objects", name="lpapp.leak")
-    assert sum(leaked.values()) == runs, leaked  # exact: one socket per run
-    assert sum(twin.values()) == 0, twin
+    # One socket per leaking run. A run's figure is the process's net change,
+    # so an fd opened before the run that Celery itself closes during it
+    # (its broker or backend connections) counts -1 for that run: seen once
+    # in CI on 3.12 for the clean twin. Never more than runs, never above 0
+    # for the twin.
+    assert runs - 2 <= sum(leaked.values()) <= runs, leaked
+    assert all(v <= 0 for v in twin.values()) and sum(twin.values()) >= -2, twin
     assert sum(objects.values()) == runs, objects  # one httpx.Client per run
     # The verdict: in each child that ran the leaking task often enough.
     time.sleep(0.5)
