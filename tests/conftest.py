@@ -93,6 +93,14 @@ def parse_exposition(text: str) -> dict[str, dict]:
     return families
 
 
+def group_processes(text: str) -> dict[str, str]:
+    """pid -> role of every process whose series a scrape carries (read off
+    `process_threads`, which every leakprobe process exports once)."""
+    return {s.labels["pid"]: s.labels["role"]
+            for f in text_string_to_metric_families(text) if f.name == "process_threads"
+            for s in f.samples}
+
+
 def without_process_labels(text: str) -> str:
     """Exposition text of one process with its `pid` and `role` labels
     removed (they come last in every series), for checks of whole lines."""

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import child_env
+from conftest import child_env, group_processes
 
 # Scrapes the group and waits for a set of pids: shared by the programs below.
 PRELUDE = textwrap.dedent(
@@ -143,9 +143,7 @@ def test_a_surviving_process_takes_the_port_over_when_the_holder_is_killed(tmp_p
             except httpx.HTTPError:
                 time.sleep(0.1)
                 continue
-            for family in text_string_to_metric_families(text):
-                if family.name == "process_threads":
-                    rows = {s.labels["pid"]: s.labels["role"] for s in family.samples}
+            rows = group_processes(text)
             if set(rows) == {str(pid) for pid in kids}:
                 break
             time.sleep(0.1)
@@ -251,13 +249,24 @@ def _group_rows(port: int, want: int, deadline: float = 60) -> dict[str, str]:
         if response.status_code != 200:  # 503: the holder is exiting (recycled)
             time.sleep(0.2)
             continue
-        for family in text_string_to_metric_families(response.text):
-            if family.name == "process_threads":
-                rows = {s.labels["pid"]: s.labels["role"] for s in family.samples}
+        rows = group_processes(response.text)
         if len(rows) >= want:
             break
         time.sleep(0.2)
     return rows
+
+
+def _stop(proc: subprocess.Popen, name: str) -> str:
+    """Stops a server with SIGTERM and returns its stderr; a server that does
+    not stop within 30 s is killed and fails the test (a hang at exit is a
+    defect leakprobe must not cause)."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"{name} did not stop within 30 s of SIGTERM") from None
 
 
 @pytest.mark.parametrize("server", ["gunicorn --preload", "gunicorn", "uvicorn --workers"])
@@ -281,12 +290,7 @@ def test_every_worker_of_a_real_server_is_served_with_its_role(tmp_path, server)
         assert sorted(rows.values()) == expected, rows
         assert httpx.get(f"http://127.0.0.1:{http_port}/", timeout=10).text == "ok"
     finally:
-        proc.terminate()
-        try:
-            _, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, stderr = proc.communicate()
+        stderr = _stop(proc, server)
     assert "Traceback" not in stderr, stderr
 
 
@@ -318,13 +322,7 @@ def test_gunicorn_recycling_its_workers_never_hangs_and_every_worker_is_served(t
                     seen |= set(rows)
         assert proc.poll() is None, "gunicorn died"
     finally:
-        proc.terminate()
-        try:
-            _, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, stderr = proc.communicate()
-            raise AssertionError("gunicorn did not stop within 30 s of SIGTERM") from None
+        stderr = _stop(proc, "gunicorn")
     assert answered == 300
     assert len(seen) >= 10, seen  # recycled workers' series were served in turn
     assert "Traceback" not in stderr, stderr

@@ -279,6 +279,22 @@ void RegisterFdBindings(py::module_& m) {
       py::arg("fd"), py::arg("owner"),
       "Give the open record of `fd` the owner `owner`; False when leakprobe has "
       "no record of that fd.");
+  m.def(
+      "fd_sequence", [] { return ProcessFdTable().CurrentSequence(); },
+      "The creation sequence of the last fd recorded so far (0: none).");
+  m.def(
+      "fd_application_since",
+      [](std::uint64_t sequence) {
+        std::array<std::uint64_t, kFdKindCount> counts{};
+        {
+          const WithoutGil no_gil;
+          counts = CountApplicationFdsSince(ProcessFdTable(), sequence);
+        }
+        return ByKind(counts);
+      },
+      py::arg("sequence"),
+      "Open fds by kind that application code created after `sequence` (from "
+      "fd_sequence()): attributed, with an application frame on the creating stack.");
   m.def("fd_counters", &FdCountersDict,
         "opened/closed/open by kind, unattributed, dropped, replaced, conflicts, "
         "reconciles, last_reconcile_seconds, objects_patched, slots_patched.");

@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
+#include <cstdint>
 #include <thread>
 
 #include "fake_frames.h"
@@ -121,6 +123,33 @@ TEST_F(FdStacksTest, HookOnTheForkingThreadNeverWaitsForTheStackTableLock) {
   EXPECT_EQ(StackTable::Instance().SiteOf(record->stack_id), "/app/file5.py:10 in f5");
   lib.close(fd);
   lib.close(fd2);
+  RemoveFdHooks();
+}
+
+TEST_F(FdStacksTest, ApplicationFdsSinceCountOnlyLaterOpenRecordsWithAnApplicationFrame) {
+  testing::FdTestLib lib(LEAKPROBE_FD_TEST_LIB_A);
+  ASSERT_TRUE(lib.ok());
+  InstallFdHooks();
+  EnableFdStacks(32);
+  const int before = lib.eventfd(0, 0);  // open before the unit began: not counted
+  const std::uint64_t begin = ProcessFdTable().CurrentSequence();
+  const int kept = lib.eventfd(0, 0);    // application frames below the library one
+  const int closed = lib.eventfd(0, 0);  // created and closed during the unit
+  tls_fake_stack = {FakeFrame(1001, 8), FakeFrame(1002, 4)};  // library frames only
+  const int framework = lib.eventfd(0, 0);
+  tls_fake_stack.clear();  // no Python frame at all: "<native>"
+  const int native = lib.eventfd(0, 0);
+  lib.close(closed);
+  lib.close(before);  // closing what was open before the unit takes nothing off
+  const auto counts = CountApplicationFdsSince(ProcessFdTable(), begin);
+  std::uint64_t total = 0;
+  for (const std::uint64_t c : counts) total += c;
+  EXPECT_EQ(total, 1u);
+  EXPECT_EQ(counts[static_cast<std::size_t>(FdKind::kEventfd)], 1u);
+  EXPECT_EQ(
+      CountApplicationFdsSince(ProcessFdTable(), ProcessFdTable().CurrentSequence()),
+      (std::array<std::uint64_t, kFdKindCount>{}));
+  for (const int fd : {kept, framework, native}) lib.close(fd);
   RemoveFdHooks();
 }
 

@@ -10,20 +10,30 @@ an ASGI middleware). Its integration calls::
     ...                       # the unit runs
     leakprobe._work.end(token)
 
-``begin`` reads the process's figures (open fds by kind from the fd table,
-live objects by tracked type, the sampled live heap); ``end`` reads them
-again and adds after-minus-before to the unit's totals. A unit that closes
-what it opens adds 0; one that keeps one socket per run adds 1 per run, so
-its ``retained_fds`` grows with its ``runs``: exported as
-``leakprobe_work_*{kind,name}`` and fed to the trend engine as the series
-``work/<kind>:<name>:fds`` and ``:objects``, whose verdict says "task X
-leaves one socket per run".
+What a run left behind:
 
-The deltas are the whole process's: exact when one unit runs at a time in
-the process (Celery's prefork pool: one task at a time per child; a sync
-worker), blurred when units overlap (threads, gevent or eventlet pools,
-async routes): a run is then charged with what the overlapping runs
-opened or closed meanwhile, so the totals of a leaking unit still grow, but
+- **fds**: the fds created during the run, by code with an application
+  frame on its stack, and still open at its end (the fd table's creation
+  sequence at ``begin``, its open records at ``end``). Not counted: fds
+  open before the run that it (or the framework) closed, and fds the
+  framework itself opened around the run with no application frame on the
+  stack, such as a result backend's connection opened lazily after the
+  first task of a process: both made a clean Celery task show -1 or +1
+  when this was a net change of the process's open fds.
+- **objects** and **bytes**: after-minus-before of live tracked objects
+  by type and of the sampled live heap, the process's net change.
+
+A unit that closes what it opens adds 0; one that keeps one socket per
+run adds 1 per run, so its ``retained_fds`` grows with its ``runs``:
+exported as ``leakprobe_work_*{kind,name}`` and fed to the trend engine as
+the series ``work/<kind>:<name>:fds`` and ``:objects``, whose verdict says
+"task X leaves one socket per run".
+
+Exact when one unit runs at a time in the process (Celery's prefork pool:
+one task at a time per child; a sync worker). Blurred when units overlap
+(threads, gevent or eventlet pools, async routes): a run is then charged
+with what the overlapping runs created and left open meanwhile (fds) or
+changed (objects, bytes), so the totals of a leaking unit still grow, but
 a clean unit that overlaps it may show part of the growth. ``overlapped``
 counts the runs that began while another was in progress.
 
@@ -79,9 +89,13 @@ class WorkStat(NamedTuple):
 
 
 class _Figures(NamedTuple):
-    fds: dict[str, int] | None
+    # begin: the fd table's creation sequence; end: what the run left open,
+    # by kind (see the module's docstring)
+    fds: Any
     objects: dict[str, int] | None
     heap: float | None
+
+
 
 
 class Token(NamedTuple):
@@ -96,8 +110,10 @@ def _native() -> Any:
     return native
 
 
-def _figures() -> _Figures:
-    """The process's figures now; None for a tracker that is off."""
+def _figures(before: _Figures | None = None) -> _Figures:
+    """The process's figures now; None for a tracker that is off. With
+    `before` (at a run's end), fds as the open ones created since
+    ``before.fds`` instead (see the module's docstring)."""
     from . import _runtime
 
     state = _runtime._state
@@ -106,14 +122,14 @@ def _figures() -> _Figures:
     native = _native()
     fds = objects = heap = None
     if state.fds:
-        # Reconciled first (~20 us): fds closed unseen before the run (by
-        # os.closerange's close_range syscall, say; a Celery child showed
-        # -1 in a clean task without this) would otherwise leave the table
-        # at the sampler's next reconcile, inside whichever run is then.
-        # Attributed only: what reconciliation adds (fds open before start,
-        # raw syscalls) is no run's doing.
-        native.fd_reconcile()
-        fds = {k: v for k, v in native.fd_counters()["open_attributed"].items() if v}
+        if before is None:
+            fds = native.fd_sequence()
+        elif before.fds is not None:
+            # Reconciled first (~20 us): an fd the run created and closed
+            # unseen (os.closerange's close_range syscall, say) leaves the
+            # table now, not at the sampler's next reconcile.
+            native.fd_reconcile()
+            fds = {k: v for k, v in native.fd_application_since(before.fds).items() if v}
     if state.config.objects:
         objects = {t["name"]: t["live"] for t in native.object_summary()["types"] if t["live"]}
     if state.config.heap:
@@ -152,9 +168,9 @@ def end(token: Token) -> None:
     """Ends the run `token` began: adds what it left behind to its unit's
     totals, and publishes the totals to the exporter."""
     global _in_progress
-    after = _figures()
     before = token.before
-    fds = _delta(after.fds, before.fds)
+    after = _figures(before)
+    fds = after.fds or {}
     objects = _delta(after.objects, before.objects)
     heap = (after.heap - before.heap) if after.heap is not None and before.heap is not None \
         else 0.0

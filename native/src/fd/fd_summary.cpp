@@ -67,6 +67,19 @@ void SummarizeOwners(const absl::flat_hash_map<std::uint32_t, std::uint64_t>& by
 
 }  // namespace
 
+std::array<std::uint64_t, kFdKindCount> CountApplicationFdsSince(const FdTable& table,
+                                                                 std::uint64_t sequence) {
+  std::array<std::uint64_t, kFdKindCount> counts{};
+  const StackTable& stacks = StackTable::Instance();
+  for (const FdRecord& record : table.OpenFds()) {
+    if (record.sequence > sequence && record.attributed &&
+        stacks.ReachesApplication(record.stack_id)) {
+      ++counts[static_cast<std::size_t>(record.kind)];
+    }
+  }
+  return counts;
+}
+
 FdSummary SummarizeFds(const FdTable& table) {
   FdSummary s;
   const FdCounters c = table.Counters();

@@ -391,6 +391,14 @@ std::string StackTable::SiteOf(StackId id) const {
   return frames_[stack.frames[stack.site]].Describe();
 }
 
+bool StackTable::ReachesApplication(StackId id) const {
+  if (id == kEmptyStack || id == kOverflowStack) return false;
+  TrackerLock lock(&mu_);
+  if (id >= stacks_.size()) return false;
+  const Stack& stack = stacks_[id];
+  return !stack.frames.empty() && !frames_[stack.frames[stack.site]].library;
+}
+
 std::uint64_t StackTable::SiteKey(StackId id) const {
   if (id == kEmptyStack || id == kOverflowStack) return id;
   TrackerLock lock(&mu_);

@@ -63,6 +63,17 @@ struct FdSummary {
   std::uint64_t owner_overflows = 0;  // owners interned as the overflow owner
 };
 
+// Open fds, by kind, that application code created after `sequence` (an
+// FdTable::CurrentSequence() read earlier): records with a later sequence,
+// attributed, whose creating stack reaches application code
+// (StackTable::ReachesApplication). What a unit of work left open: fds
+// opened before it began, and fds a framework opened around it with no
+// application frame on the stack (a result backend connecting lazily), are
+// not counted. Cold path: one scan of the table, the StackTable's lock once
+// per record counted.
+std::array<std::uint64_t, kFdKindCount> CountApplicationFdsSince(const FdTable& table,
+                                                                 std::uint64_t sequence);
+
 // N for SummarizeFds' top sites (the `top_sites` option).
 void SetFdTopSites(std::size_t n) noexcept;
 std::size_t FdTopSites() noexcept;

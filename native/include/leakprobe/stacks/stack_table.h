@@ -150,6 +150,10 @@ class StackTable {
   // The attribution site, "path:line in function"; "<native>" for the empty
   // stack, "[stack table full]" for the overflow stack.
   std::string SiteOf(StackId id) const;
+  // Whether the stack reaches application code: its attribution site is
+  // not a library frame (false for the empty and overflow stacks, and for
+  // a stack of library frames only, whose site is its innermost frame).
+  bool ReachesApplication(StackId id) const;
   // A key that is equal exactly for stacks with the same attribution site.
   std::uint64_t SiteKey(StackId id) const;
 
