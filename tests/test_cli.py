@@ -505,6 +505,39 @@ def test_schema_is_strict_and_every_field_is_documented(verdict_runs):
     assert fields - documented == set()
 
 
+def test_shutdown_reports_of_run_files_reach_the_report_and_the_summary():
+    from rich.console import Console
+
+    from leakprobe.cli import _report, _terminal
+
+    base = {"ppid": 1, "cmdline": ["celery"], "role": "child", "started_at": 1.8e9,
+            "updated_at": 1.8e9 + 5, "exited": True, "series": []}
+    engine = {"type": "sqlalchemy.Engine", "site": "/srv/tasks.py:12 in engine", "count": 1}
+    files = [
+        {**base, "pid": 10},  # made no shutdown report
+        {**base, "pid": 11, "unreleased": []},  # reported, held nothing
+        {**base, "pid": 12, "unreleased": [
+            engine, {"type": "httpx.Client", "site": None, "count": 3},
+            {"type": "x", "count": "3"}, {"site": "a.py:1"}, "junk",  # not rows: left out
+            {"type": "y", "site": "a.py:1", "count": True}]},
+        {**base, "pid": 13, "unreleased": "junk"},
+    ]
+    report = validate(_report.build(
+        files, main_pid=None, command=["celery"], started_at=1.8e9, ended_at=1.8e9 + 6,
+        settings={"interval": 1.0, "warmup": 0.0, "duration": None, "fail_on_leak": True,
+                  "grace": 5.0},
+        program_status=0, stopped_by="exited", fail_on_leak=True))
+    assert [p["unreleased"] for p in report["processes"]] == [
+        None, [], [engine, {"type": "httpx.Client", "site": None, "count": 3}], None]
+    assert report["exit"]["leak_found"] is False and report["exit"]["status"] == 0
+    out = Console(record=True, width=200)
+    _terminal.summary(out, report, None, None)
+    text = out.export_text()
+    assert "still open at shutdown (2 entries):" in text, text
+    assert "pid 12: 1 x sqlalchemy.Engine created at /srv/tasks.py:12 in engine" in text
+    assert "pid 12: 3 x httpx.Client created at an unknown site" in text
+
+
 def test_run_dir_that_cannot_be_written_costs_two_lines_not_the_program(tmp_path):
     from conftest import leakprobe_lines, run_python
 

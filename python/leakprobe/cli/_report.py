@@ -60,6 +60,19 @@ def _entry(raw: dict[str, Any], pid: int, with_points: bool) -> dict[str, Any]:
     return entry
 
 
+def _unreleased(rows: Any) -> list[dict[str, Any]] | None:
+    """A run file's shutdown report (``unreleased``, written by a worker
+    integration at its shutdown) as the report's rows; None when the process
+    wrote none. Rows of another shape are left out, never guessed at."""
+    if not isinstance(rows, list):
+        return None
+    return [{"type": row["type"], "site": row.get("site"), "count": row["count"]}
+            for row in rows
+            if isinstance(row, dict) and isinstance(row.get("type"), str)
+            and isinstance(row.get("count"), int) and not isinstance(row.get("count"), bool)
+            and isinstance(row.get("site"), (str, type(None)))]
+
+
 def build(files: list[dict[str, Any]], *, main_pid: int | None, command: list[str],
           started_at: float, ended_at: float, settings: dict[str, Any],
           program_status: int | None, stopped_by: str, fail_on_leak: bool) -> dict[str, Any]:
@@ -77,6 +90,7 @@ def build(files: list[dict[str, Any]], *, main_pid: int | None, command: list[st
         process["role"] = "main" if pid == main_pid else "child"
         process["cmdline"] = [str(arg) for arg in document.get("cmdline") or ()]
         process["exited"] = bool(document.get("exited"))
+        process["unreleased"] = _unreleased(document.get("unreleased"))
         processes.append(process)
         series += [_entry(raw, pid, True) for raw in document.get("series") or ()
                    if isinstance(raw, dict)]

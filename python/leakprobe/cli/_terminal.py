@@ -207,9 +207,25 @@ def summary(out: Console, report: dict[str, Any], json_path: str | None,
     if len(others) > MAX_UNFLAGGED_ROWS:
         out.print(f"... and {len(others) - MAX_UNFLAGGED_ROWS} more series not flagged "
                   "(all of them are in the JSON report)", highlight=False)
+    _unreleased_summary(out, processes, short)
     for path, what in ((json_path, "JSON report"), (html_path, "HTML report")):
         if path:
             out.print(f"{what}: {path}", highlight=False, markup=False)
     verdict = ("[bold red]leak suspected[/]" if exit_["leak_found"]
                else "[bold green]no leak suspected[/]")
     out.print(f"{verdict}; exit status {exit_['status']}", highlight=False)
+
+
+def _unreleased_summary(out: Console, processes: list[dict[str, Any]],
+                        short: list[tuple[str, str]]) -> None:
+    """What worker processes still held open at their shutdown (engines not
+    disposed, clients and sessions not closed), one line per process and
+    type and site."""
+    rows = [(p["pid"], row) for p in processes for row in p.get("unreleased") or ()]
+    if not rows:
+        return
+    out.print(f"[bold yellow]still open at shutdown[/] ({len(rows)} "
+              f"{'entry' if len(rows) == 1 else 'entries'}):", highlight=False)
+    for pid, row in rows:
+        out.print(Text(f"  pid {pid}: {row['count']} x {row['type']} created at "
+                       f"{shorten(row.get('site') or 'an unknown site', short)}"))

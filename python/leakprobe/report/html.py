@@ -330,13 +330,24 @@ def _header(report: Mapping[str, Any], flagged: list[dict]) -> str:
             f'<td>{_h(process.get("role", "—"))}</td>'
             f'<td class="num">{_h(process.get("ppid", "—"))}</td>'
             f'<td class="cmd"><code>{_h(_command_text(process.get("cmdline")))}</code></td>'
-            f'<td>{_h(state)}</td></tr>')
+            f'<td>{_h(state)}</td><td>{_unreleased_cell(process.get("unreleased"))}</td></tr>')
     table = ('<table id="processes"><thead><tr><th>PID</th><th>Role</th><th>Parent</th>'
-             '<th>Command line</th><th>State</th></tr></thead><tbody>'
+             '<th>Command line</th><th>State</th><th>Open at shutdown</th></tr></thead><tbody>'
              + "".join(process_rows) + "</tbody></table>") if process_rows else ""
     table = table or '<p class="muted">none recorded</p>'
     return (f'<header>\n<h1>leakprobe report</h1>\n{banner}\n<dl class="facts">{rows}</dl>\n'
             f"<h3>Processes</h3>\n{table}\n</header>")
+
+
+def _unreleased_cell(rows: Any) -> str:
+    """A process's shutdown report (report-schema.md, ``unreleased``): "—"
+    when it made none, "nothing" when it held nothing."""
+    if not isinstance(rows, list):
+        return "—"
+    items = [f"{_h(row.get('count', '?'))} × <code>{_h(row.get('type', '?'))}</code> at "
+             f"<code>{_h(row.get('site') or 'unknown site')}</code>"
+             for row in rows if isinstance(row, Mapping)]
+    return "<br>".join(items) or "nothing"
 
 
 def _setting(name: str, value: Any) -> str:
