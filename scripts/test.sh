@@ -7,16 +7,20 @@
 #   3. the GoogleTest suite (ctest), then again under ASan+UBSan, and the
 #      heap tracker, stack table and fd table tests under TSan;
 #   4. pytest on CPython 3.11, 3.12 and 3.13 (.venv, .venv-3.12, .venv-3.13);
-#      three modules on 3.11 only, as what they test does not depend on the
-#      interpreter, and CI's time is budgeted:
+#      some tests on 3.11 only, as what they test does not depend on the
+#      interpreter, and CI's time is budgeted (ONLY_ON_3_11 below):
 #      - the scenario suite (tests/test_scenarios.py: 29 programs under
-#        `leakprobe run`, about 4.5 minutes) tests the verdicts, which are the
-#        same native code on every version; the adapters and `leakprobe run`
-#        that it goes through are tested on all three;
+#        `leakprobe run`, 8 at a time, about 2 minutes) tests the verdicts,
+#        which are the same native code on every version; the adapters and
+#        `leakprobe run` that it goes through are tested on all three;
 #      - tests/test_prometheus.py: a real Prometheus server scraping
 #        leakprobe (the exposition and the targets file, whose writers are
 #        tested on all three);
-#      - tests/test_report_html.py: the HTML report drawn from a report dict.
+#      - tests/test_report_html.py: the HTML report drawn from a report dict;
+#      - the scrape-load tests (tests/test_scrape_load.py and
+#        test_metrics.py's concurrent scrapers, 30 s together): the exporter's
+#        C++ server threads under load, which never take the GIL (the test
+#        that a scrape needs no GIL runs on all three).
 #      Tests marked `slow` (minutes each: the 1,000-task Celery run with one
 #      child per task, 335 s) are left out of this command for CI's time
 #      budget; run them with `.venv/bin/python -m pytest -m slow tests`.
@@ -52,10 +56,12 @@ cmake -S . -B build/asan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_SANITIZ
 cmake --build build/asan
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-# The 30 s, 32-thread stress test runs alone: beside it, on two cores, the
+# The 32-thread stress test runs alone: beside it, on two cores, the
 # fork and server tests were starved for tens of seconds.
 ctest --test-dir build/asan --output-on-failure -j2 --timeout 300 -E ThirtyTwoThreads
-HEAP_STRESS_SECONDS=30 ctest --test-dir build/asan --output-on-failure --timeout 300 \
+# 10 s under ASan (a memory error shows at its first occurrence); TSan below
+# keeps 30 s, as a race needs the interleavings.
+HEAP_STRESS_SECONDS=10 ctest --test-dir build/asan --output-on-failure --timeout 300 \
   -R ThirtyTwoThreads
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
@@ -68,6 +74,9 @@ cmake --build build/tsan
 TSAN_OPTIONS=halt_on_error=1 HEAP_STRESS_SECONDS=30 \
   ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|StackTable|FdTable|ObjectRegistry'
 
+ONLY_ON_3_11=(--ignore=tests/test_scenarios.py --ignore=tests/test_prometheus.py
+  --ignore=tests/test_report_html.py --ignore=tests/test_scrape_load.py
+  --deselect=tests/test_metrics.py::test_concurrent_scrapes_under_load)
 for version in 3.11 3.12 3.13; do
   step "pytest on CPython $version"
   if [ "$version" != 3.11 ]; then
@@ -78,8 +87,7 @@ for version in 3.11 3.12 3.13; do
   if [ "$version" = 3.11 ]; then
     "$VENV_PY" -m pytest -p no:cacheprovider -m "not slow" tests
   else
-    "$VENV_PY" -m pytest -p no:cacheprovider -m "not slow" tests --ignore=tests/test_scenarios.py \
-      --ignore=tests/test_prometheus.py --ignore=tests/test_report_html.py
+    "$VENV_PY" -m pytest -p no:cacheprovider -m "not slow" tests "${ONLY_ON_3_11[@]}"
   fi
 done
 

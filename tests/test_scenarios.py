@@ -12,9 +12,10 @@ name exactly what leaks.
 The runs are started together, a few at a time (``PARALLEL``), the first
 time a test of this module needs a report; each test then waits for its
 own. Failures print the flagged or missing series with their figures.
-The whole module takes about 4 minutes on a machine of 2 shared cores
-(29 runs of 25 to 32 s each, 3 at a time: 270 s measured with the two
-queuepool_session runs; 234 to 255 s when there were 27).
+The programs mostly wait (each loop runs at a steady, low rate: 29 runs
+cost 41 s of CPU in all), so 8 run at a time: the whole module takes about
+2 minutes on a machine of 2 shared cores (121 s measured with a load
+average of 6 from other work; 284 s with 3 at a time).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ INTERVAL = 0.5
 WARMUP = 5.0
 SECONDS = 25.0
 DURATION = 45.0
-PARALLEL = 3
+PARALLEL = 8
 # Discovered containers (module globals, unbounded lru_caches) are found and
 # re-measured at each discovery pass (30 s by default): compressed like the
 # trend interval, or a 25-second run would never see them.
