@@ -157,8 +157,8 @@ def test_duration_stops_a_sleeping_program_with_sigterm(tmp_path):
     program = script(tmp_path, "sleep.py", "import time\ntime.sleep(60)\n")
     result = run_cli(tmp_path, *FAST, "--duration", "2", "--", PY, str(program))
     assert result.status == 0, result.stderr
-    assert "--duration reached: stopping PROGRAM (SIGTERM to its process group, " \
-        "SIGKILL after 5 s)" in result.stderr
+    assert "--duration reached: stopping PROGRAM (SIGTERM to it, then to its process " \
+        "group, SIGKILL after 5 s)" in result.stderr
     assert "still running" not in result.stderr  # it went at SIGTERM
     exit_ = result.report["exit"]
     assert exit_ == {"program_status": 128 + signal.SIGTERM, "stopped_by": "duration",
@@ -195,6 +195,64 @@ def test_duration_kills_a_group_that_ignores_sigterm_after_the_grace(tmp_path):
     assert [p["pid"] for p in result.process("child")] == [grandchild]  # profiled too
     with pytest.raises(ProcessLookupError):
         os.kill(grandchild, 0)
+
+
+def test_program_alone_gets_sigterm_first_and_stops_its_workers_in_order(tmp_path):
+    # As a Celery or gunicorn master: on SIGTERM, PROGRAM tells its worker
+    # to stop (SIGUSR1) and waits for it. The worker must hear from its
+    # master first, not get SIGTERM from leakprobe beside it.
+    heard = tmp_path / "heard"
+    worker = script(tmp_path, "worker.py", f"""\
+        import signal, sys, time
+        def note(signum, frame):
+            with open({str(heard)!r}, "a") as f:
+                f.write(signal.Signals(signum).name + "\\n")
+            sys.exit(0)
+        signal.signal(signal.SIGUSR1, note)
+        signal.signal(signal.SIGTERM, note)
+        time.sleep(60)
+        """)
+    program = script(tmp_path, "master.py", f"""\
+        import signal, subprocess, sys, time
+        worker = subprocess.Popen([sys.executable, {str(worker)!r}])
+        def stop(signum, frame):
+            worker.send_signal(signal.SIGUSR1)
+            worker.wait()
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        while True:
+            time.sleep(1)
+        """)
+    result = run_cli(tmp_path, *FAST, "--duration", "2", "--", PY, str(program))
+    assert result.status == 0, result.stderr
+    assert heard.read_text() == "SIGUSR1\n"
+    assert result.report["exit"]["program_status"] == 0
+    assert "still running" not in result.stderr
+
+
+def test_what_program_leaves_in_its_group_gets_sigterm_once_it_is_gone(tmp_path):
+    heard = tmp_path / "heard"
+    child = script(tmp_path, "child.py", f"""\
+        import signal, sys, time
+        def note(signum, frame):
+            with open({str(heard)!r}, "a") as f:
+                f.write(signal.Signals(signum).name + "\\n")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, note)
+        time.sleep(60)
+        """)
+    program = script(tmp_path, "leaves.py", f"""\
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, {str(child)!r}])
+        time.sleep(60)  # SIGTERM ends it at once, its child left behind
+        """)
+    result = run_cli(tmp_path, *FAST, "--duration", "2", "--grace", "20", "--",
+                     PY, str(program))
+    assert result.status == 0, result.stderr
+    assert result.report["exit"]["program_status"] == 128 + signal.SIGTERM
+    assert heard.read_text() == "SIGTERM\n"
+    assert "still running" not in result.stderr
+    assert result.report["duration_seconds"] < 15  # not the 20 s grace
 
 
 def test_a_stopped_program_gets_sigterm_too(tmp_path):

@@ -1,8 +1,10 @@
 """``leakprobe run``: starts PROGRAM profiled, watches it, stops it, reports.
 
 PROGRAM runs in its own process group, so that it is stopped with every
-process it started (SIGTERM to the group, then SIGKILL after the grace
-period). The CLI is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``):
+process it started: SIGTERM to PROGRAM first (a Celery or gunicorn master
+then stops its own workers in order, as when a container runtime stops
+it), SIGTERM to what is left of the group once PROGRAM is gone, SIGKILL to
+the group after the grace period. The CLI is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``):
 PROGRAM's orphaned descendants are re-parented to it and reaped by it, so
 the group is known to be gone when it is.
 """
@@ -70,6 +72,17 @@ class _Children:
             return True
         return True
 
+    def main_alive(self) -> bool:
+        self.reap()
+        return self.main.returncode is None
+
+    def signal_main(self, signum: int) -> None:
+        if self.main_alive():
+            try:
+                os.kill(self.main.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def signal_group(self, signum: int) -> None:
         try:
             os.killpg(self.main.pid, signum)
@@ -78,12 +91,14 @@ class _Children:
 
 
 def _wait_group(children: _Children, seconds: float, interrupts: list[int],
-                stop_on_interrupt: bool) -> bool:
-    """Waits up to ``seconds`` for the group to be gone; True if it is."""
+                stop_on_interrupt: bool, alive: Any = None) -> bool:
+    """Waits up to ``seconds`` for the group (or what ``alive`` checks) to
+    be gone; True if it is."""
+    alive = alive or children.group_alive
     end = time.monotonic() + seconds
     seen = len(interrupts)
     while True:
-        if not children.group_alive():
+        if not alive():
             return True
         if time.monotonic() >= end or (stop_on_interrupt and len(interrupts) > seen):
             return False
@@ -92,15 +107,28 @@ def _wait_group(children: _Children, seconds: float, interrupts: list[int],
 
 def _stop(children: _Children, grace: float, interrupts: list[int],
           out: Any, exited: bool) -> None:
-    """Ends PROGRAM's group: SIGTERM, then SIGKILL after ``grace`` seconds
-    (at once on a second Ctrl-C)."""
+    """Ends PROGRAM's group: SIGTERM to PROGRAM, then to what is left of
+    the group once PROGRAM is gone, SIGKILL to the group ``grace`` seconds
+    after the first SIGTERM (at once on a second Ctrl-C)."""
     if exited and _wait_group(children, min(grace, LINGER_SECONDS), interrupts, True):
         return
     if not children.group_alive():
         return
-    children.signal_group(signal.SIGTERM)
-    children.signal_group(signal.SIGCONT)  # a stopped process (SIGTTIN, ^Z) gets it now
-    if _wait_group(children, grace, interrupts, True):
+    end = time.monotonic() + grace
+    seen = len(interrupts)
+    if children.main_alive():
+        # PROGRAM alone first: signalled with its workers, a Celery prefork
+        # child can die holding the pool's lock, and the worker then waits
+        # for it until SIGKILL (seen in the demo, 2 runs of 2).
+        children.signal_main(signal.SIGTERM)
+        children.signal_main(signal.SIGCONT)  # a stopped process (SIGTTIN, ^Z) gets it now
+        _wait_group(children, grace, interrupts, True, alive=children.main_alive)
+    if len(interrupts) == seen and children.group_alive():
+        children.signal_group(signal.SIGTERM)
+        children.signal_group(signal.SIGCONT)
+        if _wait_group(children, max(0.0, end - time.monotonic()), interrupts, True):
+            return
+    elif not children.group_alive():
         return
     out.print(f"leakprobe run: PROGRAM's process group {children.main.pid} still running "
               f"{grace:g} s after SIGTERM: SIGKILL", highlight=False)
@@ -185,8 +213,8 @@ def _supervise(args: argparse.Namespace, command: list[str], run_dir: str, out: 
     progress.stop()
     if stopped_by != "exited":
         reason = "--duration reached" if stopped_by == "duration" else "interrupted"
-        out.print(f"leakprobe run: {reason}: stopping PROGRAM (SIGTERM to its "
-                  f"process group, SIGKILL after {args.grace:g} s)", highlight=False)
+        out.print(f"leakprobe run: {reason}: stopping PROGRAM (SIGTERM to it, then to "
+                  f"its process group, SIGKILL after {args.grace:g} s)", highlight=False)
     _stop(children, args.grace, interrupts, out, stopped_by == "exited")
     children.reap()
     ended_at = started_at + (time.monotonic() - started)
