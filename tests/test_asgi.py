@@ -284,8 +284,8 @@ def test_fastapi_routes_are_measured_by_template_and_the_leaking_one_is_flagged(
     document = json.loads((run_dir / f"{server.proc.pid}.json").read_text())
     series = {(s["resource"], s["key"]): s for s in document["series"]}
     assert series[("work", "route:GET /leak/{n}:fds")]["suspected"] is True
-    assert series[("object", "httpx.Client")]["suspected"] is True
-    assert series[("object", "httpx.Client")]["site"] == client_site, series[("object", "httpx.Client")]
+    clients = series[("object", "httpx.Client")]
+    assert clients["suspected"] is True and clients["site"] == client_site, clients
     # Lifespan shutdown (uvicorn stopped by SIGTERM): what the app still holds.
     lines = [x for x in stderr.splitlines() if "asgi lifespan shutdown" in x]
     assert f"{runs} httpx.Client never closed, created at {client_site}" in "\n".join(lines), stderr

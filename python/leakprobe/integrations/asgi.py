@@ -56,7 +56,8 @@ _SEEN = "leakprobe.asgi"  # scope key: a LeakprobeMiddleware already handles thi
 _SHUTDOWN = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 _MAX_DEPTH = 8  # mounts within mounts searched for a route's prefix
 _MAX_CACHED = 1024
-_templates: dict[tuple[int, int], tuple[Any, Any, str]] = {}  # (router, route) ids -> mounts' prefix
+# (router id, route id) -> (router, route, the prefix of the mounts above the route)
+_templates: dict[tuple[int, int], tuple[Any, Any, str]] = {}
 _reported: set[int] = set()  # pids whose lifespan shutdown report was made
 ADAPTER = "asgi"
 
