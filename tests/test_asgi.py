@@ -69,7 +69,7 @@ app = FastAPI(lifespan=lifespan)
 @app.get("/leak/{n}")
 async def leak(n: int):
     client = httpx.Client()  # CLIENT_LINE: never closed, one socket per run stays open
-    client.get(UPSTREAM)
+    client.get(UPSTREAM)  # SOCKET_LINE: httpx connects at the first request
     _CLIENTS.append(client)
     return {"n": n}
 
@@ -278,12 +278,18 @@ def test_fastapi_routes_are_measured_by_template_and_the_leaking_one_is_flagged(
     assert "Traceback" not in stderr, stderr
     client_site = f"{server.app_path}:{line_of(FASTAPI_APP, 'CLIENT_LINE')} in leak"
     engine_site = f"{server.app_path}:{line_of(FASTAPI_APP, 'ENGINE_LINE')} in lifespan"
-    # The leaking route's series is flagged, and the client's site is where
-    # the objects it leaves are made (a work verdict itself names no site:
-    # docs/trends.md).
+    # The leaking route's series are flagged with the line that made what
+    # its runs kept (docs/trends.md, "Sites"), as is the client type's.
     document = json.loads((run_dir / f"{server.proc.pid}.json").read_text())
     series = {(s["resource"], s["key"]): s for s in document["series"]}
-    assert series[("work", "route:GET /leak/{n}:fds")]["suspected"] is True
+    socket_line = line_of(FASTAPI_APP, "SOCKET_LINE")
+    for what, site in (("fds", f"{server.app_path}:{socket_line} in leak"),
+                       ("objects", client_site)):
+        work = series[("work", f"route:GET /leak/{{n}}:{what}")]
+        assert work["suspected"] is True and work["site"] == site, work
+        assert any(f["filename"] == server.app_path and f"{server.app_path}:{f['lineno']} in "
+                   f"{f['function']}" == site for f in work["stack"]), work
+    assert series[("work", "route:GET /clean/{n}:fds")]["site"] is None
     clients = series[("object", "httpx.Client")]
     assert clients["suspected"] is True and clients["site"] == client_site, clients
     # Lifespan shutdown (uvicorn stopped by SIGTERM): what the app still holds.

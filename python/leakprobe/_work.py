@@ -39,10 +39,13 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
+from collections import deque
 from typing import Any, NamedTuple
 
 MAX_KINDS = 4
 MAX_NAMES = 30  # per kind; (MAX_NAMES + 1) * MAX_KINDS <= the native store's 128 rows
+MAX_KEPT_RUNS = 64  # per unit: the latest runs that left fds or objects behind (sites)
 OTHER = "<other>"
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -54,7 +57,7 @@ _overlapped = 0
 
 
 class _Unit:
-    __slots__ = ("kind", "name", "runs", "fds", "objects", "bytes")
+    __slots__ = ("kind", "name", "runs", "fds", "objects", "bytes", "kept")
 
     def __init__(self, kind: str, name: str) -> None:
         self.kind = kind
@@ -63,6 +66,9 @@ class _Unit:
         self.fds: dict[str, int] = {}  # fd kind -> retained
         self.objects: dict[str, int] = {}  # tracked type -> retained
         self.bytes = 0.0
+        # (start, end) monotonic ns of the latest runs that left fds or
+        # objects behind, by "fds"/"objects": where their sites come from
+        self.kept: dict[str, deque[tuple[int, int]]] = {}
 
 
 class WorkStat(NamedTuple):
@@ -88,6 +94,7 @@ class Token(NamedTuple):
     kind: str
     name: str
     before: _Figures
+    started_ns: int = 0  # time.monotonic_ns() as the run began
 
 
 def _native() -> Any:
@@ -142,7 +149,8 @@ def begin(kind: str, name: str) -> Token:
         if _in_progress:
             _overlapped += 1
         _in_progress += 1
-    return Token(kind, name, _figures())
+    started_ns = time.monotonic_ns()
+    return Token(kind, name, _figures(), started_ns)
 
 
 def _delta(after: dict[str, int] | None, before: dict[str, int] | None) -> dict[str, int]:
@@ -162,6 +170,7 @@ def end(token: Token, name: str | None = None) -> None:
         _check(token.kind, name)
         token = token._replace(name=name)
     after = _figures()
+    ended_ns = time.monotonic_ns()
     before = token.before
     fds = _delta(after.fds, before.fds)
     objects = _delta(after.objects, before.objects)
@@ -176,6 +185,10 @@ def end(token: Token, name: str | None = None) -> None:
         for key, value in objects.items():
             unit.objects[key] = unit.objects.get(key, 0) + value
         unit.bytes += heap
+        for what, delta in (("fds", fds), ("objects", objects)):
+            if sum(delta.values()) > 0:
+                unit.kept.setdefault(what, deque(maxlen=MAX_KEPT_RUNS)).append(
+                    (token.started_ns, ended_ns))
         rows = _rows()
     _native().set_work(rows)
 
@@ -213,6 +226,16 @@ def stats(kind: str | None = None) -> list[WorkStat]:
                          {k: v for k, v in sorted(u.fds.items()) if v},
                          {k: v for k, v in sorted(u.objects.items()) if v})
                 for u in units if kind is None or u.kind == kind]
+
+
+def kept_runs(kind: str, name: str, what: str) -> list[tuple[int, int]]:
+    """(start, end) ``time.monotonic_ns()`` of the latest runs (at most
+    ``MAX_KEPT_RUNS``) of a unit that left `what` ("fds" or "objects")
+    behind, oldest first: the trend engine names the site of a unit's
+    verdict after what was created in them and is still open."""
+    with _lock:
+        unit = _units.get((kind, name))
+        return list(unit.kept.get(what, ())) if unit is not None else []
 
 
 def overlapped() -> int:
