@@ -21,6 +21,7 @@
 #include "leakprobe/fd/fd_table.h"
 #include "leakprobe/heap/heap_tracker.h"
 #include "leakprobe/heap/pymem_hooks.h"
+#include "leakprobe/objects/object_registry.h"
 #include "leakprobe/process/process_stats.h"
 #include "leakprobe/process/runtime_stats.h"
 #include "leakprobe/prometheus/collector.h"
@@ -409,6 +410,25 @@ PYBIND11_MODULE(_native, m) {
   m.def("heap_summary", &HeapSummaryDict,
         "Totals and top sites, as the exporter sees them.");
   m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");
+  m.def(
+      "work_figures",
+      [] {
+        std::uint64_t sequence = 0;
+        std::vector<std::pair<std::string, std::uint64_t>> live;
+        double heap = 0;
+        {
+          const WithoutGil no_gil;
+          sequence = ProcessFdTable().CurrentSequence();
+          live = ObjectRegistry::Instance().LiveByType();
+          heap = HeapTracker::Instance().LiveBytes();
+        }
+        py::dict objects;
+        for (const auto& [name, count] : live) objects[py::str(name)] = count;
+        return py::make_tuple(sequence, objects, heap);
+      },
+      "(fd creation sequence, {type: live tracked objects}, sampled live heap bytes): "
+      "what a unit of work reads when it begins and ends, without the summaries' "
+      "sites.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
         "(site, frames) of the calling thread, captured as the hooks do.");
   m.def("set_task_parent", &SetTaskParent, py::arg("stack_id"),

@@ -16,6 +16,7 @@ dataclasses module costs milliseconds that ``import leakprobe`` does not pay.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._heap import Frame
+
+_TICK_NS = 5_000_000  # slack for the coarse clock of fd records (a 250 Hz tick is 4 ms)
 
 RESOURCES = ("rss", "heap", "fd", "object", "container", "thread", "pool", "work")
 _THREAD_TYPE = "threading.Thread"  # the threading adapter's tracked type
@@ -142,6 +145,55 @@ class _Stacks:
         return max(records, key=lambda r: r.sequence).stack if records else ()
 
 
+    def work(self, key: str) -> tuple[str | None, tuple[Frame, ...]]:
+        """The site and stack of a unit of work's verdict (key
+        ``<kind>:<name>:fds`` or ``:objects``): the creation site of most
+        of the open fds (live objects) created during the unit's latest
+        runs that left some behind, and the stack of the newest of them
+        (docs/trends.md, "Sites")."""
+        kind, _, rest = key.partition(":")
+        name, _, what = rest.rpartition(":")
+        from . import _work
+
+        runs = _work.kept_runs(kind, name, what)
+        if not runs:
+            return None, ()
+        if what == "fds" and self._fds_on:
+            from ._fds import FdSnapshot
+
+            snapshot = self._once("fd", lambda: FdSnapshot._take(self._native))
+            records = [r for r in snapshot.fds if r.attributed] if snapshot else []
+        elif what == "objects" and self._config.objects:
+            from ._objects import ObjectSnapshot
+
+            snapshot = self._once("objects", lambda: ObjectSnapshot._take(self._native))
+            records = list(snapshot.records) if snapshot else []
+        else:
+            return None, ()
+        # The runs' intervals, merged, widened at the start by a clock tick
+        # (fd records are stamped with the kernel's coarse clock).
+        merged: list[list[int]] = []
+        for start, end in sorted(runs):
+            if merged and start - _TICK_NS <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start - _TICK_NS, end])
+        starts = [m[0] for m in merged]
+        counts: dict[str, int] = {}
+        newest: dict[str, Any] = {}
+        for record in records:
+            i = bisect.bisect_right(starts, record.created_ns) - 1
+            if i < 0 or record.created_ns > merged[i][1]:
+                continue
+            site = record.site_name
+            counts[site] = counts.get(site, 0) + 1
+            if record.stack and (site not in newest or record.sequence > newest[site].sequence):
+                newest[site] = record
+        if not counts:
+            return None, ()
+        site = max(counts, key=lambda s: (counts[s], s))
+        return site, (newest[site].stack if site in newest else ())
+
     def collected(self, type_name: str, site: str) -> tuple[Frame, ...]:
         """The stack of `type_name`'s instances collected while open at
         `site`: they are gone, so the registry keeps it with their count."""
@@ -207,6 +259,9 @@ def verdicts() -> list[Verdict]:
         out = []
         for entry in raw["series"]:
             rate = _finite(entry["growth_per_second"])
+            site, stack = entry["site"], _stack_of(entry, stacks)
+            if entry["resource"] == "work" and entry["suspected"] and site is None:
+                site, stack = stacks.work(entry["key"])
             out.append(Verdict(
                 resource=entry["resource"], key=entry["key"], pid=pid, unit=entry["unit"],
                 suspected=entry["suspected"], reason=entry["reason"],
@@ -215,7 +270,7 @@ def verdicts() -> list[Verdict]:
                 time_to_exhaustion_seconds=entry["time_to_exhaustion_seconds"],
                 limit=entry["limit"], window_seconds=_finite(entry["window_seconds"]),
                 points=entry["points"], last_value=_finite(entry["last_value"]),
-                site=entry["site"], stack=_stack_of(entry, stacks)))
+                site=site, stack=stack))
         return out
 
 

@@ -3,8 +3,8 @@ tracked objects and sampled live heap that its runs did not give back
 (docs/work.md).
 
 A unit of work is one run of something with a name: a Celery task (kind
-``task``, leakprobe.integrations.celery), an HTTP route (kind ``route``,
-an ASGI middleware). Its integration calls::
+``task``, leakprobe.adapters._celery), an HTTP route (kind ``route``,
+leakprobe.integrations.asgi). Its integration calls::
 
     token = leakprobe._work.begin("task", "app.tasks.fetch")
     ...                       # the unit runs
@@ -14,12 +14,13 @@ What a run left behind:
 
 - **fds**: the fds created during the run, by code with an application
   frame on its stack, and still open at its end (the fd table's creation
-  sequence at ``begin``, its open records at ``end``). Not counted: fds
-  open before the run that it (or the framework) closed, and fds the
-  framework itself opened around the run with no application frame on the
-  stack, such as a result backend's connection opened lazily after the
-  first task of a process: both made a clean Celery task show -1 or +1
-  when this was a net change of the process's open fds.
+  sequence at ``begin``, its records created since at ``end``, each
+  checked open). Not counted: fds open before the run that it (or the
+  framework) closed, and fds the framework itself opened around the run
+  with no application frame on the stack, such as a result backend's
+  connection opened lazily after the first task of a process (both made a
+  clean Celery task show -1 or +1 when this was a net change of the
+  process's open fds), nor leakprobe's own files.
 - **objects** and **bytes**: after-minus-before of live tracked objects
   by type and of the sampled live heap, the process's net change.
 
@@ -49,10 +50,13 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
+from collections import deque
 from typing import Any, NamedTuple
 
 MAX_KINDS = 4
 MAX_NAMES = 30  # per kind; (MAX_NAMES + 1) * MAX_KINDS <= the native store's 128 rows
+MAX_KEPT_RUNS = 64  # per unit: the latest runs that left fds or objects behind (sites)
 OTHER = "<other>"
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -64,7 +68,7 @@ _overlapped = 0
 
 
 class _Unit:
-    __slots__ = ("kind", "name", "runs", "fds", "objects", "bytes")
+    __slots__ = ("kind", "name", "runs", "fds", "objects", "bytes", "kept")
 
     def __init__(self, kind: str, name: str) -> None:
         self.kind = kind
@@ -73,6 +77,9 @@ class _Unit:
         self.fds: dict[str, int] = {}  # fd kind -> retained
         self.objects: dict[str, int] = {}  # tracked type -> retained
         self.bytes = 0.0
+        # (start, end) monotonic ns of the latest runs that left fds or
+        # objects behind, by "fds"/"objects": where their sites come from
+        self.kept: dict[str, deque[tuple[int, int]]] = {}
 
 
 class WorkStat(NamedTuple):
@@ -102,6 +109,7 @@ class Token(NamedTuple):
     kind: str
     name: str
     before: _Figures
+    started_ns: int = 0  # time.monotonic_ns() as the run began
 
 
 def _native() -> Any:
@@ -120,20 +128,20 @@ def _figures(before: _Figures | None = None) -> _Figures:
     if state is None:
         return _Figures(None, None, None)
     native = _native()
+    sequence, live, live_bytes = native.work_figures()  # ~2 us, no summaries
     fds = objects = heap = None
     if state.fds:
         if before is None:
-            fds = native.fd_sequence()
+            fds = sequence
         elif before.fds is not None:
-            # Reconciled first (~20 us): an fd the run created and closed
-            # unseen (os.closerange's close_range syscall, say) leaves the
-            # table now, not at the sampler's next reconcile.
-            native.fd_reconcile()
+            # An fd the run created and closed unseen (os.closerange's
+            # close_range syscall, say) is left out by the native count's
+            # check of each fd: no reconciliation (~15 us) per run.
             fds = {k: v for k, v in native.fd_application_since(before.fds).items() if v}
     if state.config.objects:
-        objects = {t["name"]: t["live"] for t in native.object_summary()["types"] if t["live"]}
+        objects = live
     if state.config.heap:
-        heap = float(native.heap_summary()["live_bytes"])
+        heap = live_bytes
     return _Figures(fds, objects, heap)
 
 
@@ -154,7 +162,8 @@ def begin(kind: str, name: str) -> Token:
         if _in_progress:
             _overlapped += 1
         _in_progress += 1
-    return Token(kind, name, _figures())
+    started_ns = time.monotonic_ns()
+    return Token(kind, name, _figures(), started_ns)
 
 
 def _delta(after: dict[str, int] | None, before: dict[str, int] | None) -> dict[str, int]:
@@ -164,10 +173,16 @@ def _delta(after: dict[str, int] | None, before: dict[str, int] | None) -> dict[
     return {k: after.get(k, 0) - before.get(k, 0) for k in keys}
 
 
-def end(token: Token) -> None:
+def end(token: Token, name: str | None = None) -> None:
     """Ends the run `token` began: adds what it left behind to its unit's
-    totals, and publishes the totals to the exporter."""
+    totals, and publishes the totals to the exporter. `name`, if given,
+    is the unit's name instead of the one given to :func:`begin` (an HTTP
+    route is known only once the app has routed the request)."""
     global _in_progress
+    if name is not None:
+        _check(token.kind, name)
+        token = token._replace(name=name)
+    ended_ns = time.monotonic_ns()
     before = token.before
     after = _figures(before)
     fds = after.fds or {}
@@ -183,6 +198,10 @@ def end(token: Token) -> None:
         for key, value in objects.items():
             unit.objects[key] = unit.objects.get(key, 0) + value
         unit.bytes += heap
+        for what, delta in (("fds", fds), ("objects", objects)):
+            if sum(delta.values()) > 0:
+                unit.kept.setdefault(what, deque(maxlen=MAX_KEPT_RUNS)).append(
+                    (token.started_ns, ended_ns))
         rows = _rows()
     _native().set_work(rows)
 
@@ -220,6 +239,16 @@ def stats(kind: str | None = None) -> list[WorkStat]:
                          {k: v for k, v in sorted(u.fds.items()) if v},
                          {k: v for k, v in sorted(u.objects.items()) if v})
                 for u in units if kind is None or u.kind == kind]
+
+
+def kept_runs(kind: str, name: str, what: str) -> list[tuple[int, int]]:
+    """(start, end) ``time.monotonic_ns()`` of the latest runs (at most
+    ``MAX_KEPT_RUNS``) of a unit that left `what` ("fds" or "objects")
+    behind, oldest first: the trend engine names the site of a unit's
+    verdict after what was created in them and is still open."""
+    with _lock:
+        unit = _units.get((kind, name))
+        return list(unit.kept.get(what, ())) if unit is not None else []
 
 
 def overlapped() -> int:

@@ -1,6 +1,7 @@
 // The fd section of the snapshot (see leakprobe/fd/fd_summary.h).
 #include "leakprobe/fd/fd_summary.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -72,8 +73,10 @@ std::array<std::uint64_t, kFdKindCount> CountApplicationFdsSince(const FdTable& 
   std::array<std::uint64_t, kFdKindCount> counts{};
   const StackTable& stacks = StackTable::Instance();
   for (const FdRecord& record : table.OpenFds()) {
+    // fcntl: a record of an fd closed unseen (close_range) is not counted,
+    // without a reconciliation's read of /proc/self/fd on every run.
     if (record.sequence > sequence && record.attributed &&
-        stacks.ReachesApplication(record.stack_id)) {
+        stacks.ReachesApplication(record.stack_id) && fcntl(record.fd, F_GETFD) != -1) {
       ++counts[static_cast<std::size_t>(record.kind)];
     }
   }

@@ -127,6 +127,7 @@ void HeapTracker::SampleSlow(void* p, std::size_t size) noexcept {
         stats->allocated_bytes += bytes;
         stats->allocated_count += weight;
         allocated_bytes_ += bytes;
+        live_bytes_ += bytes;
         filter_.Add(p);
       }
     }
@@ -176,6 +177,7 @@ double HeapTracker::ForgetLocked(TableMap<std::uintptr_t, Block>::iterator it) n
     stats->second.live_bytes -= bytes;
     stats->second.live_count -= block.weight;
   }
+  live_bytes_ -= bytes;
   blocks_.erase(it);
   return bytes;
 }
@@ -196,12 +198,17 @@ void HeapTracker::Stop() {
   enabled_.store(false);
   blocks_.clear();
   stacks_.clear();
-  allocated_bytes_ = freed_bytes_ = 0;
+  allocated_bytes_ = freed_bytes_ = live_bytes_ = 0;
   samples_ = dropped_ = 0;
   filter_.Clear();
 }
 
 void HeapTracker::Freeze() noexcept { frozen_.store(true); }
+
+double HeapTracker::LiveBytes() const {
+  TrackerLock lock(&mu_);
+  return live_bytes_;
+}
 
 HeapSummary HeapTracker::Summary(std::size_t top_n) const {
   HeapSummary summary;

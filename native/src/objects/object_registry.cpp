@@ -235,6 +235,15 @@ bool ObjectRegistry::Tracked(const void* object) const {
   return it != index_.end() && records_[it->second].object == object;
 }
 
+std::vector<std::pair<std::string, std::uint64_t>> ObjectRegistry::LiveByType() const {
+  std::vector<std::pair<std::string, std::uint64_t>> live;
+  const TrackerLock lock(&mu_);
+  for (const Type& t : types_) {
+    if (t.live > 0) live.emplace_back(t.name, t.live);
+  }
+  return live;
+}
+
 ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
   ObjectSummary summary;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> sites;  // (SiteKey, live)

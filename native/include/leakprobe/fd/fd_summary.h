@@ -69,8 +69,9 @@ struct FdSummary {
 // (StackTable::ReachesApplication). What a unit of work left open: fds
 // opened before it began, and fds a framework opened around it with no
 // application frame on the stack (a result backend connecting lazily), are
-// not counted. Cold path: one scan of the table, the StackTable's lock once
-// per record counted.
+// not counted, nor records of fds closed unseen (close_range): each record
+// counted is checked open with fcntl(F_GETFD). Cold path: one scan of the
+// table, the StackTable's lock and one fcntl per later record.
 std::array<std::uint64_t, kFdKindCount> CountApplicationFdsSince(const FdTable& table,
                                                                  std::uint64_t sequence);
 

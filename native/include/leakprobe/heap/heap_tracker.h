@@ -152,6 +152,9 @@ class HeapTracker {
   }
 
   HeapSummary Summary(std::size_t top_n) const;
+  // Summary().live_bytes alone, without walking the stacks (a unit of
+  // work reads it twice per run).
+  double LiveBytes() const;
   HeapSummary Summary() const {
     return Summary(top_sites_.load(std::memory_order_relaxed));
   }
@@ -197,6 +200,7 @@ class HeapTracker {
   TableReserve stacks_reserve_ ABSL_GUARDED_BY(mu_);
   double allocated_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   double freed_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  double live_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // the sum of the stacks' live_bytes
   std::uint64_t samples_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
 };

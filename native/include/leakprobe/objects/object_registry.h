@@ -131,6 +131,9 @@ class ObjectRegistry {
 
   // Per type, in registration order (types with no event at all included).
   ObjectSummary Summary(std::int64_t now_ns) const;
+  // (type name, live instances) of every type with live instances: what
+  // Summary() says of them, without its oldest ages and sites.
+  std::vector<std::pair<std::string, std::uint64_t>> LiveByType() const;
   std::vector<ObjectRecord> Records() const;
   std::size_t MemoryBytes() const;
 
