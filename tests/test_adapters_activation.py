@@ -8,7 +8,7 @@ from adapter_support import run_child
 from conftest import leakprobe_lines
 
 LIBRARIES = ["httpx", "httpcore", "requests", "urllib3", "sqlalchemy", "sqlite3",
-             "urllib.request", "subprocess", "celery"]
+             "urllib.request", "subprocess", "celery", "starlette", "fastapi"]
 
 
 def test_leakprobe_imports_none_of_the_libraries():
@@ -117,7 +117,7 @@ def test_a_bad_adapters_value_is_named_with_what_is_accepted():
     assert result["problems"] == [
         "LEAKPROBE_ADAPTERS='httpx,redis' is not valid; accepted: all, none, "
         "1/true/yes/on, 0/false/no/off, or a comma-separated list of httpx, requests, "
-        "urllib, sqlalchemy, sqlite3, threading, subprocess, celery"]
+        "urllib, sqlalchemy, sqlite3, threading, subprocess, celery, asgi"]
 
 
 def test_an_internal_error_never_reaches_the_application():

@@ -152,7 +152,7 @@ def _parse_role(value: Any) -> str | None:
 # The built-in adapters (leakprobe.adapters.ADAPTERS; kept here so that
 # parsing the option imports nothing).
 ADAPTER_NAMES = ("httpx", "requests", "urllib", "sqlalchemy", "sqlite3", "threading",
-                 "subprocess", "celery")
+                 "subprocess", "celery", "asgi")
 
 
 def _parse_adapters(value: Any) -> str:

@@ -109,7 +109,7 @@ class _Writer:
 
 
 def note_unreleased(rows: list[dict[str, Any]]) -> None:
-    """A shutdown report (leakprobe.adapters._celery): the resource owners
+    """A shutdown report (leakprobe.adapters._unreleased): the resource owners
     this process still holds, as rows {"type", "site", "count"}; written
     into the run file at once (the process may end without atexit)."""
     global _unreleased

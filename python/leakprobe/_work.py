@@ -3,8 +3,8 @@ tracked objects and sampled live heap that its runs did not give back
 (docs/work.md).
 
 A unit of work is one run of something with a name: a Celery task (kind
-``task``, leakprobe.integrations.celery), an HTTP route (kind ``route``,
-an ASGI middleware). Its integration calls::
+``task``, leakprobe.adapters._celery), an HTTP route (kind ``route``,
+leakprobe.integrations.asgi). Its integration calls::
 
     token = leakprobe._work.begin("task", "app.tasks.fetch")
     ...                       # the unit runs
@@ -112,8 +112,12 @@ def _figures() -> _Figures:
         # at the sampler's next reconcile, inside whichever run is then.
         # Attributed only: what reconciliation adds (fds open before start,
         # raw syscalls) is no run's doing.
-        native.fd_reconcile()
-        fds = {k: v for k, v in native.fd_counters()["open_attributed"].items() if v}
+        from . import _files
+
+        with _files.FD_LOCK:  # not amid leakprobe's own file write
+            native.fd_reconcile()
+            counters = native.fd_counters()["open_attributed"]
+        fds = {k: v for k, v in counters.items() if v}
     if state.config.objects:
         objects = {t["name"]: t["live"] for t in native.object_summary()["types"] if t["live"]}
     if state.config.heap:
@@ -148,10 +152,15 @@ def _delta(after: dict[str, int] | None, before: dict[str, int] | None) -> dict[
     return {k: after.get(k, 0) - before.get(k, 0) for k in keys}
 
 
-def end(token: Token) -> None:
+def end(token: Token, name: str | None = None) -> None:
     """Ends the run `token` began: adds what it left behind to its unit's
-    totals, and publishes the totals to the exporter."""
+    totals, and publishes the totals to the exporter. `name`, if given,
+    is the unit's name instead of the one given to :func:`begin` (an HTTP
+    route is known only once the app has routed the request)."""
     global _in_progress
+    if name is not None:
+        _check(token.kind, name)
+        token = token._replace(name=name)
     after = _figures()
     before = token.before
     fds = _delta(after.fds, before.fds)

@@ -38,6 +38,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "threading": ("threading", "._threading"),
     "subprocess": ("subprocess", "._subprocess"),
     "celery": ("celery", "._celery"),
+    "asgi": ("starlette", "._asgi"),
 }
 
 _lock = threading.Lock()

@@ -26,16 +26,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._common import Switch, internal_error, log
+from . import _unreleased
+from ._common import Switch, internal_error
 
 SWITCH = Switch("celery")
 _tokens: dict[str, Any] = {}  # task id -> its run's token (one per run in progress)
 _reported: set[int] = set()  # pids whose shutdown report was made
-
-# The owners whose instances still open at shutdown are reported: the
-# adapters' tracked types that hold connections.
-REPORTED_TYPES = ("sqlalchemy.Engine", "sqlalchemy.orm.Session", "httpx.Client",
-                  "httpx.AsyncClient", "requests.Session")
 
 
 def _task_name(task: Any, sender: Any) -> str:
@@ -68,41 +64,14 @@ def _postrun(sender: Any = None, task_id: Any = None, task: Any = None,
         internal_error(SWITCH.name, exc)
 
 
-def unreleased() -> list[dict[str, Any]]:
-    """The reported owners still open in this process now, as rows
-    ``{"type", "site", "count"}``, most first; empty when object tracking
-    is off."""
-    from .. import _runtime
-
-    try:
-        snapshot = _runtime.object_snapshot()
-    except RuntimeError:
-        return []
-    rows = [{"type": stat.type, "site": stat.site_name, "count": stat.count}
-            for stat in snapshot.statistics("site") if stat.type in REPORTED_TYPES]
-    return sorted(rows, key=lambda r: (-r["count"], r["type"], r["site"]))
-
-
 def report(role: str) -> list[dict[str, Any]]:
     """Logs (and writes to the run file) what this process still holds;
-    once per process. Returns the rows."""
+    once per process (leakprobe.adapters._unreleased). Returns the rows."""
     pid = os.getpid()
     if pid in _reported or not SWITCH.on:
         return []
     _reported.add(pid)
-    rows = unreleased()
-    for row in rows:
-        verb = "never disposed" if row["type"] == "sqlalchemy.Engine" else "never closed"
-        log("warning", f"celery {role} shutdown (pid {pid}): {row['count']} "
-            f"{row['type']} {verb}, created at {row['site']}")
-    if not rows:
-        # debug: a pool recycling a child per task would log it per task
-        log("debug", f"celery {role} shutdown (pid {pid}): no engine, client or session "
-            "left open")
-    from .. import _runfile
-
-    _runfile.note_unreleased(rows)
-    return rows
+    return _unreleased.report(f"celery {role} shutdown (pid {pid})")
 
 
 def _child_shutdown(**_kwargs: Any) -> None:
