@@ -4,8 +4,9 @@ It applies the seed review's recommendations to the same code: the client
 wrapper gets ``close()`` and context-manager support, and one client serves
 the whole process, reused by every request and task and closed at shutdown
 (issue 1); the response cache is a bounded LRU that holds only the text,
-not the client (issue 2); and each Celery child disposes of its SQLAlchemy
-engine and closes its client at ``worker_process_shutdown`` (issue 4).
+not the client (issue 2); and each process disposes of its SQLAlchemy
+engine and closes its client at its end: a web worker in the app's
+lifespan, a Celery child at ``worker_process_shutdown`` (issue 4).
 Under the same load, its fd count stays flat and its memory stops growing
 once the cache is full; leakprobe must not flag it.
 
@@ -105,12 +106,15 @@ def summarize_cached(text: str) -> str:
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     """One client for the web worker (httpx.Client is thread-safe), closed
     at shutdown: its pool's keep-alive connections are reused by every
-    request."""
+    request. The engine is disposed of at shutdown too."""
     global _CLIENT
     with SummarizerClient(common.UPSTREAM_URL) as client:
         _CLIENT = client
-        yield
-        _CLIENT = None
+        try:
+            yield
+        finally:
+            _CLIENT = None
+            common.dispose_engine()
 
 
 app = FastAPI(title="fixed summarizer", lifespan=lifespan)
