@@ -7,12 +7,14 @@ and its fix. Everything else is here, once.
 
 Settings (environment variables), each with its default:
 
-| variable | default | what |
-| --- | --- | --- |
-| ``EXAMPLE_DATA_DIR`` | ``$TMPDIR/leakprobe-example-<uid>`` | where the defaults keep their files |
-| ``DATABASE_URL`` | ``sqlite:///<data dir>/documents.db`` | any SQLAlchemy URL (``postgresql+psycopg://...``) |
-| ``CELERY_BROKER_URL`` | ``filesystem://`` (queue in ``<data dir>/broker``) | any Celery broker URL (``redis://...``) |
-| ``UPSTREAM_URL`` | ``http://127.0.0.1:8081`` | the AI provider (``examples/upstream.py``) |
+- ``EXAMPLE_DATA_DIR``: where the defaults keep their files
+  (``$TMPDIR/leakprobe-example-<uid>``);
+- ``DATABASE_URL``: any SQLAlchemy URL, e.g. ``postgresql+psycopg://...``
+  (``sqlite:///<data dir>/documents.db``);
+- ``CELERY_BROKER_URL``: any Celery broker URL, e.g. ``redis://...``
+  (``filesystem://``, its folders in ``<data dir>/broker``);
+- ``UPSTREAM_URL``: the AI provider, ``examples/upstream.py``
+  (``http://127.0.0.1:8081``).
 
 The web app and the Celery worker of one service must share
 ``EXAMPLE_DATA_DIR`` (or the URLs): the filesystem broker is a directory

@@ -12,8 +12,9 @@ Celery's signals (docs/multiprocess.md, "Celery").
 - ``worker_process_shutdown`` (a prefork child ending, recycled or not) and
   ``worker_shutdown`` (the main process), after the application's own
   handlers of these signals (moved last at ``worker_process_init`` and
-  ``worker_init``): one warning line per resource owner still open (SQLAlchemy engines never disposed, httpx clients, ORM
-  and requests sessions never closed), with the count and creation site,
+  ``worker_init``): one warning line per resource owner still open
+  (SQLAlchemy engines never disposed, httpx clients, ORM and requests
+  sessions never closed), with the count and creation site,
   and, under ``leakprobe run``, the same in the process's run file
   (``unreleased``).
 
