@@ -26,9 +26,9 @@ fixed twin, nothing flagged at all. At the services' stop, the leaky
 worker's children report their engine never disposed, at its site; the
 fixed twin's do not.
 
-Runtime: about 75 s on the shared 2-core machine (72 s measured) (most of it the load,
-which the trend engine needs: a child's verdict takes a warm-up plus a 10 s
-window). On 3.11 only in scripts/test.sh: the adapters, the group and the
+Runtime: 72 to 77 s in 4 runs on the shared 2-core machine, 40 s of it the
+load, which the trend engine needs (a child's verdict takes a warm-up plus
+a 10 s window). On 3.11 only in scripts/test.sh: the adapters, the group and the
 exporter it goes through are tested on every version.
 """
 
