@@ -26,6 +26,9 @@ fixed twin, nothing flagged at all. At the services' stop, the leaky
 worker's children report their engine never disposed, at its site; the
 fixed twin's do not.
 
+A second test runs the service with its embedded defaults (SQLite, Celery's
+filesystem broker: no server) through ``serve.sh`` alone, 18 s.
+
 Runtime: 72 to 77 s in 4 runs on the shared 2-core machine, 40 s of it the
 load, which the trend engine needs (a child's verdict takes a warm-up plus
 a 10 s window). On 3.11 only in scripts/test.sh: the adapters, the group and the
@@ -349,6 +352,85 @@ def test_the_example_service_end_to_end_through_prometheus(
         for service in services.values():
             if service.proc.poll() is None:
                 service.stop()
+        upstream.kill()
+        upstream.wait()
+        upstream.stdout.close()
+        upstream_log.close()
+
+
+def test_the_embedded_defaults_need_no_server(tmp_path):
+    """The example service as the demo runs it, with no setting: SQLite and
+    Celery's filesystem broker in EXAMPLE_DATA_DIR. `serve.sh` alone (no
+    `leakprobe run`: the app's `import leakprobe` observes the workers),
+    stopped by SIGTERM to it alone, as a service manager would: it stops
+    both servers gracefully, and the Celery children report what they held."""
+    upstream_log = open(tmp_path / "upstream.log", "w")
+    upstream = subprocess.Popen([sys.executable, str(EXAMPLES / "upstream.py")],
+                                stdout=subprocess.PIPE, stderr=upstream_log, text=True,
+                                env=child_env(LEAKPROBE_DISABLE="1"))
+    data = tmp_path / "data"
+    http_url, port = f"http://127.0.0.1:{free_port()}", free_port()
+    log_path = tmp_path / "serve.log"
+    service = None
+    try:
+        upstream_url = re.search(r"http://\S+", upstream.stdout.readline()).group(0)
+        with open(log_path, "wb") as log:
+            service = subprocess.Popen(
+                ["bash", str(EXAMPLES / "serve.sh"), str(EXAMPLES / "leaky_service"),
+                 http_url.rsplit(":", 1)[1]],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=child_env(LEAKPROBE_PORT=str(port), LEAKPROBE_LOG_LEVEL="warning",
+                              PYTHON=sys.executable, UPSTREAM_URL=upstream_url,
+                              EXAMPLE_DATA_DIR=str(data), MAX_TASKS_PER_CHILD="2",
+                              DATABASE_URL="", CELERY_BROKER_URL=""))
+        roles: dict[str, str] = {}
+        end = time.monotonic() + 60
+        while sorted(roles.values()) != ["celery-child", "celery-child", "celery-main",
+                                         "uvicorn-worker", "uvicorn-worker"]:
+            assert service.poll() is None, log_path.read_text()
+            assert time.monotonic() < end, (roles, log_path.read_text())
+            time.sleep(0.3)
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                continue
+            roles = dict(re.findall(r'^process_threads\{pid="(\d+)",role="([^"]+)"\}', text,
+                                    re.MULTILINE))
+        ids = [httpx.post(f"{http_url}/documents", params={"text": f"doc {i}"},
+                          timeout=10).json()["id"] for i in range(4)]
+        end = time.monotonic() + 30
+        while True:
+            summaries = [httpx.get(f"{http_url}/documents/{i}", timeout=10).json()["summary"]
+                         for i in ids]
+            if all(summaries):
+                break
+            assert time.monotonic() < end, (summaries, log_path.read_text())
+            time.sleep(0.3)
+        assert [s.split(":")[0] for s in summaries] == [f"doc {i}" for i in range(4)]
+        assert (data / "documents.db").stat().st_size > 0
+        assert (data / "broker" / "queue").is_dir()
+        assert httpx.get(f"{http_url}/documents/999", timeout=10).status_code == 404
+
+        service.send_signal(signal.SIGTERM)  # serve.sh alone
+        assert service.wait(timeout=60) == 0, log_path.read_text()
+        end = time.monotonic() + 10  # and every process it started is gone
+        while True:
+            try:
+                os.killpg(service.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < end, "serve.sh left processes running"
+            time.sleep(0.1)
+        text = log_path.read_text()
+        # 4 tasks, 2 per child: 2 children replaced, each reports at its end.
+        reports = [line for line in text.splitlines()
+                   if "celery child shutdown" in line and "never disposed" in line]
+        assert len(reports) >= 2 and all(ENGINE_SITE in line for line in reports), text
+        assert "Traceback" not in text, text
+    finally:
+        if service is not None and service.poll() is None:
+            os.killpg(service.pid, signal.SIGKILL)
+            service.wait()
         upstream.kill()
         upstream.wait()
         upstream.stdout.close()
