@@ -16,6 +16,12 @@ One httpx client per server (a kept-alive connection) sends batches of
 each round, so that every arm sees the same drift of the shared machine.
 Per arm: the median over rounds of the per-request time of a batch; and
 per round the difference on - off (the middleware's cost) and the ratio.
+
+Then, in one child process with leakprobe running, the same app is called
+directly (a prepared ``http`` scope, no server, no socket), alternately
+bare and wrapped in ``LeakprobeMiddleware``, in batches of ``--requests``
+calls: the thread's CPU time per call (``time.thread_time``) of each, so
+that other processes' load weighs less than in wall-clock figures.
 Benchmarks are not tests: nothing here asserts.
 
 Usage::
@@ -95,6 +101,58 @@ def batch(client: httpx.Client, requests: int, offset: int) -> float:
     return (time.perf_counter() - started) / requests
 
 
+IN_PROCESS = '''\
+import asyncio, statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+import leakprobe
+from app import app
+from leakprobe.integrations.asgi import LeakprobeMiddleware
+
+rounds, requests = int(sys.argv[2]), int(sys.argv[3])
+wrapped = LeakprobeMiddleware(app)
+
+
+async def receive():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def send(message):
+    pass
+
+
+def scope(i):
+    path = f"/items/{i}"
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "root_path": "", "query_string": b"", "headers": [],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+
+async def batch(target):
+    started = time.thread_time()
+    for i in range(requests):
+        await target(scope(i), receive, send)
+    return (time.thread_time() - started) / requests
+
+
+async def main():
+    await batch(app)
+    await batch(wrapped)
+    added = []
+    for r in range(rounds):
+        first, second = (app, wrapped) if r % 2 == 0 else (wrapped, app)
+        a, b = await batch(first), await batch(second)
+        bare, on = (a, b) if first is app else (b, a)
+        added.append((on - bare) * 1e6)
+    print(f"in process, CPU time per call added by the middleware: median "
+          f"{statistics.median(added):.0f} us (min {min(added):.0f}, max {max(added):.0f}; "
+          f"{rounds} rounds of {requests} calls)")
+
+
+asyncio.run(main())
+'''
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -122,6 +180,12 @@ def main() -> None:
             for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(timeout=30)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
+        # the adapter off: `app` stays bare, `wrapped` is the only middleware
+        env.update(LEAKPROBE_PORT="0", LEAKPROBE_LOG_LEVEL="off", **ARMS["off"])
+        in_process = subprocess.run(
+            [sys.executable, "-c", IN_PROCESS, tmp, str(args.rounds), str(args.requests)],
+            env=env, capture_output=True, text=True, timeout=1800)
     added = [(on - off) * 1e6 for on, off in zip(times["on"], times["off"])]
     ratios = [on / off for on, off in zip(times["on"], times["off"])]
     print(f"{args.rounds} rounds of {args.requests} sequential requests per arm "
@@ -135,6 +199,7 @@ def main() -> None:
     print(f"middleware (on - off), per request: median {statistics.median(added):.0f} us, "
           f"IQR {quartiles[0]:.0f}..{quartiles[2]:.0f} us; on/off ratio median "
           f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(in_process.stdout.strip() or f"in-process measure failed: {in_process.stderr}")
 
 
 if __name__ == "__main__":
