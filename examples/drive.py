@@ -2,17 +2,22 @@ r"""Drive load at the example services and show what leakprobe's metrics saw.
 
 ``scripts/demo.sh`` starts the services; this script does the rest, so the
 shell stays thin. For each round it sends ``--requests`` requests with new
-prompts to every target, then scrapes each target's leakprobe ``/metrics``
-endpoint and prints one table row per target, then the top sites and
-tracked owners leakprobe names. It leaves the verdicts to leakprobe: ``scripts/demo.sh`` runs each service
-under ``leakprobe run`` and prints its summary after this script ends.
+prompts (``GET /summarize``) and ``--tasks`` new documents (``POST
+/documents``: one Celery task each) to every target, paced so that a round
+lasts at least ``--round-seconds``, then scrapes each target's leakprobe
+``/metrics`` endpoint (one per service: every process of the service is
+served there, docs/multiprocess.md) and prints one table row per target,
+then the top sites and tracked owners leakprobe names, summed over the
+processes. It leaves the verdicts to leakprobe: ``scripts/demo.sh`` runs
+each service under ``leakprobe run`` and prints its summary after this
+script ends.
 
 Usage::
 
     python examples/drive.py \
         --target leaky http://127.0.0.1:8000 http://127.0.0.1:9464/metrics \
         --target fixed http://127.0.0.1:8001 http://127.0.0.1:9465/metrics \
-        --rounds 6 --requests 100
+        --rounds 6 --requests 100 --tasks 20 --round-seconds 5 --processes 6
 
 Only 127.0.0.1 is ever contacted: the URLs come from the caller.
 """
@@ -31,12 +36,15 @@ from prometheus_client.parser import text_string_to_metric_families
 MIB = 1024 * 1024
 
 # Sample name -> column heading. Labelled samples (the per-generation GC
-# counters) are summed over their labels.
+# counters, the processes of a service: pid and role) are summed over their
+# labels.
 COLUMNS = {
     "process_open_fds": "open fds",
     "process_resident_memory_bytes": "RSS MiB",
     "python_gc_collections_total": "gc runs",
 }
+# Summed too, but may be absent (no task has run yet).
+OPTIONAL_COLUMNS = {"leakprobe_work_runs_total": "tasks run"}
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Target:
     service_url: str
     metrics_url: str
     requests_sent: int = 0
+    documents_sent: int = 0
     # One (requests so far, {sample name: value}) pair per scrape.
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     # Per-site samples at the first scrape: {sample name: {site: value}}.
@@ -59,14 +68,19 @@ def scrape(client: httpx.Client, metrics_url: str) -> dict[str, float]:
     """Read the figures in COLUMNS from a Prometheus text exposition."""
     response = client.get(metrics_url)
     response.raise_for_status()
-    totals: dict[str, float] = {}
+    totals: dict[str, float] = {name: 0.0 for name in OPTIONAL_COLUMNS}
+    pids = set()
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
+            pids.add(sample.labels.get("pid"))
             if sample.name in COLUMNS:
                 totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            elif sample.name in OPTIONAL_COLUMNS and sample.labels.get("kind") == "task":
+                totals[sample.name] += sample.value
     missing = sorted(set(COLUMNS) - set(totals))
     if missing:
         raise RuntimeError(f"{metrics_url} lacks {', '.join(missing)}")
+    totals["processes"] = len(pids - {None}) or 1
     return totals
 
 
@@ -82,11 +96,9 @@ def labelled(client: httpx.Client, metrics_url: str) -> dict[str, dict[tuple, fl
 
 
 def site_values(client: httpx.Client, metrics_url: str, sample: str) -> dict[str, float]:
-    """A per-site sample's values by their ``site`` label."""
-    return {
-        dict(labels)["site"]: v
-        for labels, v in labelled(client, metrics_url).get(sample, {}).items()
-    }
+    """A per-site sample's values by their ``site`` label, summed over the
+    processes."""
+    return by_label(labelled(client, metrics_url), sample, "site")
 
 
 SITE_SAMPLES = {
@@ -112,12 +124,12 @@ def where(client: httpx.Client, target: Target) -> str:
 def by_label(samples: dict[str, dict[tuple, float]], sample: str, label: str,
              **match: str) -> dict[str, float]:
     """The values of `sample` by one label, among samples whose other labels
-    match `match`."""
-    out = {}
+    match `match`, summed over the rest (the processes' pid and role)."""
+    out: dict[str, float] = {}
     for labels, v in samples.get(sample, {}).items():
         labels = dict(labels)
         if all(labels.get(k) == want for k, want in match.items()) and label in labels:
-            out[labels[label]] = v
+            out[labels[label]] = out.get(labels[label], 0.0) + v
     return out
 
 
@@ -166,35 +178,52 @@ def what_leaks(client: httpx.Client, target: Target) -> list[str]:
     return [f"  {target.name}: {line}" for line in lines]
 
 
-def wait_until_ready(client: httpx.Client, targets: list[Target], deadline: float) -> None:
-    """Block until every service and every metrics endpoint answers 200."""
+def wait_until_ready(client: httpx.Client, targets: list[Target], deadline: float,
+                     processes: int) -> None:
+    """Block until every service and every metrics endpoint answers 200, and
+    each endpoint serves at least ``processes`` processes."""
     pending = [url for t in targets for url in (t.service_url + "/healthz", t.metrics_url)]
     while pending:
         url = pending[0]
         try:
-            if client.get(url).status_code == 200:
+            if client.get(url).status_code == 200 and (
+                    url.endswith("/healthz") or scrape(client, url)["processes"] >= processes):
                 pending.pop(0)
                 continue
-        except httpx.TransportError:
+        except (httpx.TransportError, RuntimeError):
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer in time")
+            raise TimeoutError(f"{url} did not answer in time (with {processes} processes)")
         time.sleep(0.2)
 
 
-def run_round(client: httpx.Client, target: Target, count: int) -> None:
-    """Send ``count`` requests, each with a prompt the service has not seen."""
-    for _ in range(count):
-        prompt = f"{target.name}-document-{target.requests_sent}"
-        response = client.get(target.service_url + "/summarize", params={"q": prompt})
-        response.raise_for_status()
-        target.requests_sent += 1
+def run_round(client: httpx.Client, target: Target, count: int, tasks: int,
+              seconds: float) -> None:
+    """Send ``count`` requests, each with a prompt the service has not seen,
+    and ``tasks`` new documents, spread over at least ``seconds``."""
+    started = time.monotonic()
+    steps = max(count, tasks, 1)
+    for step in range(steps):
+        if step * count // steps != (step + 1) * count // steps:
+            prompt = f"{target.name}-prompt-{target.requests_sent}"
+            response = client.get(target.service_url + "/summarize", params={"q": prompt})
+            response.raise_for_status()
+            target.requests_sent += 1
+        if step * tasks // steps != (step + 1) * tasks // steps:
+            text = f"{target.name}-document-{target.documents_sent}"
+            response = client.post(target.service_url + "/documents", params={"text": text})
+            response.raise_for_status()
+            target.documents_sent += 1
+        pause = started + seconds * (step + 1) / steps - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
 
 
 def print_row(round_no: int | str, target: Target) -> None:
     requests, values = target.history[-1]
     print(
-        f"{round_no:>5}  {target.name:<8} {requests:>8}"
+        f"{round_no:>5}  {target.name:<8} {requests:>8} {target.documents_sent:>6}"
+        f"  {values['leakprobe_work_runs_total']:>9.0f}  {values['processes']:>5.0f}"
         f"  {values['process_open_fds']:>8.0f}"
         f"  {values['process_resident_memory_bytes'] / MIB:>8.1f}"
         f"  {values['python_gc_collections_total']:>7.0f}",
@@ -214,6 +243,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=100, help="per round and target")
+    parser.add_argument("--tasks", type=int, default=0,
+                        help="documents (Celery tasks) per round and target")
+    parser.add_argument("--round-seconds", type=float, default=0.0,
+                        help="a round's least duration (the load is spread over it)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes each metrics endpoint serves before the load starts")
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for start-up")
     parser.add_argument("--deadline", type=float, default=90.0, help="seconds for the whole run")
     return parser.parse_args(argv)
@@ -225,10 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     with httpx.Client(timeout=10.0) as client:
-        wait_until_ready(client, targets, started + args.wait)
+        wait_until_ready(client, targets, started + args.wait, args.processes)
         print(
-            f"{'round':>5}  {'service':<8} {'requests':>8}"
-            f"  {'open fds':>8}  {'RSS MiB':>8}  {'gc runs':>7}"
+            f"{'round':>5}  {'service':<8} {'requests':>8} {'tasks':>6}  {'tasks run':>9}"
+            f"  {'procs':>5}  {'open fds':>8}  {'RSS MiB':>8}  {'gc runs':>7}"
         )
         for target in targets:
             target.history.append((0, scrape(client, target.metrics_url)))
@@ -241,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         # loading them side by side halves the demo's wall-clock time.
         with ThreadPoolExecutor(max_workers=len(targets)) as pool:
             for round_no in range(1, args.rounds + 1):
-                list(pool.map(lambda t: run_round(client, t, args.requests), targets))
+                list(pool.map(lambda t: run_round(client, t, args.requests, args.tasks,
+                                                  args.round_seconds), targets))
                 for target in targets:
                     scraped = scrape(client, target.metrics_url)
                     target.history.append((target.requests_sent, scraped))

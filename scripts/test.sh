@@ -20,7 +20,12 @@
 #      - the scrape-load tests (tests/test_scrape_load.py and
 #        test_metrics.py's concurrent scrapers, 30 s together): the exporter's
 #        C++ server threads under load, which never take the GIL (the test
-#        that a scrape needs no GIL runs on all three).
+#        that a scrape needs no GIL runs on all three);
+#      - tests/test_e2e.py: the example service whole (uvicorn, Celery,
+#        PostgreSQL, Redis) under a real Prometheus server, about 75 s, and
+#        with its embedded defaults (SQLite, filesystem broker), 18 s: the
+#        adapters, the group and the exporter it goes through are tested on
+#        all three.
 #      Tests marked `slow` (minutes each: the 1,000-task Celery run with one
 #      child per task, 335 s) are left out of this command for CI's time
 #      budget; run them with `.venv/bin/python -m pytest -m slow tests`.
@@ -76,6 +81,7 @@ TSAN_OPTIONS=halt_on_error=1 HEAP_STRESS_SECONDS=30 \
 
 ONLY_ON_3_11=(--ignore=tests/test_scenarios.py --ignore=tests/test_prometheus.py
   --ignore=tests/test_report_html.py --ignore=tests/test_scrape_load.py
+  --ignore=tests/test_e2e.py
   --deselect=tests/test_metrics.py::test_concurrent_scrapes_under_load)
 for version in 3.11 3.12 3.13; do
   step "pytest on CPython $version"

@@ -112,6 +112,8 @@ def start_service(upstream: str, tmp_path: Path) -> Iterator[Callable[[str], Ser
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
         env.update(
             UPSTREAM_URL=upstream,
+            # the embedded defaults' files (SQLite, the filesystem broker)
+            EXAMPLE_DATA_DIR=str(tmp_path / example / "data"),
             LEAKPROBE_HOST="127.0.0.1",
             LEAKPROBE_PORT="0",
             LEAKPROBE_LOG_LEVEL="info",

@@ -2,27 +2,35 @@
 
 It applies the seed review's recommendations to the same code: the client
 wrapper gets ``close()`` and context-manager support, and one client serves
-the whole process, reused by every request and closed at shutdown (issue 1),
-and the response cache is a bounded LRU that holds only the text, not the
-client (issue 2). Under the same load, its fd count
-stays flat and its memory stops growing once the cache is full; leakprobe
-must not flag it.
+the whole process, reused by every request and task and closed at shutdown
+(issue 1); the response cache is a bounded LRU that holds only the text,
+not the client (issue 2); and each process disposes of its SQLAlchemy
+engine and closes its client at its end: a web worker in the app's
+lifespan, a Celery child at ``worker_process_shutdown`` (issue 4).
+Under the same load, its fd count stays flat and its memory stops growing
+once the cache is full; leakprobe must not flag it.
 
-Run exactly like the leaky service, with ``--app-dir examples/fixed_service``.
+Run exactly like the leaky service, with ``examples/fixed_service`` for
+``--app-dir`` and ``--workdir``.
 """
 
 import leakprobe  # noqa: F401, I001 -- first, so the whole worker is profiled
 
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
+from celery import signals
 from fastapi import FastAPI
 
-UPSTREAM_URL = os.environ.get("UPSTREAM_URL", "http://127.0.0.1:8081")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/
+import service_common as common  # noqa: E402
+
 CACHE_SIZE = int(os.environ.get("SUMMARY_CACHE_SIZE", "256"))
 
 
@@ -79,35 +87,61 @@ class LRUCache:
 
 
 _SUMMARY_CACHE = LRUCache(maxsize=CACHE_SIZE)
-_CLIENT: SummarizerClient | None = None  # set while the app runs (lifespan)
+_CLIENT: SummarizerClient | None = None  # the process's client, while it runs
+
+
+def summarize_cached(text: str) -> str:
+    """Summarise ``text`` through the upstream, memoised per text (bounded)."""
+    global _CLIENT
+    summary = _SUMMARY_CACHE.get(text)
+    if summary is None:
+        if _CLIENT is None:  # a Celery child: made on its first task, after the fork
+            _CLIENT = SummarizerClient(common.UPSTREAM_URL)
+        summary = _CLIENT.summarize(text)
+        _SUMMARY_CACHE.put(text, summary)
+    return summary
 
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    """One client for the process (httpx.Client is thread-safe), closed at
-    shutdown: its pool's keep-alive connections are reused by every request."""
+    """One client for the web worker (httpx.Client is thread-safe), closed
+    at shutdown: its pool's keep-alive connections are reused by every
+    request. The engine is disposed of at shutdown too."""
     global _CLIENT
-    with SummarizerClient(UPSTREAM_URL) as client:
+    with SummarizerClient(common.UPSTREAM_URL) as client:
         _CLIENT = client
-        yield
-        _CLIENT = None
+        try:
+            yield
+        finally:
+            _CLIENT = None
+            common.dispose_engine()
 
 
 app = FastAPI(title="fixed summarizer", lifespan=lifespan)
+celery = common.make_celery("fixed_service")
+
+
+@celery.task(name=common.SUMMARIZE_TASK)
+def summarize_document(document_id: int) -> None:
+    """The worker's half; what it opens is released at the child's end."""
+    common.summarize_document(document_id, summarize_cached)
+
+
+@signals.worker_process_shutdown.connect
+def release(**_kwargs: object) -> None:
+    """The seed's recommended shutdown hook (issue 4), in each prefork
+    child: dispose of the engine, close the client."""
+    global _CLIENT
+    common.dispose_engine()
+    if _CLIENT is not None:
+        _CLIENT.close()
+        _CLIENT = None
 
 
 @app.get("/summarize")
 def summarize(q: str) -> dict:
     """Summarise ``q`` through the upstream, memoised per prompt (bounded)."""
-    summary = _SUMMARY_CACHE.get(q)
-    if summary is None:
-        assert _CLIENT is not None, "the app's lifespan has not started"
-        summary = _CLIENT.summarize(q)
-        _SUMMARY_CACHE.put(q, summary)
-    return {"summary": summary, "cached_prompts": len(_SUMMARY_CACHE)}
+    return {"summary": summarize_cached(q), "cached_prompts": len(_SUMMARY_CACHE)}
 
 
-@app.get("/healthz")
-def healthz() -> dict:
-    """Readiness probe for the demo and the tests; touches no upstream."""
-    return {"ok": True}
+app.include_router(common.documents_router(celery))

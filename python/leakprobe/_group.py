@@ -32,12 +32,16 @@ _ROLES = {
 _CHILD_OF = {main: child for main, child in _ROLES.values()} | {"main": "child"}
 
 
-def _program() -> str | None:
+def _program(argv: list[str] | None = None) -> str | None:
     """'celery', 'gunicorn' or 'uvicorn' when this interpreter runs that
-    program (its console script, or ``python -m``), else None."""
-    argv = list(getattr(sys, "orig_argv", ())) or list(sys.argv)
-    if sys.argv and os.path.basename(sys.argv[0]) in _ROLES:
-        return os.path.basename(sys.argv[0])
+    program (its console script, or ``python -m``), else None; or when the
+    interpreter command line `argv` does."""
+    if argv is None:
+        argv = list(getattr(sys, "orig_argv", ())) or list(sys.argv)
+        if sys.argv and os.path.basename(sys.argv[0]) in _ROLES:
+            return os.path.basename(sys.argv[0])
+    elif len(argv) > 1 and os.path.basename(argv[1]) in _ROLES:
+        return os.path.basename(argv[1])  # python /venv/bin/celery ...
     skip = False
     for i, arg in enumerate(argv[1:], start=1):
         if skip:
@@ -64,6 +68,18 @@ def _spawned() -> bool:
     return "--multiprocessing-fork" in getattr(sys, "orig_argv", sys.argv)
 
 
+def _parent_program() -> str | None:
+    """What `_program` says of the parent's command line."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as parent:
+            argv = [arg.decode(errors="replace") for arg in parent.read().split(b"\0")[:-1]]
+    except OSError:
+        return None
+    if argv and os.path.basename(argv[0]) in _ROLES:
+        return os.path.basename(argv[0])  # a console script run as the program
+    return _program(argv)
+
+
 def _same_program_as_parent() -> bool:
     """Whether the parent runs the same command line: a worker that the
     program forked before leakprobe was imported (gunicorn without
@@ -83,6 +99,10 @@ def detect_role(parent_role: str | None) -> str:
         return _CHILD_OF.get(parent_role, parent_role)
     program = _program()
     if _spawned():
+        # The parent's program first: an app run by uvicorn may import
+        # celery too (to send tasks), and is no Celery child.
+        if program is None:
+            program = _parent_program()
         if program is None:
             program = next((name for name in _ROLES if name in sys.modules), None)
         return _ROLES[program][1] if program else "child"

@@ -10,9 +10,11 @@ Celery's signals (docs/multiprocess.md, "Celery").
   in the threads, gevent and eventlet pools tasks overlap (leakprobe._work
   says what that means).
 - ``worker_process_shutdown`` (a prefork child ending, recycled or not) and
-  ``worker_shutdown`` (the main process): one warning line per resource
-  owner still open (SQLAlchemy engines never disposed, httpx clients, ORM
-  and requests sessions never closed), with the count and creation site,
+  ``worker_shutdown`` (the main process), after the application's own
+  handlers of these signals (moved last at ``worker_process_init`` and
+  ``worker_init``): one warning line per resource owner still open
+  (SQLAlchemy engines never disposed, httpx clients, ORM and requests
+  sessions never closed), with the count and creation site,
   and, under ``leakprobe run``, the same in the process's run file
   (``unreleased``).
 
@@ -87,6 +89,36 @@ def _main_shutdown(**_kwargs: Any) -> None:
         internal_error(SWITCH.name, exc)
 
 
+_signals: Any = None  # celery.signals, once connected
+
+
+def _move_last(signal: Any, handler: Any) -> None:
+    """Reconnects `handler` after every receiver connected so far: the
+    report must see what the application's own shutdown handlers release
+    (an engine disposed in its worker_process_shutdown handler is not
+    left open)."""
+    uid = f"leakprobe.{handler.__name__}"
+    signal.disconnect(handler, dispatch_uid=uid)
+    signal.connect(handler, weak=False, dispatch_uid=uid)
+
+
+def _child_started(**_kwargs: Any) -> None:
+    # worker_process_init, in each prefork child: the app's handlers are
+    # all connected by now (the app was imported before the fork).
+    try:
+        _move_last(_signals.worker_process_shutdown, _child_shutdown)
+    except Exception as exc:
+        internal_error(SWITCH.name, exc)
+
+
+def _main_started(**_kwargs: Any) -> None:
+    # worker_init, in the main process, once the app is loaded.
+    try:
+        _move_last(_signals.worker_shutdown, _main_shutdown)
+    except Exception as exc:
+        internal_error(SWITCH.name, exc)
+
+
 def _forked() -> None:
     _tokens.clear()
     _reported.discard(os.getpid())
@@ -103,13 +135,17 @@ def install(celery: Any) -> bool:
 
 
 def _connect(signals: Any) -> None:
+    global _signals
+    _signals = signals
     try:
         # weak=False: the handlers are module functions, kept anyway;
         # dispatch_uid: connected once however often this runs.
         for signal, handler in ((signals.task_prerun, _prerun),
                                 (signals.task_postrun, _postrun),
                                 (signals.worker_process_shutdown, _child_shutdown),
-                                (signals.worker_shutdown, _main_shutdown)):
+                                (signals.worker_shutdown, _main_shutdown),
+                                (signals.worker_process_init, _child_started),
+                                (signals.worker_init, _main_started)):
             signal.connect(handler, weak=False, dispatch_uid=f"leakprobe.{handler.__name__}")
     except Exception as exc:
         internal_error(SWITCH.name, exc)
