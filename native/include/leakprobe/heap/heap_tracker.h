@@ -112,6 +112,8 @@ class AddressFilter {
 
 class HeapTracker {
  public:
+  static constexpr std::uint64_t kSmallBlockBytes = 512;  // pymalloc's largest
+
   static HeapTracker& Instance();
   // Tests make their own.
   HeapTracker();
@@ -197,6 +199,9 @@ class HeapTracker {
   TableReserve stacks_reserve_ ABSL_GUARDED_BY(mu_);
   double allocated_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   double freed_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Live blocks of pymalloc's sizes (<= kSmallBlockBytes), for the free
+  // part of its arenas (MemoryComponents in leakprobe/malloc/native_summary.h).
+  double small_live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t samples_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
 };
