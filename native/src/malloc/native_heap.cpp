@@ -128,10 +128,12 @@ std::int64_t NativeHeap::NextInterval(detail::ThreadSampler& t) const noexcept {
 }
 
 std::size_t NativeHeap::CaptureNative(const void** pcs, bool cut_at_interpreter) const noexcept {
+  // libunwind's fast path: unw_backtrace, with its per-thread cache of
+  // unwind rules (falls back to unw_step where the cache cannot help).
   void* raw[kMaxNativeDepth + 8];
   const int got = unw_backtrace(raw, static_cast<int>(std::size(raw)));
-  std::size_t i = 0;
   const auto n = static_cast<std::size_t>(std::max(got, 0));
+  std::size_t i = 0;
   // Our own frames first (this function, the slow path, the hook).
   while (i < n && InRange(&own_, 1, reinterpret_cast<std::uintptr_t>(raw[i]))) ++i;
   std::size_t out = 0;
@@ -399,9 +401,10 @@ void NativeHeap::Start(const NativeHeapConfig& config) {
     frozen_.store(false);
     enabled_.store(true);
   }
-  // libunwind's per-thread cache and its first-use set-up, outside any hook.
+  // libunwind's caches and its first-use set-up, outside any hook.
+  unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
   void* warm[4];
-  unw_backtrace(warm, 4);
+  CaptureNativeStack(warm, 4);
 }
 
 void NativeHeap::Stop() {
@@ -427,7 +430,7 @@ void NativeHeap::Freeze() noexcept { frozen_.store(true); }
 std::vector<const void*> NativeHeap::PcsOfLocked(NativeStackId id) const {
   if (id < 2 || id >= native_used_) return {};
   const NativeStack& s = native_[id];
-  return {s.pcs, s.pcs + s.depth};
+  return std::vector<const void*>(s.pcs, s.pcs + s.depth);
 }
 
 std::size_t NativeHeap::NativeSiteIndex(const std::vector<const void*>& pcs) {
