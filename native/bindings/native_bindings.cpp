@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "leakprobe/heap/arena_stats.h"
+#include "leakprobe/heap/pymem_hooks.h"
 #include "leakprobe/malloc/malloc_hooks.h"
 #include "leakprobe/malloc/native_heap.h"
 #include "leakprobe/snapshot.h"
@@ -89,6 +90,7 @@ void NativeStart(std::uint64_t sample_bytes, int max_frames, std::size_t top_sit
   config.max_frames = max_frames;
   config.top_sites = top_sites;
   NativeHeap::Instance().Start(config);
+  MarkRawAllocatorCalls(true);  // PyMem_RawMalloc's blocks stay the Python heap's
   WrapArenaAllocator();
   // The interpreter's own code: where PyMem_RawMalloc and pymalloc live.
   InstallMallocHooks(reinterpret_cast<const void*>(&PyMem_RawMalloc));
@@ -209,7 +211,11 @@ void RegisterNativeBindings(py::module_& m) {
         py::arg("top_sites"),
         "Start sampled native-memory tracking (installs the malloc hooks once; GIL held).");
   m.def(
-      "native_stop", [] { NativeHeap::Instance().Stop(); },
+      "native_stop",
+      [] {
+        MarkRawAllocatorCalls(false);
+        NativeHeap::Instance().Stop();
+      },
       "Stop native sampling and forget every sample (the hooks stay, pass-through).");
   m.def(
       "native_freeze", [] { NativeHeap::Instance().Freeze(); },

@@ -163,7 +163,10 @@ void NativeHeap::SampleSlow(void* p, std::size_t size, const void* caller) noexc
       frozen_.load(std::memory_order_relaxed)) {
     return;
   }
-  if (ExcludedCaller(caller)) {  // the Python heap's block: counted there
+  // The Python heap's block, counted there: called from the interpreter's
+  // code, or under a PyMem hook's call to the real allocator (the RAW
+  // hooks mark it: their chain to malloc is tail calls, which hide it).
+  if (detail::tls_sampler.nesting != 0 || ExcludedCaller(caller)) {
     interpreter_samples_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -285,7 +288,8 @@ double NativeHeap::ForgetLocked(TableMap<std::uintptr_t, Block>::iterator it) no
 // --- anonymous mappings: exact -------------------------------------------------
 
 void NativeHeap::OnMap(void* p, std::size_t length, const void* caller) noexcept {
-  if (length == 0 || ExcludedCaller(caller)) return;  // pymalloc's arenas: the Python heap's
+  // pymalloc's arenas and the PyMem hooks' calls: the Python heap's.
+  if (length == 0 || detail::tls_sampler.nesting != 0 || ExcludedCaller(caller)) return;
   const HookGuard guard(GuardedHook::kNativeAlloc);
   if (!guard.entered()) return;
   if (!enabled_.load(std::memory_order_relaxed) || frozen_.load(std::memory_order_relaxed)) {
