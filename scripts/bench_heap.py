@@ -15,6 +15,8 @@ Arms (``--arms``; ``--list`` prints them):
 * ``tracemalloc-1``/``tracemalloc-25``: ``python -X tracemalloc=N``.
 * ``memray``/``memray-pyalloc``: ``python -m memray run`` without and with
   ``--trace-python-allocators`` (output to a temporary file, deleted).
+* ``leakprobe-native``: ``leakprobe`` with ``LEAKPROBE_NATIVE=1`` (the malloc
+  hooks, docs/native.md); ``memray-native``: ``memray run --native``.
 
 Workloads: this repository's ``alloc-json`` and ``alloc-graphs`` (from
 ``bench.py``), and pyperformance benchmarks run in pyperf's worker mode, all
@@ -97,6 +99,11 @@ ARMS: dict[str, Arm] = {
     "memray": Arm(python_args=MEMRAY_RUN, writes_capture=True),
     "memray-pyalloc": Arm(python_args=(*MEMRAY_RUN, "--trace-python-allocators"),
                           writes_capture=True),
+    # Native memory (issue 12): leakprobe's malloc hooks on top of its
+    # defaults, next to memray's own native mode (native stacks on every
+    # allocation it records).
+    "leakprobe-native": Arm(setup="leakprobe", env=(*LEAKPROBE_ENV, ("LEAKPROBE_NATIVE", "1"))),
+    "memray-native": Arm(python_args=(*MEMRAY_RUN, "--native"), writes_capture=True),
 }
 DEFAULT_ARMS = tuple(ARMS)
 SWEEP_KIB = (64, 128, 256, 512, 1024, 2048)

@@ -331,3 +331,20 @@ print(json.dumps({"text": text, "components": leakprobe.memory_components(), "li
     check = subprocess.run([promtool, "check", "metrics"], input=result["text"],
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+
+
+def test_ctypes_libc_malloc_without_free_is_seen(ext_dir: Path):
+    # ctypes looks malloc up with dlsym and calls it through a pointer: the
+    # dlsym stub hands it the hook (Interposer::RedirectDlsym).
+    result = _run(ext_dir, """
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+before = native_live()
+kept = [libc.malloc(32768) for _ in range(1024)]; LINE = sys._getframe().f_lineno  # 32 MiB
+print(json.dumps({"sites": native_sites(), "grown": native_live() - before, "line": LINE}))
+""", LEAKPROBE_NATIVE_SAMPLE_BYTES=str(64 * 1024))
+    truth = 1024 * 32768
+    site = result["sites"].get(f"<string>:{result['line']} in <listcomp>", 0)
+    assert 0.9 * truth <= site <= 1.1 * truth, result
+    assert 0.9 * truth <= result["grown"] <= 1.1 * truth, result

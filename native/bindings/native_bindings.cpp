@@ -8,9 +8,9 @@
 #include <dlfcn.h>
 
 #include <atomic>
-#include <cstdio>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,7 +58,8 @@ bool ArenaErase(void* p) noexcept {
   std::size_t slot = (key >> 20) & (kArenaSlots - 1);
   for (std::size_t i = 0; i < kArenaSlots; ++i, slot = (slot + 1) & (kArenaSlots - 1)) {
     std::uintptr_t expected = key;
-    if (g_arenas[slot].compare_exchange_strong(expected, 1)) return true;  // 1: a tombstone
+    if (g_arenas[slot].compare_exchange_strong(expected, 1))
+      return true;  // 1: a tombstone
     if (expected == 0) return false;
   }
   return false;
@@ -136,15 +137,17 @@ py::tuple NativeFrame(const void* pc) {
   std::string function;
   if (info.dli_sname != nullptr) {
     char offset[32];
-    std::snprintf(offset, sizeof offset, "+0x%jx",
-                  static_cast<std::uintmax_t>(reinterpret_cast<std::uintptr_t>(pc) -
-                                              reinterpret_cast<std::uintptr_t>(info.dli_saddr)));
+    std::snprintf(
+        offset, sizeof offset, "+0x%jx",
+        static_cast<std::uintmax_t>(reinterpret_cast<std::uintptr_t>(pc) -
+                                    reinterpret_cast<std::uintptr_t>(info.dli_saddr)));
     function = std::string(info.dli_sname) + offset;
   } else {
     char offset[48];
-    std::snprintf(offset, sizeof offset, "0x%jx",
-                  static_cast<std::uintmax_t>(reinterpret_cast<std::uintptr_t>(pc) -
-                                              reinterpret_cast<std::uintptr_t>(info.dli_fbase)));
+    std::snprintf(
+        offset, sizeof offset, "0x%jx",
+        static_cast<std::uintmax_t>(reinterpret_cast<std::uintptr_t>(pc) -
+                                    reinterpret_cast<std::uintptr_t>(info.dli_fbase)));
     function = offset;
   }
   return py::make_tuple(object, 0, function);
@@ -207,9 +210,10 @@ py::dict MemoryComponentsDict() {
 }  // namespace
 
 void RegisterNativeBindings(py::module_& m) {
-  m.def("native_start", &NativeStart, py::arg("sample_bytes"), py::arg("max_frames"),
-        py::arg("top_sites"),
-        "Start sampled native-memory tracking (installs the malloc hooks once; GIL held).");
+  m.def(
+      "native_start", &NativeStart, py::arg("sample_bytes"), py::arg("max_frames"),
+      py::arg("top_sites"),
+      "Start sampled native-memory tracking (installs the malloc hooks once; GIL held).");
   m.def(
       "native_stop",
       [] {

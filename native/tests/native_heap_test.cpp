@@ -147,7 +147,8 @@ TEST(NativeHeapTest, MappingsAreExactAndPartialUnmapsSplitThem) {
   heap.Start({});
   NativeHeap::ResetThreadCountdown();
   const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-  void* p = mmap(nullptr, 4 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p =
+      mmap(nullptr, 4 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(p, MAP_FAILED);
   heap.OnMap(p, 4 * page, nullptr);
   EXPECT_EQ(heap.Summary(10).mmap_bytes, 4 * page);

@@ -137,14 +137,15 @@ void AddHeapFamilies(const HeapSummary& heap, std::vector<MetricFamily>* out) {
 }
 
 // Native memory (leakprobe/malloc/) and the RSS split into components.
-void AddNativeFamilies(const NativeSummary& native, const std::optional<MemoryComponents>& memory,
+void AddNativeFamilies(const NativeSummary& native,
+                       const std::optional<MemoryComponents>& memory,
                        std::vector<MetricFamily>* out) {
   if (memory) {
-    MetricFamily components = Family(
-        "leakprobe_memory_bytes",
-        "Resident memory split into components: python_heap, python_arena_free, "
-        "native_heap, mmap, and other (RSS minus the rest).",
-        MetricType::Gauge);
+    MetricFamily components =
+        Family("leakprobe_memory_bytes",
+               "Resident memory split into components: python_heap, python_arena_free, "
+               "native_heap, mmap, and other (RSS minus the rest).",
+               MetricType::Gauge);
     for (const auto& [name, value] :
          {std::pair<const char*, double>{"python_heap", memory->python_heap},
           {"python_arena_free", memory->python_arena_free},
@@ -156,18 +157,20 @@ void AddNativeFamilies(const NativeSummary& native, const std::optional<MemoryCo
     out->push_back(std::move(components));
   }
   out->push_back(Single("leakprobe_native_samples_total",
-                        "Native (malloc-family) allocations sampled.", MetricType::Counter,
-                        static_cast<double>(native.samples)));
-  out->push_back(Single("leakprobe_native_dropped_samples_total",
-                        "Native samples and mappings not recorded (a table full, or out of "
-                        "memory).",
-                        MetricType::Counter,
-                        static_cast<double>(native.dropped_samples + native.mmap_dropped +
-                                            native.stacks_full)));
-  out->push_back(Single("leakprobe_native_interpreter_samples_total",
-                        "Native sample points that fell in the interpreter's own allocations "
-                        "(the Python heap counts them).",
-                        MetricType::Counter, static_cast<double>(native.interpreter_samples)));
+                        "Native (malloc-family) allocations sampled.",
+                        MetricType::Counter, static_cast<double>(native.samples)));
+  out->push_back(
+      Single("leakprobe_native_dropped_samples_total",
+             "Native samples and mappings not recorded (a table full, or out of "
+             "memory).",
+             MetricType::Counter,
+             static_cast<double>(native.dropped_samples + native.mmap_dropped +
+                                 native.stacks_full)));
+  out->push_back(
+      Single("leakprobe_native_interpreter_samples_total",
+             "Native sample points that fell in the interpreter's own allocations "
+             "(the Python heap counts them).",
+             MetricType::Counter, static_cast<double>(native.interpreter_samples)));
   out->push_back(Single("leakprobe_native_tracker_memory_bytes",
                         "Memory held by the native heap tracker's own tables.",
                         MetricType::Gauge, static_cast<double>(native.memory_bytes)));

@@ -138,8 +138,11 @@ TEST(BuildFamiliesTest, HookPassesAreOneCounterWithEveryHookLabelled) {
     EXPECT_EQ(m.label[0].name, "hook");
     got.emplace_back(m.label[0].value, m.counter.value);
   }
-  const std::vector<std::pair<std::string, double>> want = {
-      {"heap_alloc", 7}, {"heap_free", 3}, {"fd", 11}, {"native_alloc", 5}, {"native_free", 2}};
+  const std::vector<std::pair<std::string, double>> want = {{"heap_alloc", 7},
+                                                            {"heap_free", 3},
+                                                            {"fd", 11},
+                                                            {"native_alloc", 5},
+                                                            {"native_free", 2}};
   EXPECT_EQ(got, want);
 }
 

@@ -26,8 +26,8 @@ namespace leakprobe {
 struct Snapshot {
   ProcessStats process;
   GcSnapshot gc;
-  std::optional<HeapSummary> heap;   // empty unless heap tracking is on
-  std::optional<FdSummary> fd;       // empty unless fd tracking is on
+  std::optional<HeapSummary> heap;  // empty unless heap tracking is on
+  std::optional<FdSummary> fd;      // empty unless fd tracking is on
   // Empty unless native tracking is on (LEAKPROBE_NATIVE); then `memory`
   // splits RSS into components too.
   std::optional<NativeSummary> native;

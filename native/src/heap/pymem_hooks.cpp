@@ -112,9 +112,10 @@ struct Hooks {
            !Skip();
   }
   // RAW while native tracking runs: the real call under the thread's mark.
-  ABSL_ATTRIBUTE_NOINLINE static void* MarkedMalloc(const Domain* d, size_t size) noexcept {
-    const bool crossed =
-        !d->forward_only.load(std::memory_order_relaxed) && HeapTracker::CountdownCrossed(size);
+  ABSL_ATTRIBUTE_NOINLINE static void* MarkedMalloc(const Domain* d,
+                                                    size_t size) noexcept {
+    const bool crossed = !d->forward_only.load(std::memory_order_relaxed) &&
+                         HeapTracker::CountdownCrossed(size);
     void* p;
     {
       const RawMark mark;

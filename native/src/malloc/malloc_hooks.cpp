@@ -43,7 +43,8 @@ using MunmapFn = int (*)(void*, std::size_t) noexcept;
 
 // --- allocation: the countdown, then a tail call, or the sampled path -------
 
-ABSL_ATTRIBUTE_NOINLINE void* Sampled(void* p, std::size_t size, const void* caller) noexcept {
+ABSL_ATTRIBUTE_NOINLINE void* Sampled(void* p, std::size_t size,
+                                      const void* caller) noexcept {
   g_heap->OnCrossedAlloc(p, size, caller);
   return p;
 }
@@ -212,12 +213,17 @@ void InstallMallocHooks(const void* interpreter_symbol) {
     const TextRange interpreter = TextOf(interpreter_symbol);
     g_heap->SetExcludedCaller(interpreter.lo, interpreter.hi);
   }
-  Interposer::Instance().Install(kMallocHooks, sizeof kMallocHooks / sizeof kMallocHooks[0]);
+  Interposer::Instance().Install(kMallocHooks,
+                                 sizeof kMallocHooks / sizeof kMallocHooks[0]);
+  // ctypes' `libc.malloc(n)`: a dlsym lookup, then a call through a pointer.
+  Interposer::Instance().RedirectDlsym(kMallocHooks,
+                                       sizeof kMallocHooks / sizeof kMallocHooks[0]);
   g_installed.store(true, std::memory_order_release);
 }
 
 bool MallocHooksInstalled() noexcept {
-  return g_installed.load(std::memory_order_acquire) && Interposer::Instance().installed();
+  return g_installed.load(std::memory_order_acquire) &&
+         Interposer::Instance().installed();
 }
 
 }  // namespace leakprobe

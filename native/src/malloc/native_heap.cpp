@@ -21,8 +21,8 @@
 namespace leakprobe {
 namespace detail {
 
-__thread ThreadSampler tls_native_sampler __attribute__((tls_model("initial-exec"))) = {0, 0,
-                                                                                       0};
+__thread ThreadSampler tls_native_sampler
+    __attribute__((tls_model("initial-exec"))) = {0, 0, 0};
 
 }  // namespace detail
 
@@ -61,9 +61,8 @@ bool RuntimeObject(const char* path, const void* base) {
   if (base != nullptr && base == own) return true;
   if (path == nullptr) return false;
   const std::string_view p(path);
-  const std::string_view name = p.substr(p.rfind('/') == std::string_view::npos
-                                             ? 0
-                                             : p.rfind('/') + 1);
+  const std::string_view name =
+      p.substr(p.rfind('/') == std::string_view::npos ? 0 : p.rfind('/') + 1);
   for (std::string_view runtime :
        {"libc.so", "libstdc++.so", "libgcc_s.so", "ld-linux", "libunwind", "libm.so"}) {
     if (name.substr(0, runtime.size()) == runtime) return true;
@@ -101,7 +100,8 @@ void NativeHeap::SetOwnCode(std::uintptr_t lo, std::uintptr_t hi) noexcept {
   own_.hi.store(hi, std::memory_order_relaxed);
 }
 
-bool NativeHeap::InRange(const Range* ranges, std::size_t n, std::uintptr_t pc) const noexcept {
+bool NativeHeap::InRange(const Range* ranges, std::size_t n,
+                         std::uintptr_t pc) const noexcept {
   for (std::size_t i = 0; i < n; ++i) {
     if (pc >= ranges[i].lo.load(std::memory_order_relaxed) &&
         pc < ranges[i].hi.load(std::memory_order_relaxed)) {
@@ -127,7 +127,8 @@ std::int64_t NativeHeap::NextInterval(detail::ThreadSampler& t) const noexcept {
   return static_cast<std::int64_t>(std::clamp(interval, 1.0, 0x1.0p62));
 }
 
-std::size_t NativeHeap::CaptureNative(const void** pcs, bool cut_at_interpreter) const noexcept {
+std::size_t NativeHeap::CaptureNative(const void** pcs,
+                                      bool cut_at_interpreter) const noexcept {
   // libunwind's fast path: unw_backtrace, with its per-thread cache of
   // unwind rules (falls back to unw_step where the cache cannot help).
   void* raw[kMaxNativeDepth + 8];
@@ -216,7 +217,8 @@ void NativeHeap::FreeSlow(void* p) noexcept {
   filter_.Remove(p);
 }
 
-NativeStackId NativeHeap::InternNativeLocked(const void* const* pcs, std::size_t n) noexcept {
+NativeStackId NativeHeap::InternNativeLocked(const void* const* pcs,
+                                             std::size_t n) noexcept {
   if (n == 0) return kNoNativeStack;
   if (native_capacity_ == 0) return kNativeStackOverflow;
   const std::uint64_t hash = HashPcs(pcs, n);
@@ -244,7 +246,8 @@ NativeStackId NativeHeap::InternNativeLocked(const void* const* pcs, std::size_t
   return id;
 }
 
-NativeHeap::StackStats* NativeHeap::StatsLocked(StackId python, NativeStackId native) noexcept {
+NativeHeap::StackStats* NativeHeap::StatsLocked(StackId python,
+                                                NativeStackId native) noexcept {
   try {
     const ReservedInsert insert(&stacks_reserve_, stacks_);
     if (!insert.ok()) return nullptr;
@@ -292,7 +295,8 @@ void NativeHeap::OnMap(void* p, std::size_t length, const void* caller) noexcept
   if (length == 0 || detail::tls_sampler.nesting != 0 || ExcludedCaller(caller)) return;
   const HookGuard guard(GuardedHook::kNativeAlloc);
   if (!guard.entered()) return;
-  if (!enabled_.load(std::memory_order_relaxed) || frozen_.load(std::memory_order_relaxed)) {
+  if (!enabled_.load(std::memory_order_relaxed) ||
+      frozen_.load(std::memory_order_relaxed)) {
     return;
   }
   LeakprobeRawFrame frames[StackTable::kMaxDepth];
@@ -304,7 +308,8 @@ void NativeHeap::OnMap(void* p, std::size_t length, const void* caller) noexcept
   TrackerLock lock(&mu_);
   if (!enabled_.load(std::memory_order_relaxed)) return;
   const NativeStackId native = InternNativeLocked(pcs, npcs);
-  StackStats* stats = regions_.size() < max_regions_ ? StatsLocked(python, native) : nullptr;
+  StackStats* stats =
+      regions_.size() < max_regions_ ? StatsLocked(python, native) : nullptr;
   if (stats == nullptr) {
     ++mmap_dropped_;
     return;
@@ -364,11 +369,12 @@ void NativeHeap::OnUnmap(void* p, std::size_t length) noexcept {
     std::uint64_t removed = cut_hi - cut_lo;
     bool whole = r_start >= cut_lo && cut_hi >= r_end;
     try {
-      if (r_start < cut_lo) regions_.emplace(r_start, Region{cut_lo - r_start, region.python,
-                                                             region.native});
+      if (r_start < cut_lo)
+        regions_.emplace(r_start, Region{cut_lo - r_start, region.python, region.native});
       if (cut_hi < r_end) {
-        it = regions_.emplace(cut_hi, Region{r_end - cut_hi, region.python, region.native})
-                 .first;
+        it =
+            regions_.emplace(cut_hi, Region{r_end - cut_hi, region.python, region.native})
+                .first;
         ++it;
       }
     } catch (...) {  // out of memory: the remainder is forgotten too
@@ -391,7 +397,8 @@ void NativeHeap::Start(const NativeHeapConfig& config) {
   {
     TrackerLock lock(&mu_);
     sample_bytes_.store(std::max<std::uint64_t>(config.sample_bytes, 1));
-    max_frames_.store(std::clamp(config.max_frames, 1, static_cast<int>(StackTable::kMaxDepth)));
+    max_frames_.store(
+        std::clamp(config.max_frames, 1, static_cast<int>(StackTable::kMaxDepth)));
     max_blocks_ = config.max_blocks;
     max_regions_ = config.max_regions;
     top_sites_.store(config.top_sites);
@@ -440,7 +447,8 @@ std::vector<const void*> NativeHeap::PcsOfLocked(NativeStackId id) const {
 std::size_t NativeHeap::NativeSiteIndex(const std::vector<const void*>& pcs) {
   for (std::size_t i = 0; i < pcs.size(); ++i) {
     Dl_info info{};
-    if (dladdr(pcs[i], &info) == 0) return i;  // anonymous code (a JIT): the application's
+    if (dladdr(pcs[i], &info) == 0)
+      return i;  // anonymous code (a JIT): the application's
     if (!RuntimeObject(info.dli_fname, info.dli_fbase)) return i;
   }
   return 0;

@@ -28,7 +28,8 @@ MemoryComponents SplitMemory(const Snapshot& s) {
   }
   m.native_heap = s.native->live_bytes;
   m.mmap = static_cast<double>(s.native->mmap_bytes);
-  m.other = std::max(0.0, m.rss - m.python_heap - m.python_arena_free - m.native_heap - m.mmap);
+  m.other =
+      std::max(0.0, m.rss - m.python_heap - m.python_arena_free - m.native_heap - m.mmap);
   return m;
 }
 

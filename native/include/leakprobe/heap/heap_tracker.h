@@ -73,7 +73,8 @@ namespace detail {
 struct ThreadSampler {
   std::int64_t countdown;  // bytes to the next sample point
   std::uint64_t rng;       // xorshift state; 0 = not initialised
-  std::uint32_t nesting;   // inside a MEM/OBJ (or, with native tracking, RAW) hook's call to the real allocator
+  std::uint32_t nesting;   // inside a MEM/OBJ (or, with native tracking, RAW) hook's call
+                           // to the real allocator
 };
 
 // __thread, not thread_local: a C++ thread_local defined in another

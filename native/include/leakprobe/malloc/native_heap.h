@@ -59,11 +59,11 @@ namespace leakprobe {
 
 struct NativeHeapConfig {
   std::uint64_t sample_bytes = std::uint64_t{256} * 1024;  // mean sample interval
-  int max_frames = 32;                 // Python frames kept per sample
-  std::size_t max_blocks = 1 << 16;    // live sampled blocks
-  std::size_t max_stacks = 4096;       // distinct native stacks
-  std::size_t max_regions = 1 << 14;   // anonymous mappings
-  std::size_t top_sites = 10;          // sites named in Summary()
+  int max_frames = 32;                // Python frames kept per sample
+  std::size_t max_blocks = 1 << 16;   // live sampled blocks
+  std::size_t max_stacks = 4096;      // distinct native stacks
+  std::size_t max_regions = 1 << 14;  // anonymous mappings
+  std::size_t top_sites = 10;         // sites named in Summary()
 };
 
 using NativeStackId = std::uint32_t;
@@ -82,7 +82,8 @@ struct NativeStackStat {
 
 namespace detail {
 // The native countdown: its own, so that the two rates are independent.
-extern __thread ThreadSampler tls_native_sampler __attribute__((tls_model("initial-exec")));
+extern __thread ThreadSampler tls_native_sampler
+    __attribute__((tls_model("initial-exec")));
 }  // namespace detail
 
 class NativeHeap {
@@ -191,8 +192,8 @@ class NativeHeap {
   double ForgetLocked(TableMap<std::uintptr_t, Block>::iterator it) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `bytes` of `region` unmapped; `whole`: none of it is left.
-  void ForgetRegionBytesLocked(const Region& region, std::uint64_t bytes, bool whole) noexcept
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetRegionBytesLocked(const Region& region, std::uint64_t bytes,
+                               bool whole) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::int64_t NextInterval(detail::ThreadSampler& t) const noexcept;
   bool InRange(const Range* ranges, std::size_t n, std::uintptr_t pc) const noexcept;
   std::vector<const void*> PcsOfLocked(NativeStackId id) const

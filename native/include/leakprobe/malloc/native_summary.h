@@ -37,12 +37,12 @@ struct NativeSummary {
   // own allocators (PyMem_Raw*, pymalloc's large blocks): the Python heap
   // counts those, so they are not counted twice.
   std::uint64_t interpreter_samples = 0;
-  std::uint64_t stacks_full = 0;        // samples whose native stack did not fit
-  std::uint64_t mmap_bytes = 0;         // anonymous mappings alive now, exact
-  std::uint64_t mmap_regions = 0;       // their number
-  std::uint64_t mmap_dropped = 0;       // mappings not recorded (table full, memory)
-  std::size_t memory_bytes = 0;         // the tracker's own tables
-  std::vector<NativeSite> top_sites;    // by live bytes, descending (mmap included)
+  std::uint64_t stacks_full = 0;      // samples whose native stack did not fit
+  std::uint64_t mmap_bytes = 0;       // anonymous mappings alive now, exact
+  std::uint64_t mmap_regions = 0;     // their number
+  std::uint64_t mmap_dropped = 0;     // mappings not recorded (table full, memory)
+  std::size_t memory_bytes = 0;       // the tracker's own tables
+  std::vector<NativeSite> top_sites;  // by live bytes, descending (mmap included)
 };
 
 // RSS split into components (leakprobe_memory_bytes{component}); filled by
@@ -53,8 +53,8 @@ struct MemoryComponents {
   double python_heap = 0;        // sampled live PyMem blocks (estimate)
   double python_arena_free = 0;  // pymalloc arena bytes minus live small blocks
   double native_heap = 0;        // sampled live malloc-family blocks (estimate)
-  double mmap = 0;               // anonymous mappings made outside the interpreter (exact)
-  double other = 0;              // rss minus the above, at least 0
+  double mmap = 0;   // anonymous mappings made outside the interpreter (exact)
+  double other = 0;  // rss minus the above, at least 0
 };
 
 }  // namespace leakprobe
