@@ -70,7 +70,7 @@ PIDS+=($!)
 start_service() {
   UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT" \
   LEAKPROBE_HOST=127.0.0.1 LEAKPROBE_PORT="$4" LEAKPROBE_LOG_LEVEL=info \
-  LEAKPROBE_CONTAINER_DISCOVER_INTERVAL=2 \
+  LEAKPROBE_CONTAINER_DISCOVER_INTERVAL=2 LEAKPROBE_NATIVE=1 \
     "$VENV_PY" -m leakprobe run --interval 1 --warmup 5 \
       --json "$REPORT_DIR/$1.json" --html "$REPORT_DIR/$1.html" -- \
       sh -c 'exec "$0" -m uvicorn app:app --app-dir "$1" --host 127.0.0.1 \

@@ -58,8 +58,9 @@ bool ArenaErase(void* p) noexcept {
   std::size_t slot = (key >> 20) & (kArenaSlots - 1);
   for (std::size_t i = 0; i < kArenaSlots; ++i, slot = (slot + 1) & (kArenaSlots - 1)) {
     std::uintptr_t expected = key;
-    if (g_arenas[slot].compare_exchange_strong(expected, 1))
+    if (g_arenas[slot].compare_exchange_strong(expected, 1)) {
       return true;  // 1: a tombstone
+    }
     if (expected == 0) return false;
   }
   return false;

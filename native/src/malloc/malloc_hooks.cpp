@@ -2,6 +2,7 @@
 #include "leakprobe/malloc/malloc_hooks.h"
 
 #include <link.h>
+#include <malloc.h>
 #include <sys/mman.h>
 
 #include <atomic>

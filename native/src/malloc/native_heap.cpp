@@ -149,7 +149,8 @@ std::size_t NativeHeap::CaptureNative(const void** pcs,
   return out;
 }
 
-void NativeHeap::SampleSlow(void* p, std::size_t size, const void* caller) noexcept {
+void NativeHeap::SampleSlow(void* p, std::size_t size, const void* caller,
+                            std::size_t footprint) noexcept {
   detail::ThreadSampler& t = detail::tls_native_sampler;
   if (size == 0) return;
   const HookGuard guard(GuardedHook::kNativeAlloc);
@@ -194,11 +195,11 @@ void NativeHeap::SampleSlow(void* p, std::size_t size, const void* caller) noexc
   const NativeStackId native = InternNativeLocked(pcs, npcs);
   StackStats* stats = nullptr;
   if (blocks_.size() >= max_blocks_ ||
-      (stats = InsertLocked(key, Block{size, weight, python, native})) == nullptr) {
+      (stats = InsertLocked(key, Block{footprint, weight, python, native})) == nullptr) {
     ++dropped_;
     return;
   }
-  const double bytes = static_cast<double>(size) * weight;
+  const double bytes = static_cast<double>(footprint) * weight;
   stats->live_bytes += bytes;
   stats->live_count += weight;
   stats->allocated_bytes += bytes;
@@ -369,8 +370,9 @@ void NativeHeap::OnUnmap(void* p, std::size_t length) noexcept {
     std::uint64_t removed = cut_hi - cut_lo;
     bool whole = r_start >= cut_lo && cut_hi >= r_end;
     try {
-      if (r_start < cut_lo)
+      if (r_start < cut_lo) {
         regions_.emplace(r_start, Region{cut_lo - r_start, region.python, region.native});
+      }
       if (cut_hi < r_end) {
         it =
             regions_.emplace(cut_hi, Region{r_end - cut_hi, region.python, region.native})
@@ -447,8 +449,9 @@ std::vector<const void*> NativeHeap::PcsOfLocked(NativeStackId id) const {
 std::size_t NativeHeap::NativeSiteIndex(const std::vector<const void*>& pcs) {
   for (std::size_t i = 0; i < pcs.size(); ++i) {
     Dl_info info{};
-    if (dladdr(pcs[i], &info) == 0)
+    if (dladdr(pcs[i], &info) == 0) {
       return i;  // anonymous code (a JIT): the application's
+    }
     if (!RuntimeObject(info.dli_fname, info.dli_fbase)) return i;
   }
   return 0;

@@ -129,8 +129,12 @@ class NativeHeap {
   // The allocation of `size` bytes whose countdown crossed a sample point
   // returned `p` (nullptr: failed; the point stays pending). `caller` is
   // the return address of the hooked call.
-  void OnCrossedAlloc(void* p, std::size_t size, const void* caller) noexcept {
-    if (p != nullptr) SampleSlow(p, size, caller);
+  // `footprint`: what the block holds in the allocator (glibc: its usable
+  // size plus its 8-byte header), the bytes the estimate counts; 0: `size`.
+  // The sampling weight comes from the requested `size`, as the countdown.
+  void OnCrossedAlloc(void* p, std::size_t size, const void* caller,
+                      std::size_t footprint = 0) noexcept {
+    if (p != nullptr) SampleSlow(p, size, caller, footprint != 0 ? footprint : size);
   }
   // Before the real free of `p`, when MaybeSampled(p).
   void OnMaybeSampledFree(void* p) noexcept {
@@ -178,7 +182,8 @@ class NativeHeap {
     std::atomic<std::uintptr_t> hi{0};
   };
 
-  void SampleSlow(void* p, std::size_t size, const void* caller) noexcept;
+  void SampleSlow(void* p, std::size_t size, const void* caller,
+                  std::size_t footprint) noexcept;
   void FreeSlow(void* p) noexcept;
   // Stacks of the calling thread: the Python stack id and the native frames
   // (cut where the interpreter called in when there are Python frames).
