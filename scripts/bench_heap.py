@@ -331,22 +331,23 @@ def callgrind_instructions(arm: str, workload: str, extra: list[str],
     return int(found.group(1))
 
 
-def callgrind_ratio(workload: str, value_s: float = TARGET_VALUE_S) -> float:
+def callgrind_ratio(workload: str, value_s: float = TARGET_VALUE_S,
+                    arm: str = "leakprobe") -> float:
     """Instructions of one value with leakprobe / without, by difference
     (2 values minus 1 value), so start-up and exit cancel out."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
     extra = calibrate(workload, value_s / 5)
-    runs = [(arm, values) for arm in ("baseline", "leakprobe") for values in (1, 2)]
+    runs = [(a, values) for a in ("baseline", arm) for values in (1, 2)]
     # Counts do not depend on neighbours: use every CPU.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         counts = dict(zip(runs, pool.map(
             lambda run: callgrind_instructions(run[0], workload, extra, run[1]),
             runs)))
-    cost = {arm: counts[arm, 2] - counts[arm, 1] for arm in ("baseline", "leakprobe")}
-    ratio = cost["leakprobe"] / cost["baseline"]
+    cost = {a: counts[a, 2] - counts[a, 1] for a in ("baseline", arm)}
+    ratio = cost[arm] / cost["baseline"]
     bench.log(f"callgrind {workload}: {cost['baseline']:,} vs "
-              f"{cost['leakprobe']:,} instructions for one value: {ratio:.4f}")
+              f"{cost[arm]:,} instructions for one value with {arm}: {ratio:.4f}")
     return ratio
 
 
@@ -422,6 +423,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"value without a profiler (default {TARGET_VALUE_S})")
     parser.add_argument("--accuracy", action="store_true",
                         help="add the estimate-error row for leakprobe arms")
+    parser.add_argument("--callgrind-arm", default="leakprobe", type=str,
+                        help="the arm --callgrind compares with baseline (e.g. leakprobe-native)")
     parser.add_argument("--callgrind", action="store_true",
                         help="add instruction-count ratios for leakprobe (valgrind)")
     parser.add_argument("--markdown", action="store_true")
@@ -460,7 +463,8 @@ def main(argv: list[str]) -> int:
     before = bench.CpuSnapshot.take()
     rows = [run_workload(w, args.arm_list, args.rounds, args.value_seconds)
             for w in args.workloads]
-    instructions = ({w: callgrind_ratio(w, args.value_seconds) for w in args.workloads}
+    instructions = ({w: callgrind_ratio(w, args.value_seconds, args.callgrind_arm)
+                     for w in args.workloads}
                     if args.callgrind else {})
     errors = accuracy(args.arm_list, max(args.rounds, 10)) if args.accuracy else {}
     other, steal = bench.machine_noise(before, bench.CpuSnapshot.take())

@@ -348,3 +348,23 @@ print(json.dumps({"sites": native_sites(), "grown": native_live() - before, "lin
     site = result["sites"].get(f"<string>:{result['line']} in <listcomp>", 0)
     assert 0.9 * truth <= site <= 1.1 * truth, result
     assert 0.9 * truth <= result["grown"] <= 1.1 * truth, result
+
+
+def test_trend_engine_gets_the_native_heap_series_with_its_site(ext_dir: Path):
+    result = _run(ext_dir, """
+import time
+import nativeleak
+for _ in range(12):
+    nativeleak.leak(64, 65536); LINE = sys._getframe().f_lineno  # 4 MiB a step
+    time.sleep(0.06)
+time.sleep(0.2)
+points = leakprobe.series("native_heap", "total")
+verdict = [v for v in leakprobe.verdicts() if v.resource == "native_heap"]
+print(json.dumps({"points": points, "line": LINE,
+                  "site": verdict[0].site if verdict else None}))
+""", LEAKPROBE_TREND_INTERVAL="0.05", LEAKPROBE_TREND_WARMUP="0",
+                  LEAKPROBE_NATIVE_SAMPLE_BYTES=str(64 * 1024))
+    values = [v for _, v in result["points"]]
+    assert len(values) >= 5, result["points"]
+    assert values[-1] - values[0] > 24 * MIB, values  # the 48 MiB leak, sampled
+    assert result["site"] == f"<string>:{result['line']} in <module>", result

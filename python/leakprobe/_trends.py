@@ -24,7 +24,7 @@ from typing import Any
 
 from ._heap import Frame
 
-RESOURCES = ("rss", "heap", "fd", "object", "container", "thread", "pool", "work")
+RESOURCES = ("rss", "heap", "native_heap", "fd", "object", "container", "thread", "pool", "work")
 _THREAD_TYPE = "threading.Thread"  # the threading adapter's tracked type
 _COLLECTED_OPEN = ":collected_open"  # object/<type>:collected_open
 # pool/sqlalchemy:<url>: its site is that of the checked-out connections
@@ -48,7 +48,7 @@ class Verdict:
     while open).
     """
 
-    resource: str  # rss, heap, fd, object, container, thread, pool, work
+    resource: str  # rss, heap, native_heap, fd, object, container, thread, pool, work
     key: str  # "total", a kind, "site:<site>", "owner:<type>", a type, a name,
     #           "<library>:<pool>", "<kind>:<name>:fds"
     pid: int
