@@ -226,7 +226,9 @@ print(json.dumps({"during": during, "after": native_sites(), "live": native_live
 """, LEAKPROBE_NATIVE_SAMPLE_BYTES=str(64 * 1024))
     site = f"<string>:{result['line']} in <module>"
     assert result["during"].get(site, 0) > 0.9 * 32 * MIB, result["during"]
-    assert site not in result["after"], result["after"]
+    # What is left there is the extension's array of pointers (16 KiB,
+    # realloc'ed on that line and still alive), when it happened to be sampled.
+    assert result["after"].get(site, 0) < 0.01 * 32 * MIB, result["after"]
     assert abs(result["live"]) < 2 * MIB, result["live"]
 
 
