@@ -104,7 +104,29 @@ def site_values(client: httpx.Client, metrics_url: str, sample: str) -> dict[str
 SITE_SAMPLES = {
     "leakprobe_fd_site_open_fds": ("open fds created at {site}", 1.0, "{:+.0f}"),
     "leakprobe_heap_site_live_bytes": ("MiB of live heap allocated at {site}", MIB, "{:+.1f}"),
+    "leakprobe_native_site_live_bytes": ("MiB of live native memory allocated under {site}",
+                                         MIB, "{:+.1f}"),
 }
+
+# The RSS components leakprobe_memory_bytes splits RSS into (LEAKPROBE_NATIVE=1).
+COMPONENTS = ("python_heap", "python_arena_free", "native_heap", "mmap", "other")
+
+
+def rss_explained(client: httpx.Client, target: Target) -> str:
+    """How much of the RSS growth since the first scrape the Python heap and
+    the native heap account for, from leakprobe_memory_bytes{component}."""
+    before = by_label(target.labelled_at_start, "leakprobe_memory_bytes", "component")
+    now = by_label(labelled(client, target.metrics_url), "leakprobe_memory_bytes", "component")
+    if not now:
+        return f"  {target.name}: no leakprobe_memory_bytes (LEAKPROBE_NATIVE is off)"
+    grown = {c: now.get(c, 0.0) - before.get(c, 0.0) for c in COMPONENTS}
+    rss = target.history[-1][1]["process_resident_memory_bytes"] - \
+        target.history[0][1]["process_resident_memory_bytes"]
+    explained = grown["python_heap"] + grown["native_heap"]
+    share = f"{100 * explained / rss:.0f} %" if rss >= MIB else "n/a (RSS did not grow)"
+    parts = ", ".join(f"{c} {grown[c] / MIB:+.1f}" for c in COMPONENTS)
+    return (f"  {target.name}: RSS {rss / MIB:+.1f} MiB; {parts} MiB; "
+            f"python_heap + native_heap = {explained / MIB:+.1f} MiB = {share} of the RSS growth")
 
 
 def where(client: httpx.Client, target: Target) -> str:
@@ -291,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         print("What grew most, and where it was created (leakprobe's top sites):")
         for target in targets:
             print(where(client, target))
+        print()
+        print("Where the RSS went (leakprobe_memory_bytes, growth since the first scrape):")
+        for target in targets:
+            print(rss_explained(client, target))
         print()
         print("What leaks (leakprobe's tracked resource owners and containers):")
         for target in targets:

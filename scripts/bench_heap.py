@@ -15,6 +15,8 @@ Arms (``--arms``; ``--list`` prints them):
 * ``tracemalloc-1``/``tracemalloc-25``: ``python -X tracemalloc=N``.
 * ``memray``/``memray-pyalloc``: ``python -m memray run`` without and with
   ``--trace-python-allocators`` (output to a temporary file, deleted).
+* ``leakprobe-native``: ``leakprobe`` with ``LEAKPROBE_NATIVE=1`` (the malloc
+  hooks, docs/native.md); ``memray-native``: ``memray run --native``.
 
 Workloads: this repository's ``alloc-json`` and ``alloc-graphs`` (from
 ``bench.py``), and pyperformance benchmarks run in pyperf's worker mode, all
@@ -97,6 +99,11 @@ ARMS: dict[str, Arm] = {
     "memray": Arm(python_args=MEMRAY_RUN, writes_capture=True),
     "memray-pyalloc": Arm(python_args=(*MEMRAY_RUN, "--trace-python-allocators"),
                           writes_capture=True),
+    # Native memory (issue 12): leakprobe's malloc hooks on top of its
+    # defaults, next to memray's own native mode (native stacks on every
+    # allocation it records).
+    "leakprobe-native": Arm(setup="leakprobe", env=(*LEAKPROBE_ENV, ("LEAKPROBE_NATIVE", "1"))),
+    "memray-native": Arm(python_args=(*MEMRAY_RUN, "--native"), writes_capture=True),
 }
 DEFAULT_ARMS = tuple(ARMS)
 SWEEP_KIB = (64, 128, 256, 512, 1024, 2048)
@@ -324,22 +331,23 @@ def callgrind_instructions(arm: str, workload: str, extra: list[str],
     return int(found.group(1))
 
 
-def callgrind_ratio(workload: str, value_s: float = TARGET_VALUE_S) -> float:
+def callgrind_ratio(workload: str, value_s: float = TARGET_VALUE_S,
+                    arm: str = "leakprobe") -> float:
     """Instructions of one value with leakprobe / without, by difference
     (2 values minus 1 value), so start-up and exit cancel out."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
     extra = calibrate(workload, value_s / 5)
-    runs = [(arm, values) for arm in ("baseline", "leakprobe") for values in (1, 2)]
+    runs = [(a, values) for a in ("baseline", arm) for values in (1, 2)]
     # Counts do not depend on neighbours: use every CPU.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         counts = dict(zip(runs, pool.map(
             lambda run: callgrind_instructions(run[0], workload, extra, run[1]),
             runs)))
-    cost = {arm: counts[arm, 2] - counts[arm, 1] for arm in ("baseline", "leakprobe")}
-    ratio = cost["leakprobe"] / cost["baseline"]
+    cost = {a: counts[a, 2] - counts[a, 1] for a in ("baseline", arm)}
+    ratio = cost[arm] / cost["baseline"]
     bench.log(f"callgrind {workload}: {cost['baseline']:,} vs "
-              f"{cost['leakprobe']:,} instructions for one value: {ratio:.4f}")
+              f"{cost[arm]:,} instructions for one value with {arm}: {ratio:.4f}")
     return ratio
 
 
@@ -415,6 +423,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"value without a profiler (default {TARGET_VALUE_S})")
     parser.add_argument("--accuracy", action="store_true",
                         help="add the estimate-error row for leakprobe arms")
+    parser.add_argument("--callgrind-arm", default="leakprobe", type=str,
+                        help="the arm --callgrind compares with baseline (e.g. leakprobe-native)")
     parser.add_argument("--callgrind", action="store_true",
                         help="add instruction-count ratios for leakprobe (valgrind)")
     parser.add_argument("--markdown", action="store_true")
@@ -453,7 +463,8 @@ def main(argv: list[str]) -> int:
     before = bench.CpuSnapshot.take()
     rows = [run_workload(w, args.arm_list, args.rounds, args.value_seconds)
             for w in args.workloads]
-    instructions = ({w: callgrind_ratio(w, args.value_seconds) for w in args.workloads}
+    instructions = ({w: callgrind_ratio(w, args.value_seconds, args.callgrind_arm)
+                     for w in args.workloads}
                     if args.callgrind else {})
     errors = accuracy(args.arm_list, max(args.rounds, 10)) if args.accuracy else {}
     other, steal = bench.machine_noise(before, bench.CpuSnapshot.take())

@@ -88,7 +88,7 @@ start_service() {
   UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT" EXAMPLE_DATA_DIR="$LOG_DIR/$1" \
   PYTHON="$VENV_PY" MAX_TASKS_PER_CHILD="$MAX_TASKS_PER_CHILD" SUMMARY_CACHE_SIZE=16 \
   LEAKPROBE_HOST=127.0.0.1 LEAKPROBE_PORT="$4" LEAKPROBE_LOG_LEVEL=warning \
-  LEAKPROBE_CONTAINER_DISCOVER_INTERVAL=2 \
+  LEAKPROBE_CONTAINER_DISCOVER_INTERVAL=2 LEAKPROBE_NATIVE=1 \
     "$VENV_PY" -m leakprobe run --interval 0.5 --warmup 3 --grace 15 \
       --json "$REPORT_DIR/$1.json" --html "$REPORT_DIR/$1.html" -- \
       sh -c 'exec examples/serve.sh "$0" "$1" >>"$2" 2>&1' "$2" "$3" "$LOG_DIR/$1.log" \

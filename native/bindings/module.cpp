@@ -36,6 +36,7 @@
 #include "leakprobe/stacks/python_frames.h"
 #include "leakprobe/stacks/stack_table.h"
 #include "leakprobe/version.h"
+#include "native_bindings.h"
 #include "object_bindings.h"
 #include "prometheus/text_serializer.h"
 #include "trend_bindings.h"
@@ -447,6 +448,7 @@ PYBIND11_MODULE(_native, m) {
   RegisterObjectBindings(m);
   RegisterContainerBindings(m);
   RegisterTrendBindings(m);
+  RegisterNativeBindings(m);
   m.def("log", &LogMessage, py::arg("level"), py::arg("message"),
         "Write one line to leakprobe's log at the given level.");
   m.def(

@@ -15,17 +15,19 @@ variables (see docs/configuration.md), and serves Prometheus metrics at
 from ._config import ConfigError
 from ._containers import CensusStat, ContainerStat, Watch, census, containers, unwatch, watch
 from ._fds import FdOwner, FdRecord, FdSnapshot, FdStat, FdStatDiff
-from ._heap import Frame, HeapSnapshot, HeapStat, HeapStatDiff
+from ._heap import Frame, HeapSnapshot, HeapStat, HeapStatDiff, NativeSnapshot
 from ._objects import (ObjectRecord, ObjectSnapshot, ObjectStat, ObjectStatDiff, ObjectTypeStats,
                        track_type)
 from ._runtime import VERSION as __version__
-from ._runtime import (fd_snapshot, heap_snapshot, object_snapshot, objects, open_fds, start,
-                       start_from_import, status, stop, top_sites)
+from ._runtime import (fd_snapshot, heap_snapshot, memory_components, native_snapshot,
+                       object_snapshot, objects, open_fds, start, start_from_import, status,
+                       stop, top_sites)
 
 __all__ = [
     "__version__", "census", "CensusStat", "ConfigError", "containers", "ContainerStat",
     "fd_snapshot", "FdOwner", "FdRecord", "FdSnapshot", "FdStat", "FdStatDiff", "Frame",
-    "heap_snapshot", "HeapSnapshot", "HeapStat", "HeapStatDiff", "object_snapshot",
+    "heap_snapshot", "HeapSnapshot", "HeapStat", "HeapStatDiff", "memory_components",
+    "native_snapshot", "NativeSnapshot", "object_snapshot",
     "ObjectRecord", "objects", "ObjectSnapshot", "ObjectStat", "ObjectStatDiff",
     "ObjectTypeStats", "open_fds", "series", "start", "status", "stop", "top_sites",
     "track_type", "unwatch", "Verdict", "verdicts", "Watch", "watch",

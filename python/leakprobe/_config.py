@@ -217,6 +217,10 @@ OPTIONS: tuple[Option, ...] = (
            "an integer number of bytes from 1 to 1073741824"),
     Option("heap_frames", 32, _int_in(1, 128), "an integer from 1 to 128"),
     Option("heap_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
+    Option("native", False, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("native_sample_bytes", 256 * 1024, _int_in(1, 1 << 30),
+           "an integer number of bytes from 1 to 1073741824"),
+    Option("native_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
     Option("fds", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
     Option("fd_frames", 32, _int_in(1, 128), "an integer from 1 to 128"),
     Option("fd_top_sites", 10, _int_in(1, 100), "an integer from 1 to 100"),
@@ -264,6 +268,9 @@ class Config(NamedTuple):
     heap_sample_bytes: int = 128 * 1024
     heap_frames: int = 32
     heap_top_sites: int = 10
+    native: bool = False  # malloc-family tracking (docs/native.md)
+    native_sample_bytes: int = 256 * 1024
+    native_top_sites: int = 10
     fds: bool = True
     fd_frames: int = 32
     fd_top_sites: int = 10

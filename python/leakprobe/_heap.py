@@ -134,3 +134,25 @@ class HeapSnapshot:
     @property
     def total_size(self) -> float:
         return sum(s.size for s in self._stacks)
+
+
+class NativeSnapshot(HeapSnapshot):
+    """The live sampled native heap (malloc family) and anonymous mappings at
+    one moment, grouped by creation stack; the same vocabulary as
+    :class:`HeapSnapshot`. A traceback holds the native frames first
+    (``Frame(object path, 0, "symbol+0x1f")``, innermost first), then the
+    Python frames from where the interpreter called into native code; the
+    site is the innermost application Python line, or, on a thread without
+    Python frames, the innermost native frame outside the C/C++ runtime."""
+
+    @classmethod
+    def _take(cls, native) -> NativeSnapshot:
+        stats = []
+        for _id, _site, site_index, frames, live_bytes, live_count, _ab, _ac in \
+                native.native_stacks():
+            if live_count < 0.5:
+                continue
+            traceback = _frames(frames)
+            site = traceback[site_index] if traceback else None
+            stats.append(HeapStat(site, traceback, live_bytes, live_count))
+        return cls(stats, native.native_summary()["sample_bytes"])

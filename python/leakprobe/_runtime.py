@@ -26,7 +26,7 @@ from typing import Any
 from . import _config, _containers, _owners, _tasks
 from ._config import Config, ConfigError
 from ._fds import FdRecord, FdSnapshot
-from ._heap import HeapSnapshot, HeapStat
+from ._heap import HeapSnapshot, HeapStat, NativeSnapshot
 from ._objects import ObjectSnapshot, ObjectTypeStats
 
 VERSION = "0.1.0"
@@ -209,7 +209,7 @@ def start(**options: Any) -> dict[str, Any]:
             _stop_locked()
         _install_hooks()
         _python_info(native)
-        if config.heap or config.fds or config.objects:  # attribution sites
+        if config.heap or config.fds or config.objects or config.native:  # attribution sites
             prefixes = _library_prefixes()
             prefixes += _runfile_prefixes(config)  # `leakprobe run`'s sitecustomize
             # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
@@ -219,6 +219,8 @@ def start(**options: Any) -> dict[str, Any]:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,
                               config.heap_top_sites)
             _watch_tracemalloc(native)
+        if config.native:
+            _start_native(native, config)
         fds = config.fds and _start_fds(native, config)
         if config.objects:
             native.objects_start(config.object_frames, config.object_top_sites,
@@ -285,6 +287,12 @@ def _runfile_prefixes(config: Config) -> list[str]:
     from . import _runfile
 
     return _runfile.library_prefixes(config)
+
+
+def _start_native(native: Any, config: Config) -> None:
+    # The heap's frame depth: one stack service, one depth (docs/native.md).
+    native.native_start(config.native_sample_bytes, config.heap_frames,
+                        config.native_top_sites)
 
 
 def _start_fds(native: Any, config: Config) -> bool:
@@ -416,6 +424,8 @@ def _stop_locked() -> None:
         _native().fd_stop()
     if state.config.heap:
         _native().heap_stop()
+    if state.config.native:
+        _native().native_stop()
     base_events = sys.modules.get("asyncio.base_events")
     if base_events is not None:
         _tasks.uninstall(base_events)
@@ -460,6 +470,7 @@ def status() -> dict[str, Any]:
         }
         if state is not None:
             result["features"] = ["process", "gc"] + (["heap"] if state.config.heap else []) \
+                + (["native"] if state.config.native else []) \
                 + (["fds"] if state.fds else []) \
                 + (["objects"] if state.config.objects else []) \
                 + (["trends"] if state.config.trends else [])
@@ -486,6 +497,29 @@ def heap_snapshot() -> HeapSnapshot:
             raise RuntimeError("heap tracking is off: leakprobe is not running with "
                                "LEAKPROBE_HEAP=1 (see leakprobe.status())")
         return HeapSnapshot._take(_native())
+
+
+def native_snapshot() -> NativeSnapshot:
+    """The sampled live native heap (malloc family) and anonymous mappings
+    now, per creation stack: native frames innermost first, then the Python
+    frames from where the interpreter called into native code. Raises
+    RuntimeError when native tracking is off (LEAKPROBE_NATIVE=0, the
+    default, or leakprobe not started)."""
+    with _lock:
+        if _state is None or not _state.config.native:
+            raise RuntimeError("native tracking is off: leakprobe is not running with "
+                               "LEAKPROBE_NATIVE=1 (see leakprobe.status())")
+        return NativeSnapshot._take(_native())
+
+
+def memory_components() -> dict[str, float]:
+    """RSS split into ``python_heap``, ``python_arena_free``, ``native_heap``,
+    ``mmap`` and ``other``, plus ``rss`` itself, in bytes (as the
+    ``leakprobe_memory_bytes`` metric); empty when native tracking is off."""
+    with _lock:
+        if _state is None or not _state.config.native:
+            return {}
+    return dict(_native().memory_components())
 
 
 def top_sites(n: int = 10) -> list[HeapStat]:
@@ -617,6 +651,7 @@ def _at_exit() -> None:
     if "leakprobe._native" in sys.modules:
         native = sys.modules["leakprobe._native"]
         native.heap_freeze()  # the hooks stay (pass-through): frames die now
+        native.native_freeze()
         native.release_at_exit()
 
 

@@ -27,7 +27,7 @@ from ._heap import Frame
 
 _TICK_NS = 5_000_000  # slack for the coarse clock of fd records (a 250 Hz tick is 4 ms)
 
-RESOURCES = ("rss", "heap", "fd", "object", "container", "thread", "pool", "work")
+RESOURCES = ("rss", "heap", "native_heap", "fd", "object", "container", "thread", "pool", "work")
 _THREAD_TYPE = "threading.Thread"  # the threading adapter's tracked type
 _COLLECTED_OPEN = ":collected_open"  # object/<type>:collected_open
 # pool/sqlalchemy:<url>: its site is that of the checked-out connections
@@ -51,7 +51,7 @@ class Verdict:
     while open).
     """
 
-    resource: str  # rss, heap, fd, object, container, thread, pool, work
+    resource: str  # rss, heap, native_heap, fd, object, container, thread, pool, work
     key: str  # "total", a kind, "site:<site>", "owner:<type>", a type, a name,
     #           "<library>:<pool>", "<kind>:<name>:fds"
     pid: int

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -133,6 +134,58 @@ void AddHeapFamilies(const HeapSummary& heap, std::vector<MetricFamily>* out) {
   }
   out->push_back(std::move(bytes));
   out->push_back(std::move(blocks));
+}
+
+// Native memory (leakprobe/malloc/) and the RSS split into components.
+void AddNativeFamilies(const NativeSummary& native,
+                       const std::optional<MemoryComponents>& memory,
+                       std::vector<MetricFamily>* out) {
+  if (memory) {
+    MetricFamily components =
+        Family("leakprobe_memory_bytes",
+               "Resident memory split into components: python_heap, python_arena_free, "
+               "native_heap, mmap, and other (RSS minus the rest).",
+               MetricType::Gauge);
+    for (const auto& [name, value] :
+         {std::pair<const char*, double>{"python_heap", memory->python_heap},
+          {"python_arena_free", memory->python_arena_free},
+          {"native_heap", memory->native_heap},
+          {"mmap", memory->mmap},
+          {"other", memory->other}}) {
+      AddSample(&components, value, {{"component", name}});
+    }
+    out->push_back(std::move(components));
+  }
+  out->push_back(Single("leakprobe_native_samples_total",
+                        "Native (malloc-family) allocations sampled.",
+                        MetricType::Counter, static_cast<double>(native.samples)));
+  out->push_back(
+      Single("leakprobe_native_dropped_samples_total",
+             "Native samples and mappings not recorded (a table full, or out of "
+             "memory).",
+             MetricType::Counter,
+             static_cast<double>(native.dropped_samples + native.mmap_dropped +
+                                 native.stacks_full)));
+  out->push_back(
+      Single("leakprobe_native_interpreter_samples_total",
+             "Native sample points that fell in the interpreter's own allocations "
+             "(the Python heap counts them).",
+             MetricType::Counter, static_cast<double>(native.interpreter_samples)));
+  out->push_back(Single("leakprobe_native_tracker_memory_bytes",
+                        "Memory held by the native heap tracker's own tables.",
+                        MetricType::Gauge, static_cast<double>(native.memory_bytes)));
+  out->push_back(Single("leakprobe_native_sample_interval_bytes",
+                        "Mean bytes between two native samples.", MetricType::Gauge,
+                        static_cast<double>(native.sample_bytes)));
+  MetricFamily bytes =
+      Family("leakprobe_native_site_live_bytes",
+             "Estimated live native memory (malloc family and anonymous mappings) by "
+             "allocation site (top sites).",
+             MetricType::Gauge);
+  for (const NativeSite& site : native.top_sites) {
+    AddSample(&bytes, site.live_bytes, {{"site", site.site}});
+  }
+  out->push_back(std::move(bytes));
 }
 
 void AddFdFamilies(const FdSummary& fd, std::vector<MetricFamily>* out) {
@@ -536,6 +589,7 @@ std::vector<MetricFamily> BuildFamilies(const Snapshot& snapshot) {
   AddProcessFamilies(snapshot.process, &families);
   AddGcFamilies(snapshot.gc, &families);
   if (snapshot.heap) AddHeapFamilies(*snapshot.heap, &families);
+  if (snapshot.native) AddNativeFamilies(*snapshot.native, snapshot.memory, &families);
   if (snapshot.fd) AddFdFamilies(*snapshot.fd, &families);
   if (snapshot.objects) AddObjectFamilies(*snapshot.objects, &families);
   AddHookPassFamily(snapshot.hook_passes, &families);

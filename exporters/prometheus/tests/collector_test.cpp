@@ -126,6 +126,8 @@ TEST(BuildFamiliesTest, HookPassesAreOneCounterWithEveryHookLabelled) {
   s.hook_passes.passes[static_cast<std::size_t>(GuardedHook::kHeapAlloc)] = 7;
   s.hook_passes.passes[static_cast<std::size_t>(GuardedHook::kHeapFree)] = 3;
   s.hook_passes.passes[static_cast<std::size_t>(GuardedHook::kFd)] = 11;
+  s.hook_passes.passes[static_cast<std::size_t>(GuardedHook::kNativeAlloc)] = 5;
+  s.hook_passes.passes[static_cast<std::size_t>(GuardedHook::kNativeFree)] = 2;
   const auto families = BuildFamilies(s);
   const MetricFamily* passes = Find(families, "leakprobe_hook_passes_total");
   ASSERT_NE(passes, nullptr);
@@ -136,8 +138,11 @@ TEST(BuildFamiliesTest, HookPassesAreOneCounterWithEveryHookLabelled) {
     EXPECT_EQ(m.label[0].name, "hook");
     got.emplace_back(m.label[0].value, m.counter.value);
   }
-  const std::vector<std::pair<std::string, double>> want = {
-      {"heap_alloc", 7}, {"heap_free", 3}, {"fd", 11}};
+  const std::vector<std::pair<std::string, double>> want = {{"heap_alloc", 7},
+                                                            {"heap_free", 3},
+                                                            {"fd", 11},
+                                                            {"native_alloc", 5},
+                                                            {"native_free", 2}};
   EXPECT_EQ(got, want);
 }
 

@@ -13,6 +13,7 @@
 
 #include "leakprobe/fd/fd_summary.h"
 #include "leakprobe/heap/heap_summary.h"
+#include "leakprobe/malloc/native_summary.h"
 #include "leakprobe/objects/containers_summary.h"
 #include "leakprobe/objects/object_summary.h"
 #include "leakprobe/process/process_stats.h"
@@ -25,8 +26,12 @@ namespace leakprobe {
 struct Snapshot {
   ProcessStats process;
   GcSnapshot gc;
-  std::optional<HeapSummary> heap;   // empty unless heap tracking is on
-  std::optional<FdSummary> fd;       // empty unless fd tracking is on
+  std::optional<HeapSummary> heap;  // empty unless heap tracking is on
+  std::optional<FdSummary> fd;      // empty unless fd tracking is on
+  // Empty unless native tracking is on (LEAKPROBE_NATIVE); then `memory`
+  // splits RSS into components too.
+  std::optional<NativeSummary> native;
+  std::optional<MemoryComponents> memory;
   std::optional<PythonInfo> python;  // empty until the bindings set it
   HookPasses hook_passes;            // calls the hooks passed through untracked
   ContainerSummary containers;       // container sizes and census, as last sampled

@@ -128,6 +128,7 @@ void HeapTracker::SampleSlow(void* p, std::size_t size) noexcept {
         stats->allocated_count += weight;
         allocated_bytes_ += bytes;
         live_bytes_ += bytes;
+        if (size <= kSmallBlockBytes) small_live_bytes_ += bytes;
         filter_.Add(p);
       }
     }
@@ -172,6 +173,7 @@ HeapTracker::StackStats* HeapTracker::InsertLocked(std::uintptr_t key,
 double HeapTracker::ForgetLocked(TableMap<std::uintptr_t, Block>::iterator it) noexcept {
   const Block& block = it->second;
   const double bytes = static_cast<double>(block.size) * block.weight;
+  if (block.size <= kSmallBlockBytes) small_live_bytes_ -= bytes;
   auto stats = stacks_.find(block.stack);
   if (stats != stacks_.end()) {  // always: a block's stack is inserted first
     stats->second.live_bytes -= bytes;
@@ -198,7 +200,7 @@ void HeapTracker::Stop() {
   enabled_.store(false);
   blocks_.clear();
   stacks_.clear();
-  allocated_bytes_ = freed_bytes_ = live_bytes_ = 0;
+  allocated_bytes_ = freed_bytes_ = live_bytes_ = small_live_bytes_ = 0;
   samples_ = dropped_ = 0;
   filter_.Clear();
 }
@@ -219,6 +221,7 @@ HeapSummary HeapTracker::Summary(std::size_t top_n) const {
     summary.sample_bytes = sample_bytes_.load();
     summary.allocated_bytes = allocated_bytes_;
     summary.freed_bytes = freed_bytes_;
+    summary.small_live_bytes = std::max(0.0, small_live_bytes_);
     summary.samples = samples_;
     summary.live_blocks = blocks_.size();
     summary.dropped_samples = dropped_;

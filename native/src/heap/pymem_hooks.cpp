@@ -31,6 +31,16 @@ constexpr PyMemAllocatorDomain kDomains[] = {PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
                                              PYMEM_DOMAIN_OBJ};
 HeapTracker* g_tracker = nullptr;
 bool g_installed = false;
+std::atomic<bool> g_mark_raw{false};  // MarkRawAllocatorCalls
+
+// Marks the thread while a RAW hook calls the real allocator (see
+// MarkRawAllocatorCalls): the malloc hooks read the mark.
+struct RawMark {
+  RawMark() noexcept { ++detail::tls_sampler.nesting; }
+  ~RawMark() { --detail::tls_sampler.nesting; }
+  RawMark(const RawMark&) = delete;
+  RawMark& operator=(const RawMark&) = delete;
+};
 
 // The countdown first (a thread-local subtraction), then the real call; a
 // block whose request crossed a sample point is recorded once the real
@@ -97,8 +107,27 @@ struct Hooks {
   // The fast path is the countdown and a tail call to the real allocator:
   // no stack frame, no work after the call. Only a request that may reach
   // RAW (marked) or that crosses a sample point takes MallocSlow.
+  static bool MarkRaw() noexcept {
+    return !kOuter && ABSL_PREDICT_FALSE(g_mark_raw.load(std::memory_order_relaxed)) &&
+           !Skip();
+  }
+  // RAW while native tracking runs: the real call under the thread's mark.
+  ABSL_ATTRIBUTE_NOINLINE static void* MarkedMalloc(const Domain* d,
+                                                    size_t size) noexcept {
+    const bool crossed = !d->forward_only.load(std::memory_order_relaxed) &&
+                         HeapTracker::CountdownCrossed(size);
+    void* p;
+    {
+      const RawMark mark;
+      p = RealMalloc(d, size);
+    }
+    if (crossed) g_tracker->OnCrossedAlloc(p, size);
+    return p;
+  }
+
   static void* Malloc(void* ctx, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
+    if (MarkRaw()) return MarkedMalloc(d, size);
     if (Forward(d)) return RealMalloc(d, size);
     const bool crossed = HeapTracker::CountdownCrossed(size);
     if (ABSL_PREDICT_TRUE(!crossed && (!kOuter || size <= kNestingBytes))) {
@@ -119,11 +148,21 @@ struct Hooks {
 
   static void* Calloc(void* ctx, size_t count, size_t size) noexcept {
     const Domain* d = static_cast<const Domain*>(ctx);
-    if (Forward(d)) return d->original.calloc(d->original.ctx, count, size);
+    const bool mark = MarkRaw();
+    if (Forward(d)) {
+      if (!mark) return d->original.calloc(d->original.ctx, count, size);
+      const RawMark raw;
+      return d->original.calloc(d->original.ctx, count, size);
+    }
     void* p;
     {
       Scope scope(count * size > kNestingBytes);
-      p = d->original.calloc(d->original.ctx, count, size);
+      if (mark) {
+        const RawMark raw;
+        p = d->original.calloc(d->original.ctx, count, size);
+      } else {
+        p = d->original.calloc(d->original.ctx, count, size);
+      }
     }
     g_tracker->OnAlloc(p, count * size);  // the allocator checked for overflow
     return p;
@@ -133,13 +172,21 @@ struct Hooks {
     const Domain* d = static_cast<const Domain*>(ctx);
     if (Skip()) return d->original.realloc(d->original.ctx, old, size);
     g_tracker->OnFree(old);  // a failed realloc leaves `old` untracked, not wrong
+    const bool mark = MarkRaw();
     if (d->forward_only.load(std::memory_order_relaxed)) {
+      if (!mark) return d->original.realloc(d->original.ctx, old, size);
+      const RawMark raw;
       return d->original.realloc(d->original.ctx, old, size);
     }
     void* p;
     {
       Scope scope(true);
-      p = d->original.realloc(d->original.ctx, old, size);
+      if (mark) {
+        const RawMark raw;
+        p = d->original.realloc(d->original.ctx, old, size);
+      } else {
+        p = d->original.realloc(d->original.ctx, old, size);
+      }
     }
     g_tracker->OnAlloc(p, size);
     return p;
@@ -216,5 +263,9 @@ void InstallHeapHooks() {
 }
 
 int RestackHeapHooks() { return Restack(); }
+
+void MarkRawAllocatorCalls(bool on) noexcept {
+  g_mark_raw.store(on, std::memory_order_relaxed);
+}
 
 }  // namespace leakprobe

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <string>
 #include <string_view>
@@ -517,6 +518,54 @@ void Interposer::Restore() {
   s.processed.clear();
   s.seen_valid.store(false, std::memory_order_relaxed);
 }
+
+namespace {
+
+// The dlsym redirects: appended once each, never removed; read lock-free
+// by the dlsym stub (the count is published after the entry).
+struct Redirect {
+  const char* name = nullptr;
+  void* real = nullptr;
+  void* replacement = nullptr;
+};
+constexpr std::size_t kMaxRedirects = 32;
+Redirect g_redirects[kMaxRedirects];
+std::atomic<std::size_t> g_redirect_count{0};
+
+}  // namespace
+
+void Interposer::RedirectDlsym(const InterposeHook* hooks, std::size_t count) noexcept {
+  State& s = GetState();
+  TrackerLock lock(&s.mu);
+  for (std::size_t i = 0; i < count; ++i) {
+    void* real = hooks[i].real->load(std::memory_order_relaxed);
+    const std::size_t n = g_redirect_count.load(std::memory_order_relaxed);
+    if (real == nullptr || n >= kMaxRedirects) continue;
+    bool known = false;
+    for (std::size_t j = 0; j < n; ++j) known = known || g_redirects[j].real == real;
+    if (known) continue;
+    g_redirects[n] = {hooks[i].name, real, hooks[i].replacement};
+    g_redirect_count.store(n + 1, std::memory_order_release);
+  }
+}
+
+namespace interpose_detail {
+
+void* DlsymRedirect(void* handle, const char* name) noexcept {
+  const std::size_t n = g_redirect_count.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (std::strcmp(name, g_redirects[i].name) != 0) continue;
+    if (!Interposer::Instance().installed()) return nullptr;  // restored: the real one
+    using DlsymFn = void* (*)(void*, const char*);
+    auto real_dlsym =
+        reinterpret_cast<DlsymFn>(LeakprobeRealDlsym.load(std::memory_order_relaxed));
+    void* found = real_dlsym(handle, name);
+    return found == g_redirects[i].real ? g_redirects[i].replacement : nullptr;
+  }
+  return nullptr;
+}
+
+}  // namespace interpose_detail
 
 void Interposer::ExcludeObject(std::string substring) {
   State& s = GetState();

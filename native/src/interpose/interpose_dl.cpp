@@ -42,6 +42,8 @@ __attribute__((visibility("hidden"), used)) std::atomic<void*> LeakprobeRealDlsy
     nullptr};
 
 __attribute__((visibility("hidden"), used)) void LeakprobeOnDlActivity() noexcept;
+__attribute__((visibility("hidden"), used)) void* LeakprobeDlsymRedirect(
+    void* handle, const char* name) noexcept;
 __attribute__((visibility("hidden"), used)) int LeakprobeDlopenIsCallerIndependent(
     const char* file) noexcept;
 __attribute__((visibility("hidden"), used)) void* LeakprobeDlopenAndPatch(
@@ -117,13 +119,17 @@ LeakprobeDlsymEntry:
   .cfi_adjust_cfa_offset 8
   subq $8, %rsp
   .cfi_adjust_cfa_offset 8
-  call LeakprobeOnDlActivity
+  call LeakprobeDlsymRedirect
   addq $8, %rsp
   .cfi_adjust_cfa_offset -8
   popq %rsi
   .cfi_adjust_cfa_offset -8
   popq %rdi
   .cfi_adjust_cfa_offset -8
+  testq %rax, %rax
+  jz 1f
+  ret
+1:
   jmpq *LeakprobeRealDlsym(%rip)
   .cfi_endproc
   .size LeakprobeDlsymEntry, .-LeakprobeDlsymEntry
@@ -150,6 +156,17 @@ void PatchNewObjectsQuietly() noexcept {
 // --- C++ halves of the dl* stubs --------------------------------------------
 
 extern "C" void LeakprobeOnDlActivity() noexcept { leakprobe::PatchNewObjectsQuietly(); }
+
+// dlsym's bookkeeping, and the redirect of hooked names looked up through a
+// handle (Interposer::RedirectDlsym): nullptr lets the stub jump to the real
+// dlsym with the caller's own return address; anything else is returned as
+// dlsym's answer. A lookup through a handle searches that handle's scope
+// whoever calls, so making it from here finds what the caller would.
+extern "C" void* LeakprobeDlsymRedirect(void* handle, const char* name) noexcept {
+  leakprobe::PatchNewObjectsQuietly();
+  if (handle == RTLD_DEFAULT || handle == RTLD_NEXT || name == nullptr) return nullptr;
+  return leakprobe::interpose_detail::DlsymRedirect(handle, name);
+}
 
 extern "C" int LeakprobeDlopenIsCallerIndependent(const char* file) noexcept {
   const bool independent = file != nullptr && std::strchr(file, '/') != nullptr &&

@@ -17,8 +17,15 @@ __attribute__((visibility("hidden"))) extern std::atomic<void*> LeakprobeRealDlo
 __attribute__((visibility("hidden"))) extern std::atomic<void*> LeakprobeRealDlmopen;
 __attribute__((visibility("hidden"))) extern std::atomic<void*> LeakprobeRealDlsym;
 
-// The stubs; never call them from C++ (they only jump).
+// The stubs; never call them from C++ (they only jump or return).
 __attribute__((visibility("hidden"))) void LeakprobeDlopenEntry();
 __attribute__((visibility("hidden"))) void LeakprobeDlmopenEntry();
 __attribute__((visibility("hidden"))) void LeakprobeDlsymEntry();
 }
+
+namespace leakprobe::interpose_detail {
+// The replacement of `name` when a lookup of it through `handle` finds the
+// real function a redirect was registered for (Interposer::RedirectDlsym);
+// nullptr otherwise. Lock-free.
+void* DlsymRedirect(void* handle, const char* name) noexcept;
+}  // namespace leakprobe::interpose_detail

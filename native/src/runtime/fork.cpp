@@ -99,6 +99,8 @@ const char* ForkStageName(ForkStage stage) noexcept {
       return "objects";
     case ForkStage::kHeap:
       return "heap";
+    case ForkStage::kNativeHeap:
+      return "native-heap";
     case ForkStage::kStacks:
       return "stacks";
     case ForkStage::kFdOwners:

@@ -40,6 +40,10 @@ const char* GuardedHookName(GuardedHook hook) noexcept {
       return "heap_free";
     case GuardedHook::kFd:
       return "fd";
+    case GuardedHook::kNativeAlloc:
+      return "native_alloc";
+    case GuardedHook::kNativeFree:
+      return "native_free";
     case GuardedHook::kCount:
       break;
   }

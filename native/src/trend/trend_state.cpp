@@ -189,6 +189,7 @@ namespace {
 struct Fed {
   std::vector<std::pair<SeriesKey, double>> values;
   std::optional<std::string> heap_top_site;
+  std::optional<std::string> native_top_site;
   std::optional<std::string> fd_top_site;
   absl::flat_hash_map<std::string, std::string> object_top_site;  // type -> site
   // type -> the site whose instances were most often collected while open
@@ -314,6 +315,13 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
     }
     feed.ZeroAbsent(Resource::kHeap, "", s.heap->top_sites.size(), config.heap_top_sites);
     if (!s.heap->top_sites.empty()) fed->heap_top_site = s.heap->top_sites.front().site;
+  }
+  if (s.native && s.native->enabled) {
+    // The malloc family only: anonymous mappings are exact and rarely grow
+    // without the heap (they are in the memory components).
+    feed.Add(Resource::kNativeHeap, "total", s.native->live_bytes);
+    if (!s.native->top_sites.empty())
+      fed->native_top_site = s.native->top_sites.front().site;
   }
   if (s.fd) {
     double total = 0;
@@ -504,9 +512,11 @@ void PickSites(const Fed& fed, std::vector<SeriesVerdict>* series) {
           s.site = TopObjectSite(fed, kCheckedOutType);
         }
         break;
+      case Resource::kNativeHeap:
+        s.site = fed.native_top_site;
+        break;
       case Resource::kRss:
       case Resource::kContainer:
-      case Resource::kNativeHeap:
       case Resource::kWork:
         break;
     }

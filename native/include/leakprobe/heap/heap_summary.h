@@ -29,6 +29,8 @@ struct HeapSummary {
   double live_bytes = 0;       // estimate
   double allocated_bytes = 0;  // estimate, since start
   double freed_bytes = 0;      // estimate, since start
+  double small_live_bytes =
+      0;  // live blocks of pymalloc's sizes (<= 512 bytes), estimate
   std::uint64_t samples = 0;
   std::uint64_t live_blocks = 0;  // sampled blocks alive now
   std::uint64_t dropped_samples = 0;

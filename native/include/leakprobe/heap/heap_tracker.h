@@ -73,7 +73,8 @@ namespace detail {
 struct ThreadSampler {
   std::int64_t countdown;  // bytes to the next sample point
   std::uint64_t rng;       // xorshift state; 0 = not initialised
-  std::uint32_t nesting;   // inside a MEM/OBJ hook's call to the real allocator
+  std::uint32_t nesting;   // inside a MEM/OBJ (or, with native tracking, RAW) hook's call
+                           // to the real allocator
 };
 
 // __thread, not thread_local: a C++ thread_local defined in another
@@ -112,6 +113,8 @@ class AddressFilter {
 
 class HeapTracker {
  public:
+  static constexpr std::uint64_t kSmallBlockBytes = 512;  // pymalloc's largest
+
   static HeapTracker& Instance();
   // Tests make their own.
   HeapTracker();
@@ -201,6 +204,9 @@ class HeapTracker {
   double allocated_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   double freed_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   double live_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // the sum of the stacks' live_bytes
+  // Live blocks of pymalloc's sizes (<= kSmallBlockBytes), for the free
+  // part of its arenas (MemoryComponents in leakprobe/malloc/native_summary.h).
+  double small_live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t samples_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -23,4 +23,12 @@ void InstallHeapHooks();
 // Returns the number of domains where hooks were installed anew. GIL held.
 int RestackHeapHooks();
 
+// While native tracking runs (leakprobe/malloc/): the RAW hooks mark the
+// thread (ThreadSampler::nesting) around their call to the real allocator,
+// which ends in malloc, often by tail calls that leave the extension that
+// called PyMem_RawMalloc as malloc's apparent caller. The malloc hooks then
+// leave the block to the Python heap. Off, the RAW hooks keep their tail
+// calls. Any thread.
+void MarkRawAllocatorCalls(bool on) noexcept;
+
 }  // namespace leakprobe

@@ -74,6 +74,13 @@ class Interposer {
   // (count 0) patches again. Safe to call when nothing is installed.
   void Restore();
 
+  // From now on, dlsym(handle, name) through a handle (not RTLD_DEFAULT or
+  // RTLD_NEXT) of an installed hook's name returns the hook instead of the
+  // real function it found: code that looks the function up and calls it
+  // through a pointer (ctypes' `libc.malloc`) reaches the hook too. For the
+  // names given here only (at most 32 in all); call after Install. Cold path.
+  void RedirectDlsym(const InterposeHook* hooks, std::size_t count) noexcept;
+
   // Objects whose path contains `substring` are never patched from now on.
   void ExcludeObject(std::string substring);
 

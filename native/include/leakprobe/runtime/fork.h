@@ -47,6 +47,7 @@ enum class ForkStage : unsigned char {
   kInterposer,  // GOT patching; the dlopen hooks take it
   kObjects,     // the tracked-object registry (created/closed, weakref callbacks)
   kHeap,        // the heap tracker's tables; the heap hooks take it
+  kNativeHeap,  // the native heap's tables; the malloc hooks take it
   kStacks,      // the stack table; every hook that captures a stack takes it
   kFdOwners,    // the fd owner table (adapters intern owners; no hook takes it)
   kFdTable,     // no lock: the child frees slots half-written at the fork

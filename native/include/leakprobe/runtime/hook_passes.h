@@ -16,12 +16,20 @@
 namespace leakprobe {
 
 // Who passed a call through: the figure is kept per kind of hook.
-enum class GuardedHook : std::uint8_t { kHeapAlloc, kHeapFree, kFd, kCount };
+enum class GuardedHook : std::uint8_t {
+  kHeapAlloc,
+  kHeapFree,
+  kFd,
+  kNativeAlloc,  // malloc family and anonymous mmap (leakprobe/malloc/)
+  kNativeFree,   // free and munmap
+  kCount
+};
 
 inline constexpr std::size_t kGuardedHookCount =
     static_cast<std::size_t>(GuardedHook::kCount);
 
-// The label of a kind in metrics: "heap_alloc", "heap_free", "fd".
+// The label of a kind in metrics: "heap_alloc", "heap_free", "fd",
+// "native_alloc", "native_free".
 const char* GuardedHookName(GuardedHook hook) noexcept;
 
 struct HookPasses {

@@ -42,7 +42,7 @@ enum class Resource : std::uint8_t {
                 // "<type>:collected_open": collected-while-open total
   kContainer,   // key a watched or discovered name: entries
   kThread,      // key "total": OS threads of the process
-  kNativeHeap,  // later (issue 12)
+  kNativeHeap,  // key "total": sampled live native heap (malloc family), bytes
   kPool,        // key "<library>:<pool>" (as leakprobe_pool_connections'
                 // labels): connections in use (SQLAlchemy checked_out,
                 // httpcore and urllib3 active)
