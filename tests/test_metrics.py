@@ -167,14 +167,15 @@ def test_concurrent_scrapes_under_load(server_factory):
 
 
 def test_every_exported_family_is_documented_and_every_documented_one_exported(server_factory):
-    # Every feature on (the defaults: a fixed port, so the group's families
-    # too), and one scrape before, so that the latency summary has values.
+    # Every feature on (the defaults, a fixed port so the group's families
+    # too, and native memory, off by default), and one scrape before, so
+    # that the latency summary has values.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = server_factory(LEAKPROBE_PORT=str(port))
-    assert server.status["features"] == ["process", "gc", "heap", "fds", "objects", "trends",
-                                         "exporter"]
+    server = server_factory(LEAKPROBE_PORT=str(port), LEAKPROBE_NATIVE="1")
+    assert server.status["features"] == ["process", "gc", "heap", "native", "fds", "objects",
+                                         "trends", "exporter"]
     httpx.get(server.url)
     documented = set(re.findall(r"^\| `([a-z_]+)`", (ROOT / "docs" / "metrics.md").read_text(), re.M))
     assert documented
