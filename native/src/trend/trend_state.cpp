@@ -320,8 +320,9 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
     // The malloc family only: anonymous mappings are exact and rarely grow
     // without the heap (they are in the memory components).
     feed.Add(Resource::kNativeHeap, "total", s.native->live_bytes);
-    if (!s.native->top_sites.empty())
+    if (!s.native->top_sites.empty()) {
       fed->native_top_site = s.native->top_sites.front().site;
+    }
   }
   if (s.fd) {
     double total = 0;
