@@ -366,7 +366,8 @@ def test_trends_off_and_api_errors():
         "trends are off: leakprobe is not running with LEAKPROBE_TRENDS=1 "
         "(see leakprobe.status())",
         "True True",
-        "resource 'disk' is not known; accepted: rss, heap, fd, object, container, thread, pool, work",
+        "resource 'disk' is not known; accepted: rss, heap, native_heap, fd, object, container, "
+        "thread, pool, work",
         "[]",
     ]
 
