@@ -156,9 +156,13 @@ before = native_live()
 nativeleak.leak(4096, 16384)  # LEAK LINE
 snap = leakprobe.native_snapshot()
 top = snap.statistics("site")[0]
+# The site's largest stack: its blocks through nativeleak_make_block (the
+# site also holds the realloc of leak()'s own array of kept pointers, whose
+# stack a site-level statistic may show as its example).
+stack = snap.statistics("traceback")[0]
 print(json.dumps({"grown": native_live() - before, "site": str(top.site), "size": top.size,
-                  "frames": [f.function for f in top.traceback],
-                  "objects": [f.filename for f in top.traceback]}))
+                  "frames": [f.function for f in stack.traceback],
+                  "objects": [f.filename for f in stack.traceback]}))
 """
 
 
@@ -262,12 +266,18 @@ def test_numpy_arrays_retained_are_native(ext_dir: Path):
     result = _run(ext_dir, """
 import numpy
 kept = [numpy.ones(100_000) for _ in range(80)]; LINE = sys._getframe().f_lineno  # 64 MB
-print(json.dumps({"sites": native_sites(), "line": LINE}))
-""", LEAKPROBE_NATIVE_SAMPLE_BYTES=str(64 * 1024))
-    # numpy's data buffers come from malloc (PyDataMem), called by numpy.
-    size = result["sites"].get(f"<string>:{result['line']} in <listcomp>", 0) + \
-        result["sites"].get(f"<string>:{result['line']} in <module>", 0)
-    assert 0.9 * 64e6 <= size <= 1.1 * 64e6, result
+heap = {str(s.site): s.size for s in leakprobe.heap_snapshot().statistics("site")}
+print(json.dumps({"native": native_sites(), "heap": heap, "line": LINE}))
+""", LEAKPROBE_NATIVE_SAMPLE_BYTES=str(64 * 1024), LEAKPROBE_HEAP_SAMPLE_BYTES=str(64 * 1024))
+    # numpy's data buffers (PyDataMem) come from malloc called by numpy
+    # (numpy 2.4 here on 3.11): native memory; or from PyMem_RawMalloc
+    # (numpy 2.5 on 3.12 and 3.13 here: it imports no malloc): the Python
+    # heap. Counted once either way, at the line that made them.
+    def at_line(sites: dict) -> float:
+        return sum(sites.get(f"<string>:{result['line']} in {f}", 0)
+                   for f in ("<listcomp>", "<module>"))
+    sizes = sorted([at_line(result["native"]), at_line(result["heap"])])
+    assert 0.9 * 64e6 <= sizes[1] <= 1.1 * 64e6 and sizes[0] < 0.05 * 64e6, result
 
 
 def test_fork_while_eight_threads_malloc_and_free(ext_dir: Path):
@@ -347,7 +357,10 @@ kept = [libc.malloc(32768) for _ in range(1024)]; LINE = sys._getframe().f_linen
 print(json.dumps({"sites": native_sites(), "grown": native_live() - before, "line": LINE}))
 """, LEAKPROBE_NATIVE_SAMPLE_BYTES=str(64 * 1024))
     truth = 1024 * 32768
-    site = result["sites"].get(f"<string>:{result['line']} in <listcomp>", 0)
+    # The comprehension's own frame up to 3.11; inlined in its caller from
+    # 3.12 (PEP 709).
+    site = sum(result["sites"].get(f"<string>:{result['line']} in {f}", 0)
+               for f in ("<listcomp>", "<module>"))
     assert 0.9 * truth <= site <= 1.1 * truth, result
     assert 0.9 * truth <= result["grown"] <= 1.1 * truth, result
 
