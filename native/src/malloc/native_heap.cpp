@@ -132,7 +132,21 @@ std::size_t NativeHeap::CaptureNative(const void** pcs,
   // libunwind's fast path: unw_backtrace, with its per-thread cache of
   // unwind rules (falls back to unw_step where the cache cannot help).
   void* raw[kMaxNativeDepth + 8];
+#if defined(LEAKPROBE_TSAN_BUILD)
+  // The TSan build walks with unw_step (CMakeLists.txt says why).
+  int got = 0;
+  unw_context_t context;
+  unw_cursor_t cursor;
+  if (unw_getcontext(&context) == 0 && unw_init_local(&cursor, &context) == 0) {
+    do {
+      unw_word_t ip = 0;
+      if (unw_get_reg(&cursor, UNW_REG_IP, &ip) != 0 || ip == 0) break;
+      raw[got++] = reinterpret_cast<void*>(ip);
+    } while (got < static_cast<int>(std::size(raw)) && unw_step(&cursor) > 0);
+  }
+#else
   const int got = unw_backtrace(raw, static_cast<int>(std::size(raw)));
+#endif
   const auto n = static_cast<std::size_t>(std::max(got, 0));
   std::size_t i = 0;
   // Our own frames first (this function, the slow path, the hook).
