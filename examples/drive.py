@@ -112,21 +112,51 @@ SITE_SAMPLES = {
 COMPONENTS = ("python_heap", "python_arena_free", "native_heap", "mmap", "other")
 
 
-def rss_explained(client: httpx.Client, target: Target) -> str:
-    """How much of the RSS growth since the first scrape the Python heap and
-    the native heap account for, from leakprobe_memory_bytes{component}."""
-    before = by_label(target.labelled_at_start, "leakprobe_memory_bytes", "component")
-    now = by_label(labelled(client, target.metrics_url), "leakprobe_memory_bytes", "component")
+def by_process(samples: dict[str, dict[tuple, float]], sample: str,
+               label: str | None = None) -> dict[tuple[str, str], dict[str | None, float]]:
+    """The values of `sample` per process, (pid, role) -> {value of `label`
+    (None without one): value}."""
+    out: dict[tuple[str, str], dict[str | None, float]] = {}
+    for labels, v in samples.get(sample, {}).items():
+        labels = dict(labels)
+        process = (labels.get("pid", "?"), labels.get("role", "?"))
+        key = labels.get(label) if label else None
+        out.setdefault(process, {})[key] = out.get(process, {}).get(key, 0.0) + v
+    return out
+
+
+def rss_explained(client: httpx.Client, target: Target) -> list[str]:
+    """How much of each process's RSS growth since the first scrape its
+    Python heap and native heap account for (leakprobe_memory_bytes
+    {component}), for the processes that lived through the run; the
+    processes that came or went during it are counted apart, as their
+    growth from nothing is not growth of anything."""
+    now_samples = labelled(client, target.metrics_url)
+    before = by_process(target.labelled_at_start, "leakprobe_memory_bytes", "component")
+    now = by_process(now_samples, "leakprobe_memory_bytes", "component")
     if not now:
-        return f"  {target.name}: no leakprobe_memory_bytes (LEAKPROBE_NATIVE is off)"
-    grown = {c: now.get(c, 0.0) - before.get(c, 0.0) for c in COMPONENTS}
-    rss = target.history[-1][1]["process_resident_memory_bytes"] - \
-        target.history[0][1]["process_resident_memory_bytes"]
-    explained = grown["python_heap"] + grown["native_heap"]
-    share = f"{100 * explained / rss:.0f} %" if rss >= MIB else "n/a (RSS did not grow)"
-    parts = ", ".join(f"{c} {grown[c] / MIB:+.1f}" for c in COMPONENTS)
-    return (f"  {target.name}: RSS {rss / MIB:+.1f} MiB; {parts} MiB; "
-            f"python_heap + native_heap = {explained / MIB:+.1f} MiB = {share} of the RSS growth")
+        return [f"  {target.name}: no leakprobe_memory_bytes (LEAKPROBE_NATIVE is off)"]
+    rss_before = by_process(target.labelled_at_start, "process_resident_memory_bytes")
+    rss_now = by_process(now_samples, "process_resident_memory_bytes")
+    lived = sorted(set(before) & set(now) & set(rss_before) & set(rss_now),
+                   key=lambda p: rss_before[p][None] - rss_now[p][None])
+    lines = []
+    for process in lived:
+        grown = {c: now[process].get(c, 0.0) - before[process].get(c, 0.0) for c in COMPONENTS}
+        rss = rss_now[process][None] - rss_before[process][None]
+        explained = grown["python_heap"] + grown["native_heap"]
+        share = f"{100 * explained / rss:.0f} %" if rss >= 4 * MIB else "n/a (RSS grew < 4 MiB)"
+        parts = ", ".join(f"{c} {grown[c] / MIB:+.1f}" for c in COMPONENTS)
+        lines.append(f"  {target.name} pid {process[0]} ({process[1]}): RSS {rss / MIB:+.1f} MiB;"
+                     f" {parts} MiB; python_heap + native_heap = {explained / MIB:+.1f} MiB ="
+                     f" {share} of the RSS growth")
+    came = sorted(r for p, r in set(now) - set(before))
+    went = sorted(r for p, r in set(before) - set(now))
+    if came or went:
+        lines.append(f"  {target.name}: {len(came)} processes started during the run "
+                     f"({', '.join(came) or 'none'}), {len(went)} ended "
+                     f"({', '.join(went) or 'none'}): not compared")
+    return lines
 
 
 def where(client: httpx.Client, target: Target) -> str:
@@ -316,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("Where the RSS went (leakprobe_memory_bytes, growth since the first scrape):")
         for target in targets:
-            print(rss_explained(client, target))
+            for line in rss_explained(client, target):
+                print(line)
         print()
         print("What leaks (leakprobe's tracked resource owners and containers):")
         for target in targets:
