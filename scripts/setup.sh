@@ -15,7 +15,7 @@ export REPO_ROOT
 
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libunwind-dev libabsl-dev libspdlog-dev libgtest-dev prometheus-cpp-dev
+  libunwind-dev libdw-dev libabsl-dev libspdlog-dev libgtest-dev prometheus-cpp-dev
   clang-format clang-tidy
   prometheus            # promtool, and a real Prometheus server for tests
   postgresql            # a real PostgreSQL server for the SQLAlchemy adapter's tests

@@ -47,12 +47,13 @@ def compile_c(*args: str) -> None:
     subprocess.run([cc, "-shared", "-fPIC", "-O1", *args], check=True, timeout=120)
 
 
-def build_extension(directory: Path, name: str, source: str) -> Path:
+def build_extension(directory: Path, name: str, source: str, *flags: str) -> Path:
     """Compiles `source` as the Python extension module `name` in `directory`
-    (against this interpreter's headers); returns the module's path."""
+    (against this interpreter's headers, with extra compiler `flags`);
+    returns the module's path."""
     (directory / f"{name}.c").write_text(source)
     module = directory / (name + sysconfig.get_config_var("EXT_SUFFIX"))
-    compile_c(f"-I{sysconfig.get_paths()['include']}", str(directory / f"{name}.c"),
+    compile_c(f"-I{sysconfig.get_paths()['include']}", *flags, str(directory / f"{name}.c"),
               "-o", str(module))
     return module
 

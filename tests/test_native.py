@@ -4,8 +4,9 @@ attributed to the Python line that called into C, never counting the
 interpreter's own allocators twice, and never hanging a fork.
 
 Every program runs in a fresh interpreter (the hooks are process-wide) with
-a C extension compiled here: `nativeleak`, whose functions allocate from
-named C functions (exported, so that dladdr names them)."""
+a C extension compiled here, with debug info: `nativeleak`, whose functions
+allocate from named C functions (exported, so that dladdr names them; the
+source lines come from the DWARF line table, through libdw)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ static Py_ssize_t nkept;
 
 /* The leaking C function a native site must name. */
 __attribute__((noinline, visibility("default"))) void* nativeleak_make_block(size_t size) {
-    void* p = malloc(size);
+    void* p = malloc(size);  /* MALLOC LINE */
     if (p != NULL) memset(p, 1, size);  /* resident, as a real leak */
     return p;
 }
@@ -133,7 +134,7 @@ MIB = 1 << 20
 @pytest.fixture(scope="module")
 def ext_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("nativeleak")
-    build_extension(directory, "nativeleak", EXTENSION_C)
+    build_extension(directory, "nativeleak", EXTENSION_C, "-g")
     return directory
 
 
@@ -162,7 +163,8 @@ top = snap.statistics("site")[0]
 stack = snap.statistics("traceback")[0]
 print(json.dumps({"grown": native_live() - before, "site": str(top.site), "size": top.size,
                   "frames": [f.function for f in stack.traceback],
-                  "objects": [f.filename for f in stack.traceback]}))
+                  "objects": [f.filename for f in stack.traceback],
+                  "lines": [f.lineno for f in stack.traceback]}))
 """
 
 
@@ -176,6 +178,12 @@ def test_leak_from_a_named_c_function_is_estimated_and_attributed(ext_dir: Path)
     assert 0.9 * truth <= result["grown"] <= 1.1 * truth, result["grown"] / truth
     # Merged stack: the C function (innermost native frames), then Python.
     assert any(f.startswith("nativeleak_make_block+") for f in result["frames"]), result["frames"]
+    # Its source line, from the extension's debug info: the malloc call.
+    malloc_line = next(i for i, line in enumerate(EXTENSION_C.splitlines(), 1)
+                       if "MALLOC LINE" in line)
+    at = [(o, n) for f, o, n in zip(result["frames"], result["objects"], result["lines"])
+          if f.startswith("nativeleak_make_block+")]
+    assert at == [(str(ext_dir / "nativeleak.c"), malloc_line)], (at, malloc_line)
     native_frames = result["frames"][:result["objects"].index("<string>")]
     assert native_frames and all("nativeleak" in o for o in
                                  result["objects"][:len(native_frames)]), result["objects"]

@@ -128,30 +128,12 @@ py::dict NativeSummaryDict() {
   return d;
 }
 
-// A native frame as the heap snapshot's frames are: (object, 0, "symbol+0x1f").
-py::tuple NativeFrame(const void* pc) {
-  Dl_info info{};
-  if (dladdr(pc, &info) == 0) {
-    return py::make_tuple("?", 0, DescribeAddress(pc));
-  }
-  const std::string object = info.dli_fname != nullptr ? info.dli_fname : "?";
-  std::string function;
-  if (info.dli_sname != nullptr) {
-    char offset[32];
-    std::snprintf(
-        offset, sizeof offset, "+0x%jx",
-        static_cast<std::uintmax_t>(reinterpret_cast<std::uintptr_t>(pc) -
-                                    reinterpret_cast<std::uintptr_t>(info.dli_saddr)));
-    function = std::string(info.dli_sname) + offset;
-  } else {
-    char offset[48];
-    std::snprintf(
-        offset, sizeof offset, "0x%jx",
-        static_cast<std::uintmax_t>(reinterpret_cast<std::uintptr_t>(pc) -
-                                    reinterpret_cast<std::uintptr_t>(info.dli_fbase)));
-    function = offset;
-  }
-  return py::make_tuple(object, 0, function);
+// A native frame as the heap snapshot's frames are: (source file, line,
+// "symbol+0x1f") where the object has debug info, else (object, 0,
+// "symbol+0x1f").
+py::tuple NativeFrame(const NativeLocation& where) {
+  if (where.line > 0) return py::make_tuple(where.file, where.line, where.function);
+  return py::make_tuple(where.object.empty() ? "?" : where.object, 0, where.function);
 }
 
 // One tuple per (Python stack, native stack) with samples, as heap_stacks():
@@ -160,17 +142,27 @@ py::tuple NativeFrame(const void* pc) {
 // the Python frames from where the interpreter called into native code.
 py::list NativeStacks() {
   std::vector<NativeStackStat> stats;
+  std::vector<NativeLocation> located;  // every stack's frames, in one pass
   {
-    const WithoutGil no_gil;
+    const WithoutGil no_gil;  // symbolising reads files
     stats = NativeHeap::Instance().Stacks();
+    std::vector<const void*> pcs;
+    for (const NativeStackStat& s : stats) {
+      pcs.insert(pcs.end(), s.pcs.begin(), s.pcs.end());
+    }
+    located = LocateAddresses(pcs);
   }
   StackTable& table = StackTable::Instance();
   py::list out;
   std::size_t id = 0;
+  std::size_t first = 0;  // this stack's first frame in `located`
   for (const NativeStackStat& s : stats) {
     const std::vector<Frame> python = table.FramesOf(s.python);
     py::tuple frames(s.pcs.size() + python.size());
-    for (std::size_t i = 0; i < s.pcs.size(); ++i) frames[i] = NativeFrame(s.pcs[i]);
+    for (std::size_t i = 0; i < s.pcs.size(); ++i) {
+      frames[i] = NativeFrame(located[first + i]);
+    }
+    first += s.pcs.size();
     for (std::size_t i = 0; i < python.size(); ++i) {
       frames[s.pcs.size() + i] =
           py::make_tuple(python[i].filename, python[i].line, python[i].function);

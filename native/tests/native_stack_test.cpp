@@ -3,15 +3,28 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cstdint>
 #include <string>
 
 // Outside any namespace and exported (ENABLE_EXPORTS) so dladdr names it.
 extern "C" __attribute__((noinline)) std::size_t LeakprobeTestCaptureHere(
     void** pcs, std::size_t depth) {
-  const std::size_t n = leakprobe::CaptureNativeStack(pcs, depth);
+  const std::size_t n = leakprobe::CaptureNativeStack(pcs, depth);  // kCaptureLine
   asm volatile("" ::: "memory");  // keep this frame: no tail call
   return n;
 }
+constexpr int kCaptureLine = __LINE__ - 4;
+
+// Static: only the object's full symbol table (.symtab) names it; dladdr
+// names the exported symbol before it, or nothing.
+namespace {
+volatile int g_static_calls = 0;  // a body of its own: not folded into the one above
+__attribute__((noinline)) std::size_t StaticCaptureHere(void** pcs, std::size_t depth) {
+  const std::size_t n = leakprobe::CaptureNativeStack(pcs, depth);
+  g_static_calls = g_static_calls + 1;
+  return n;
+}
+}  // namespace
 
 namespace leakprobe {
 namespace {
@@ -23,6 +36,43 @@ TEST(NativeStackTest, InnermostFrameIsTheCaller) {
   // Frame 0 is the function that called CaptureNativeStack.
   EXPECT_NE(DescribeAddress(pcs[0]).find("LeakprobeTestCaptureHere"), std::string::npos)
       << DescribeAddress(pcs[0]);
+}
+
+// The test binary is built with -g: the call's source line comes from its
+// DWARF line table, through libdw (scripts/setup.sh installs libdw-dev).
+TEST(NativeStackTest, SourceLineAndStaticSymbolFromDebugInfo) {
+  std::array<void*, 16> pcs{};
+  ASSERT_GE(LeakprobeTestCaptureHere(pcs.data(), pcs.size()), 1u);
+  const NativeLocation where = LocateAddress(pcs[0]);
+  EXPECT_NE(where.file.find("native_stack_test.cpp"), std::string::npos) << where.file;
+  EXPECT_EQ(where.line, kCaptureLine);
+  EXPECT_EQ(where.function.rfind("LeakprobeTestCaptureHere+0x", 0), 0u) << where.function;
+  const std::string text = DescribeAddress(pcs[0]);
+  EXPECT_NE(text.find("native_stack_test.cpp:" + std::to_string(kCaptureLine)),
+            std::string::npos)
+      << text;
+
+  ASSERT_GE(StaticCaptureHere(pcs.data(), pcs.size()), 1u);
+  const NativeLocation inside_static = LocateAddress(pcs[0]);
+  EXPECT_NE(inside_static.function.find("StaticCaptureHere"), std::string::npos)
+      << inside_static.function;
+  EXPECT_GT(inside_static.line, 0);
+
+  const SymbolizerStats stats = GetSymbolizerStats();
+  EXPECT_TRUE(stats.libdw);
+  EXPECT_GE(stats.with_line, 2u);
+  const std::uint64_t lookups = stats.lookups;
+  LocateAddress(pcs[0]);  // cached now
+  EXPECT_EQ(GetSymbolizerStats().lookups, lookups);
+  EXPECT_GT(GetSymbolizerStats().cached, stats.cached);
+}
+
+// An address in no object: its value, no line.
+TEST(NativeStackTest, AddressOutsideEveryObject) {
+  const NativeLocation where = LocateAddress(reinterpret_cast<const void*>(0x10));
+  EXPECT_TRUE(where.object.empty());
+  EXPECT_EQ(where.line, 0);
+  EXPECT_EQ(DescribeAddress(reinterpret_cast<const void*>(0x10)), "0x10");
 }
 
 TEST(NativeStackTest, RespectsDepthLimit) {

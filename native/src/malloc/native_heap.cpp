@@ -132,8 +132,10 @@ std::size_t NativeHeap::CaptureNative(const void** pcs,
   // libunwind's fast path: unw_backtrace, with its per-thread cache of
   // unwind rules (falls back to unw_step where the cache cannot help).
   void* raw[kMaxNativeDepth + 8];
-#if defined(LEAKPROBE_TSAN_BUILD)
-  // The TSan build walks with unw_step (CMakeLists.txt says why).
+#if defined(__SANITIZE_THREAD__)
+  // Under TSan, unw_step: libunwind's unw_backtrace keeps a per-thread
+  // cache freed by a TSD destructor that locks a mutex after TSan has
+  // finished the thread (a crash at thread exit, not a race).
   int got = 0;
   unw_context_t context;
   unw_cursor_t cursor;

@@ -93,6 +93,8 @@ const char* ForkStageName(ForkStage stage) noexcept {
       return "reconciler";
     case ForkStage::kFdSummary:
       return "fd-summary";
+    case ForkStage::kSymbols:
+      return "symbols";
     case ForkStage::kInterposer:
       return "interposer";
     case ForkStage::kObjects:

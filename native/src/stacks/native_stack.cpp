@@ -1,11 +1,7 @@
 #define UNW_LOCAL_ONLY
 #include "leakprobe/stacks/native_stack.h"
 
-#include <dlfcn.h>
 #include <libunwind.h>
-
-#include <cstdint>
-#include <cstdio>
 
 namespace leakprobe {
 
@@ -26,25 +22,6 @@ __attribute__((noinline)) std::size_t CaptureNativeStack(void** pcs,
         reinterpret_cast<void*>(ip);  // NOLINT(performance-no-int-to-ptr): a code address
   }
   return n;
-}
-
-std::string DescribeAddress(const void* pc) {
-  Dl_info info{};
-  char line[512];
-  if (dladdr(pc, &info) == 0) {
-    std::snprintf(line, sizeof line, "%p", pc);
-    return line;
-  }
-  const char* object = info.dli_fname != nullptr ? info.dli_fname : "?";
-  if (info.dli_sname == nullptr) {
-    std::snprintf(line, sizeof line, "%p (%s)", pc, object);
-    return line;
-  }
-  const auto offset = reinterpret_cast<std::uintptr_t>(pc) -
-                      reinterpret_cast<std::uintptr_t>(info.dli_saddr);
-  std::snprintf(line, sizeof line, "%s+0x%jx (%s)", info.dli_sname,
-                static_cast<std::uintmax_t>(offset), object);
-  return line;
 }
 
 }  // namespace leakprobe

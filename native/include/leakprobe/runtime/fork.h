@@ -44,6 +44,7 @@ enum class ForkStage : unsigned char {
   kTrends,      // the trend state (samples; verdicts); no hook takes it
   kReconciler,  // one fd reconcile pass at a time
   kFdSummary,   // the TCP state cache
+  kSymbols,     // the native symboliser (cold path; it allocates and dlopens)
   kInterposer,  // GOT patching; the dlopen hooks take it
   kObjects,     // the tracked-object registry (created/closed, weakref callbacks)
   kHeap,        // the heap tracker's tables; the heap hooks take it
