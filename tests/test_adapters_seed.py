@@ -416,6 +416,29 @@ def test_threads_alive_then_ended():
     assert result["after"] == zero(created=N, closed=N)
 
 
+def test_thread_a_library_starts_is_the_librarys_call_not_the_adapters():
+    # No application frame on the starting thread's stack (a pool worker
+    # running a stdlib bound method): the site is the innermost frame
+    # outside leakprobe's own code, not the threading adapter's line.
+    result = run_child("""
+    import threading, time
+    from concurrent.futures import ThreadPoolExecutor
+    release = threading.Event()
+    started = threading.Thread(target=release.wait)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(started.start).result()
+    site = sites("threading.Thread")
+    release.set()
+    started.join()
+    emit(site=site)
+    """)
+    # Live: the thread the worker started (the worker ended with the pool).
+    live = {s: n for s, n in result["site"].items() if n}
+    assert list(live.values()) == [1], live
+    site = next(iter(live))
+    assert "/leakprobe/" not in site and "concurrent/futures/thread.py" in site, site
+
+
 def test_popen_never_waited_and_waited():
     result = run_child("""
     import os, subprocess

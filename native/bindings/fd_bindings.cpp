@@ -280,21 +280,32 @@ void RegisterFdBindings(py::module_& m) {
       "Give the open record of `fd` the owner `owner`; False when leakprobe has "
       "no record of that fd.");
   m.def(
-      "fd_sequence", [] { return ProcessFdTable().CurrentSequence(); },
-      "The creation sequence of the last fd recorded so far (0: none).");
+      "fd_sequence",
+      [] {
+        const FdTable& table = ProcessFdTable();
+        const std::uint64_t closes = table.CloseMark();  // first: a close after it counts
+        return py::make_tuple(table.CurrentSequence(), closes);
+      },
+      "A mark for fd_application_since: (creation sequence of the last fd recorded "
+      "so far, retired attributed records so far).");
   m.def(
       "fd_application_since",
-      [](std::uint64_t sequence) {
-        std::array<std::uint64_t, kFdKindCount> counts{};
+      [](std::uint64_t sequence, std::uint64_t close_mark) {
+        std::array<std::int64_t, kFdKindCount> counts{};
         {
           const WithoutGil no_gil;
-          counts = CountApplicationFdsSince(ProcessFdTable(), sequence);
+          counts = CountApplicationFdsSince(ProcessFdTable(), sequence, close_mark);
         }
-        return ByKind(counts);
+        py::dict out;
+        for (std::size_t k = 0; k < kFdKindCount; ++k) {
+          out[py::str(FdKindName(static_cast<FdKind>(k)))] = counts[k];
+        }
+        return out;
       },
-      py::arg("sequence"),
-      "Open fds by kind that application code created after `sequence` (from "
-      "fd_sequence()): attributed, with an application frame on the creating stack.");
+      py::arg("sequence"), py::arg("close_mark"),
+      "The net change by kind of the application's open fds since the mark "
+      "(sequence, close_mark) of fd_sequence(): open fds it created since, less "
+      "the ones it had created before that were closed since.");
   m.def("fd_counters", &FdCountersDict,
         "opened/closed/open by kind, unattributed, dropped, replaced, conflicts, "
         "reconciles, last_reconcile_seconds, objects_patched, slots_patched.");

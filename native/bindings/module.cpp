@@ -389,12 +389,13 @@ PYBIND11_MODULE(_native, m) {
         "The calling thread's native stack, innermost first (libunwind).");
   m.def(
       "set_library_prefixes",
-      [](std::vector<std::string> prefixes) {
-        StackTable::Instance().SetLibraryPrefixes(std::move(prefixes));
+      [](std::vector<std::string> prefixes, std::vector<std::string> own) {
+        StackTable::Instance().SetLibraryPrefixes(std::move(prefixes), std::move(own));
       },
-      py::arg("prefixes"),
+      py::arg("prefixes"), py::arg("own") = std::vector<std::string>{},
       "Set what the shared stack service counts as library code for "
-      "attribution sites (heap samples and fd records alike).");
+      "attribution sites (heap samples and fd records alike), and leakprobe's own "
+      "code (`own`: library code, and a site only when every frame is its own).");
   m.def("heap_start", &HeapStart, py::arg("sample_bytes"), py::arg("max_frames"),
         py::arg("top_sites"),
         "Start sampled heap tracking (installs the PEP 445 hooks once; GIL held).");
@@ -415,19 +416,22 @@ PYBIND11_MODULE(_native, m) {
       "work_figures",
       [] {
         std::uint64_t sequence = 0;
+        std::uint64_t closes = 0;
         std::vector<std::pair<std::string, std::uint64_t>> live;
         double heap = 0;
         {
           const WithoutGil no_gil;
+          closes = ProcessFdTable().CloseMark();
           sequence = ProcessFdTable().CurrentSequence();
           live = ObjectRegistry::Instance().LiveByType();
           heap = HeapTracker::Instance().LiveBytes();
         }
         py::dict objects;
         for (const auto& [name, count] : live) objects[py::str(name)] = count;
-        return py::make_tuple(sequence, objects, heap);
+        return py::make_tuple(py::make_tuple(sequence, closes), objects, heap);
       },
-      "(fd creation sequence, {type: live tracked objects}, sampled live heap bytes): "
+      "((fd creation sequence, fd close mark), {type: live tracked objects}, sampled "
+      "live heap bytes): "
       "what a unit of work reads when it begins and ends, without the summaries' "
       "sites.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,

@@ -127,37 +127,80 @@ TEST_F(FdStacksTest, HookOnTheForkingThreadNeverWaitsForTheStackTableLock) {
   RemoveFdHooks();
 }
 
-TEST_F(FdStacksTest, ApplicationFdsSinceCountOnlyLaterOpenRecordsWithAnApplicationFrame) {
+TEST_F(FdStacksTest, ApplicationFdsSinceIsTheNetChangeOfApplicationFds) {
   testing::FdTestLib lib(LEAKPROBE_FD_TEST_LIB_A);
   ASSERT_TRUE(lib.ok());
   InstallFdHooks();
   EnableFdStacks(32);
-  const int before = lib.eventfd(0, 0);  // open before the unit began: not counted
-  const std::uint64_t begin = ProcessFdTable().CurrentSequence();
-  const int kept = lib.eventfd(0, 0);    // application frames below the library one
-  const int closed = lib.eventfd(0, 0);  // created and closed during the unit
+  const int before = lib.eventfd(0, 0);  // the application's, open before the unit
   tls_fake_stack = {FakeFrame(1001, 8), FakeFrame(1002, 4)};  // library frames only
+  const int framework_before = lib.eventfd(0, 0);
+  const std::vector<LeakprobeRawFrame> application = {FakeFrame(1001, 8),
+                                                      FakeFrame(5, 20), FakeFrame(6, 40)};
+  tls_fake_stack = application;
+  const std::uint64_t begin = ProcessFdTable().CurrentSequence();
+  const std::uint64_t mark = ProcessFdTable().CloseMark();
+  const int kept = lib.eventfd(0, 0);      // application frames below the library one
+  const int replaced = lib.eventfd(0, 0);  // replaces `before` (a new keep-alive socket)
+  const int closed = lib.eventfd(0, 0);    // created and closed during the unit
+  tls_fake_stack = {FakeFrame(1001, 8), FakeFrame(1002, 4)};
   const int framework = lib.eventfd(0, 0);
   tls_fake_stack.clear();  // no Python frame at all: "<native>"
   const int native = lib.eventfd(0, 0);
+  tls_fake_stack = application;
   lib.close(closed);
-  lib.close(before);  // closing what was open before the unit takes nothing off
+  lib.close(before);            // the application's own, from before: -1
+  lib.close(framework_before);  // the framework's, from before: nothing
   // Created during the unit and closed unseen (a raw syscall, as
   // close_range): its record stays until a reconcile, but is not counted.
   tls_fake_stack = {FakeFrame(5, 20)};
   const int unseen = lib.eventfd(0, 0);
   ASSERT_EQ(syscall(SYS_close, unseen), 0);
   ASSERT_TRUE(ProcessFdTable().Find(unseen).has_value());
-  const auto counts = CountApplicationFdsSince(ProcessFdTable(), begin);
-  std::uint64_t total = 0;
-  for (const std::uint64_t c : counts) total += c;
-  EXPECT_EQ(total, 1u);
-  EXPECT_EQ(counts[static_cast<std::size_t>(FdKind::kEventfd)], 1u);
-  EXPECT_EQ(
-      CountApplicationFdsSince(ProcessFdTable(), ProcessFdTable().CurrentSequence()),
-      (std::array<std::uint64_t, kFdKindCount>{}));
-  for (const int fd : {kept, framework, native}) lib.close(fd);
+  std::uint64_t lost = 99;
+  const auto counts = CountApplicationFdsSince(ProcessFdTable(), begin, mark, &lost);
+  std::int64_t total = 0;
+  for (const std::int64_t c : counts) total += c;
+  EXPECT_EQ(total, 1);  // kept + replaced - before
+  EXPECT_EQ(counts[static_cast<std::size_t>(FdKind::kEventfd)], 1);
+  EXPECT_EQ(lost, 0u);
+  // A mark taken now: nothing yet.
+  EXPECT_EQ(CountApplicationFdsSince(ProcessFdTable(), ProcessFdTable().CurrentSequence(),
+                                     ProcessFdTable().CloseMark()),
+            (std::array<std::int64_t, kFdKindCount>{}));
+  // A unit that only closes the application's fd from before: -1.
+  const std::uint64_t begin2 = ProcessFdTable().CurrentSequence();
+  const std::uint64_t mark2 = ProcessFdTable().CloseMark();
+  lib.close(kept);
+  EXPECT_EQ(CountApplicationFdsSince(ProcessFdTable(), begin2,
+                                     mark2)[static_cast<std::size_t>(FdKind::kEventfd)],
+            -1);
+  for (const int fd : {replaced, framework, native}) lib.close(fd);
   RemoveFdHooks();
+}
+
+// The close log holds the last kCloseLog retired records: a mark older
+// than that loses the rest, and says how many.
+TEST(FdTableCloseLogTest, ClosedSinceReturnsTheRetiredAttributedRecordsAndCountsTheLost) {
+  FdTable table(64);
+  table.RecordOpen(3, FdKind::kFile, 7);
+  const std::uint64_t mark = table.CloseMark();
+  table.RetireBeforeClose(3);
+  std::uint64_t lost = 99;
+  auto closed = table.ClosedSince(mark, &lost);
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].stack_id, 7u);
+  EXPECT_EQ(closed[0].kind, FdKind::kFile);
+  EXPECT_EQ(lost, 0u);
+  const std::uint64_t old_mark = table.CloseMark();
+  for (std::size_t i = 0; i < FdTable::kCloseLog + 10; ++i) {
+    table.RecordOpen(4, FdKind::kPipe, 1);
+    table.RetireBeforeClose(4);
+  }
+  closed = table.ClosedSince(old_mark, &lost);
+  EXPECT_EQ(closed.size(), FdTable::kCloseLog);
+  EXPECT_EQ(lost, 10u);
+  EXPECT_TRUE(table.ClosedSince(table.CloseMark(), &lost).empty());
 }
 
 TEST_F(FdStacksTest, HookedCreationsCarryTheStackAndCountInTopSites) {

@@ -163,6 +163,23 @@ TEST_F(StackTableTest, AllLibraryFallsBackToInnermostAndPrefixesCanChange) {
   EXPECT_EQ(table_.SiteOf(id), "/lib/file1002.py:3 in f1002");
 }
 
+// A thread a framework starts is counted inside leakprobe's adapter: with
+// no application frame, the site is the framework's call, not the adapter.
+TEST_F(StackTableTest, AllLibraryFallsBackPastLeakprobesOwnFrames) {
+  table_.SetLibraryPrefixes({"/lib/"}, {"/lib/file1001"});
+  const StackId id = Intern({FakeFrame(1001, 4), FakeFrame(1002, 6), FakeFrame(1003, 2)});
+  EXPECT_EQ(table_.SiteOf(id), "/lib/file1002.py:3 in f1002");
+  EXPECT_FALSE(table_.ReachesApplication(id));
+  // Own frames are library code even outside the library prefixes (an
+  // editable install of leakprobe).
+  table_.SetLibraryPrefixes({}, {"/lib/file1001"});
+  EXPECT_EQ(table_.SiteOf(id), "/lib/file1002.py:3 in f1002");
+  EXPECT_TRUE(table_.ReachesApplication(id));
+  // Only own frames: the innermost.
+  table_.SetLibraryPrefixes({"/lib/"}, {"/lib/"});
+  EXPECT_EQ(table_.SiteIndex(id), 0u);
+}
+
 TEST(StackTableCapsTest, FullTablesReturnTheOverflowStackAndCount) {
   StackTable table(1000, 4);  // two ids are reserved: room for two stacks
   table.SetSource(testing::FakeSource());

@@ -213,7 +213,12 @@ def start(**options: Any) -> dict[str, Any]:
             prefixes = _library_prefixes()
             prefixes += _runfile_prefixes(config)  # `leakprobe run`'s sitecustomize
             # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
-            native.set_library_prefixes([os.fsencode(p) for p in prefixes])
+            # leakprobe's own package: a thread or an object a framework
+            # creates is counted inside an adapter; its site is the
+            # framework's call, not the adapter's line.
+            own = os.path.dirname(os.path.abspath(__file__)) + os.sep
+            native.set_library_prefixes([os.fsencode(p) for p in prefixes],
+                                        [os.fsencode(own)])
             _start_async_attribution(native, prefixes)
         if config.heap:
             native.heap_start(config.heap_sample_bytes, config.heap_frames,

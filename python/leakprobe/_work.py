@@ -12,15 +12,19 @@ leakprobe.integrations.asgi). Its integration calls::
 
 What a run left behind:
 
-- **fds**: the fds created during the run, by code with an application
-  frame on its stack, and still open at its end (the fd table's creation
-  sequence at ``begin``, its records created since at ``end``, each
-  checked open). Not counted: fds open before the run that it (or the
-  framework) closed, and fds the framework itself opened around the run
-  with no application frame on the stack, such as a result backend's
-  connection opened lazily after the first task of a process (both made a
-  clean Celery task show -1 or +1 when this was a net change of the
-  process's open fds), nor leakprobe's own files.
+- **fds**: the net change of the application's open fds: those created
+  during the run by code with an application frame on its stack and still
+  open at its end, less those the application had created before the run
+  that were closed during it (the fd table's creation sequence and close
+  mark at ``begin``; at ``end``, its records created since, each checked
+  open, and its log of records retired since). A keep-alive connection
+  the application replaces during a run (old socket closed, new one
+  opened) counts 0. Not counted either way: fds the framework itself
+  opened or closed around the run with no application frame on the
+  creating stack, such as a result backend's connection opened lazily
+  after the first task of a process (it made a clean Celery task show +1
+  when this was a net change of all the process's open fds), nor
+  leakprobe's own files.
 - **objects** and **bytes**: after-minus-before of live tracked objects
   by type and of the sampled live heap, the process's net change.
 
@@ -137,7 +141,7 @@ def _figures(before: _Figures | None = None) -> _Figures:
             # An fd the run created and closed unseen (os.closerange's
             # close_range syscall, say) is left out by the native count's
             # check of each fd: no reconciliation (~15 us) per run.
-            fds = {k: v for k, v in native.fd_application_since(before.fds).items() if v}
+            fds = {k: v for k, v in native.fd_application_since(*before.fds).items() if v}
     if state.config.objects:
         objects = live
     if state.config.heap:

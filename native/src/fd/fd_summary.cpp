@@ -68,9 +68,11 @@ void SummarizeOwners(const absl::flat_hash_map<std::uint32_t, std::uint64_t>& by
 
 }  // namespace
 
-std::array<std::uint64_t, kFdKindCount> CountApplicationFdsSince(const FdTable& table,
-                                                                 std::uint64_t sequence) {
-  std::array<std::uint64_t, kFdKindCount> counts{};
+std::array<std::int64_t, kFdKindCount> CountApplicationFdsSince(const FdTable& table,
+                                                                std::uint64_t sequence,
+                                                                std::uint64_t close_mark,
+                                                                std::uint64_t* lost) {
+  std::array<std::int64_t, kFdKindCount> counts{};
   const StackTable& stacks = StackTable::Instance();
   for (const FdRecord& record : table.OpenFds()) {
     // fcntl: a record of an fd closed unseen (close_range) is not counted,
@@ -80,6 +82,13 @@ std::array<std::uint64_t, kFdKindCount> CountApplicationFdsSince(const FdTable& 
       ++counts[static_cast<std::size_t>(record.kind)];
     }
   }
+  std::uint64_t missing = 0;
+  for (const FdTable::ClosedRecord& closed : table.ClosedSince(close_mark, &missing)) {
+    if (closed.sequence <= sequence && stacks.ReachesApplication(closed.stack_id)) {
+      --counts[static_cast<std::size_t>(closed.kind)];
+    }
+  }
+  if (lost != nullptr) *lost = missing;
   return counts;
 }
 

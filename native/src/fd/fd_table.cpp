@@ -18,7 +18,9 @@ std::size_t KindIndex(std::uint64_t meta) noexcept {
 }  // namespace
 
 FdTable::FdTable(std::size_t capacity)
-    : capacity_(capacity), slots_(new Slot[capacity]) {}
+    : capacity_(capacity),
+      slots_(new Slot[capacity]),
+      close_log_(new CloseEntry[kCloseLog]) {}
 
 void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
                          std::uint64_t call_sequence, std::uint32_t owner) noexcept {
@@ -42,10 +44,10 @@ void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
       if (KindIndex(old_meta) == static_cast<std::size_t>(kind)) {
         count_opened = false;
       } else {
-        CountClosed(old_meta);
+        CountClosed(old_meta, old);
       }
     } else {  // its close happened where no hook could see it
-      CountClosed(old_meta);
+      CountClosed(old_meta, old);
       replaced_.fetch_add(1, std::memory_order_relaxed);
     }
   }
@@ -105,7 +107,7 @@ bool FdTable::ReplaceFound(int fd, std::uint64_t sequence, FdKind kind,
       !s.sequence.compare_exchange_strong(expected, kBusy, std::memory_order_acq_rel)) {
     return false;
   }
-  CountClosed(old_meta);
+  CountClosed(old_meta, sequence);
   replaced_.fetch_add(1, std::memory_order_relaxed);
   Publish(s, fd, static_cast<std::uint64_t>(kind), identity);
   opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
@@ -166,7 +168,7 @@ bool FdTable::RetireSlot(Slot& s, std::uint64_t sequence) noexcept {
     // writer claims the slot, which would make the swap fail.
     const std::uint64_t meta = s.meta.load(std::memory_order_relaxed);
     if (s.sequence.compare_exchange_weak(old, 0, std::memory_order_acq_rel)) {
-      CountClosed(meta);
+      CountClosed(meta, old);
       return true;
     }
   }
@@ -186,8 +188,47 @@ FdKind FdTable::KindOf(int fd) const noexcept {
   return static_cast<FdKind>(KindIndex(s.meta.load(std::memory_order_acquire)));
 }
 
-void FdTable::CountClosed(std::uint64_t meta) noexcept {
+void FdTable::CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept {
   closed_[KindIndex(meta)].fetch_add(1, std::memory_order_relaxed);
+  if ((meta & kAttributedBit) == 0) return;
+  // The slot protocol's form: claim (acq_rel RMW), release payload stores,
+  // publish; a writer lapping this one by kCloseLog entries is the only
+  // other writer of the entry, and a reader sees a changed stamp then.
+  const std::uint64_t index = close_count_.fetch_add(1, std::memory_order_relaxed);
+  CloseEntry& e = close_log_[index % kCloseLog];
+  e.stamp.exchange(0, std::memory_order_acq_rel);
+  e.sequence.store(sequence, std::memory_order_release);
+  e.meta.store(meta, std::memory_order_release);
+  e.stamp.store(index + 1, std::memory_order_release);
+}
+
+std::uint64_t FdTable::CloseMark() const noexcept {
+  return close_count_.load(std::memory_order_acquire);
+}
+
+std::vector<FdTable::ClosedRecord> FdTable::ClosedSince(std::uint64_t mark,
+                                                        std::uint64_t* lost) const {
+  const std::uint64_t end = close_count_.load(std::memory_order_acquire);
+  std::uint64_t first = mark;
+  *lost = 0;
+  if (end > mark && end - mark > kCloseLog) {
+    first = end - kCloseLog;
+    *lost = first - mark;
+  }
+  std::vector<ClosedRecord> out;
+  for (std::uint64_t index = first; index < end; ++index) {
+    const CloseEntry& e = close_log_[index % kCloseLog];
+    const std::uint64_t stamp = e.stamp.load(std::memory_order_acquire);
+    const std::uint64_t sequence = e.sequence.load(std::memory_order_acquire);
+    const std::uint64_t meta = e.meta.load(std::memory_order_acquire);
+    if (stamp != index + 1 || e.stamp.load(std::memory_order_relaxed) != stamp) {
+      ++*lost;  // still being written, or already lapped
+      continue;
+    }
+    out.push_back({sequence, static_cast<std::uint32_t>((meta >> 8) & 0xffffffffU),
+                   static_cast<FdKind>(KindIndex(meta))});
+  }
+  return out;
 }
 
 std::optional<FdRecord> FdTable::Find(int fd) const {

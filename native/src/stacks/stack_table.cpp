@@ -103,12 +103,23 @@ StackTable& StackTable::Instance() {
 
 void StackTable::SetSource(FrameSource source) { source_ = source; }
 
-void StackTable::SetLibraryPrefixes(std::vector<std::string> prefixes) {
+void StackTable::SetLibraryPrefixes(std::vector<std::string> prefixes,
+                                    std::vector<std::string> own) {
   for (std::string& prefix : prefixes) prefix = ToValidUtf8(prefix);  // as file names are
+  for (std::string& prefix : own) prefix = ToValidUtf8(prefix);
   TrackerLock lock(&mu_);
   prefixes_ = std::move(prefixes);
-  for (Frame& frame : frames_) frame.library = IsLibrary(frame.filename);
+  own_prefixes_ = std::move(own);
+  for (Frame& frame : frames_) ClassifyLocked(&frame);
   for (Stack& stack : stacks_) ComputeSite(&stack);
+}
+
+void StackTable::ClassifyLocked(Frame* frame) const {
+  frame->own = false;
+  for (const std::string& prefix : own_prefixes_) {
+    if (frame->filename.compare(0, prefix.size(), prefix) == 0) frame->own = true;
+  }
+  frame->library = frame->own || IsLibrary(frame->filename);
 }
 
 int StackTable::Capture(LeakprobeRawFrame* out, int max_frames) const noexcept {
@@ -139,6 +150,12 @@ void StackTable::ComputeSite(Stack* stack) const {
   stack->site = 0;
   for (std::size_t i = 0; i < stack->frames.size(); ++i) {
     if (!frames_[stack->frames[i]].library) {
+      stack->site = static_cast<std::uint32_t>(i);
+      return;
+    }
+  }
+  for (std::size_t i = 0; i < stack->frames.size(); ++i) {  // all library
+    if (!frames_[stack->frames[i]].own) {
       stack->site = static_cast<std::uint32_t>(i);
       return;
     }
@@ -351,7 +368,7 @@ bool StackTable::ResolveFrame(const LeakprobeRawFrame& raw, std::uint32_t* id) {
   } else {
     const GrowthReserve insert(frame_by_text_);
     if (!insert.ok()) throw std::bad_alloc();
-    frame.library = IsLibrary(frame.filename);
+    ClassifyLocked(&frame);
     const auto next = static_cast<std::uint32_t>(frames_.size());
     frames_.push_back(std::move(frame));
     std::size_t text_bytes = 0;

@@ -125,6 +125,19 @@ class FdTable {
   bool SetOwner(int fd, std::uint64_t sequence, std::uint32_t owner) noexcept;
 
   // --- cold path ---
+  // The attributed records retired so far (closed, or found replaced):
+  // a mark for ClosedSince.
+  std::uint64_t CloseMark() const noexcept;
+  // The attributed records retired after `mark`, oldest first, from a ring
+  // of the last kCloseLog; `*lost` is set to how many of them the ring no
+  // longer holds (more than kCloseLog since, or entries being rewritten).
+  struct ClosedRecord {
+    std::uint64_t sequence = 0;
+    std::uint32_t stack_id = 0;
+    FdKind kind = FdKind::kOther;
+  };
+  static constexpr std::size_t kCloseLog = 4096;
+  std::vector<ClosedRecord> ClosedSince(std::uint64_t mark, std::uint64_t* lost) const;
   std::vector<FdRecord> OpenFds() const;
   std::optional<FdRecord> Find(int fd) const;
   FdCounters Counters() const noexcept;
@@ -189,7 +202,15 @@ class FdTable {
   static constexpr std::uint64_t kBusy = ~0ULL;
   static constexpr std::uint64_t kAttributedBit = std::uint64_t{1} << 40;
 
-  void CountClosed(std::uint64_t meta) noexcept;
+  // Counts a retired record of `meta`, and logs it if attributed.
+  void CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept;
+  // One entry of the close log: a seqlock like a slot's, `stamp` being
+  // 1 + its index in the log (0 while written).
+  struct CloseEntry {
+    std::atomic<std::uint64_t> stamp{0};
+    std::atomic<std::uint64_t> sequence{0};
+    std::atomic<std::uint64_t> meta{0};
+  };
   // Retires `s`'s record if it was created at or before `sequence`; true
   // when it did.
   bool RetireSlot(Slot& s, std::uint64_t sequence) noexcept;
@@ -206,6 +227,8 @@ class FdTable {
   std::atomic<std::uint64_t> dropped_{0};
   std::atomic<std::uint64_t> replaced_{0};
   std::atomic<std::uint64_t> conflicts_{0};
+  std::unique_ptr<CloseEntry[]> close_log_;  // kCloseLog entries (96 KiB)
+  std::atomic<std::uint64_t> close_count_{0};
 };
 
 // The process-wide table the hooks record into (created on first use,

@@ -26,7 +26,10 @@
 // The attribution site of a
 // stack is its innermost frame outside library code (the standard library,
 // site-packages, leakprobe itself: the prefixes set by SetLibraryPrefixes,
-// plus "<frozen ...>" modules); the innermost frame when all are library.
+// plus "<frozen ...>" modules); when all are library, the innermost frame
+// outside leakprobe's own code (the `own` prefixes: a thread started by a
+// framework is its call's, not the adapter's that counted it), else the
+// innermost frame.
 // Code without a file ("<string>", "<stdin>") is application code.
 //
 // Tasks a library spawns (asyncio): a task's own stack ends in the event
@@ -85,6 +88,7 @@ struct Frame {
   std::string function;
   int line = -1;
   bool library = false;
+  bool own = false;  // leakprobe's own code (see SetLibraryPrefixes)
 
   // "path:line in function"
   std::string Describe() const;
@@ -126,7 +130,10 @@ class StackTable {
   static StackTable& Instance();
 
   void SetSource(FrameSource source);
-  void SetLibraryPrefixes(std::vector<std::string> prefixes);
+  // `own`: leakprobe's own code, library code too, and never a site while
+  // another frame can be.
+  void SetLibraryPrefixes(std::vector<std::string> prefixes,
+                          std::vector<std::string> own = {});
 
   // Captures up to `max_frames` raw frames of the calling thread; 0 when no
   // source is set. Inside a task step with a parent (SetTaskParent), the
@@ -223,6 +230,8 @@ class StackTable {
 
   bool IsLibrary(const std::string& filename) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ComputeSite(Stack* stack) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets `frame`'s library and own flags from the prefixes.
+  void ClassifyLocked(Frame* frame) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::size_t max_frames_;
   const std::size_t max_positions_;
@@ -231,6 +240,7 @@ class StackTable {
   FrameSource source_;  // set once before use; read without the lock
   mutable Mutex mu_;
   std::vector<std::string> prefixes_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> own_prefixes_ ABSL_GUARDED_BY(mu_);
   std::vector<Frame> frames_ ABSL_GUARDED_BY(mu_);
   // The indexes are TableMaps (leakprobe/runtime/table_map.h): Intern runs
   // in hooks, so the insert that grows one is covered by a reserve taken
