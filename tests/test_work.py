@@ -70,6 +70,42 @@ def test_retained_fds_objects_and_runs_are_exact_for_sequential_runs():
     promtool_check(text)
 
 
+def test_closing_what_an_earlier_run_kept_gives_it_back_and_the_log_is_kept_only_in_runs():
+    out = run("""
+        from leakprobe import _native
+        kept = []
+
+        def open_one():
+            kept.append(socket.socket())
+
+        def replace():  # a keep-alive connection replaced: one closed, one opened
+            kept.pop().close()
+            kept.append(socket.socket())
+
+        def release():
+            kept.pop().close()
+
+        for name, body in (("open", open_one), ("replace", replace), ("release", release)):
+            token = _work.begin("task", name)
+            body()
+            _work.end(token)
+        stats = {s.name: s.retained_fds for s in _work.stats()}
+        # No run in progress: closes are not logged (the mark stays).
+        mark = _native.fd_sequence()[1]
+        for _ in range(5):
+            socket.socket().close()
+        idle = _native.fd_sequence()[1] - mark
+        token = _work.begin("task", "churn")
+        for _ in range(5):
+            socket.socket().close()
+        during = _native.fd_sequence()[1] - mark
+        _work.end(token)
+        print(json.dumps({"stats": stats, "idle": idle, "during": during}))
+    """)
+    assert out["stats"] == {"open": 1, "replace": 0, "release": -1}, out["stats"]
+    assert out["idle"] == 0 and out["during"] == 5, out
+
+
 def test_names_beyond_the_cap_are_counted_under_other():
     out = run("""
         for i in range(_work.MAX_NAMES + 5):

@@ -290,11 +290,12 @@ void RegisterFdBindings(py::module_& m) {
       "so far, retired attributed records so far).");
   m.def(
       "fd_application_since",
-      [](std::uint64_t sequence, std::uint64_t close_mark) {
+      [](std::uint64_t sequence, std::uint64_t close_mark, bool release_close_log) {
         std::array<std::int64_t, kFdKindCount> counts{};
         {
           const WithoutGil no_gil;
           counts = CountApplicationFdsSince(ProcessFdTable(), sequence, close_mark);
+          if (release_close_log) ProcessFdTable().KeepCloseLog(-1);
         }
         py::dict out;
         for (std::size_t k = 0; k < kFdKindCount; ++k) {
@@ -302,10 +303,11 @@ void RegisterFdBindings(py::module_& m) {
         }
         return out;
       },
-      py::arg("sequence"), py::arg("close_mark"),
+      py::arg("sequence"), py::arg("close_mark"), py::arg("release_close_log") = false,
       "The net change by kind of the application's open fds since the mark "
       "(sequence, close_mark) of fd_sequence(): open fds it created since, less "
-      "the ones it had created before that were closed since.");
+      "the ones it had created before that were closed since; release_close_log "
+      "ends what work_figures(keep_close_log=1) began.");
   m.def("fd_counters", &FdCountersDict,
         "opened/closed/open by kind, unattributed, dropped, replaced, conflicts, "
         "reconciles, last_reconcile_seconds, objects_patched, slots_patched.");

@@ -138,6 +138,7 @@ TEST_F(FdStacksTest, ApplicationFdsSinceIsTheNetChangeOfApplicationFds) {
   const std::vector<LeakprobeRawFrame> application = {FakeFrame(1001, 8),
                                                       FakeFrame(5, 20), FakeFrame(6, 40)};
   tls_fake_stack = application;
+  ProcessFdTable().KeepCloseLog(1);  // as a unit of work's begin does
   const std::uint64_t begin = ProcessFdTable().CurrentSequence();
   const std::uint64_t mark = ProcessFdTable().CloseMark();
   const int kept = lib.eventfd(0, 0);      // application frames below the library one
@@ -175,6 +176,7 @@ TEST_F(FdStacksTest, ApplicationFdsSinceIsTheNetChangeOfApplicationFds) {
   EXPECT_EQ(CountApplicationFdsSince(ProcessFdTable(), begin2,
                                      mark2)[static_cast<std::size_t>(FdKind::kEventfd)],
             -1);
+  ProcessFdTable().KeepCloseLog(-1);
   for (const int fd : {replaced, framework, native}) lib.close(fd);
   RemoveFdHooks();
 }
@@ -183,6 +185,10 @@ TEST_F(FdStacksTest, ApplicationFdsSinceIsTheNetChangeOfApplicationFds) {
 // than that loses the rest, and says how many.
 TEST(FdTableCloseLogTest, ClosedSinceReturnsTheRetiredAttributedRecordsAndCountsTheLost) {
   FdTable table(64);
+  table.RecordOpen(3, FdKind::kFile, 7);
+  table.RetireBeforeClose(3);  // no unit of work: not logged
+  EXPECT_EQ(table.CloseMark(), 0u);
+  table.KeepCloseLog(1);
   table.RecordOpen(3, FdKind::kFile, 7);
   const std::uint64_t mark = table.CloseMark();
   table.RetireBeforeClose(3);
@@ -201,6 +207,11 @@ TEST(FdTableCloseLogTest, ClosedSinceReturnsTheRetiredAttributedRecordsAndCounts
   EXPECT_EQ(closed.size(), FdTable::kCloseLog);
   EXPECT_EQ(lost, 10u);
   EXPECT_TRUE(table.ClosedSince(table.CloseMark(), &lost).empty());
+  table.KeepCloseLog(-1);
+  const std::uint64_t off = table.CloseMark();
+  table.RecordOpen(5, FdKind::kPipe, 1);
+  table.RetireBeforeClose(5);
+  EXPECT_EQ(table.CloseMark(), off);
 }
 
 TEST_F(FdStacksTest, HookedCreationsCarryTheStackAndCountInTopSites) {

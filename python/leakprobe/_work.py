@@ -132,7 +132,10 @@ def _figures(before: _Figures | None = None) -> _Figures:
     if state is None:
         return _Figures(None, None, None)
     native = _native()
-    sequence, live, live_bytes = native.work_figures()  # ~2 us, no summaries
+    # At a run's begin (with fds tracked) the fd table starts logging
+    # closes; the count at its end stops it again.
+    keep = 1 if before is None and state.fds else 0
+    sequence, live, live_bytes = native.work_figures(keep)  # ~2 us, no summaries
     fds = objects = heap = None
     if state.fds:
         if before is None:
@@ -141,7 +144,9 @@ def _figures(before: _Figures | None = None) -> _Figures:
             # An fd the run created and closed unseen (os.closerange's
             # close_range syscall, say) is left out by the native count's
             # check of each fd: no reconciliation (~15 us) per run.
-            fds = {k: v for k, v in native.fd_application_since(*before.fds).items() if v}
+            fds = {k: v for k, v in
+                   native.fd_application_since(*before.fds, release_close_log=True).items()
+                   if v}
     if state.config.objects:
         objects = live
     if state.config.heap:

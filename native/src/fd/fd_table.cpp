@@ -190,7 +190,10 @@ FdKind FdTable::KindOf(int fd) const noexcept {
 
 void FdTable::CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept {
   closed_[KindIndex(meta)].fetch_add(1, std::memory_order_relaxed);
-  if ((meta & kAttributedBit) == 0) return;
+  if ((meta & kAttributedBit) == 0 ||
+      close_log_users_.load(std::memory_order_relaxed) <= 0) {
+    return;
+  }
   // The slot protocol's form: claim (acq_rel RMW), release payload stores,
   // publish; a writer lapping this one by kCloseLog entries is the only
   // other writer of the entry, and a reader sees a changed stamp then.
@@ -200,6 +203,10 @@ void FdTable::CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept {
   e.sequence.store(sequence, std::memory_order_release);
   e.meta.store(meta, std::memory_order_release);
   e.stamp.store(index + 1, std::memory_order_release);
+}
+
+void FdTable::KeepCloseLog(int delta) noexcept {
+  close_log_users_.fetch_add(delta, std::memory_order_acq_rel);
 }
 
 std::uint64_t FdTable::CloseMark() const noexcept {

@@ -125,7 +125,11 @@ class FdTable {
   bool SetOwner(int fd, std::uint64_t sequence, std::uint32_t owner) noexcept;
 
   // --- cold path ---
-  // The attributed records retired so far (closed, or found replaced):
+  // The close log is kept only while someone needs it: +1 when a unit of
+  // work begins, -1 when it ends (leakprobe/_work.py), so that a process
+  // without units of work pays nothing for it on close.
+  void KeepCloseLog(int delta) noexcept;
+  // The attributed records logged so far (closed, or found replaced):
   // a mark for ClosedSince.
   std::uint64_t CloseMark() const noexcept;
   // The attributed records retired after `mark`, oldest first, from a ring
@@ -229,6 +233,7 @@ class FdTable {
   std::atomic<std::uint64_t> conflicts_{0};
   std::unique_ptr<CloseEntry[]> close_log_;  // kCloseLog entries (96 KiB)
   std::atomic<std::uint64_t> close_count_{0};
+  std::atomic<std::int64_t> close_log_users_{0};
 };
 
 // The process-wide table the hooks record into (created on first use,
