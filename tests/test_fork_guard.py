@@ -44,8 +44,36 @@ CHILD_TIMEOUT = 10.0
 # Helpers shared by both programs: wait for a child with a timeout; read the
 # guard's pass counters from the exposition (leakprobe_hook_passes_total).
 COMMON = f"""
-import json, os, re, select, signal, sys, time, warnings
+import json, os, re, select, shutil, signal, subprocess, sys, time, warnings
 warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+hung_reports = []  # what each hung child was doing, for the test's message
+
+def describe_hung(pid):
+    # Where each thread of a hung child waits (the kernel's view, then gdb's
+    # stacks where gdb is installed), so a rare hang in CI says where it was.
+    lines = []
+    try:
+        tids = sorted(os.listdir(f"/proc/{{pid}}/task"), key=int)
+    except OSError as exc:
+        return f"pid {{pid}}: {{exc}}"
+    for tid in tids:
+        def read(name):
+            try:
+                with open(f"/proc/{{pid}}/task/{{tid}}/{{name}}") as f:
+                    return f.read().strip().replace("\\n", " | ")
+            except OSError as exc:
+                return f"({{exc.strerror}})"
+        lines.append(f"thread {{tid}} {{read('comm')}}: wchan {{read('wchan')}}; "
+                     f"syscall {{read('syscall')}}; kernel stack {{read('stack')}}")
+    gdb = shutil.which("gdb")
+    if gdb:
+        try:
+            lines.append(subprocess.run(
+                [gdb, "-batch", "-p", str(pid), "-ex", "thread apply all bt 40"],
+                capture_output=True, text=True, timeout=120).stdout[-8000:])
+        except subprocess.TimeoutExpired:
+            lines.append("gdb timed out")
+    return "\\n".join(lines)
 
 def wait_child(pid, timeout={CHILD_TIMEOUT}):
     # One wait without the GIL (a pidfd turns readable when the child
@@ -56,6 +84,7 @@ def wait_child(pid, timeout={CHILD_TIMEOUT}):
     finally:
         os.close(pidfd)
     if not exited:
+        hung_reports.append(describe_hung(pid))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         return None  # hung
@@ -158,7 +187,7 @@ for i in range({FORKS_WITH_ATFORK_LIBRARY}):
             pass
         os._exit(0 if atforkalloc.counts()[1] >= 1 else 3)  # its child handler ran
     codes.append(wait_child(pid))
-print(json.dumps({{"codes": codes, "before": before, "after": passes(),
+print(json.dumps({{"codes": codes, "hung": hung_reports, "before": before, "after": passes(),
                   "counts": atforkalloc.counts(), "seconds": time.monotonic() - started,
                   "samples": leakprobe._native.heap_summary()["samples"]}}), flush=True)
 """
@@ -217,7 +246,7 @@ seconds = time.monotonic() - started
 stop.set()
 for t in threads:
     t.join()
-print(json.dumps({{"codes": codes, "loops": loops, "seconds": seconds,
+print(json.dumps({{"codes": codes, "hung": hung_reports, "loops": loops, "seconds": seconds,
                   "samples": leakprobe._native.heap_summary()["samples"] - samples_before}}),
       flush=True)
 """
@@ -250,7 +279,7 @@ def test_atfork_handlers_of_an_earlier_library_allocate_and_free_through_pymem(t
     codes = result["codes"]
     assert len(codes) == FORKS_WITH_ATFORK_LIBRARY
     hung, failed = _hung_and_failed(codes)
-    assert hung == 0, f"{hung} children hung"
+    assert hung == 0, f"{hung} children hung; the first:\n{result['hung'][0]}"
     assert failed == [], f"children exited with {failed} (3: their atfork child handler did not run)"
     prepares, children, freed = result["counts"]
     assert prepares == FORKS_WITH_ATFORK_LIBRARY and children == 0  # the parent's view
@@ -271,7 +300,7 @@ def test_fork_while_eight_threads_allocate_and_open_fds():
     codes = result["codes"]
     assert len(codes) == FORKS_UNDER_LOAD
     hung, failed = _hung_and_failed(codes)
-    assert hung == 0, f"{hung} of {FORKS_UNDER_LOAD} children hung"
+    assert hung == 0, f"{hung} of {FORKS_UNDER_LOAD} children hung; the first:\n{result['hung'][0]}"
     assert failed == [], f"children exited with {failed}"
     assert min(result["loops"]) > 0, result["loops"]
     assert result["samples"] > 0  # the threads were sampled while the forks ran
