@@ -5,8 +5,8 @@
 #   2. lint: clang-format, and clang-tidy with -Wthread-safety over the core,
 #      the exporter and the extension (scripts/lint.sh);
 #   3. the GoogleTest suite (ctest), then again under ASan+UBSan, and the
-#      heap tracker, native heap, stack table, fd table and object registry
-#      tests under TSan;
+#      heap tracker, native heap, stack table, fd table, object registry and
+#      the exporter's single-flight and CPU budget tests under TSan;
 #   4. pytest on CPython 3.11, 3.12 and 3.13 (.venv, .venv-3.12, .venv-3.13);
 #      some tests on 3.11 only, as what they test does not depend on the
 #      interpreter, and CI's time is budgeted (ONLY_ON_3_11 below):
@@ -78,7 +78,7 @@ cmake -S . -B build/tsan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_TSAN=ON
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/tsan
 TSAN_OPTIONS=halt_on_error=1 HEAP_STRESS_SECONDS=30 \
-  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|NativeHeap|StackTable|FdTable|ObjectRegistry'
+  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|NativeHeap|StackTable|FdTable|ObjectRegistry|CpuBudget|SingleFlight'
 
 ONLY_ON_3_11=(--ignore=tests/test_scenarios.py --ignore=tests/test_prometheus.py
   --ignore=tests/test_report_html.py --ignore=tests/test_scrape_load.py

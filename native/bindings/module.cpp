@@ -97,7 +97,11 @@ ExporterSlot& Slot() {
   return *slot;
 }
 
-int StartExporter(const std::string& host, int port, bool group) {
+int StartExporter(const std::string& host, int port, bool group, double cpu_share) {
+  if (!(cpu_share > 0 && cpu_share <= 1)) {
+    throw Error("cpu_share must be a share of one CPU in (0, 1], not " +
+                std::to_string(cpu_share));
+  }
   const WithoutGil no_gil;  // binding and starting threads takes a while
   ExporterSlot& slot = Slot();
   MutexLock lock(&slot.mu);
@@ -108,7 +112,7 @@ int StartExporter(const std::string& host, int port, bool group) {
   }
   auto collector = std::make_shared<SnapshotCollector>(&TakeSnapshot);
   if (group && port > 0) collector->JoinGroup(port, kPeerDeadline);
-  slot.exporter = new Exporter(host, port, std::move(collector));
+  slot.exporter = new Exporter(host, port, std::move(collector), cpu_share);
   return slot.exporter->port();
 }
 
@@ -349,9 +353,12 @@ PYBIND11_MODULE(_native, m) {
 
   m.def("start_exporter", &StartExporter, py::arg("host"), py::arg("port"),
         py::arg("group") = false,
+        py::arg("cpu_share") = prometheus_exporter::kDefaultCpuShare,
         "Serve /metrics on host:port (0: any free port); returns the port. With "
-        "group, each scrape also carries the series of the port's peers. "
-        "Raises BindError when it cannot listen, Error when already running.");
+        "group, each scrape also carries the series of the port's peers. The "
+        "server threads spend at most cpu_share of one CPU (beyond it scrapes "
+        "wait). Raises BindError when it cannot listen, Error when already "
+        "running or cpu_share is not in (0, 1].");
   m.def("start_peer", &StartPeer, py::arg("port"),
         "Answer the holder of `port` on this process's private socket "
         "(peers.h). Raises Error when the socket cannot be made.");

@@ -98,6 +98,7 @@ def _seconds_in(low: float, high: float) -> Callable[[Any], float]:
 
 
 _parse_interval = _seconds_in(0.01, 3600)
+_parse_cpu_share = _seconds_in(0.001, 1)  # the same check: a finite number in a range
 
 
 def _parse_run_dir(value: Any) -> str | None:
@@ -201,6 +202,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", 9464, _parse_port,
            "an integer from 0 to 65535 (0: any free port)"),
     Option("group", True, _parse_bool, "1/true/yes/on or 0/false/no/off"),
+    Option("exporter_cpu_share", 0.02, _parse_cpu_share,
+           "a share of one CPU from 0.001 to 1 (0.02: 2 %)"),
     Option("role", None, _parse_role,
            "empty (detected) or up to 64 of a-z, 0-9, '-', '_' and '.'"),
     Option("targets_file", None, _parse_targets_file,
@@ -258,6 +261,7 @@ class Config(NamedTuple):
     host: str = "127.0.0.1"
     port: int = 9464
     group: bool = True  # processes of one fixed port share one scrape target
+    exporter_cpu_share: float = 0.02  # the server threads' CPU cap (exporter.h)
     role: str | None = None  # None: detected (leakprobe._group.detect_role)
     targets_file: str | None = None  # a file_sd targets file (leakprobe._targets)
     log_level: str = "info"

@@ -122,10 +122,12 @@ class Group:
     """This process's part in its port's group: its private socket, and
     the exporter it serves once it holds the port."""
 
-    def __init__(self, native: Any, host: str, port: int, role: str) -> None:
+    def __init__(self, native: Any, host: str, port: int, role: str,
+                 cpu_share: float = 0.02) -> None:
         self.native = native
         self.host = host
         self.port = port
+        self.cpu_share = cpu_share  # the exporter's CPU cap, if this process serves
         self.role = role
         self.holder = False
         native.set_process_role(role)
@@ -137,7 +139,8 @@ class Group:
         if self.holder:
             return True
         try:
-            self.native.start_exporter(self.host, self.port, group=True)
+            self.native.start_exporter(self.host, self.port, group=True,
+                                       cpu_share=self.cpu_share)
         except self.native.BindError:
             return False
         self.holder = True

@@ -337,11 +337,13 @@ def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None
     group = None
     if config.group and config.port != 0:
         try:
-            group = _group.Group(native, config.host, config.port, _role)
+            group = _group.Group(native, config.host, config.port, _role,
+                                 config.exporter_cpu_share)
         except native.Error as exc:  # no private socket: this process serves only itself
             native.log("warning", f"{exc}; the series of this process reach no other")
     try:
-        port = native.start_exporter(config.host, config.port, group=group is not None)
+        port = native.start_exporter(config.host, config.port, group=group is not None,
+                                     cpu_share=config.exporter_cpu_share)
     except native.BindError as exc:
         if group is not None and group.others():
             native.log("info", f"port {config.port} is served by another leakprobe process of "

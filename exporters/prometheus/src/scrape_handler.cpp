@@ -1,8 +1,11 @@
 #include "scrape_handler.h"
 
 #include <civetweb.h>
+#include <time.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <iterator>
@@ -53,11 +56,33 @@ int SendError(mg_connection* conn, int status, const char* reason,
 // client's own timeout, Prometheus' default, is the same 10 s).
 constexpr std::chrono::seconds kMaxJoinWait{10};
 
+// The CPU the server threads may spend at once after a quiet spell before
+// the budget holds renders back: about a hundred scrapes at full speed, so
+// Prometheus servers, a dashboard and a curl by hand never wait.
+constexpr std::chrono::milliseconds kCpuBurst{20};
+
+// The longest a render waits for the CPU budget: a scrape that cost far
+// more than usual (a huge page) delays the next render by at most this,
+// well within the joiners' own 10 s.
+constexpr std::chrono::seconds kMaxBudgetWait{2};
+
+// A thread's CPU time (user and system), in nanoseconds; 0 if unreadable.
+std::int64_t ThreadCpuNs(clockid_t clock = CLOCK_THREAD_CPUTIME_ID) noexcept {
+  timespec ts{};
+  if (clock_gettime(clock, &ts) != 0) return 0;
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The thread CPU time at this server thread's last charge.
+thread_local std::int64_t last_charged_cpu_ns = 0;
+
 }  // namespace
 
-ScrapeHandler::ScrapeHandler(std::shared_ptr<SnapshotCollector> collector)
+ScrapeHandler::ScrapeHandler(std::shared_ptr<SnapshotCollector> collector,
+                             double cpu_share)
     : collector_(std::move(collector)),
       flight_(kMaxJoinWait),
+      budget_(cpu_share, kCpuBurst),
       scrapes_(prometheus::BuildCounter()
                    .Name("exposer_scrapes_total")
                    .Help("Scrapes served by this exporter")
@@ -78,21 +103,59 @@ ScrapeHandler::ScrapeHandler(std::shared_ptr<SnapshotCollector> collector)
                       .Name("exposer_request_latencies")
                       .Help("Time to serve a scrape, in microseconds")
                       .Register(registry_)
-                      .Add({}, LatencyQuantiles())) {}
+                      .Add({}, LatencyQuantiles())),
+      cpu_seconds_(
+          prometheus::BuildCounter()
+              .Name("exposer_cpu_seconds_total")
+              .Help("CPU time the exporter's server threads spent serving scrapes")
+              .Register(registry_)
+              .Add({})),
+      throttled_seconds_(prometheus::BuildCounter()
+                             .Name("exposer_throttled_seconds_total")
+                             .Help("Time renders waited for the exporter's CPU budget")
+                             .Register(registry_)
+                             .Add({})) {}
+
+std::int64_t ScrapeHandler::TakeAcceptThreadCpuNs() noexcept {
+  if (!has_accept_clock_.load(std::memory_order_acquire)) return 0;
+  const std::int64_t now = ThreadCpuNs(accept_clock_.load(std::memory_order_acquire));
+  if (now == 0) return 0;  // the thread has gone (the server is stopping)
+  const std::int64_t before = accept_charged_ns_.exchange(now, std::memory_order_relaxed);
+  return now > before ? now - before : 0;
+}
+
+void ScrapeHandler::ChargeThisThread() noexcept {
+  const std::int64_t now = ThreadCpuNs();
+  const std::int64_t own = now - last_charged_cpu_ns;
+  last_charged_cpu_ns = now;
+  const std::int64_t spent = std::max<std::int64_t>(own, 0) + TakeAcceptThreadCpuNs();
+  if (spent <= 0) return;
+  try {
+    budget_.Charge(std::chrono::nanoseconds(spent), CpuBudget::Clock::now());
+  } catch (const std::exception&) {
+    // A lock that fails to lock (std::system_error): this charge is lost.
+  }
+  cpu_seconds_.Increment(static_cast<double>(spent) / 1e9);
+}
 
 int ScrapeHandler::Handle(mg_connection* conn, void* handler) noexcept {
+  auto* self = static_cast<ScrapeHandler*>(handler);
   const mg_request_info* request = mg_get_request_info(conn);
+  int status = 405;
   if (request == nullptr || request->request_method == nullptr ||
       std::strcmp(request->request_method, "GET") != 0) {
-    return SendError(conn, 405, "Method Not Allowed", "Only GET is served here.\n");
+    SendError(conn, 405, "Method Not Allowed", "Only GET is served here.\n");
+  } else {
+    try {
+      status = self->Serve(conn);
+    } catch (const std::exception&) {
+      // Out of memory while collecting or rendering: nothing was sent yet.
+      status = SendError(conn, 500, "Internal Server Error",
+                         "The exporter could not render the metrics.\n");
+    }
   }
-  try {
-    return static_cast<ScrapeHandler*>(handler)->Serve(conn);
-  } catch (const std::exception&) {
-    // Out of memory while collecting or rendering: nothing was sent yet.
-    return SendError(conn, 500, "Internal Server Error",
-                     "The exporter could not render the metrics.\n");
-  }
+  self->ChargeThisThread();
+  return status;
 }
 
 ScrapeHandler::Page ScrapeHandler::Render() {
@@ -124,7 +187,15 @@ ScrapeHandler::Page ScrapeHandler::Render() {
 
 int ScrapeHandler::Serve(mg_connection* conn) {
   const auto start = std::chrono::steady_clock::now();
-  const auto result = flight_.Get([this] { return Render(); });
+  const auto result = flight_.Get([this] {
+    // Scrapes arriving during this wait join this render: its page is
+    // rendered after they arrived.
+    const auto waited = budget_.Wait(kMaxBudgetWait);
+    if (waited.count() > 0) {
+      throttled_seconds_.Increment(static_cast<double>(waited.count()) / 1e9);
+    }
+    return Render();
+  });
   using Outcome = SingleFlight<Page>::Outcome;
   switch (result.outcome) {
     case Outcome::kRendered:

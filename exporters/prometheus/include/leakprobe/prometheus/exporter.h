@@ -21,7 +21,8 @@
 //   Scrapes that arrive during a render share it (single-flight); stopping
 //   the exporter answers those still waiting with 503 at once.
 //   The server threads run 10 nice levels below their creator, so under CPU
-//   contention a scrape storm yields to the host's own threads.
+//   contention a scrape storm yields to the host's own threads, and their
+//   CPU is capped at `cpu_share` of one CPU: beyond it, scrapes wait.
 // Thread-safety: not thread-safe; the owner serialises calls. The server
 // threads only call the collector.
 #pragma once
@@ -38,13 +39,19 @@ namespace leakprobe::prometheus_exporter {
 
 class ScrapeHandler;
 
+// The share of one CPU the server threads may spend serving scrapes unless
+// told otherwise (LEAKPROBE_EXPORTER_CPU_SHARE).
+inline constexpr double kDefaultCpuShare = 0.02;
+
 class Exporter {
  public:
   // Listens on host:port (port 0: any free port) and serves /metrics from
-  // `collector`. Throws leakprobe::BindError naming the address and the
-  // reason when it cannot listen.
+  // `collector`, its server threads spending at most `cpu_share` (in
+  // (0, 1]) of one CPU. Throws leakprobe::BindError naming the address and
+  // the reason when it cannot listen.
   Exporter(const std::string& host, int port,
-           std::shared_ptr<SnapshotCollector> collector);
+           std::shared_ptr<SnapshotCollector> collector,
+           double cpu_share = kDefaultCpuShare);
   ~Exporter();
 
   Exporter(const Exporter&) = delete;
