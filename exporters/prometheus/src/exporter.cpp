@@ -80,19 +80,20 @@ int BoundPort(int fd) {
   return -1;
 }
 
-// How much nicer than the host the server threads run where SCHED_IDLE is
-// refused (a seccomp filter, say): nice +10 weighs about a tenth of nice 0.
+// How much nicer than the host the server threads run: under CPU contention
+// the host's own threads get the larger share, while a scrape (~0.1-0.2 ms
+// of CPU) still gets its own (nice +10 weighs about a tenth of nice 0).
 constexpr int kServerNiceIncrement = 10;
 
 // civetweb's init_thread callback, run by each server thread as it starts
 // (the policy and the nice value are per thread on Linux; the host's threads
-// keep theirs). SCHED_IDLE: the server threads run on CPU time the host's
-// threads leave, and waking to serve a scrape never preempts a host thread
-// (at nice +10 every scrape's wake-ups preempted the loop of the scrape-load
-// benchmark: 1,000 more involuntary switches a second). A fully busy host
-// still gives them a small weight, so a scrape is slower there, not lost.
-// The accepting (master) thread's CPU clock goes to the handler, which
-// charges it to the CPU budget with the scrapes'.
+// keep theirs). SCHED_BATCH: waking to serve a scrape never preempts a host
+// thread, the scheduler's tick decides when it runs (at plain nice +10 every
+// scrape's wake-ups preempted the loop of the scrape-load benchmark: 1,000
+// more involuntary switches a second). Not SCHED_IDLE: its weight (3, a
+// three-hundredth of nice 0) let a scrape of a host saturated by eight busy
+// processes take 1-4 s. The accepting (master) thread's CPU clock goes to
+// the handler, which charges it to the CPU budget with the scrapes'.
 void* LowerServerThreadPriority(const mg_context* context, int thread_type) {
   if (thread_type == 0) {
     auto* handler = static_cast<ScrapeHandler*>(mg_get_user_data(context));
@@ -101,8 +102,8 @@ void* LowerServerThreadPriority(const mg_context* context, int thread_type) {
       handler->SetAcceptThreadClock(clock);
     }
   }
-  sched_param param{};
-  if (sched_setscheduler(0, SCHED_IDLE, &param) == 0) return nullptr;
+  const sched_param param{};
+  (void)sched_setscheduler(0, SCHED_BATCH, &param);  // keeps the nice value
   const auto tid = static_cast<id_t>(gettid());
   errno = 0;
   const int nice = getpriority(PRIO_PROCESS, tid);
