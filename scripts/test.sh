@@ -71,7 +71,7 @@ HEAP_STRESS_SECONDS=10 ctest --test-dir build/asan --output-on-failure --timeout
   -R ThirtyTwoThreads
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
-step "GoogleTest under TSan: the heap tracker, native heap, stack table, fd table, object registry"
+step "GoogleTest under TSan: the heap tracker, native heap, stack table, fd table, object registry, the exporter's single-flight and CPU budget"
 # Only our own concurrent code: civetweb and prometheus-cpp are not built
 # with TSan here, so the exporter tests would report their internals.
 cmake -S . -B build/tsan -G Ninja -DLEAKPROBE_BUILD_TESTS=ON -DLEAKPROBE_TSAN=ON \
