@@ -82,23 +82,25 @@ def _parse_log_level(value: Any) -> str:
     return text
 
 
-def _seconds_in(low: float, high: float) -> Callable[[Any], float]:
+def _number_in(low: float, high: float) -> Callable[[Any], float]:
+    """A parser of a finite number from `low` to `high` (seconds, shares)."""
     def parse(value: Any) -> float:
         if isinstance(value, bool):
             raise _Invalid
         try:
-            seconds = float(str(value).strip())
+            number = float(str(value).strip())
         except ValueError:
             raise _Invalid from None
-        if not (math.isfinite(seconds) and low <= seconds <= high):
+        if not (math.isfinite(number) and low <= number <= high):
             raise _Invalid
-        return seconds
+        return number
 
     return parse
 
 
+_seconds_in = _number_in
 _parse_interval = _seconds_in(0.01, 3600)
-_parse_cpu_share = _seconds_in(0.001, 1)  # the same check: a finite number in a range
+_parse_cpu_share = _number_in(0.001, 1)
 
 
 def _parse_run_dir(value: Any) -> str | None:

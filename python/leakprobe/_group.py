@@ -123,7 +123,7 @@ class Group:
     the exporter it serves once it holds the port."""
 
     def __init__(self, native: Any, host: str, port: int, role: str,
-                 cpu_share: float = 0.02) -> None:
+                 cpu_share: float) -> None:
         self.native = native
         self.host = host
         self.port = port
