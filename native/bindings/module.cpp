@@ -211,10 +211,7 @@ py::dict ProcessStatsDict() {
 std::vector<std::string> NativeStack(std::size_t max_depth) {
   std::vector<void*> pcs(max_depth);
   const std::size_t n = CaptureNativeStack(pcs.data(), pcs.size());
-  std::vector<std::string> frames;
-  frames.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) frames.push_back(DescribeAddress(pcs[i]));
-  return frames;
+  return DescribeAddresses(std::vector<const void*>(pcs.begin(), pcs.begin() + n));
 }
 
 void HeapStart(std::uint64_t sample_bytes, int max_frames, std::size_t top_sites) {

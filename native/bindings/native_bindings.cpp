@@ -155,14 +155,15 @@ py::list NativeStacks() {
   StackTable& table = StackTable::Instance();
   py::list out;
   std::size_t id = 0;
-  std::size_t first = 0;  // this stack's first frame in `located`
+  std::size_t next = 0;  // the next stack's first frame in `located`
   for (const NativeStackStat& s : stats) {
+    const std::size_t base = next;  // this stack's first frame in `located`
+    next += s.pcs.size();
     const std::vector<Frame> python = table.FramesOf(s.python);
     py::tuple frames(s.pcs.size() + python.size());
     for (std::size_t i = 0; i < s.pcs.size(); ++i) {
-      frames[i] = NativeFrame(located[first + i]);
+      frames[i] = NativeFrame(located[base + i]);
     }
-    first += s.pcs.size();
     for (std::size_t i = 0; i < python.size(); ++i) {
       frames[s.pcs.size() + i] =
           py::make_tuple(python[i].filename, python[i].line, python[i].function);
@@ -174,7 +175,7 @@ py::list NativeStacks() {
       site = table.SiteOf(s.python);
     } else if (!s.pcs.empty()) {
       site_index = NativeHeap::NativeSiteIndex(s.pcs);
-      site = DescribeAddress(s.pcs[site_index]);
+      site = Describe(located[base + site_index]);
     }
     out.append(py::make_tuple(id++, site, site_index, frames, s.live_bytes, s.live_count,
                               s.allocated_bytes, s.allocated_count));

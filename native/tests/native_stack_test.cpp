@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 // Outside any namespace and exported (ENABLE_EXPORTS) so dladdr names it.
 extern "C" __attribute__((noinline)) std::size_t LeakprobeTestCaptureHere(
@@ -65,6 +66,32 @@ TEST(NativeStackTest, SourceLineAndStaticSymbolFromDebugInfo) {
   LocateAddress(pcs[0]);  // cached now
   EXPECT_EQ(GetSymbolizerStats().lookups, lookups);
   EXPECT_GT(GetSymbolizerStats().cached, stats.cached);
+}
+
+// Each call that misses the cache reads the process's objects afresh (a
+// libdw session: tens to hundreds of milliseconds with debug info), so
+// many new addresses are described in one call, as the native heap's
+// summary names its sites.
+TEST(NativeStackTest, ManyNewAddressesAreDescribedInOneSession) {
+  const auto* code = reinterpret_cast<const char*>(&LeakprobeTestCaptureHere);
+  std::vector<const void*> batch;
+  std::vector<const void*> one_by_one;
+  for (int i = 0; i < 8; ++i) {
+    batch.push_back(code + 3 + i);  // inside the test binary, never located before
+    one_by_one.push_back(code + 11 + i);
+  }
+  const std::uint64_t before = GetSymbolizerStats().sessions;
+  const std::vector<std::string> names = DescribeAddresses(batch);
+  ASSERT_EQ(names.size(), batch.size());
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    EXPECT_EQ(names[i], DescribeAddress(batch[i]));  // the same text, now cached
+    EXPECT_NE(names[i].find("leakprobe_native_tests"), std::string::npos) << names[i];
+  }
+  EXPECT_EQ(GetSymbolizerStats().sessions, before + 1);
+  for (const void* pc : one_by_one) DescribeAddress(pc);  // what the batch saves
+  EXPECT_EQ(GetSymbolizerStats().sessions, before + 1 + one_by_one.size());
+  DescribeAddresses(batch);  // all cached: no session
+  EXPECT_EQ(GetSymbolizerStats().sessions, before + 1 + one_by_one.size());
 }
 
 // An address in no object: its value, no line.

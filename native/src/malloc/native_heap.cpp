@@ -520,7 +520,17 @@ NativeSummary NativeHeap::Summary(std::size_t top_n) const {
     }
   }
   summary.interpreter_samples = interpreter_samples_.load(std::memory_order_relaxed);
-  // Sites are named outside the lock: dladdr takes the loader's lock.
+  // Sites are named outside the lock: dladdr takes the loader's lock. The
+  // native-only sites in one call: a call that misses the symbolizer's
+  // cache reads every object's symbols afresh.
+  std::vector<const void*> native_sites;
+  for (const NativeStackStat& s : live) {
+    if (s.python == kEmptyStack && !s.pcs.empty()) {
+      native_sites.push_back(s.pcs[NativeSiteIndex(s.pcs)]);
+    }
+  }
+  const std::vector<std::string> native_names = DescribeAddresses(native_sites);
+  std::size_t next_native = 0;
   const StackTable& table = StackTable::Instance();
   absl::flat_hash_map<std::string, NativeSite> sites;
   for (const NativeStackStat& s : live) {
@@ -528,7 +538,7 @@ NativeSummary NativeHeap::Summary(std::size_t top_n) const {
     if (s.python != kEmptyStack) {
       name = table.SiteOf(s.python);
     } else if (!s.pcs.empty()) {
-      name = DescribeAddress(s.pcs[NativeSiteIndex(s.pcs)]);
+      name = native_names[next_native++];
     } else {
       name = "<native>";
     }

@@ -106,6 +106,7 @@ class Symbolizer {
         dw = LoadLibDw();
         stats_.libdw = dw != nullptr;
         if (dw != nullptr) dwfl = Open(*dw);
+        if (dwfl != nullptr) ++stats_.sessions;
       }
       out[i] = LocateOne(pcs[i], dw, dwfl);
       ++stats_.lookups;
@@ -197,11 +198,19 @@ NativeLocation LocateAddress(const void* pc) {
   return std::move(LocateAddresses({pc}).front());
 }
 
-std::string DescribeAddress(const void* pc) {
-  const NativeLocation where = LocateAddress(pc);
+std::string Describe(const NativeLocation& where) {
   if (where.object.empty()) return where.function;
   std::string out = where.function + " (" + where.object + ")";
   if (where.line > 0) out += " at " + where.file + ":" + std::to_string(where.line);
+  return out;
+}
+
+std::string DescribeAddress(const void* pc) { return Describe(LocateAddress(pc)); }
+
+std::vector<std::string> DescribeAddresses(const std::vector<const void*>& pcs) {
+  std::vector<std::string> out;
+  out.reserve(pcs.size());
+  for (const NativeLocation& where : LocateAddresses(pcs)) out.push_back(Describe(where));
   return out;
 }
 

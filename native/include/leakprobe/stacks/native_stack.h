@@ -43,8 +43,12 @@ std::vector<NativeLocation> LocateAddresses(const std::vector<const void*>& pcs)
 NativeLocation LocateAddress(const void* pc);
 
 // "symbol+0x12 (object) at file.c:41", "symbol+0x12 (object)" without debug
-// info, or "0x7f..." outside every object.
+// info, or "0x7f..." outside every object. Each call that meets an address
+// not yet cached reads the process's objects afresh (tens to hundreds of
+// milliseconds with debug info): describe many addresses in one call.
+std::string Describe(const NativeLocation& where);
 std::string DescribeAddress(const void* pc);
+std::vector<std::string> DescribeAddresses(const std::vector<const void*>& pcs);
 
 // Lookups that found a source line, and those that did not, in this
 // process: for tests and docs.
@@ -52,6 +56,8 @@ struct SymbolizerStats {
   std::uint64_t lookups = 0;
   std::uint64_t with_line = 0;
   std::uint64_t cached = 0;
+  std::uint64_t sessions =
+      0;               // libdw sessions opened: one per call that missed the cache
   bool libdw = false;  // libdw.so.1 could be loaded
 };
 SymbolizerStats GetSymbolizerStats();
