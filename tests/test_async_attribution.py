@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_python
 
 SERVER = """
@@ -63,9 +65,17 @@ asyncio.run(main())                                            # RUN
 """
 
 
-def test_socket_opened_in_anyio_task_is_attributed_to_the_awaiting_coroutine():
-    out = _run(ASYNC_CLIENT)
-    line = _line(ASYNC_CLIENT, "# FETCH")
+# The same program on uvloop's loop (uvicorn's default where uvloop is
+# installed): uvloop.run makes it from uvloop.Loop.
+UVLOOP_CLIENT = "import uvloop\n" + ASYNC_CLIENT.replace("asyncio.run(main())",
+                                                         "uvloop.run(main()) ")
+assert UVLOOP_CLIENT.count("uvloop.run(main())") == 1
+
+
+@pytest.mark.parametrize("program", [ASYNC_CLIENT, UVLOOP_CLIENT], ids=["asyncio", "uvloop"])
+def test_socket_opened_in_anyio_task_is_attributed_to_the_awaiting_coroutine(program):
+    out = _run(program)
+    line = _line(program, "# FETCH")
     assert out["status"] == 200 and out["refused"] == "ConnectError"
     assert len(out["sites"]) == 1, out
     assert out["sites"][0].endswith(f":{line} in fetch"), (out["sites"], line)
@@ -84,18 +94,28 @@ base_events.BaseEventLoop.create_task = base_events.BaseEventLoop.create_task.__
 """ + ASYNC_CLIENT
 
 
-def test_control_without_the_wrapper_the_site_is_the_asyncio_run_line():
+UVLOOP_CONTROL = """
+import uvloop
+assert hasattr(uvloop.Loop.create_task, "__leakprobe_wrapped__")
+uvloop.Loop.create_task = uvloop.Loop.create_task.__wrapped__
+""" + UVLOOP_CLIENT
+
+
+@pytest.mark.parametrize("program", [CONTROL, UVLOOP_CONTROL], ids=["asyncio", "uvloop"])
+def test_control_without_the_wrapper_the_site_is_the_asyncio_run_line(program):
     # What the stitching corrects, shown on the same code: with create_task
     # unwrapped, the socket is attributed to the line that runs the loop.
-    out = _run(CONTROL)
-    assert out["sites"] == [f"<string>:{_line(CONTROL, '# RUN')} in <module>"], out["sites"]
+    out = _run(program)
+    assert out["sites"] == [f"<string>:{_line(program, '# RUN')} in <module>"], out["sites"]
 
 
 def test_stop_restores_create_task_and_start_wraps_it_again():
     out = _run("""
 import asyncio.base_events as base_events
+import uvloop
 def wrapped():
-    return hasattr(base_events.BaseEventLoop.create_task, "__leakprobe_wrapped__")
+    return [hasattr(loop.create_task, "__leakprobe_wrapped__")
+            for loop in (base_events.BaseEventLoop, uvloop.Loop)]
 states = [wrapped()]
 leakprobe.stop()
 states.append(wrapped())
@@ -103,7 +123,7 @@ leakprobe.start(port=0)
 states.append(wrapped())
 print(json.dumps(states))
 """)
-    assert out == [True, False, True]
+    assert out == [[True, True], [False, False], [True, True]]
 
 
 def test_the_wrapper_is_a_well_behaved_coroutine():

@@ -263,29 +263,31 @@ def start(**options: Any) -> dict[str, Any]:
         return status()
 
 
-_async_hook_registered: list[bool] = []  # the post-import hook, once
+_async_hooks_registered: set[str] = set()  # the post-import hooks, once each
+# The event loop classes whose create_task is wrapped, by module.
+_LOOP_CLASSES = {"asyncio.base_events": "BaseEventLoop", "uvloop": "Loop"}
 
 
 def _start_async_attribution(native: Any, prefixes: list[str]) -> None:
     """Library-spawned asyncio tasks are stitched to their creator (_tasks),
-    from when the application imports asyncio (now, if it has)."""
-    def install(base_events: Any) -> None:
-        _tasks.install(base_events, native, prefixes)
+    on asyncio's loops and on uvloop's, from when the application imports
+    them (now, if it has)."""
+    for module_name, class_name in _LOOP_CLASSES.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            _tasks.install(getattr(module, class_name), native, prefixes)
+        elif module_name not in _async_hooks_registered:
+            _async_hooks_registered.add(module_name)
+            import wrapt  # a post-import hook, once per module and process
 
-    base_events = sys.modules.get("asyncio.base_events")
-    if base_events is not None:
-        install(base_events)
-    elif not _async_hook_registered:
-        _async_hook_registered.append(True)
-        import wrapt  # a post-import hook, once per process
+            def on_import(module: Any, class_name: str = class_name) -> None:
+                state = _state
+                if state is not None and (state.config.heap or state.config.fds
+                                          or state.config.objects):
+                    _tasks.install(getattr(module, class_name), _native(),
+                                   _library_prefixes())
 
-        def on_import(module: Any) -> None:
-            state = _state
-            if state is not None and (state.config.heap or state.config.fds
-                                      or state.config.objects):
-                _tasks.install(module, _native(), _library_prefixes())
-
-        wrapt.register_post_import_hook(on_import, "asyncio.base_events")
+            wrapt.register_post_import_hook(on_import, module_name)
 
 
 def _runfile_prefixes(config: Config) -> list[str]:
@@ -433,9 +435,7 @@ def _stop_locked() -> None:
         _native().heap_stop()
     if state.config.native:
         _native().native_stop()
-    base_events = sys.modules.get("asyncio.base_events")
-    if base_events is not None:
-        _tasks.uninstall(base_events)
+    _tasks.uninstall()
     _containers.reset()
     if state.config.objects:
         _native().objects_stop()

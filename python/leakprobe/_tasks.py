@@ -15,7 +15,11 @@ stack is itself stitched.
 
 Hooked at ``asyncio.BaseEventLoop.create_task``, which every asyncio loop
 (and ``asyncio.create_task``, ``TaskGroup``, ``gather``, anyio) goes
-through; uvloop's loop is native code and is not covered. Tasks whose
+through, and at ``uvloop.Loop.create_task``: uvloop's loop is native code
+(Cython), but ``uvloop.Loop`` is a Python subclass of it, which every
+uvloop loop is made from (``uvloop.new_event_loop``, ``uvloop.run``, its
+policy, uvicorn's loop factory), and ``create_task`` is looked up on it as
+a Python method, also by ``asyncio.create_task``. Tasks whose
 coroutine is application code are left alone: their own frames name the
 site. The wrapper is a ``collections.abc.Coroutine`` that forwards every
 other attribute (``cr_frame``, ``cr_code``, ``__qualname__``...) to the
@@ -34,7 +38,7 @@ _library_code: dict[Any, bool] = {}  # code object -> is library code (bounded)
 _MAX_CODES = 4096
 CREATION_FRAMES = 64  # of a library task's creating stack: deep enough to
 # reach through the library's layers into the application's frames
-_original: Any = None  # BaseEventLoop.create_task before install()
+_originals: dict[type, Any] = {}  # loop class -> its create_task before install()
 
 
 class _SpawnedCoroutine(collections.abc.Coroutine):
@@ -114,25 +118,25 @@ def _wrap(create_task: Any) -> Any:
     return create_task_with_parent
 
 
-def install(base_events: Any, native: Any, library_prefixes: list[str]) -> None:
-    """Wraps ``base_events.BaseEventLoop.create_task`` (idempotent)."""
-    global _native, _prefixes, _original
+def install(loop_class: type, native: Any, library_prefixes: list[str]) -> None:
+    """Wraps ``loop_class.create_task`` (idempotent): ``BaseEventLoop``
+    from asyncio.base_events, ``Loop`` from uvloop."""
+    global _native, _prefixes
     _native = native
     _prefixes = tuple(library_prefixes)
     _library_code.clear()
-    loop_class = base_events.BaseEventLoop
     current = loop_class.create_task
     if getattr(current, "__leakprobe_wrapped__", False):
         return
-    _original = current
+    _originals[loop_class] = current
     loop_class.create_task = _wrap(current)
 
 
-def uninstall(base_events: Any) -> None:
-    """Restores the original ``create_task``; tasks already wrapped finish
-    as they are (with no parent once leakprobe is stopped)."""
-    global _native, _original
-    if _original is not None:
-        base_events.BaseEventLoop.create_task = _original
-        _original = None
+def uninstall() -> None:
+    """Restores every original ``create_task``; tasks already wrapped
+    finish as they are (with no parent once leakprobe is stopped)."""
+    global _native
+    for loop_class, original in _originals.items():
+        loop_class.create_task = original
+    _originals.clear()
     _native = None
