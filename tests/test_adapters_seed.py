@@ -9,6 +9,8 @@ open; its fixed twin as N closed and nothing collected while open."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from adapter_support import HttpServer, line_of, run_child
 from conftest import parse_exposition, value
@@ -414,6 +416,52 @@ def test_threads_alive_then_ended():
     assert list(result["site"].values()) == [N]
     assert list(result["site"])[0].endswith(" in <module>")
     assert result["after"] == zero(created=N, closed=N)
+
+
+THREADS_BY_TARGET = """
+import functools, threading
+release = threading.Event()
+def poll():                                                  # POLL
+    release.wait()
+def flush(queue):                                            # FLUSH
+    release.wait()
+class Pump:
+    def drain(self):                                         # DRAIN
+        release.wait()
+class Worker(threading.Thread):
+    def run(self):                                           # RUN
+        release.wait()
+def background(thread):
+    thread.start()                                           # START
+    return thread
+threads = [background(threading.Thread(target=poll)) for _ in range(3)]
+threads += [background(threading.Thread(target=functools.partial(flush, "q")))
+            for _ in range(2)]
+threads.append(background(threading.Thread(target=Pump().drain)))
+threads.append(background(Worker()))
+threads.append(background(threading.Thread(target=release.wait)))  # library code
+site = sites("threading.Thread")
+release.set()
+for thread in threads:
+    thread.join()
+emit(site=site, after=counts("threading.Thread"))
+"""
+
+
+def test_threads_are_counted_by_their_targets_site():
+    # One helper starts every thread (a shared "run in background"
+    # function): by the start() line alone they would be one site. By
+    # target, each function, partial, bound method and subclass run() is
+    # its own site, at its definition's line; a library target (Event.wait)
+    # keeps the line that started it.
+    result = run_child(THREADS_BY_TARGET)
+    at = functools.partial(line_of, THREADS_BY_TARGET)
+    assert result["site"] == {f"<string>:{at('# POLL')} in poll": 3,
+                              f"<string>:{at('# FLUSH')} in flush": 2,
+                              f"<string>:{at('# DRAIN')} in Pump.drain": 1,
+                              f"<string>:{at('# RUN')} in Worker.run": 1,
+                              f"<string>:{at('# START')} in background": 1}
+    assert result["after"] == zero(created=8, closed=8)
 
 
 def test_thread_a_library_starts_is_the_librarys_call_not_the_adapters():
