@@ -88,6 +88,7 @@ def http_url():
 # the set-up there is. Line numbers of ENGINE_LINE matter to a test below.
 APP = '''\
 import os
+import time
 import leakprobe
 import httpx
 import sqlalchemy
@@ -131,6 +132,17 @@ def pid():
 @app.task(name="lpapp.square", ignore_result=False)
 def square(x):
     return x * x
+
+
+@app.task(name="lpapp.served", ignore_result=False)
+def served(marker_dir):
+    """(pid, found): waits up to 20 s for the test to find this child in
+    the worker's scrape (it then creates a file named after the pid)."""
+    marker = os.path.join(marker_dir, str(os.getpid()))
+    deadline = time.monotonic() + 20
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [os.getpid(), os.path.exists(marker)]
 '''
 
 
@@ -222,6 +234,45 @@ def client_app(redis_url: str):
     return app
 
 
+class ChildFinder:
+    """Scrapes the worker's one target back to back and marks each
+    celery-child pid it finds (a file named after it in `directory`): the
+    task `lpapp.served`, waiting in that child, then returns found. A child
+    the target never serves while it runs its task returns not found."""
+
+    def __init__(self, worker: "Worker", directory: Path):
+        self.worker = worker
+        self.directory = directory
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for pid, role in self.worker.processes().items():
+                if role == "celery-child":
+                    (self.directory / pid).touch()
+            time.sleep(0.01)
+
+    def __enter__(self) -> "ChildFinder":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def run_served_tasks(worker: "Worker", redis_url: str, tmp_path: Path, tasks: int,
+                     timeout: float) -> list[tuple[int, bool]]:
+    """Sends `tasks` lpapp.served tasks at once; their (pid, found) results."""
+    markers = tmp_path / "served"
+    markers.mkdir(exist_ok=True)
+    app = client_app(redis_url)
+    with ChildFinder(worker, markers):
+        results = [app.send_task("lpapp.served", args=[str(markers)]) for _ in range(tasks)]
+        return [tuple(r.get(timeout=timeout)) for r in results]
+
+
 def per_process(samples, sample_name: str, **labels: str) -> dict[str, float]:
     """pid -> value of one sample name with these labels, per process."""
     return {s.labels["pid"]: s.value for s in samples if s.name == sample_name
@@ -309,65 +360,47 @@ def test_a_task_that_leaks_a_socket_per_run_is_measured_and_flagged_its_twin_not
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_a_thousand_tasks_with_one_task_per_child_never_hang_and_every_child_is_seen(
-        worker_factory, redis_url):
+        worker_factory, redis_url, tmp_path):
     """Fork safety at scale: worker_max_tasks_per_child=1, 1,000 tasks, so
-    1,000 children forked, each restarting leakprobe. SLOW: Celery replaces
-    a child in ~0.3 s here without leakprobe (100 tasks: 32 s with
+    1,000 children forked, each restarting leakprobe, and each found in the
+    worker's one target while it runs its task. SLOW: Celery replaces a
+    child in ~0.3 s here without leakprobe (100 tasks: 32 s with
     LEAKPROBE_DISABLE=1, 42 s with leakprobe, side by side on the shared
-    2-core machine), so 1,000 tasks take minutes: 330 s measured (602
-    distinct child pids seen in the scrapes), the figure is printed."""
+    2-core machine), so 1,000 tasks take minutes; the figure is printed.
+    test_children_replaced_after_their_task_are_each_served runs the same
+    with 40 tasks in scripts/test.sh."""
     tasks = 1000
     worker = worker_factory(MAX_TASKS="1")
     worker.wait_for_roles(children=2)
-    seen: set[str] = set()
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            seen.update(pid for pid, role in worker.processes().items()
-                        if role == "celery-child")
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    app = client_app(redis_url)
     started = time.monotonic()
-    try:
-        results = [app.send_task("lpapp.square", args=[i]) for i in range(tasks)]
-        values = [r.get(timeout=240) for r in results]
-    finally:
-        stop.set()
-        watcher.join(timeout=30)
+    results = run_served_tasks(worker, redis_url, tmp_path, tasks, timeout=600)
     elapsed = time.monotonic() - started
-    print(f"{tasks} tasks, one per child: {elapsed:.1f} s, {len(seen)} child pids scraped")
-    assert values == [i * i for i in range(tasks)]
+    pids = {pid for pid, _ in results}
+    unseen = [pid for pid, found in results if not found]
+    print(f"{tasks} tasks, one per child: {elapsed:.1f} s, {len(pids)} children, "
+          f"{tasks - len(unseen)} found in a scrape")
+    assert len(pids) == tasks  # one child per task
+    assert unseen == [], f"{len(unseen)} children never served: {unseen[:10]}"
     assert worker.proc.poll() is None
-    # Replaced children are served: many distinct child pids over time
-    # (a child living ~0.1 s can fall between two scrapes).
-    assert len(seen) >= 50, len(seen)
     stderr = worker.stop()
     assert "Traceback" not in stderr, stderr
     assert worker.proc.returncode == 0, stderr
 
 
-def test_children_replaced_by_max_memory_per_child_are_each_served(worker_factory, redis_url):
-    """worker_max_memory_per_child of 1 KiB: every child is over it after
-    its first task, so Celery replaces it; each new child restarts
-    leakprobe and is served through the main process's port."""
-    tasks = 8
-    worker = worker_factory(MAX_MEMORY_KIB="1")
+@pytest.mark.parametrize("limit,tasks", [({"MAX_TASKS": "1"}, 40), ({"MAX_MEMORY_KIB": "1"}, 8)],
+                         ids=["max_tasks_per_child", "max_memory_per_child"])
+def test_children_replaced_after_their_task_are_each_served(worker_factory, redis_url, tmp_path,
+                                                            limit, tasks):
+    """worker_max_tasks_per_child of 1, or worker_max_memory_per_child of
+    1 KiB (every child is over it after its first task): Celery replaces
+    each child after one task; each new child restarts leakprobe and is
+    found in the main process's scrape while it runs its task."""
+    worker = worker_factory(**limit)
     worker.wait_for_roles(children=2)
-    app = client_app(redis_url)
-    pids = []
-    served: set[str] = set()
-    for _ in range(tasks):
-        pids.append(str(app.send_task("lpapp.pid").get(timeout=60)))
-        served.update(pid for pid, role in worker.processes().items() if role == "celery-child")
-    assert len(set(pids)) == tasks, pids  # one task per child: each was replaced
-    # A child's replacement is started when the next task is due: the
-    # children that ran the tasks after the first are served in between.
-    assert len(set(pids) & served) >= tasks // 2, (pids, served)
+    results = run_served_tasks(worker, redis_url, tmp_path, tasks, timeout=120)
+    assert len({pid for pid, _ in results}) == tasks, results  # each child was replaced
+    assert [pid for pid, found in results if not found] == [], results
     stderr = worker.stop()
     assert "Traceback" not in stderr, stderr

@@ -222,10 +222,11 @@ def test_role_and_group_can_be_set_and_switched_off(tmp_path):
 
 
 WSGI_APP = """
+import os
 import leakprobe
 
 def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Pid", str(os.getpid()))])
     return [b"ok"]
 
 async def asgi(scope, receive, send):
@@ -297,32 +298,47 @@ def test_every_worker_of_a_real_server_is_served_with_its_role(tmp_path, server)
 def test_gunicorn_recycling_its_workers_never_hangs_and_every_worker_is_served(tmp_path):
     # max_requests recycles each worker after 10 requests: about 30 workers
     # start, each importing leakprobe after the fork (no preload), and the
-    # port passes from worker to worker as its holders are recycled.
+    # port passes from worker to worker as its holders are recycled. Each
+    # worker is looked for in the group's scrape right after its first
+    # answer: it has 9 requests to go, so it is alive until the scrape
+    # finds it (no request is sent meanwhile). Every worker must be found.
     (tmp_path / "app.py").write_text(WSGI_APP)
     http_port, group_port = free_port(), free_port()
     command = [str(Path(sys.executable).parent / "gunicorn"), "-w", "2", "--max-requests", "10",
                "-b", f"127.0.0.1:{http_port}", "app:app"]
     proc = subprocess.Popen(command, cwd=tmp_path, env=child_env(LEAKPROBE_PORT=str(group_port)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen: set[str] = set()
+    answered_by: set[str] = set()
+    served: set[str] = set()
     answered = 0
     try:
         assert len(_group_rows(group_port, 2)) == 2
         with httpx.Client(timeout=10) as client:
-            for i in range(300):
+            for _ in range(300):
                 for _ in range(50):  # a worker being replaced may refuse for a moment
                     try:
-                        answered += client.get(f"http://127.0.0.1:{http_port}/").text == "ok"
+                        response = client.get(f"http://127.0.0.1:{http_port}/")
                         break
                     except httpx.TransportError:
                         time.sleep(0.1)
-                if i % 10 == 9:
+                else:
+                    raise AssertionError("gunicorn refused requests for 5 s")
+                answered += response.text == "ok"
+                pid = response.headers["X-Pid"]
+                if pid in answered_by:
+                    continue
+                answered_by.add(pid)
+                end = time.monotonic() + 10  # the port may be between holders
+                while pid not in served and time.monotonic() < end:
                     rows = _group_rows(group_port, 1, deadline=10)
                     assert set(rows.values()) == {"gunicorn-worker"}, rows
-                    seen |= set(rows)
+                    served |= set(rows)
+                    if pid not in served:
+                        time.sleep(0.1)
         assert proc.poll() is None, "gunicorn died"
     finally:
         stderr = _stop(proc, "gunicorn")
     assert answered == 300
-    assert len(seen) >= 10, seen  # recycled workers' series were served in turn
+    assert len(answered_by) >= 25, answered_by  # ~30 workers: 300 requests, 10 each
+    assert answered_by - served == set(), "workers never served"
     assert "Traceback" not in stderr, stderr
