@@ -4,6 +4,7 @@ where it could not bind); LEAKPROBE_STRICT=1 raises leakprobe.ConfigError."""
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -95,10 +96,28 @@ def test_port_in_use_keeps_profiling_without_exporter(busy_port):
     assert "continues without the exporter" in lines[0]
 
 
-def test_port_in_use_in_strict_mode_raises(busy_port):
-    proc = run_python(STRICT_PROGRAM, LEAKPROBE_STRICT="1", LEAKPROBE_PORT=str(busy_port))
-    assert proc.stdout.startswith("raised leakprobe._config ConfigError"), proc.stdout
-    assert "Address already in use" in proc.stdout
+# What a start that failed midway left running: nothing (heap, native heap
+# and fd tracking started before the port was found busy).
+LEFT_RUNNING = """
+import json, os, sys
+native = sys.modules["leakprobe._native"]  # loaded by the import that raised
+left = {"heap": native.heap_summary()["enabled"], "native": native.native_summary()["enabled"],
+        "fds": native.fd_active(), "threads": len(os.listdir("/proc/self/task")),
+        "group_socket": any(f"-{os.getpid()}" in line and "leakprobe-" in line
+                            for line in open("/proc/net/unix"))}
+print(json.dumps(left))
+"""
+
+
+def test_port_in_use_in_strict_mode_raises_and_leaves_nothing_running(busy_port):
+    proc = run_python(STRICT_PROGRAM + LEFT_RUNNING, LEAKPROBE_STRICT="1", LEAKPROBE_NATIVE="1",
+                      LEAKPROBE_PORT=str(busy_port))
+    assert proc.returncode == 0, proc.stderr
+    first, left = proc.stdout.splitlines()[0], proc.stdout.splitlines()[-1]
+    assert first.startswith("raised leakprobe._config ConfigError"), proc.stdout
+    assert "Address already in use" in first
+    assert json.loads(left) == {"heap": False, "native": False, "fds": False, "threads": 1,
+                                "group_socket": False}, proc.stdout
 
 
 def test_host_not_of_this_machine_is_reported():

@@ -156,7 +156,7 @@ def _library_prefixes() -> list[str]:
 
 
 class _State:
-    def __init__(self, config: Config, sampler: _Sampler, port: int | None,
+    def __init__(self, config: Config, sampler: _Sampler | None, port: int | None,
                  error: str | None, fds: bool, group: Any = None) -> None:
         self.config = config
         self.sampler = sampler
@@ -207,59 +207,69 @@ def start(**options: Any) -> dict[str, Any]:
             if _state.config == config:
                 return status()
             _stop_locked()
-        _install_hooks()
-        _python_info(native)
-        if config.heap or config.fds or config.objects or config.native:  # attribution sites
-            prefixes = _library_prefixes()
-            prefixes += _runfile_prefixes(config)  # `leakprobe run`'s sitecustomize
-            # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
-            # leakprobe's own package: a thread or an object a framework
-            # creates is counted inside an adapter; its site is the
-            # framework's call, not the adapter's line.
-            own = os.path.dirname(os.path.abspath(__file__)) + os.sep
-            native.set_library_prefixes([os.fsencode(p) for p in prefixes],
-                                        [os.fsencode(own)])
-            _start_async_attribution(native, prefixes)
-        if config.heap:
-            native.heap_start(config.heap_sample_bytes, config.heap_frames,
-                              config.heap_top_sites)
-            _watch_tracemalloc(native)
-        if config.native:
-            _start_native(native, config)
-        fds = config.fds and _start_fds(native, config)
-        if config.objects:
-            native.objects_start(config.object_frames, config.object_top_sites,
-                                 config.object_records)
-        sampler = _Sampler(config.sample_interval, config.heap,
-                           config.fd_reconcile_interval if fds else None)
-        sampler.extra_tasks += _containers.sampler_tasks(native, config)
-        if config.trends:  # docs/trends.md: series and verdicts in the process
-            native.trend_start(config.trend_interval, config.trend_warmup,
-                               config.heap_sample_bytes, config.heap_top_sites,
-                               config.fd_top_sites)
-            sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
-        sampler.sample_once()  # the first scrape already has gc figures
-        targets = _targets_mode(native, config)
-        # With a targets file every process serves its own free port, alone
-        # (docs/multiprocess.md#one-target-per-process-file_sd).
-        port, error, group = _start_exporter(
-            native, config._replace(port=0, group=False) if targets else config)
-        from . import _runfile  # LEAKPROBE_RUN_DIR: the run file of `leakprobe run`
+        # What a start that fails midway (a ConfigError in strict mode: the
+        # port or the targets file) has started, stopped again before the
+        # error reaches the caller: nothing is left half running.
+        partial = _State(config, None, None, None, False)
+        try:
+            _install_hooks()
+            _python_info(native)
+            if config.heap or config.fds or config.objects or config.native:  # attribution sites
+                prefixes = _library_prefixes()
+                prefixes += _runfile_prefixes(config)  # `leakprobe run`'s sitecustomize
+                # As bytes: a prefix need not be valid UTF-8 (surrogateescape).
+                # leakprobe's own package: a thread or an object a framework
+                # creates is counted inside an adapter; its site is the
+                # framework's call, not the adapter's line.
+                own = os.path.dirname(os.path.abspath(__file__)) + os.sep
+                native.set_library_prefixes([os.fsencode(p) for p in prefixes],
+                                            [os.fsencode(own)])
+                _start_async_attribution(native, prefixes)
+            if config.heap:
+                native.heap_start(config.heap_sample_bytes, config.heap_frames,
+                                  config.heap_top_sites)
+                _watch_tracemalloc(native)
+            if config.native:
+                _start_native(native, config)
+            fds = partial.fds = config.fds and _start_fds(native, config)
+            if config.objects:
+                native.objects_start(config.object_frames, config.object_top_sites,
+                                     config.object_records)
+            sampler = partial.sampler = _Sampler(config.sample_interval, config.heap,
+                                                 config.fd_reconcile_interval if fds else None)
+            sampler.extra_tasks += _containers.sampler_tasks(native, config)
+            if config.trends:  # docs/trends.md: series and verdicts in the process
+                native.trend_start(config.trend_interval, config.trend_warmup,
+                                   config.heap_sample_bytes, config.heap_top_sites,
+                                   config.fd_top_sites)
+                sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
+            sampler.sample_once()  # the first scrape already has gc figures
+            targets = _targets_mode(native, config)
+            # With a targets file every process serves its own free port, alone
+            # (docs/multiprocess.md#one-target-per-process-file_sd).
+            port, error, group = _start_exporter(
+                native, config._replace(port=0, group=False) if targets else config)
+            partial.group = group
+            from . import _runfile  # LEAKPROBE_RUN_DIR: the run file of `leakprobe run`
 
-        sampler.extra_tasks += _runfile.sampler_tasks(config)
-        if targets:
-            from . import _targets
+            sampler.extra_tasks += _runfile.sampler_tasks(config)
+            if targets:
+                from . import _targets
 
-            sampler.extra_tasks += _targets.sampler_tasks(
-                native, config, port, functools.partial(_refresh_role, native, bool(config.role)))
-        if group is not None:
-            sampler.extra_tasks.append(("group", config.sample_interval,
-                                        functools.partial(_group_task, native, group,
-                                                          bool(config.role))))
-        sampler.start()
-        _start_adapters(native, config)
-        _state = _State(config, sampler, port, error, fds, group)
-        _options = dict(options)
+                sampler.extra_tasks += _targets.sampler_tasks(
+                    native, config, port, functools.partial(_refresh_role, native, bool(config.role)))
+            if group is not None:
+                sampler.extra_tasks.append(("group", config.sample_interval,
+                                            functools.partial(_group_task, native, group,
+                                                              bool(config.role))))
+            sampler.start()
+            _start_adapters(native, config)
+            _state = _State(config, sampler, port, error, fds, group)
+            _options = dict(options)
+        except BaseException:
+            _state = partial
+            _stop_locked()
+            raise
         return status()
 
 
@@ -358,6 +368,8 @@ def _start_exporter(native: Any, config: Config) -> tuple[int | None, str | None
             "accepted: an address of this host and a free port (0: any free port)"
         )
         if config.strict:
+            if group is not None:
+                group.stop()  # its private socket: nothing is left of this start
             raise ConfigError([message]) from None
         native.log("warning", f"{message}; profiling continues without the exporter")
         return None, message, group
@@ -423,12 +435,15 @@ def _stop_locked() -> None:
     if _state is None:
         return
     state, _state = _state, None
-    state.sampler.stopping.set()
+    sampler = state.sampler  # None, or not started, after a start that failed midway
+    if sampler is not None:
+        sampler.stopping.set()
     adapters = sys.modules.get("leakprobe.adapters")
     if adapters is not None:
         adapters.deactivate()
-    if state.sampler is not threading.current_thread():
-        state.sampler.join(timeout=5)
+    if sampler is not None and sampler.ident is not None \
+            and sampler is not threading.current_thread():
+        sampler.join(timeout=5)
     if state.fds:
         _native().fd_stop()
     if state.config.heap:
