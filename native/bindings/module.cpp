@@ -234,6 +234,7 @@ py::dict HeapSummaryDict() {
   d["samples"] = s.samples;
   d["sampled_blocks"] = s.live_blocks;
   d["dropped_samples"] = s.dropped_samples;
+  d["own_thread_samples"] = s.own_thread_samples;
   d["stack_overflows"] = s.stack_overflows;
   d["memory_bytes"] = s.memory_bytes;
   py::dict stacks;
@@ -389,6 +390,9 @@ PYBIND11_MODULE(_native, m) {
       py::arg("implementation"), py::arg("major"), py::arg("minor"),
       py::arg("patchlevel"), py::arg("version"));
   m.def("process_stats", &ProcessStatsDict, "Process figures read from /proc now.");
+  m.def("mark_own_thread", &MarkOwnThread,
+        "Marks the calling thread as leakprobe's own: the heaps do not sample it "
+        "(its memory is the profiler's, not the application's).");
   m.def("native_stack", &NativeStack, py::arg("max_depth") = 32,
         "The calling thread's native stack, innermost first (libunwind).");
   m.def(

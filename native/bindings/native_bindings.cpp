@@ -114,6 +114,7 @@ py::dict NativeSummaryDict() {
   d["sampled_blocks"] = s.live_blocks;
   d["dropped_samples"] = s.dropped_samples;
   d["interpreter_samples"] = s.interpreter_samples;
+  d["own_thread_samples"] = s.own_thread_samples;
   d["stacks_full"] = s.stacks_full;
   d["mmap_bytes"] = s.mmap_bytes;
   d["mmap_regions"] = s.mmap_regions;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fake_frames.h"
+#include "leakprobe/runtime/guard.h"
 
 namespace leakprobe {
 namespace {
@@ -58,6 +59,33 @@ TEST_F(HeapTrackerTest, EstimatesAreUnbiasedPerSite) {
   EXPECT_EQ(s.top_sites[0].site, "/app/file1.py:5 in f1");  // largest first
   EXPECT_NEAR(s.top_sites[0].live_count, static_cast<double>(kA), 0.05 * kA);
   EXPECT_NEAR(s.live_bytes, 1280.0 * (1 << 20), 0.05 * 1280 * (1 << 20));
+}
+
+// leakprobe's own threads (the sampler, the exporter's) mark themselves:
+// their allocations are the profiler's memory, never the application's.
+// Their blocks freed on another thread are forgotten as usual.
+TEST_F(HeapTrackerTest, OwnThreadsAreNotSampled) {
+  Start(4096);
+  HeapSummary own{};
+  std::thread([&] {
+    MarkOwnThread();
+    testing::tls_fake_stack = {FakeFrame(5, 10)};
+    for (std::uintptr_t i = 0; i < 100000; ++i) tracker_.OnAlloc(Address(i), 512);
+    own = tracker_.Summary(10);
+  }).join();
+  EXPECT_EQ(own.samples, 0u);
+  EXPECT_EQ(own.live_blocks, 0u);
+  EXPECT_GT(own.own_thread_samples, 5000u);      // 50 MB at a 4 KiB mean: ~12,500
+  testing::tls_fake_stack = {FakeFrame(5, 10)};  // the same work on this thread
+  for (std::uintptr_t i = 100000; i < 200000; ++i) tracker_.OnAlloc(Address(i), 512);
+  const HeapSummary app = tracker_.Summary(10);
+  EXPECT_GT(app.samples, 5000u);
+  EXPECT_EQ(app.own_thread_samples, own.own_thread_samples);
+  std::thread([&] {
+    MarkOwnThread();
+    for (std::uintptr_t i = 100000; i < 200000; ++i) tracker_.OnFree(Address(i));
+  }).join();
+  EXPECT_EQ(tracker_.Summary(10).live_blocks, 0u);  // frees on an own thread still count
 }
 
 TEST_F(HeapTrackerTest, FreesRemoveSampledBlocks) {

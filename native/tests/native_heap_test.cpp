@@ -53,6 +53,28 @@ TEST(NativeHeapTest, EstimatesLiveBytesWithinTenPercentAndForgetsFreedBlocks) {
   heap.Stop();
 }
 
+TEST(NativeHeapTest, OwnThreadsAreNotSampled) {
+  NativeHeap heap;
+  heap.Start({.sample_bytes = 16 * 1024});
+  std::vector<void*> blocks;
+  NativeSummary own{};
+  std::thread([&] {
+    MarkOwnThread();
+    NativeHeap::ResetThreadCountdown();
+    for (int i = 0; i < 16000; ++i) blocks.push_back(Allocate(heap, 3000));
+    own = heap.Summary(10);
+  }).join();
+  EXPECT_EQ(own.samples, 0U);
+  EXPECT_EQ(own.live_blocks, 0U);
+  EXPECT_GT(own.own_thread_samples, 1000U);  // 48 MB at a 16 KiB mean: ~2,900
+  NativeHeap::ResetThreadCountdown();
+  for (int i = 0; i < 16000; ++i) blocks.push_back(Allocate(heap, 3000));
+  EXPECT_GT(heap.Summary(10).samples, 1000U);  // the same on this thread: sampled
+  for (void* p : blocks) Release(heap, p);
+  EXPECT_EQ(heap.Summary(10).live_blocks, 0U);
+  heap.Stop();
+}
+
 TEST(NativeHeapTest, BlocksFromBeforeStartAreIgnoredWhenFreed) {
   NativeHeap heap;
   std::vector<void*> before;

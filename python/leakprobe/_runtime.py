@@ -75,6 +75,8 @@ class _Sampler(threading.Thread):
         self._native.fd_reconcile()
 
     def run(self) -> None:
+        # Its allocations are leakprobe's own memory, not the application's.
+        self._native.mark_own_thread()
         tasks: list[tuple[str, float, Callable[[], None]]] = [
             ("sampler", self.interval, self.sample_once)]
         if self.reconcile_interval is not None:

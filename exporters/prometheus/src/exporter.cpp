@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "leakprobe/runtime/error.h"
+#include "leakprobe/runtime/guard.h"
 #include "leakprobe/runtime/proc_fds.h"
 #include "scrape_handler.h"
 
@@ -95,6 +96,7 @@ constexpr int kServerNiceIncrement = 10;
 // processes take 1-4 s. The accepting (master) thread's CPU clock goes to
 // the handler, which charges it to the CPU budget with the scrapes'.
 void* LowerServerThreadPriority(const mg_context* context, int thread_type) {
+  MarkOwnThread();  // what a scrape allocates is leakprobe's own memory
   if (thread_type == 0) {
     auto* handler = static_cast<ScrapeHandler*>(mg_get_user_data(context));
     clockid_t clock{};

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "leakprobe/runtime/error.h"
 #include "leakprobe/runtime/fork.h"
+#include "leakprobe/runtime/guard.h"
 #include "leakprobe/runtime/mutex.h"
 
 namespace leakprobe::prometheus_exporter {
@@ -414,7 +415,10 @@ PeerServer::PeerServer(int group_port, Render render)
     throw Error(absl::StrCat("cannot listen on the private socket @", name, ": ",
                              strerror_r(error, text, sizeof text)));
   }
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    MarkOwnThread();  // what it allocates is leakprobe's own memory
+    Run();
+  });
 }
 
 PeerServer::~PeerServer() {

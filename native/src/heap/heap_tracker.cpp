@@ -97,6 +97,10 @@ void HeapTracker::SampleSlow(void* p, std::size_t size) noexcept {
       frozen_.load(std::memory_order_relaxed)) {
     return;
   }
+  if (OnOwnThread()) {  // the profiler's own memory (guard.h)
+    own_thread_samples_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   const double mean = static_cast<double>(sample_bytes_.load(std::memory_order_relaxed));
   const double weight = 1.0 / -std::expm1(-static_cast<double>(size) / mean);
 
@@ -225,6 +229,7 @@ HeapSummary HeapTracker::Summary(std::size_t top_n) const {
     summary.samples = samples_;
     summary.live_blocks = blocks_.size();
     summary.dropped_samples = dropped_;
+    summary.own_thread_samples = own_thread_samples_.load(std::memory_order_relaxed);
     summary.memory_bytes =
         sizeof(*this) +
         blocks_.capacity() * (sizeof(std::pair<std::uintptr_t, Block>) + 1) +

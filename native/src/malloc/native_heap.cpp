@@ -188,6 +188,10 @@ void NativeHeap::SampleSlow(void* p, std::size_t size, const void* caller,
     interpreter_samples_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  if (OnOwnThread()) {  // the profiler's own memory (guard.h)
+    own_thread_samples_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   const double mean = static_cast<double>(sample_bytes_.load(std::memory_order_relaxed));
   const double weight = 1.0 / -std::expm1(-static_cast<double>(size) / mean);
 
@@ -449,6 +453,7 @@ void NativeHeap::Stop() {
   mmap_bytes_ = 0;
   samples_ = dropped_ = stacks_full_ = mmap_dropped_ = 0;
   interpreter_samples_.store(0);
+  own_thread_samples_.store(0);
   native_used_ = 2;
   if (native_index_) std::fill_n(native_index_.get(), native_index_mask_ + 1, 0U);
   filter_.Clear();
@@ -520,6 +525,7 @@ NativeSummary NativeHeap::Summary(std::size_t top_n) const {
     }
   }
   summary.interpreter_samples = interpreter_samples_.load(std::memory_order_relaxed);
+  summary.own_thread_samples = own_thread_samples_.load(std::memory_order_relaxed);
   // Sites are named outside the lock: dladdr takes the loader's lock. The
   // native-only sites in one call: a call that misses the symbolizer's
   // cache reads every object's symbols afresh.

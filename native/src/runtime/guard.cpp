@@ -8,6 +8,7 @@ namespace leakprobe {
 namespace detail {
 
 __thread std::uint32_t tls_hook_guard __attribute__((tls_model("initial-exec"))) = 0;
+__thread bool tls_own_thread __attribute__((tls_model("initial-exec"))) = false;
 
 namespace {
 std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(GuardedHook::kCount)>

@@ -34,6 +34,7 @@ struct HeapSummary {
   std::uint64_t samples = 0;
   std::uint64_t live_blocks = 0;  // sampled blocks alive now
   std::uint64_t dropped_samples = 0;
+  std::uint64_t own_thread_samples = 0;  // on leakprobe's own threads, not recorded
   std::uint64_t stack_overflows =
       0;                            // stack_table.frames_full + stacks_full + unresolved
   StackTableStats stack_table;      // the shared stack table's indexes

@@ -191,6 +191,7 @@ class HeapTracker {
   std::atomic<std::uint64_t> sample_bytes_{std::uint64_t{128} * 1024};
   std::atomic<int> max_frames_{32};
   std::atomic<std::size_t> top_sites_{10};
+  std::atomic<std::uint64_t> own_thread_samples_{0};  // guard.h: MarkOwnThread
   detail::AddressFilter filter_;
 
   mutable Mutex mu_;

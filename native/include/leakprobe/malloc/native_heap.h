@@ -238,6 +238,7 @@ class NativeHeap {
   std::uint64_t stacks_full_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t mmap_dropped_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<std::uint64_t> interpreter_samples_{0};
+  std::atomic<std::uint64_t> own_thread_samples_{0};  // guard.h: MarkOwnThread
 };
 
 }  // namespace leakprobe

@@ -37,12 +37,13 @@ struct NativeSummary {
   // own allocators (PyMem_Raw*, pymalloc's large blocks): the Python heap
   // counts those, so they are not counted twice.
   std::uint64_t interpreter_samples = 0;
-  std::uint64_t stacks_full = 0;      // samples whose native stack did not fit
-  std::uint64_t mmap_bytes = 0;       // anonymous mappings alive now, exact
-  std::uint64_t mmap_regions = 0;     // their number
-  std::uint64_t mmap_dropped = 0;     // mappings not recorded (table full, memory)
-  std::size_t memory_bytes = 0;       // the tracker's own tables
-  std::vector<NativeSite> top_sites;  // by live bytes, descending (mmap included)
+  std::uint64_t own_thread_samples = 0;  // on leakprobe's own threads, not recorded
+  std::uint64_t stacks_full = 0;         // samples whose native stack did not fit
+  std::uint64_t mmap_bytes = 0;          // anonymous mappings alive now, exact
+  std::uint64_t mmap_regions = 0;        // their number
+  std::uint64_t mmap_dropped = 0;        // mappings not recorded (table full, memory)
+  std::size_t memory_bytes = 0;          // the tracker's own tables
+  std::vector<NativeSite> top_sites;     // by live bytes, descending (mmap included)
 };
 
 // RSS split into components (leakprobe_memory_bytes{component}); filled by

@@ -47,7 +47,19 @@ extern __thread std::uint32_t tls_hook_guard __attribute__((tls_model("initial-e
 
 void CountGuardedPass(GuardedHook hook) noexcept;
 
+extern __thread bool tls_own_thread __attribute__((tls_model("initial-exec")));
+
 }  // namespace detail
+
+// leakprobe's own threads (the sampler, the exporter's server threads, the
+// group's socket thread) mark themselves: what they allocate is the
+// profiler's own memory (bounded and reported apart), not the
+// application's, so the heaps' sampled paths drop their samples (counted
+// as own_thread_samples). Only sampled paths ask, so it costs nothing on
+// the hot path; frees are still followed (a block an application thread
+// allocated may be freed on one of ours), and fd hooks still record.
+inline void MarkOwnThread() noexcept { detail::tls_own_thread = true; }
+inline bool OnOwnThread() noexcept { return detail::tls_own_thread; }
 
 // True when a hook on this thread must pass its call through.
 inline bool HookGuardSet() noexcept { return detail::tls_hook_guard != 0; }
