@@ -124,16 +124,6 @@ def engine(path):
         connection.execute(sqlalchemy.text("select 1"))
 
 
-@app.task(name="lpapp.pid", ignore_result=False)
-def pid():
-    return os.getpid()
-
-
-@app.task(name="lpapp.square", ignore_result=False)
-def square(x):
-    return x * x
-
-
 @app.task(name="lpapp.served", ignore_result=False)
 def served(marker_dir):
     """(pid, found): waits up to 20 s for the test to find this child in

@@ -333,32 +333,16 @@ def push(native: Any) -> None:
     native.set_containers(rows, len(entries))
 
 
-def _library_checker() -> Callable[[Any], bool]:
-    from ._runtime import _library_prefixes
-
-    prefixes = tuple(_library_prefixes())
-
-    @functools.lru_cache(maxsize=4096)
-    def is_library(path: str) -> bool:
-        return os.path.abspath(path).startswith(prefixes)
-
-    return is_library
-
-
-_is_library_file: Callable[[str], bool] | None = None
-
-
 def _application_modules() -> Iterable[Any]:
-    global _is_library_file
-    if _is_library_file is None:
-        _is_library_file = _library_checker()
+    from ._runtime import is_library_file
+
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if path is None:
             if getattr(module, "__name__", None) == "__main__":
                 yield module  # python -c, the REPL
             continue
-        if isinstance(path, str) and not _is_library_file(path):
+        if isinstance(path, str) and not is_library_file(path):
             yield module
 
 

@@ -140,6 +140,18 @@ def _watch_tracemalloc(native: Any) -> None:
             wrap(module, "stop")
 
 
+@functools.lru_cache(maxsize=4096)
+def is_library_file(path: str) -> bool:
+    """Whether code from `path` is not the application's (the attribution
+    site rule's prefixes, and the interpreter's frozen modules)."""
+    return path.startswith("<frozen ") or os.path.abspath(path).startswith(_library_prefix_tuple())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_prefix_tuple() -> tuple[str, ...]:
+    return tuple(_library_prefixes())
+
+
 def _library_prefixes() -> list[str]:
     """Path prefixes of code that is not the application's: the standard
     library, site-packages, leakprobe itself (the attribution-site rule)."""

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import wrapt
 
+from .._runtime import is_library_file
 from ._common import Switch, guarded
 from ._track import register
 
@@ -96,20 +97,10 @@ def _trampoline(code: types.CodeType) -> Callable[[Callable[[Any], None], Any], 
     return trampoline
 
 
-_library: list[tuple[str, ...]] = []  # the attribution rule's library prefixes, once
-
-
-def _is_application(code: types.CodeType) -> bool:
-    if not _library:
-        from .._runtime import _library_prefixes
-
-        _library.append(tuple(_library_prefixes()) + ("<frozen ",))
-    return not code.co_filename.startswith(_library[0])
-
-
 def _created(tracked: "_Lazy", thread: Any) -> None:
     code = _target_code(thread)
-    trampoline = _trampoline(code) if code is not None and _is_application(code) else None
+    trampoline = _trampoline(code) if code is not None and not is_library_file(code.co_filename) \
+        else None
     if trampoline is None:
         tracked.created(thread)
     else:
