@@ -383,15 +383,21 @@ def test_the_embedded_defaults_need_no_server(tmp_path):
                               PYTHON=sys.executable, UPSTREAM_URL=upstream_url,
                               EXAMPLE_DATA_DIR=str(data), MAX_TASKS_PER_CHILD="2",
                               DATABASE_URL="", CELERY_BROKER_URL=""))
+        # Ready when every process is in the group and the web app answers: a
+        # uvicorn worker joins the group at `import app`, before its lifespan
+        # has run and it listens (CI once posted in that window: refused).
         roles: dict[str, str] = {}
+        healthy = False
         end = time.monotonic() + 60
-        while sorted(roles.values()) != ["celery-child", "celery-child", "celery-main",
-                                         "uvicorn-worker", "uvicorn-worker"]:
+        while not healthy or sorted(roles.values()) != [
+                "celery-child", "celery-child", "celery-main", "uvicorn-worker",
+                "uvicorn-worker"]:
             assert service.poll() is None, log_path.read_text()
-            assert time.monotonic() < end, (roles, log_path.read_text())
+            assert time.monotonic() < end, (roles, healthy, log_path.read_text())
             time.sleep(0.3)
             try:
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                healthy = httpx.get(f"{http_url}/healthz", timeout=5).status_code == 200
             except httpx.HTTPError:
                 continue
             roles = dict(re.findall(r'^process_threads\{pid="(\d+)",role="([^"]+)"\}', text,
