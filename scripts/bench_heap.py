@@ -319,8 +319,16 @@ def callgrind_instructions(arm: str, workload: str, extra: list[str],
                 *arm_argv(arm, workload, [*extra, "--values", str(values),
                                           "--warmups", "0"], tmp)]
         env = bench.child_env(bench.BASELINE) | dict(arm_by_name(arm).env)
+        # One string-hash seed for every arm: a process's seed moves its
+        # dictionaries' probe chains, and so its count, by a few per cent.
+        env["PYTHONHASHSEED"] = "0"
         if arm_by_name(arm).setup == "leakprobe":
-            env["LEAKPROBE_SAMPLE_INTERVAL"] = str(CALLGRIND_SLOWDOWN)
+            # Background periods stretched like the run: their work keeps its
+            # real-time share instead of counting ~50 times against a value.
+            for name, seconds in (("SAMPLE_INTERVAL", 1), ("FD_RECONCILE_INTERVAL", 5),
+                                  ("TREND_INTERVAL", 10),
+                                  ("CONTAINER_DISCOVER_INTERVAL", 30)):
+                env[f"LEAKPROBE_{name}"] = str(seconds * CALLGRIND_SLOWDOWN)
         proc = subprocess.run(argv, env=env, cwd=bench.child_cwd(), text=True,
                               stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=3600, check=False)

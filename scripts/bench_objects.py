@@ -15,12 +15,27 @@ Usage::
     .venv/bin/python scripts/bench_objects.py              # both rows
     .venv/bin/python scripts/bench_objects.py --rounds 9 --pairs 200000
     .venv/bin/python scripts/bench_objects.py --only memory --objects 1000000
+    .venv/bin/python scripts/bench_objects.py --only instructions --seeds 5
+
+``--only instructions`` (not part of the default run: it takes about 40
+minutes on 2 cores) counts user-space instructions with callgrind for the
+two object-churn units of scripts/bench.py (an ``httpx.Client`` made and
+closed, an ORM ``Session``), by difference (2N units minus N, so start-up
+and exit cancel), in three arms: no leakprobe, leakprobe with
+``LEAKPROBE_ADAPTERS=none``, leakprobe with every default. Each arm runs
+under several string-hash seeds (``PYTHONHASHSEED``), and the median is
+reported: one process's seed moves a unit's count by a few per cent
+(dictionary probe chains), more than the effects measured here.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib.util
+import re
+import shutil
+import tempfile
 import json
 import os
 import statistics
@@ -178,9 +193,88 @@ def memory(n: int) -> None:
     print(f"  one scrape (collect_text) then: {m['scrape_s'] * 1e3:.2f} ms")
 
 
+# One unit of each object-churn row of scripts/bench.py, repeated `n` times
+# after 50 untimed ones (imports, first connection, caches).
+CHURN_UNITS = {
+    "httpx-client": ("""
+import ssl, httpx
+ctx = ssl.create_default_context()
+def unit():
+    httpx.Client(verify=ctx).close()
+""", 200),
+    "sqlalchemy-session": ("""
+import os, tempfile
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+engine = create_engine("sqlite:///" + os.path.join(tempfile.mkdtemp(), "bench.db"))
+def unit():
+    Session(engine).close()
+""", 3000),
+}
+CHURN_ARMS = {
+    "no leakprobe": None,
+    "leakprobe, adapters off": {"LEAKPROBE_ADAPTERS": "none"},
+    "leakprobe, every default": {},
+}
+
+
+CALLGRIND_PERIODS = {"LEAKPROBE_SAMPLE_INTERVAL": "50", "LEAKPROBE_FD_RECONCILE_INTERVAL": "250",
+                     "LEAKPROBE_TREND_INTERVAL": "500",
+                     "LEAKPROBE_CONTAINER_DISCOVER_INTERVAL": "1500"}
+
+
+def callgrind_count(unit: str, n: int, env: dict[str, str] | None, seed: int) -> int:
+    setup, _ = CHURN_UNITS[unit]
+    code = ("import leakprobe\n" if env is not None else "") + setup + (
+        f"for _ in range(50): unit()\nfor _ in range({n}): unit()\n")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
+    full_env["PYTHONHASHSEED"] = str(seed)
+    if env is not None:
+        # The periods of the background work stretched like the run
+        # (callgrind runs code ~50x slower): its share stays what it is in
+        # real time, instead of 50 times that counted against each unit.
+        full_env.update({"LEAKPROBE_PORT": "0", "LEAKPROBE_LOG_LEVEL": "off"},
+                        **CALLGRIND_PERIODS, **env)
+    with tempfile.TemporaryDirectory(prefix="leakprobe-bench-objects-") as tmp:
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind",
+             f"--callgrind-out-file={os.path.join(tmp, 'callgrind.out')}",
+             sys.executable, "-c", code],
+            env=full_env, capture_output=True, text=True, timeout=3600, check=False)
+    found = re.search(r"==\d+== Collected : (\d+)", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind {unit}: exit status {proc.returncode}\n"
+                           f"{proc.stderr[-1500:]}")
+    return int(found.group(1))
+
+
+def churn_instructions(seeds: int) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--only instructions needs valgrind (apt-get install valgrind)")
+    runs = [(unit, arm, seed, k * n) for unit, (_, n) in CHURN_UNITS.items()
+            for arm in CHURN_ARMS for seed in range(seeds) for k in (1, 2)]
+    # Counts do not depend on neighbours: use every CPU.
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        counts = dict(zip(runs, pool.map(
+            lambda r: callgrind_count(r[0], r[3], CHURN_ARMS[r[1]], r[2]), runs)))
+    print(f"instructions per unit (callgrind, 2N minus N units, median over {seeds} "
+          f"hash seeds; min-max in brackets):")
+    for unit, (_, n) in CHURN_UNITS.items():
+        per_arm = {arm: [(counts[unit, arm, seed, 2 * n] - counts[unit, arm, seed, n]) / n
+                         for seed in range(seeds)] for arm in CHURN_ARMS}
+        base = statistics.median(per_arm["no leakprobe"])
+        print(f"  {unit} (N = {n}):")
+        for arm, values in per_arm.items():
+            median = statistics.median(values)
+            print(f"    {arm:26s} {median:10,.0f}  [{min(values):,.0f}-{max(values):,.0f}]"
+                  f"  x{median / base:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("pairs", "memory"))
+    parser.add_argument("--only", choices=("pairs", "memory", "instructions"))
+    parser.add_argument("--seeds", type=int, default=5,
+                        help="hash seeds per arm for --only instructions (default 5)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--pairs", type=int, default=100000)
     parser.add_argument("--objects", type=int, default=1_000_000)
@@ -189,6 +283,8 @@ def main() -> None:
         pair_cost(args.rounds, args.pairs)
     if args.only in (None, "memory"):
         memory(args.objects)
+    if args.only == "instructions":
+        churn_instructions(args.seeds)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import time
+import types
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple, TypeVar  # not dataclasses: slow to import
 
@@ -157,17 +158,48 @@ def _signature(fn: Any) -> tuple[str, str, str] | None:
         return None
     params = names[:posonly] + (["/"] if posonly else []) + names[posonly:argc]
     call = names[:argc]
+    if _positional_twin(fn) is not None:
+        call += names[argc:]  # the twin takes them positionally (see below)
     if varargs:
         params.append("*" + varargs)
         call.append("*" + varargs)
     elif kwonly:
         params.append("*")
     params += names[argc:]
-    call += [f"{n}={n}" for n in names[argc:]]
+    if _positional_twin(fn) is None:
+        call += [f"{n}={n}" for n in names[argc:]]
     if varkw:
         params.append("**" + varkw)
         call.append("**" + varkw)
     return ", ".join(params), ", ".join(call), names[0]
+
+
+_TWINS: dict[Any, Any] = {}  # fn -> its positional twin, or None
+
+
+def _positional_twin(fn: Any) -> Any:
+    """Python function `fn` with its keyword-only parameters made positional,
+    or None when it has none. The twin runs fn's own code (the same bytecode,
+    globals, closure and names; only the code object's argument counts
+    differ), so a wrapper passes every argument by position: passing a
+    dozen keyword-only arguments by name costs CPython a name match each
+    (ORM Session.__init__ has 12, httpx.Client.__init__ 20), about as much
+    as the rest of the wrapper."""
+    if fn in _TWINS:
+        return _TWINS[fn]
+    twin = None
+    code = getattr(fn, "__code__", None)
+    if type(fn) is types.FunctionType and code is not None and code.co_kwonlyargcount:
+        try:
+            twin = types.FunctionType(
+                code.replace(co_argcount=code.co_argcount + code.co_kwonlyargcount,
+                             co_kwonlyargcount=0),
+                fn.__globals__, fn.__name__, None, fn.__closure__)
+            twin.__qualname__ = fn.__qualname__
+        except (TypeError, ValueError):
+            twin = None
+    _TWINS[fn] = twin
+    return twin
 
 
 def _make_wrapper(fn: Any, name: str, body: str, is_async: bool,
@@ -182,6 +214,8 @@ def _make_wrapper(fn: Any, name: str, body: str, is_async: bool,
     source = (f"{'async ' if is_async else ''}def {name}({params}):\n"
               + body.format(call=call, self=self_name, await_="await " if is_async else ""))
     namespace = dict(namespace, __lp_wrapped=fn)
+    if _signature(fn) is not None and _positional_twin(fn) is not None:
+        namespace["__lp_wrapped"] = _positional_twin(fn)
     # Compiled as this file's code, so attribution sites skip the wrapper's
     # frame as leakprobe's own (library) code.
     exec(compile(source, __file__, "exec"), namespace)

@@ -70,6 +70,7 @@ std::vector<void*> ObjectRegistry::Stop() {
   free_ = kNil;
   absl::flat_hash_map<const void*, std::uint32_t>().swap(index_);
   absl::flat_hash_map<std::uint64_t, std::uint64_t>().swap(site_live_);
+  next_site_sweep_ = kMinSiteSweep;
   live_records_.store(0, std::memory_order_relaxed);
   return handles;
 }
@@ -81,15 +82,20 @@ ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* obj
   const TrackerLock lock(&mu_);
   if (type >= types_.size()) type = kOverflowType;
   Type& t = types_[type];
-  if (index_.contains(object)) return AddResult::kDuplicate;
-  ++t.created;
-  if (index_.size() / 2 >= max_records_.load(std::memory_order_relaxed)) {
-    ++t.dropped;
-    return AddResult::kDropped;
-  }
-  std::uint32_t index = free_;
-  bool inserted_object = false;
+  // One probe finds a duplicate and makes the object's key otherwise.
+  std::uint32_t index = kNil;
+  bool object_key = false;
   try {
+    const auto [slot, fresh] = index_.try_emplace(object, kNil);
+    if (!fresh) return AddResult::kDuplicate;
+    object_key = true;
+    ++t.created;
+    if ((index_.size() - 1) / 2 >= max_records_.load(std::memory_order_relaxed)) {
+      index_.erase(slot);
+      ++t.dropped;
+      return AddResult::kDropped;
+    }
+    index = free_;
     if (index == kNil) {
       if (records_.size() >= kNil) throw std::bad_alloc();
       records_.push_back(Record{});
@@ -97,12 +103,11 @@ ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* obj
     } else {
       free_ = records_[index].prev;
     }
-    index_.emplace(object, index);
-    inserted_object = true;
+    slot->second = index;  // before the next insert moves the slot
     index_.emplace(handle, index);
-    ++site_live_[SiteKey(type, stack)];
+    AddSiteLocked(SiteKey(type, stack));
   } catch (...) {  // out of memory: the tables stay as they were
-    if (inserted_object) {
+    if (object_key) {
       index_.erase(object);
       index_.erase(handle);
     }
@@ -126,6 +131,19 @@ ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* obj
   ++t.live;
   live_records_.fetch_add(1, std::memory_order_relaxed);
   return AddResult::kAdded;
+}
+
+void ObjectRegistry::AddSiteLocked(std::uint64_t key) {
+  const auto found = site_live_.find(key);
+  if (found != site_live_.end()) {
+    ++found->second;
+    return;
+  }
+  if (site_live_.size() >= next_site_sweep_) {
+    absl::erase_if(site_live_, [](const auto& entry) { return entry.second == 0; });
+    next_site_sweep_ = std::max(kMinSiteSweep, 2 * site_live_.size());
+  }
+  site_live_.emplace(key, 1);
 }
 
 void ObjectRegistry::CountDropped(ObjectTypeId type) noexcept {
@@ -157,7 +175,7 @@ void ObjectRegistry::RemoveLocked(std::uint32_t index) {
   index_.erase(r.object);
   index_.erase(r.handle);
   const auto site = site_live_.find(SiteKey(r.type, r.stack));
-  if (site != site_live_.end() && --site->second == 0) site_live_.erase(site);
+  if (site != site_live_.end() && site->second > 0) --site->second;
   r.object = nullptr;
   r.handle = nullptr;
   r.prev = free_;
@@ -271,7 +289,9 @@ ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
       }
       summary.types.push_back(std::move(s));
     }
-    sites.assign(site_live_.begin(), site_live_.end());
+    for (const auto& entry : site_live_) {
+      if (entry.second > 0) sites.push_back(entry);
+    }
     summary.records = index_.size() / 2;
     summary.type_overflows = type_overflows_;
     summary.memory_bytes = MemoryBytesLocked();

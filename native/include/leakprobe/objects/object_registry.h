@@ -191,8 +191,16 @@ class ObjectRegistry {
   std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   // The address of a tracked instance and that of its handle -> record.
   absl::flat_hash_map<const void*, std::uint32_t> index_ ABSL_GUARDED_BY(mu_);
-  // SiteKey(type, stack) -> live records; entries at 0 are erased.
+  // SiteKey(type, stack) -> live records. An entry that drops to 0 stays
+  // (the next instance made there, the common case of a churning owner,
+  // then costs no insert and no erase) until a new key finds the map at
+  // next_site_sweep_ entries: those at 0 are erased then, and the next
+  // sweep waits for twice the entries that are left (amortised O(1)).
   absl::flat_hash_map<std::uint64_t, std::uint64_t> site_live_ ABSL_GUARDED_BY(mu_);
+  std::size_t next_site_sweep_ ABSL_GUARDED_BY(mu_) = kMinSiteSweep;
+  static constexpr std::size_t kMinSiteSweep = 1024;
+  // One more live record made at `key` (a new entry may sweep, see above).
+  void AddSiteLocked(std::uint64_t key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace leakprobe
