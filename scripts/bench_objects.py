@@ -17,7 +17,7 @@ Usage::
     .venv/bin/python scripts/bench_objects.py --only memory --objects 1000000
     .venv/bin/python scripts/bench_objects.py --only instructions --seeds 5
 
-``--only instructions`` (not part of the default run: it takes about 40
+``--only instructions`` (not part of the default run: it takes about 25
 minutes on 2 cores) counts user-space instructions with callgrind for the
 two object-churn units of scripts/bench.py (an ``httpx.Client`` made and
 closed, an ORM ``Session``), by difference (2N units minus N, so start-up
@@ -201,7 +201,7 @@ import ssl, httpx
 ctx = ssl.create_default_context()
 def unit():
     httpx.Client(verify=ctx).close()
-""", 200),
+""", 400),
     "sqlalchemy-session": ("""
 import os, tempfile
 from sqlalchemy import create_engine
@@ -214,7 +214,7 @@ def unit():
 CHURN_ARMS = {
     "no leakprobe": None,
     "leakprobe, adapters off": {"LEAKPROBE_ADAPTERS": "none"},
-    "leakprobe, every default": {},
+    "leakprobe, every default": {"LEAKPROBE_ADAPTERS": "all"},
 }
 
 
@@ -225,16 +225,21 @@ CALLGRIND_PERIODS = {"LEAKPROBE_SAMPLE_INTERVAL": "50", "LEAKPROBE_FD_RECONCILE_
 
 def callgrind_count(unit: str, n: int, env: dict[str, str] | None, seed: int) -> int:
     setup, _ = CHURN_UNITS[unit]
+    # The warm-up covers what settles in the first units: imports, the
+    # first connection, and the stack table learning the positions that
+    # heap samples land on (a new one costs a line-table lookup).
     code = ("import leakprobe\n" if env is not None else "") + setup + (
-        f"for _ in range(50): unit()\nfor _ in range({n}): unit()\n")
+        f"for _ in range(200): unit()\nfor _ in range({n}): unit()\n")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
     full_env["PYTHONHASHSEED"] = str(seed)
-    if env is not None:
-        # The periods of the background work stretched like the run
-        # (callgrind runs code ~50x slower): its share stays what it is in
-        # real time, instead of 50 times that counted against each unit.
-        full_env.update({"LEAKPROBE_PORT": "0", "LEAKPROBE_LOG_LEVEL": "off"},
-                        **CALLGRIND_PERIODS, **env)
+    # The periods of the background work stretched like the run (callgrind
+    # runs code ~50x slower): its share stays what it is in real time,
+    # instead of 50 times that counted against each unit. Every arm gets the
+    # same variables (unread without leakprobe): httpx.Client() scans the
+    # whole environment for proxy settings, ~14,000 instructions a variable,
+    # so one more variable in one arm would pass for its overhead.
+    full_env.update({"LEAKPROBE_PORT": "0", "LEAKPROBE_LOG_LEVEL": "off"},
+                    **CALLGRIND_PERIODS, **(env or {"LEAKPROBE_ADAPTERS": "all"}))
     with tempfile.TemporaryDirectory(prefix="leakprobe-bench-objects-") as tmp:
         proc = subprocess.run(
             ["valgrind", "--tool=callgrind",
