@@ -182,16 +182,22 @@ def test_wrapped_methods_behave_as_before(tmp_path):
     out = run_app(tmp_path, """
     import inspect, pickle
 
+    DEFAULT_TAGS = []
+
     class Conn:
-        def __init__(self, host, /, port=80, *extra, timeout=5.0, **options):
+        # Keyword-only parameters reach the method by position, through a
+        # twin of it (objects.md): their order and defaults must hold.
+        def __init__(self, host, /, port=80, *extra, timeout=5.0, retries=2, tags=DEFAULT_TAGS,
+                     **options):
             if host == "bad":
                 raise ValueError("bad host")
             self.args = (host, port, extra, timeout, options)
+            self.more = (retries, tags is DEFAULT_TAGS)
 
-        def close(self, force=False, *, reason="done"):
+        def close(self, force=False, *, reason="done", code=0):
             if reason == "fail":
                 raise OSError("close failed")
-            return (force, reason)
+            return (force, reason, code)
 
     signature_before = [str(inspect.signature(Conn.__init__)), str(inspect.signature(Conn.close))]
     assert leakprobe.track_type(Conn, name="Conn") is Conn
@@ -200,7 +206,8 @@ def test_wrapped_methods_behave_as_before(tmp_path):
                Conn.close.__name__, Conn.close.__doc__, Conn.__init__.__qualname__]
     c = Conn("h", 1, 2, 3, timeout=1, x=1)
     results.append(list(c.args[:2]) + [list(c.args[2]), c.args[3], c.args[4]])
-    results.append(list(c.close(True, reason="r")))
+    results.append(list(c.more) + list(Conn("h", retries=7, timeout=2).more))
+    results.append(list(c.close(True, reason="r")) + list(c.close(code=9, reason="s")))
     try:
         Conn("bad")
     except ValueError as exc:
@@ -221,8 +228,9 @@ def test_wrapped_methods_behave_as_before(tmp_path):
     print(json.dumps(results))
     """)
     assert out == [[True, True, "close", None, "Conn.__init__",
-                    ["h", 1, [2, 3], 1, {"x": 1}], [True, "r"], "bad host", "close failed",
-                    True, "h", [0, 2, 1, 1, 0, 0]]]
+                    ["h", 1, [2, 3], 1, {"x": 1}], [2, True, 7, True],
+                    [True, "r", 0, False, "s", 9], "bad host", "close failed",
+                    True, "h", [0, 3, 1, 2, 0, 0]]]
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path):
