@@ -185,6 +185,22 @@ def pids_by_role(server, expr: str) -> dict[str, str]:
     return {r["metric"]["pid"]: r["metric"]["role"] for r in server.query(expr)}
 
 
+def memory_history(server, job: str, pids) -> dict[str, list[str]]:
+    """For a failure's message: per pid, its RSS and leakprobe's own figures
+    at every scrape (MiB, one decimal): what grew, and whose memory it was."""
+    figures = ("process_resident_memory_bytes", "leakprobe_heap_live_bytes",
+               "leakprobe_heap_tracker_memory_bytes", "leakprobe_trend_memory_bytes",
+               "leakprobe_object_registry_memory_bytes", "leakprobe_work_runs_total")
+    history: dict[str, list[str]] = {}
+    for pid in pids:
+        for figure in figures:
+            for result in server.query(f'{figure}{{job="{job}",pid="{pid}"}}{HISTORY}'):
+                scale = 1 if figure.endswith("_total") else 2 ** 20
+                history[f"{pid} {figure} {result['metric'].get('name', '')}".strip()] = [
+                    f"{float(v) / scale:.1f}" for _, v in result["values"]]
+    return history
+
+
 def values_by_pid(server, expr: str) -> dict[str, float]:
     return {r["metric"]["pid"]: float(r["value"][1]) for r in server.query(expr)}
 
@@ -333,7 +349,11 @@ def test_the_example_service_end_to_end_through_prometheus(
         # What a child's first run opens and keeps for the next ones: the
         # engine's pooled connection, the client's keep-alive connection.
         assert retained and max(retained.values()) <= 2, retained
-        assert flagged("fixed") == {}, [
+        fixed_flagged = flagged("fixed")
+        if fixed_flagged:  # shown with the failure, whole (an assertion's text is cut)
+            for name, values in memory_history(server, "fixed", fixed_flagged).items():
+                print(f"{name}: {' '.join(values)}")
+        assert fixed_flagged == {}, [
             (r["metric"]["resource"], r["metric"]["key"], r["metric"]["role"]) for r in
             server.query(f'last_over_time(leakprobe_leak_suspected{{job="fixed"}}{HISTORY}) == 1')]
         print(f"queries done after {time.monotonic() - started:.1f} s")

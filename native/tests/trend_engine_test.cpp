@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -459,6 +461,63 @@ TEST(TrendEngineTest, CompressedScenarioSettings) {
   EXPECT_EQ(Flagged([&](ts::Rng& r) { return ts::FlatSawtooth(run, r); }, params), 0);
   // A leaked fd every 2 samples, counted exactly.
   EXPECT_EQ(Flagged([&](ts::Rng& r) { return ts::CountLeak(run, r, 2); }, params), 20);
+}
+
+TEST(TrendEngineTest, FirstTaskStepAmidASlowCreepIsNotALeak) {
+  // A Celery child of the e2e test (CI, twice; reproduced with its RSS):
+  // idle after its fork, creeping (+0.05 MiB/s); its first task imports,
+  // connects and loads an SSL context (+17.8 MiB over one or two samples);
+  // then the creep again. `leakprobe run --interval 0.5 --warmup 2`, rss's
+  // minimum effect (16 MiB and 5 %). Only the step is big enough to
+  // flag, and a step is not a leak.
+  constexpr double kMiB = 1 << 20;
+  const ts::Sampling run{0.5, 2, 43};
+  const TrendParams params{.warmup_seconds = 2,
+                           .min_points = 12,
+                           .min_window_seconds = 10,
+                           .min_growth = 16 * kMiB,
+                           .min_relative_growth = 0.05};
+  const auto rss = [](double first_task, double over) {
+    return [=](double t) {
+      const double step = std::clamp((t - first_task) / over, 0.0, 1.0);
+      // Resident pages: whole 4 KiB pages.
+      return std::floor((95.6 * kMiB + 0.05 * kMiB * t + 17.8 * kMiB * step) / 4096) *
+             4096;
+    };
+  };
+  int flagged = 0;
+  for (double first_task : {8.0, 12.0, 20.0, 28.0}) {
+    for (double over : {0.5, 1.0, 1.5}) {
+      for (std::uint64_t seed = 1; seed <= 5; ++seed) {
+        ts::Rng rng(seed);
+        const auto pts = ts::Make(run, rng, 0.01 * kMiB, 0, rss(first_task, over));
+        const Verdict v = Evaluate(pts, params);
+        if (v.suspected) {
+          ++flagged;
+          ADD_FAILURE() << "first task at " << first_task << " s, step over " << over
+                        << " s, seed " << seed << ": growth " << v.growth / kMiB
+                        << " MiB over " << v.window_seconds << " s";
+        }
+      }
+    }
+  }
+  EXPECT_EQ(flagged, 0);
+  // The same creep as a leak big enough to flag on its own (+0.5 MiB/s,
+  // 21 MiB over the window) is one, with or without the first task's step
+  // (spread over a second: the rest of the rise, without it, still grows
+  // enough).
+  for (double rate : {0.5, 1.0}) {
+    for (double height : {0.0, 17.8}) {
+      ts::Rng rng(3);
+      const auto pts = ts::Make(run, rng, 0.01 * kMiB, 0, [=](double t) {
+        return 95.6 * kMiB + rate * kMiB * t +
+               height * kMiB * std::clamp((t - 20) / 1.0, 0.0, 1.0);
+      });
+      const Verdict v = Evaluate(pts, params);
+      EXPECT_TRUE(v.suspected) << rate << " MiB/s, step " << height << ": "
+                               << ReasonName(v.reason);
+    }
+  }
 }
 
 }  // namespace

@@ -14,15 +14,18 @@
 //      interval;
 //   7. a significant increase is a plateau when most pairs see no rise
 //      (slope 0), when the recent third slowed down significantly against
-//      the two thirds before it (and does not still grow on its own), or
-//      when one jump far above the noise makes it; too small below the
-//      minimum effect; else a leak (kGrowing). A significant decrease of the
+//      the two thirds before it (and does not still grow on its own at a
+//      rate that would reach the minimum effect), or when one jump far
+//      above the noise (over up to 3 samples) makes it and the rest would
+//      not be flagged; too small below the minimum effect; else a leak
+//      (kGrowing). A significant decrease of the
 //      whole window is kShrinking; anything else kFlat;
 //   8. time to exhaustion for a leak with a finite limit.
 #include "leakprobe/trend/trend_engine.h"
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -81,15 +84,23 @@ constexpr double kFlattenedShare = 0.5;
 constexpr double kStepNoiseSds = 6;
 constexpr double kStepShare = 0.5;
 constexpr std::size_t kStepSidePoints = 5;
+// ... and a step is a rise over at most this many consecutive samples.
+constexpr std::size_t kStepMaxSamples = 3;
 
 double TheilSen(std::span<const Point> pts) {
   std::vector<double> slopes = detail::PairwiseSlopes(pts);
   return detail::Median(slopes);
 }
 
+// Whether growth at `slope` (normalized units) over the whole segment
+// would reach the minimum effect: what a rise left over by the plateau
+// tests must show to still count (a leak at that rate alone would be
+// too small otherwise).
+using MeetsEffect = std::function<bool(double slope)>;
+
 // The recent third, detrended by the slope of the two thirds before it,
 // decreases significantly: growth slowed down (a bound reached, a step).
-bool Flattened(std::span<const Point> pts) {
+bool Flattened(std::span<const Point> pts, const MeetsEffect& meets) {
   const std::size_t n = pts.size();
   const std::size_t k = std::max(n / kRecentFraction, kRecentMinPoints);
   if (n < k + kRecentMinPoints) return false;
@@ -100,8 +111,12 @@ bool Flattened(std::span<const Point> pts) {
   // significant a tiny difference may test.
   const double own = TheilSen(recent);
   if (own >= kFlattenedShare * before) return false;
-  // Still growing on its own, clearly: slower, but not flattened.
-  if (detail::MannKendallTest(recent, own).p_increasing < kStillGrowingAlpha) {
+  // Still growing on its own, clearly, and at a rate that would be flagged
+  // on its own: slower, but not flattened. (A first task's imports and
+  // connections, a step of 18 MiB, then an allocator's slow creep: the
+  // creep grows significantly, but a leak of its size would be too small.)
+  if (meets(own) &&
+      detail::MannKendallTest(recent, own).p_increasing < kStillGrowingAlpha) {
     return false;
   }
   for (Point& p : recent) p.v -= before * p.t;
@@ -110,14 +125,12 @@ bool Flattened(std::span<const Point> pts) {
 
 // One jump far above the noise makes most of the rise, and without it the
 // series has no significant increase at `alpha`: a one-off step.
-bool OneStep(std::span<const Point> pts, double slope, double alpha) {
+bool OneStep(std::span<const Point> pts, double slope, double alpha,
+             const MeetsEffect& meets) {
   const std::size_t n = pts.size();
   if (n < 3) return false;
   std::vector<double> diffs(n - 1);
   for (std::size_t i = 1; i < n; ++i) diffs[i - 1] = pts[i].v - pts[i - 1].v;
-  const std::size_t at = static_cast<std::size_t>(
-      std::max_element(diffs.begin(), diffs.end()) - diffs.begin());
-  const double jump = diffs[at];
   std::vector<double> scratch = diffs;
   const double centre = detail::Median(scratch);
   std::vector<double> deviations(diffs.size());
@@ -126,22 +139,49 @@ bool OneStep(std::span<const Point> pts, double slope, double alpha) {
   }
   // MAD * 1.4826 estimates the differences' sd, sqrt(2) times the noise's.
   const double noise = 1.4826 * detail::Median(deviations) / std::sqrt(2.0);
+  // The largest rise: one difference, or a run of up to kStepMaxSamples
+  // differences that are each a jump far above the noise (a worker's first
+  // task importing and connecting for a second or two). A ramp of ordinary
+  // differences (a GC sawtooth's) is not a step, however long.
+  std::size_t at = 0;
+  std::size_t len = 1;
+  double jump = -std::numeric_limits<double>::infinity();
+  for (std::size_t i = 0; i + 1 < n; ++i) {
+    double rise = 0;
+    for (std::size_t k = 1; k <= kStepMaxSamples && i + k < n; ++k) {
+      const double d = diffs[i + k - 1];
+      if (k > 1 && !(d > kStepNoiseSds * noise)) break;
+      rise += d;
+      if (rise > jump) {
+        jump = rise;
+        at = i;
+        len = k;
+      }
+    }
+  }
   const double rise = slope * (pts.back().t - pts.front().t);
   if (!(jump > kStepNoiseSds * noise) || !(jump >= kStepShare * rise)) return false;
   // The step's height: the median of the few points after it less that of
   // the few before (a single difference carries two points' noise).
-  const std::size_t side = std::min({kStepSidePoints, at + 1, n - at - 1});
+  const std::size_t end = at + len;  // the first point after the step
+  const std::size_t side = std::min({kStepSidePoints, at + 1, n - end});
   std::vector<double> before;
   std::vector<double> after;
   for (std::size_t i = 0; i < side; ++i) {
     before.push_back(pts[at - i].v);
-    after.push_back(pts[at + 1 + i].v);
+    after.push_back(pts[end + i].v);
   }
   const double height = detail::Median(after) - detail::Median(before);
-  std::vector<Point> without(pts.begin(), pts.end());
-  for (std::size_t i = at + 1; i < n; ++i) without[i].v -= height;
+  // Without the step: the points after it lowered by its height, those
+  // inside it (mid-step) left out.
+  std::vector<Point> without(pts.begin(),
+                             pts.begin() + static_cast<std::ptrdiff_t>(at) + 1);
+  for (std::size_t i = end; i < n; ++i)
+    without.push_back(Point{pts[i].t, pts[i].v - height});
   const double rest = TheilSen(without);
-  return !(detail::MannKendallTest(without, rest).p_increasing < alpha && rest > 0);
+  // What is left must be a significant rise big enough to flag on its own.
+  return !(detail::MannKendallTest(without, rest).p_increasing < alpha && rest > 0 &&
+           meets(rest));
 }
 
 // A series that moves mostly one way: its net change is at least this
@@ -187,15 +227,18 @@ Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& par
   }
   j.level = detail::Median(intercepts);
   if (j.mk.p_increasing < alpha) {
-    // slope * span: the time scale, if any, cancels.
-    const double growth = Finite(j.slope * scale * (pts.back().t - pts.front().t));
     const double level = Finite(j.level * scale);
+    // slope * span: the time scale, if any, cancels.
+    const MeetsEffect meets = [&](double slope) {
+      const double growth = Finite(slope * scale * (pts.back().t - pts.front().t));
+      return growth >= params.min_growth &&
+             growth >= params.min_relative_growth * std::fabs(level);
+    };
     // A significant rise that most pairs of points do not see (slope 0:
     // a step, a fill then a long stay) did not go on.
-    if (!(j.slope > 0) || Flattened(pts) || OneStep(pts, j.slope, alpha)) {
+    if (!(j.slope > 0) || Flattened(pts, meets) || OneStep(pts, j.slope, alpha, meets)) {
       j.reason = Reason::kPlateau;
-    } else if (growth < params.min_growth ||
-               growth < params.min_relative_growth * std::fabs(level)) {
+    } else if (!meets(j.slope)) {
       j.reason = Reason::kTooSmall;
     } else {
       j.reason = Reason::kGrowing;
