@@ -176,8 +176,9 @@ bool OneStep(std::span<const Point> pts, double slope, double alpha,
   // inside it (mid-step) left out.
   std::vector<Point> without(pts.begin(),
                              pts.begin() + static_cast<std::ptrdiff_t>(at) + 1);
-  for (std::size_t i = end; i < n; ++i)
+  for (std::size_t i = end; i < n; ++i) {
     without.push_back(Point{pts[i].t, pts[i].v - height});
+  }
   const double rest = TheilSen(without);
   // What is left must be a significant rise big enough to flag on its own.
   return !(detail::MannKendallTest(without, rest).p_increasing < alpha && rest > 0 &&
