@@ -30,22 +30,29 @@ clang-format --dry-run --Werror "${files[@]}"
 }
 # Every source of ours that the build compiles (tests and benchmarks aside),
 # as listed in the compile database: a file is checked with its own flags or
-# not at all. The extension's must be there.
+# not at all. The extension's must be there. Paths are compared resolved:
+# CMake writes the logical path it was run from (a checkout reached through
+# a symlink keeps it), Python's getcwd() the physical one; clang-tidy gets
+# each file exactly as the database names it.
 mapfile -t sources < <(python3 - "$build/compile_commands.json" <<'PY'
 import json, os, sys
-root = os.getcwd() + "/"
-files = {os.path.relpath(e["file"], root) for e in json.load(open(sys.argv[1]))}
-print("\n".join(sorted(f for f in files if f.endswith((".cpp", ".c")) and
-      f.startswith(("native/src/", "native/bindings/", "exporters/prometheus/src/")))))
+root = os.path.realpath(os.getcwd())
+ours = {}
+for entry in json.load(open(sys.argv[1])):
+    path = os.path.join(entry["directory"], entry["file"])
+    rel = os.path.relpath(os.path.realpath(path), root)
+    if rel.endswith((".cpp", ".c")) and rel.startswith(
+            ("native/src/", "native/bindings/", "exporters/prometheus/src/")):
+        ours[rel] = entry["file"]
+for required in ("native/bindings/module.cpp", "native/src/heap/pymem_hooks.cpp",
+                 "native/src/stacks/python_frames.c"):
+    if required not in ours:
+        sys.exit(f"[lint] {required} is not in {sys.argv[1]}: "
+                 "configure it with -DLEAKPROBE_BUILD_PYTHON=ON")
+print("\n".join(ours[rel] for rel in sorted(ours)))
 PY
 )
-for required in native/bindings/module.cpp native/src/heap/pymem_hooks.cpp \
-                native/src/stacks/python_frames.c; do
-  printf '%s\n' "${sources[@]}" | grep -qx "$required" || {
-    echo "[lint] $required is not in $build/compile_commands.json: configure it with -DLEAKPROBE_BUILD_PYTHON=ON" >&2
-    exit 1
-  }
-done
+[ "${#sources[@]}" -gt 0 ] || exit 1
 echo "[lint] clang-tidy (with -Wthread-safety): ${#sources[@]} files"
 # Only our own diagnostics are printed; third-party headers are filtered by
 # HeaderFilterRegex in .clang-tidy. The thread-safety warnings are checks
