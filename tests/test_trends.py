@@ -382,6 +382,10 @@ def test_window_rule_scales_with_the_interval():
     assert _native.trend_params(60, 300)["fd"]["min_window_seconds"] == 600
     params = _native.trend_params(10, 300, heap_sample_bytes=1000)
     assert params["heap"]["min_growth"] == 8000
+    # Sampled estimates carry their sample's worth (docs/trends.md step 9).
+    assert params["heap"]["sampling_unit"] == 1000
+    assert params["native_heap"]["sampling_unit"] == 256 * 1024
+    assert params["rss"]["sampling_unit"] == params["fd"]["sampling_unit"] == 0
     assert params["rss"]["min_growth"] == 16 * 1024 * 1024
     assert params["rss"]["min_relative_growth"] == 0.05
     assert params["container"]["min_growth"] == 20

@@ -7,12 +7,13 @@ size while entries come and go. Its length and the memory held at the
 caching line grow, then flatten at the bound: nothing may be flagged.
 
 The heap at the caching line is an estimate from about 15 samples (the
-default sampling, one per 128 KiB); its count wanders as entries are
-replaced, with the time of one turnover of the cache. At 10 entries a
-second (a 12 s fill and turnover, most of the 20 s judged) a run whose
-fill started late under the test suite's parallel load ended on such an
-upward wander and was flagged (2 runs in 9 here, once in CI); at 20 a
-second, 0 in 12.
+default sampling, one per 128 KiB); it wanders as entries are replaced,
+by +-2.3 MB over 10 s. Such a wander riding up over the last half of the
+window was flagged twice in CI, until the trend engine asked a sampled
+estimate to rise by more than its sampling noise (docs/trends.md, step 9):
+of 1,000 simulated runs of this control, 6 were flagged before, 0 after.
+At 10 entries a second the fill ends mid-window and 11 in 1,000 are still
+flagged as it flattens (131 without the rule): hence 20.
 """
 
 from __future__ import annotations

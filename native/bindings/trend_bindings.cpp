@@ -67,7 +67,8 @@ void PutVerdict(const trend::Verdict& v, py::dict* d) {
 
 trend::TrendConfig MakeConfig(
     double interval, double warmup, std::uint64_t heap_sample_bytes,
-    std::size_t heap_top_sites, std::size_t fd_top_sites,
+    std::uint64_t native_sample_bytes, std::size_t heap_top_sites,
+    std::size_t fd_top_sites,
     const std::map<std::string, std::pair<double, double>>& params,
     double memory_limit_bytes) {
   if (!(interval > 0) || !std::isfinite(interval)) {
@@ -79,10 +80,12 @@ trend::TrendConfig MakeConfig(
   trend::TrendConfig config;
   config.interval_seconds = interval;
   config.warmup_seconds = warmup;
-  config.params = trend::DefaultResourceParams(heap_sample_bytes);
+  config.params = trend::DefaultResourceParams(heap_sample_bytes, native_sample_bytes);
   for (const auto& [name, effect] : params) {
-    config.params[static_cast<std::size_t>(ParseResource(name))] = {effect.first,
-                                                                    effect.second};
+    trend::ResourceParams& to =
+        config.params[static_cast<std::size_t>(ParseResource(name))];
+    to.min_growth = effect.first;
+    to.min_relative_growth = effect.second;
   }
   config.heap_top_sites = heap_top_sites;
   config.fd_top_sites = fd_top_sites;
@@ -91,12 +94,13 @@ trend::TrendConfig MakeConfig(
 }
 
 void Start(double interval, double warmup, std::uint64_t heap_sample_bytes,
-           std::size_t heap_top_sites, std::size_t fd_top_sites,
+           std::uint64_t native_sample_bytes, std::size_t heap_top_sites,
+           std::size_t fd_top_sites,
            const std::map<std::string, std::pair<double, double>>& params,
            double memory_limit_bytes) {
   const trend::TrendConfig config =
-      MakeConfig(interval, warmup, heap_sample_bytes, heap_top_sites, fd_top_sites,
-                 params, memory_limit_bytes);
+      MakeConfig(interval, warmup, heap_sample_bytes, native_sample_bytes, heap_top_sites,
+                 fd_top_sites, params, memory_limit_bytes);
   const WithoutGil no_gil;  // reads the cgroup's memory.max
   TrendState::Instance().Start(config);
 }
@@ -159,12 +163,14 @@ py::dict ParamsDict(const trend::TrendParams& p) {
   d["alpha"] = p.alpha;
   d["min_growth"] = p.min_growth;
   d["min_relative_growth"] = p.min_relative_growth;
+  d["sampling_unit"] = p.sampling_unit;
   return d;
 }
 
-py::dict Params(double interval, double warmup, std::uint64_t heap_sample_bytes) {
+py::dict Params(double interval, double warmup, std::uint64_t heap_sample_bytes,
+                std::uint64_t native_sample_bytes) {
   const trend::TrendConfig config =
-      MakeConfig(interval, warmup, heap_sample_bytes, 10, 10, {}, 0);
+      MakeConfig(interval, warmup, heap_sample_bytes, native_sample_bytes, 10, 10, {}, 0);
   py::dict out;
   for (std::size_t i = 0; i < trend::kResourceCount; ++i) {
     const auto resource = static_cast<Resource>(i);
@@ -177,7 +183,7 @@ py::dict Params(double interval, double warmup, std::uint64_t heap_sample_bytes)
 py::dict EvaluatePoints(const std::vector<std::pair<double, double>>& points,
                         double warmup_seconds, std::size_t min_points,
                         double min_window_seconds, double alpha, double min_growth,
-                        double min_relative_growth, double limit) {
+                        double min_relative_growth, double sampling_unit, double limit) {
   std::vector<Point> converted;
   converted.reserve(points.size());
   for (std::size_t i = 0; i < points.size(); ++i) {
@@ -194,6 +200,7 @@ py::dict EvaluatePoints(const std::vector<std::pair<double, double>>& points,
   params.alpha = alpha;
   params.min_growth = min_growth;
   params.min_relative_growth = min_relative_growth;
+  params.sampling_unit = sampling_unit;
   trend::Verdict verdict;
   {
     const WithoutGil no_gil;
@@ -209,7 +216,8 @@ py::dict EvaluatePoints(const std::vector<std::pair<double, double>>& points,
 void RegisterTrendBindings(py::module_& m) {
   const trend::TrendParams defaults;
   m.def("trend_start", &Start, py::arg("interval"), py::arg("warmup"),
-        py::arg("heap_sample_bytes") = 128 * 1024, py::arg("heap_top_sites") = 10,
+        py::arg("heap_sample_bytes") = 128 * 1024,
+        py::arg("native_sample_bytes") = 256 * 1024, py::arg("heap_top_sites") = 10,
         py::arg("fd_top_sites") = 10,
         py::arg("params") = std::map<std::string, std::pair<double, double>>{},
         py::arg("memory_limit_bytes") = 0.0,
@@ -233,6 +241,7 @@ void RegisterTrendBindings(py::module_& m) {
         "A series' history: (seconds since start, per-bucket minimum) pairs.");
   m.def("trend_params", &Params, py::arg("interval"), py::arg("warmup"),
         py::arg("heap_sample_bytes") = 128 * 1024,
+        py::arg("native_sample_bytes") = 256 * 1024,
         "The engine parameters each resource's series get at this interval and "
         "warm-up, by resource name.");
   m.def("trend_evaluate", &EvaluatePoints, py::arg("points"),
@@ -241,7 +250,7 @@ void RegisterTrendBindings(py::module_& m) {
         py::arg("min_window_seconds") = defaults.min_window_seconds,
         py::arg("alpha") = defaults.alpha, py::arg("min_growth") = defaults.min_growth,
         py::arg("min_relative_growth") = defaults.min_relative_growth,
-        py::arg("limit") = kInf,
+        py::arg("sampling_unit") = defaults.sampling_unit, py::arg("limit") = kInf,
         "The trend engine's verdict on (t, value) points in increasing t order "
         "(for tests and benchmarks).");
 }

@@ -454,8 +454,12 @@ TEST(TrendStateTest, WindowScalesWithTheInterval) {
   EXPECT_EQ(ParamsFor(config, Resource::kFd).min_window_seconds,
             defaults.min_window_seconds);
   EXPECT_EQ(ParamsFor(config, Resource::kFd).min_points, defaults.min_points);
-  config.params = DefaultResourceParams(1000);
+  config.params = DefaultResourceParams(1000, 4000);
   EXPECT_EQ(ParamsFor(config, Resource::kHeap).min_growth, 8000);
+  EXPECT_EQ(ParamsFor(config, Resource::kHeap).sampling_unit, 1000);
+  EXPECT_EQ(ParamsFor(config, Resource::kNativeHeap).sampling_unit, 4000);
+  EXPECT_EQ(ParamsFor(config, Resource::kRss).sampling_unit, 0);
+  EXPECT_EQ(ParamsFor(config, Resource::kFd).sampling_unit, 0);
   EXPECT_EQ(ParamsFor(config, Resource::kFd).min_growth, 3);
   EXPECT_EQ(ParamsFor(config, Resource::kRss).min_relative_growth, 0.05);
 }

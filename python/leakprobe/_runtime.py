@@ -254,8 +254,8 @@ def start(**options: Any) -> dict[str, Any]:
             sampler.extra_tasks += _containers.sampler_tasks(native, config)
             if config.trends:  # docs/trends.md: series and verdicts in the process
                 native.trend_start(config.trend_interval, config.trend_warmup,
-                                   config.heap_sample_bytes, config.heap_top_sites,
-                                   config.fd_top_sites)
+                                   config.heap_sample_bytes, config.native_sample_bytes,
+                                   config.heap_top_sites, config.fd_top_sites)
                 sampler.extra_tasks.append(("trends", config.trend_interval, native.trend_sample))
             sampler.sample_once()  # the first scrape already has gc figures
             targets = _targets_mode(native, config)

@@ -86,6 +86,9 @@ constexpr double kStepShare = 0.5;
 constexpr std::size_t kStepSidePoints = 5;
 // ... and a step is a rise over at most this many consecutive samples.
 constexpr std::size_t kStepMaxSamples = 3;
+// A sampled estimate (TrendParams::sampling_unit) must rise by this many
+// standard deviations of what sampling alone moves it by.
+constexpr double kSamplingSds = 4;
 
 double TheilSen(std::span<const Point> pts) {
   std::vector<double> slopes = detail::PairwiseSlopes(pts);
@@ -203,6 +206,22 @@ bool MostlyOneWay(std::span<const Point> pts) {
   return total > 0 && net >= kMonotoneShare * total;
 }
 
+// The rise that sampling alone can show, by chance, over a segment of an
+// estimate made of sampled blocks each worth about `unit` (a Poisson count
+// of samples). Two estimates differ by the samples born and died between
+// them, with a variance of unit times their worth: at least the growth
+// itself (a leak's new blocks), at most both levels (every block replaced:
+// a cache that turned over, however bounded, 2 * level + growth), and in
+// between about the segment's total variation (the sum of |v[i+1] - v[i]|:
+// each sample's birth and death, as seen at the points). From 0, this asks
+// for kSamplingSds^2 samples' worth.
+double SamplingNoise(double unit, double level, double growth, double variation) {
+  if (!(unit > 0)) return 0;
+  const double rise = std::max(growth, 0.0);
+  const double replaced = std::clamp(variation, rise, 2 * std::max(level, 0.0) + rise);
+  return Finite(kSamplingSds * std::sqrt(unit * replaced));
+}
+
 // One segment's statistics and what they say at level `alpha`.
 struct Judgement {
   Reason reason = Reason::kFlat;
@@ -230,10 +249,16 @@ Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& par
   if (j.mk.p_increasing < alpha) {
     const double level = Finite(j.level * scale);
     // slope * span: the time scale, if any, cancels.
+    double variation = 0;
+    for (std::size_t i = 1; i < pts.size(); ++i) {
+      variation += std::fabs(pts[i].v - pts[i - 1].v);
+    }
+    variation = Finite(variation * scale);
     const MeetsEffect meets = [&](double slope) {
       const double growth = Finite(slope * scale * (pts.back().t - pts.front().t));
       return growth >= params.min_growth &&
-             growth >= params.min_relative_growth * std::fabs(level);
+             growth >= params.min_relative_growth * std::fabs(level) &&
+             growth >= SamplingNoise(params.sampling_unit, level, growth, variation);
     };
     // A significant rise that most pairs of points do not see (slope 0:
     // a step, a fill then a long stay) did not go on.

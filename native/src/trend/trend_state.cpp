@@ -105,14 +105,16 @@ std::string_view UnitName(Resource resource) {
   return "?";
 }
 
-ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes) {
+ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes,
+                                         std::uint64_t native_sample_bytes) {
   ResourceParamTable table{};
   auto at = [&table](Resource r) -> ResourceParams& {
     return table[static_cast<std::size_t>(r)];
   };
   at(Resource::kRss) = {16 * kMiB, 0.05};
-  at(Resource::kHeap) = {8.0 * static_cast<double>(heap_sample_bytes), 0.05};
-  at(Resource::kNativeHeap) = {16 * kMiB, 0.05};
+  const auto heap_unit = static_cast<double>(heap_sample_bytes);
+  at(Resource::kHeap) = {8.0 * heap_unit, 0.05, heap_unit};
+  at(Resource::kNativeHeap) = {16 * kMiB, 0.05, static_cast<double>(native_sample_bytes)};
   at(Resource::kFd) = {3, 0};
   at(Resource::kObject) = {3, 0};
   at(Resource::kThread) = {3, 0};
@@ -135,6 +137,7 @@ TrendParams ParamsFor(const TrendConfig& config, Resource resource) {
   const ResourceParams& effect = config.params[static_cast<std::size_t>(resource)];
   params.min_growth = effect.min_growth;
   params.min_relative_growth = effect.min_relative_growth;
+  params.sampling_unit = effect.sampling_unit;
   return params;
 }
 

@@ -45,6 +45,11 @@ struct TrendParams {
   // at the start of the window (0: no relative condition).
   double min_growth = 0;
   double min_relative_growth = 0;
+  // Values that are estimates made of sampled blocks (the heap), each worth
+  // about this much (base units; 0: exact counts): the growth must also
+  // exceed what sampling alone moves such an estimate by, 4 sds of
+  // sqrt(sampling_unit * (2 * level + growth)) (docs/trends.md step 9).
+  double sampling_unit = 0;
 };
 
 // What Evaluate() concluded, and why.

@@ -45,13 +45,16 @@ namespace leakprobe::trend {
 struct ResourceParams {
   double min_growth = 0;           // base units over the evaluated window
   double min_relative_growth = 0;  // fraction of the window's starting level
+  double sampling_unit = 0;        // a sample's worth, for sampled estimates
 };
 using ResourceParamTable = std::array<ResourceParams, kResourceCount>;
 
 // The defaults: fds, objects, threads and pool connections 3; heap 8
 // sample intervals (`heap_sample_bytes` each) and 5 %; rss 16 MiB and 5 %;
-// containers 20 entries (docs/trends.md says why).
-ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes);
+// containers 20 entries (docs/trends.md says why). The heap and the native
+// heap are sampled estimates: their sampling unit is their mean interval.
+ResourceParamTable DefaultResourceParams(std::uint64_t heap_sample_bytes,
+                                         std::uint64_t native_sample_bytes);
 
 // Site series (heap/<site>, fd/site:<site>) ever created per resource: the
 // top sites change over a long run, and each change would add a series the
@@ -66,7 +69,8 @@ inline constexpr std::size_t kMaxPoolSeries = 32;
 struct TrendConfig {
   double interval_seconds = 10;
   double warmup_seconds = 300;
-  ResourceParamTable params = DefaultResourceParams(std::uint64_t{128} * 1024);
+  ResourceParamTable params =
+      DefaultResourceParams(std::uint64_t{128} * 1024, std::uint64_t{256} * 1024);
   // N of the heap and fd top-site lists: a known site absent from a list
   // shorter than N holds nothing now (0 is appended); absent from a full
   // list, its value is unknown (nothing is appended).
