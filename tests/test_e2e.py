@@ -186,8 +186,9 @@ def pids_by_role(server, expr: str) -> dict[str, str]:
 
 
 def memory_history(server, job: str, pids) -> dict[str, list[str]]:
-    """For a failure's message: per pid, its RSS and leakprobe's own figures
-    at every scrape (MiB, one decimal): what grew, and whose memory it was."""
+    """Printed before a failing assertion (whose message is cut short): per
+    pid, its RSS and leakprobe's own figures at every scrape (MiB, one
+    decimal): what grew, and whose memory it was."""
     figures = ("process_resident_memory_bytes", "leakprobe_heap_live_bytes",
                "leakprobe_heap_tracker_memory_bytes", "leakprobe_trend_memory_bytes",
                "leakprobe_object_registry_memory_bytes", "leakprobe_work_runs_total")

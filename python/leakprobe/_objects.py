@@ -208,19 +208,16 @@ def _make_wrapper(fn: Any, name: str, body: str, is_async: bool,
     fn's parameters and defaults when it is a Python function, else
     `fallback`'s ((self, *args, **kwargs) forms)."""
     signature = _signature(fn)
-    if signature is None:
-        signature = fallback.split("|")  # type: ignore[assignment]
-    params, call, self_name = signature  # type: ignore[misc]
+    params, call, self_name = signature or fallback.split("|")
     source = (f"{'async ' if is_async else ''}def {name}({params}):\n"
               + body.format(call=call, self=self_name, await_="await " if is_async else ""))
-    namespace = dict(namespace, __lp_wrapped=fn)
-    if _signature(fn) is not None and _positional_twin(fn) is not None:
-        namespace["__lp_wrapped"] = _positional_twin(fn)
+    twin = _positional_twin(fn) if signature is not None else None
+    namespace = dict(namespace, __lp_wrapped=fn if twin is None else twin)
     # Compiled as this file's code, so attribution sites skip the wrapper's
     # frame as leakprobe's own (library) code.
     exec(compile(source, __file__, "exec"), namespace)
     wrapper = namespace[name]
-    if _signature(fn) is not None:
+    if signature is not None:
         wrapper.__defaults__ = fn.__defaults__
         wrapper.__kwdefaults__ = fn.__kwdefaults__
     functools.update_wrapper(wrapper, fn)
