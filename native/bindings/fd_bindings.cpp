@@ -282,20 +282,21 @@ void RegisterFdBindings(py::module_& m) {
   m.def(
       "fd_sequence",
       [] {
-        const FdTable& table = ProcessFdTable();
-        const std::uint64_t closes = table.CloseMark();  // first: a close after it counts
-        return py::make_tuple(table.CurrentSequence(), closes);
+        const FdTable::WorkMark mark = ProcessFdTable().Mark();
+        return py::make_tuple(mark.sequence, mark.closes, mark.opens);
       },
       "A mark for fd_application_since: (creation sequence of the last fd recorded "
-      "so far, retired attributed records so far).");
+      "so far, attributed records retired so far, attributed creations logged so far).");
   m.def(
       "fd_application_since",
-      [](std::uint64_t sequence, std::uint64_t close_mark, bool release_close_log) {
+      [](std::uint64_t sequence, std::uint64_t close_mark, std::uint64_t open_mark,
+         bool release_logs) {
         std::array<std::int64_t, kFdKindCount> counts{};
         {
           const WithoutGil no_gil;
-          counts = CountApplicationFdsSince(ProcessFdTable(), sequence, close_mark);
-          if (release_close_log) ProcessFdTable().KeepCloseLog(-1);
+          counts = CountApplicationFdsSince(
+              ProcessFdTable(), FdTable::WorkMark{sequence, close_mark, open_mark});
+          if (release_logs) ProcessFdTable().KeepLogs(-1);
         }
         py::dict out;
         for (std::size_t k = 0; k < kFdKindCount; ++k) {
@@ -303,13 +304,13 @@ void RegisterFdBindings(py::module_& m) {
         }
         return out;
       },
-      py::arg("sequence"), py::arg("close_mark"), py::arg("release_close_log") = false,
+      py::arg("sequence"), py::arg("close_mark"), py::arg("open_mark"),
+      py::arg("release_logs") = false,
       "The net change by kind of the application's open fds since the mark "
-      "(sequence, close_mark) of fd_sequence(): open fds it created since, less "
-      "the ones it had created before that were closed since; release_close_log "
-      "ends what work_figures(keep_close_log=1) began.");
+      "(sequence, close_mark, open_mark) of fd_sequence(): open fds it created since, "
+      "less the ones it had created before that were closed since; release_logs "
+      "ends what work_figures(keep_logs=1) began.");
   m.def("fd_counters", &FdCountersDict,
-        "opened/closed/open by kind, unattributed, dropped, replaced, conflicts, "
         "reconciles, last_reconcile_seconds, objects_patched, slots_patched.");
 }
 

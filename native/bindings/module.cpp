@@ -422,27 +422,27 @@ PYBIND11_MODULE(_native, m) {
   m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");
   m.def(
       "work_figures",
-      [](int keep_close_log) {
-        std::uint64_t sequence = 0;
-        std::uint64_t closes = 0;
+      [](int keep_logs) {
+        FdTable::WorkMark mark;
         std::vector<std::pair<std::string, std::uint64_t>> live;
         double heap = 0;
         {
           const WithoutGil no_gil;
-          if (keep_close_log > 0) ProcessFdTable().KeepCloseLog(1);  // before the mark
-          closes = ProcessFdTable().CloseMark();
-          sequence = ProcessFdTable().CurrentSequence();
+          if (keep_logs > 0) ProcessFdTable().KeepLogs(1);  // before the mark
+          mark = ProcessFdTable().Mark();
           live = ObjectRegistry::Instance().LiveByType();
           heap = HeapTracker::Instance().LiveBytes();
         }
         py::dict objects;
         for (const auto& [name, count] : live) objects[py::str(name)] = count;
-        return py::make_tuple(py::make_tuple(sequence, closes), objects, heap);
+        return py::make_tuple(py::make_tuple(mark.sequence, mark.closes, mark.opens),
+                              objects, heap);
       },
-      py::arg("keep_close_log") = 0,
-      "((fd creation sequence, fd close mark), {type: live tracked objects}, sampled "
-      "live heap bytes); keep_close_log 1 when a unit begins (the fd table logs "
-      "closes from then on), else 0: "
+      py::arg("keep_logs") = 0,
+      "((fd creation sequence, fd close-log mark, fd creation-log mark), {type: live "
+      "tracked objects}, sampled live heap bytes); keep_logs 1 when a unit begins (the "
+      "fd "
+      "table logs closes and creations from then on), else 0: "
       "what a unit of work reads when it begins and ends, without the summaries' "
       "sites.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,

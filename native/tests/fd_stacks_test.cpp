@@ -138,9 +138,8 @@ TEST_F(FdStacksTest, ApplicationFdsSinceIsTheNetChangeOfApplicationFds) {
   const std::vector<LeakprobeRawFrame> application = {FakeFrame(1001, 8),
                                                       FakeFrame(5, 20), FakeFrame(6, 40)};
   tls_fake_stack = application;
-  ProcessFdTable().KeepCloseLog(1);  // as a unit of work's begin does
-  const std::uint64_t begin = ProcessFdTable().CurrentSequence();
-  const std::uint64_t mark = ProcessFdTable().CloseMark();
+  ProcessFdTable().KeepLogs(1);  // as a unit of work's begin does
+  const FdTable::WorkMark mark = ProcessFdTable().Mark();
   const int kept = lib.eventfd(0, 0);      // application frames below the library one
   const int replaced = lib.eventfd(0, 0);  // replaces `before` (a new keep-alive socket)
   const int closed = lib.eventfd(0, 0);    // created and closed during the unit
@@ -159,24 +158,35 @@ TEST_F(FdStacksTest, ApplicationFdsSinceIsTheNetChangeOfApplicationFds) {
   ASSERT_EQ(syscall(SYS_close, unseen), 0);
   ASSERT_TRUE(ProcessFdTable().Find(unseen).has_value());
   std::uint64_t lost = 99;
-  const auto counts = CountApplicationFdsSince(ProcessFdTable(), begin, mark, &lost);
+  const auto counts = CountApplicationFdsSince(ProcessFdTable(), mark, &lost);
   std::int64_t total = 0;
   for (const std::int64_t c : counts) total += c;
   EXPECT_EQ(total, 1);  // kept + replaced - before
   EXPECT_EQ(counts[static_cast<std::size_t>(FdKind::kEventfd)], 1);
   EXPECT_EQ(lost, 0u);
   // A mark taken now: nothing yet.
-  EXPECT_EQ(CountApplicationFdsSince(ProcessFdTable(), ProcessFdTable().CurrentSequence(),
-                                     ProcessFdTable().CloseMark()),
+  EXPECT_EQ(CountApplicationFdsSince(ProcessFdTable(), ProcessFdTable().Mark()),
             (std::array<std::int64_t, kFdKindCount>{}));
   // A unit that only closes the application's fd from before: -1.
-  const std::uint64_t begin2 = ProcessFdTable().CurrentSequence();
-  const std::uint64_t mark2 = ProcessFdTable().CloseMark();
+  const FdTable::WorkMark mark2 = ProcessFdTable().Mark();
   lib.close(kept);
-  EXPECT_EQ(CountApplicationFdsSince(ProcessFdTable(), begin2,
+  EXPECT_EQ(CountApplicationFdsSince(ProcessFdTable(),
                                      mark2)[static_cast<std::size_t>(FdKind::kEventfd)],
             -1);
-  ProcessFdTable().KeepCloseLog(-1);
+  // More creations than the creation log holds: the table is scanned
+  // instead, with the same count.
+  const FdTable::WorkMark mark3 = ProcessFdTable().Mark();
+  const int kept3 = lib.eventfd(0, 0);
+  for (std::size_t i = 0; i < FdTable::kOpenLog; ++i) lib.close(lib.eventfd(0, 0));
+  std::uint64_t unlogged = 0;
+  EXPECT_EQ(ProcessFdTable().OpenedSince(mark3.opens, &unlogged).size(),
+            FdTable::kOpenLog);
+  EXPECT_EQ(unlogged, 1u);
+  EXPECT_EQ(CountApplicationFdsSince(ProcessFdTable(),
+                                     mark3)[static_cast<std::size_t>(FdKind::kEventfd)],
+            1);
+  lib.close(kept3);
+  ProcessFdTable().KeepLogs(-1);
   for (const int fd : {replaced, framework, native}) lib.close(fd);
   RemoveFdHooks();
 }
@@ -187,10 +197,10 @@ TEST(FdTableCloseLogTest, ClosedSinceReturnsTheRetiredAttributedRecordsAndCounts
   FdTable table(64);
   table.RecordOpen(3, FdKind::kFile, 7);
   table.RetireBeforeClose(3);  // no unit of work: not logged
-  EXPECT_EQ(table.CloseMark(), 0u);
-  table.KeepCloseLog(1);
+  EXPECT_EQ(table.Mark().closes, 0u);
+  table.KeepLogs(1);
   table.RecordOpen(3, FdKind::kFile, 7);
-  const std::uint64_t mark = table.CloseMark();
+  const std::uint64_t mark = table.Mark().closes;
   table.RetireBeforeClose(3);
   std::uint64_t lost = 99;
   auto closed = table.ClosedSince(mark, &lost);
@@ -198,7 +208,7 @@ TEST(FdTableCloseLogTest, ClosedSinceReturnsTheRetiredAttributedRecordsAndCounts
   EXPECT_EQ(closed[0].stack_id, 7u);
   EXPECT_EQ(closed[0].kind, FdKind::kFile);
   EXPECT_EQ(lost, 0u);
-  const std::uint64_t old_mark = table.CloseMark();
+  const std::uint64_t old_mark = table.Mark().closes;
   for (std::size_t i = 0; i < FdTable::kCloseLog + 10; ++i) {
     table.RecordOpen(4, FdKind::kPipe, 1);
     table.RetireBeforeClose(4);
@@ -206,12 +216,43 @@ TEST(FdTableCloseLogTest, ClosedSinceReturnsTheRetiredAttributedRecordsAndCounts
   closed = table.ClosedSince(old_mark, &lost);
   EXPECT_EQ(closed.size(), FdTable::kCloseLog);
   EXPECT_EQ(lost, 10u);
-  EXPECT_TRUE(table.ClosedSince(table.CloseMark(), &lost).empty());
-  table.KeepCloseLog(-1);
-  const std::uint64_t off = table.CloseMark();
+  EXPECT_TRUE(table.ClosedSince(table.Mark().closes, &lost).empty());
+  table.KeepLogs(-1);
+  const std::uint64_t off = table.Mark().closes;
   table.RecordOpen(5, FdKind::kPipe, 1);
   table.RetireBeforeClose(5);
-  EXPECT_EQ(table.CloseMark(), off);
+  EXPECT_EQ(table.Mark().closes, off);
+}
+
+// The creation log holds the attributed creations made while the logs are
+// kept (not the reconciler's finds), the last kOpenLog of them.
+TEST(FdTableCloseLogTest, OpenedSinceReturnsTheAttributedCreationsAndCountsTheLost) {
+  FdTable table(64);
+  table.RecordOpen(3, FdKind::kFile, 7);  // no unit of work: not logged
+  EXPECT_EQ(table.Mark().opens, 0u);
+  table.KeepLogs(1);
+  const FdTable::WorkMark mark = table.Mark();
+  table.RecordOpen(5, FdKind::kTcp, 8);
+  ASSERT_TRUE(table.RecordFound(6, FdKind::kFile, FdIdentity{}));  // unattributed
+  std::uint64_t lost = 99;
+  auto opened = table.OpenedSince(mark.opens, &lost);
+  ASSERT_EQ(opened.size(), 1u);
+  EXPECT_EQ(opened[0].fd, 5);
+  EXPECT_EQ(opened[0].sequence, table.Find(5)->sequence);
+  EXPECT_GT(opened[0].sequence, mark.sequence);
+  EXPECT_EQ(lost, 0u);
+  const std::uint64_t old_mark = table.Mark().opens;
+  for (std::size_t i = 0; i < FdTable::kOpenLog + 10; ++i) {
+    table.RecordOpen(4, FdKind::kPipe, 1);
+    table.RetireBeforeClose(4);
+  }
+  opened = table.OpenedSince(old_mark, &lost);
+  EXPECT_EQ(opened.size(), FdTable::kOpenLog);
+  EXPECT_EQ(lost, 10u);
+  table.KeepLogs(-1);
+  const std::uint64_t off = table.Mark().opens;
+  table.RecordOpen(7, FdKind::kPipe, 1);
+  EXPECT_EQ(table.Mark().opens, off);
 }
 
 TEST_F(FdStacksTest, HookedCreationsCarryTheStackAndCountInTopSites) {

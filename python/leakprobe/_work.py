@@ -15,9 +15,11 @@ What a run left behind:
 - **fds**: the net change of the application's open fds: those created
   during the run by code with an application frame on its stack and still
   open at its end, less those the application had created before the run
-  that were closed during it (the fd table's creation sequence and close
-  mark at ``begin``; at ``end``, its records created since, each checked
-  open, and its log of records retired since). A keep-alive connection
+  that were closed during it (the fd table's creation sequence and the
+  positions of its creation and close logs at ``begin``; at ``end``, the
+  records logged as created since, each looked up and checked open, and
+  those logged as retired since: a cost in the run's own creations and
+  closes, not in the process's open fds). A keep-alive connection
   the application replaces during a run (old socket closed, new one
   opened) counts 0. Not counted either way: fds the framework itself
   opened or closed around the run with no application frame on the
@@ -57,6 +59,8 @@ import threading
 import time
 from collections import deque
 from typing import Any, NamedTuple
+
+from . import _runtime
 
 MAX_KINDS = 4
 MAX_NAMES = 30  # per kind; (MAX_NAMES + 1) * MAX_KINDS <= the native store's 128 rows
@@ -116,24 +120,30 @@ class Token(NamedTuple):
     started_ns: int = 0  # time.monotonic_ns() as the run began
 
 
-def _native() -> Any:
-    from . import _native as native
+_native_module: Any = None
 
-    return native
+
+def _native() -> Any:
+    # Imported once (not per call: a function-level import costs every
+    # request of a route a package lookup).
+    global _native_module
+    if _native_module is None:
+        from . import _native as native
+
+        _native_module = native
+    return _native_module
 
 
 def _figures(before: _Figures | None = None) -> _Figures:
     """The process's figures now; None for a tracker that is off. With
     `before` (at a run's end), fds as the open ones created since
     ``before.fds`` instead (see the module's docstring)."""
-    from . import _runtime
-
     state = _runtime._state
     if state is None:
         return _Figures(None, None, None)
     native = _native()
     # At a run's begin (with fds tracked) the fd table starts logging
-    # closes; the count at its end stops it again.
+    # creations and closes; the count at its end stops it again.
     keep = 1 if before is None and state.fds else 0
     sequence, live, live_bytes = native.work_figures(keep)  # ~2 us, no summaries
     fds = objects = heap = None
@@ -145,7 +155,7 @@ def _figures(before: _Figures | None = None) -> _Figures:
             # close_range syscall, say) is left out by the native count's
             # check of each fd: no reconciliation (~15 us) per run.
             fds = {k: v for k, v in
-                   native.fd_application_since(*before.fds, release_close_log=True).items()
+                   native.fd_application_since(*before.fds, release_logs=True).items()
                    if v}
     if state.config.objects:
         objects = live

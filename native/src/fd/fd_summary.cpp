@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,23 +69,33 @@ void SummarizeOwners(const absl::flat_hash_map<std::uint32_t, std::uint64_t>& by
 
 }  // namespace
 
-std::array<std::int64_t, kFdKindCount> CountApplicationFdsSince(const FdTable& table,
-                                                                std::uint64_t sequence,
-                                                                std::uint64_t close_mark,
-                                                                std::uint64_t* lost) {
+std::array<std::int64_t, kFdKindCount> CountApplicationFdsSince(
+    const FdTable& table, const FdTable::WorkMark& mark, std::uint64_t* lost) {
   std::array<std::int64_t, kFdKindCount> counts{};
   const StackTable& stacks = StackTable::Instance();
-  for (const FdRecord& record : table.OpenFds()) {
+  const auto count_open = [&](const FdRecord& record) {
     // fcntl: a record of an fd closed unseen (close_range) is not counted,
     // without a reconciliation's read of /proc/self/fd on every run.
-    if (record.sequence > sequence && record.attributed &&
+    if (record.sequence > mark.sequence && record.attributed &&
         stacks.ReachesApplication(record.stack_id) && fcntl(record.fd, F_GETFD) != -1) {
       ++counts[static_cast<std::size_t>(record.kind)];
     }
+  };
+  std::uint64_t unlogged = 0;
+  const std::vector<FdTable::OpenedRecord> opened =
+      table.OpenedSince(mark.opens, &unlogged);
+  if (unlogged == 0) {
+    for (const FdTable::OpenedRecord& created : opened) {
+      // Still that record: not closed, nor its number reused since.
+      const std::optional<FdRecord> record = table.Find(created.fd);
+      if (record && record->sequence == created.sequence) count_open(*record);
+    }
+  } else {
+    for (const FdRecord& record : table.OpenFds()) count_open(record);
   }
   std::uint64_t missing = 0;
-  for (const FdTable::ClosedRecord& closed : table.ClosedSince(close_mark, &missing)) {
-    if (closed.sequence <= sequence && stacks.ReachesApplication(closed.stack_id)) {
+  for (const FdTable::ClosedRecord& closed : table.ClosedSince(mark.closes, &missing)) {
+    if (closed.sequence <= mark.sequence && stacks.ReachesApplication(closed.stack_id)) {
       --counts[static_cast<std::size_t>(closed.kind)];
     }
   }

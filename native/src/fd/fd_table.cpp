@@ -20,7 +20,8 @@ std::size_t KindIndex(std::uint64_t meta) noexcept {
 FdTable::FdTable(std::size_t capacity)
     : capacity_(capacity),
       slots_(new Slot[capacity]),
-      close_log_(new CloseEntry[kCloseLog]) {}
+      close_log_(new CloseEntry[kCloseLog]),
+      open_log_(new OpenEntry[kOpenLog]) {}
 
 void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
                          std::uint64_t call_sequence, std::uint32_t owner) noexcept {
@@ -51,10 +52,14 @@ void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
       replaced_.fetch_add(1, std::memory_order_relaxed);
     }
   }
-  Publish(
+  const std::uint64_t sequence = Publish(
       s, fd,
       static_cast<std::uint64_t>(kind) | (std::uint64_t{stack_id} << 8) | kAttributedBit,
       FdIdentity{}, owner);
+  // Sequentially consistent with Mark()'s increment and reads (on x86 a
+  // plain load, as the sequence's fetch_add is a locked add either way):
+  // a creation whose sequence is after a mark sees the logs kept.
+  if (log_users_.load(std::memory_order_seq_cst) > 0) LogOpen(fd, sequence);
   if (count_opened) {
     opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
   }
@@ -67,7 +72,7 @@ std::uint64_t FdTable::Publish(Slot& s, int fd, std::uint64_t meta, FdIdentity i
   // every creation.
   s.created_ns.store(CoarseMonotonicNs(), std::memory_order_release);
   s.meta.store(meta, std::memory_order_release);
-  const std::uint64_t sequence = next_sequence_.fetch_add(1, std::memory_order_relaxed);
+  const std::uint64_t sequence = next_sequence_.fetch_add(1, std::memory_order_seq_cst);
   if (identity.known()) {  // only the reconciler knows it, and writes it
     s.dev.store(identity.dev, std::memory_order_release);
     s.ino.store(identity.ino, std::memory_order_release);
@@ -190,8 +195,7 @@ FdKind FdTable::KindOf(int fd) const noexcept {
 
 void FdTable::CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept {
   closed_[KindIndex(meta)].fetch_add(1, std::memory_order_relaxed);
-  if ((meta & kAttributedBit) == 0 ||
-      close_log_users_.load(std::memory_order_relaxed) <= 0) {
+  if ((meta & kAttributedBit) == 0 || log_users_.load(std::memory_order_relaxed) <= 0) {
     return;
   }
   // The slot protocol's form: claim (acq_rel RMW), release payload stores,
@@ -205,12 +209,54 @@ void FdTable::CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept {
   e.stamp.store(index + 1, std::memory_order_release);
 }
 
-void FdTable::KeepCloseLog(int delta) noexcept {
-  close_log_users_.fetch_add(delta, std::memory_order_acq_rel);
+void FdTable::LogOpen(int fd, std::uint64_t sequence) noexcept {
+  // Release: a Mark() that reads this position or a later one (acquire)
+  // also reads next_sequence_ at or past `sequence`, so an entry before the
+  // mark's position is never a creation after its sequence.
+  const std::uint64_t index = open_count_.fetch_add(1, std::memory_order_acq_rel);
+  OpenEntry& e = open_log_[index % kOpenLog];
+  e.stamp.exchange(0, std::memory_order_acq_rel);
+  e.sequence.store(sequence, std::memory_order_release);
+  e.fd.store(fd, std::memory_order_release);
+  e.stamp.store(index + 1, std::memory_order_release);
 }
 
-std::uint64_t FdTable::CloseMark() const noexcept {
-  return close_count_.load(std::memory_order_acquire);
+void FdTable::KeepLogs(int delta) noexcept {
+  log_users_.fetch_add(delta, std::memory_order_seq_cst);
+}
+
+FdTable::WorkMark FdTable::Mark() const noexcept {
+  WorkMark mark;
+  // The logs' positions first, then the sequence: a close or creation
+  // logged before these positions came before this sequence was read.
+  mark.closes = close_count_.load(std::memory_order_acquire);
+  mark.opens = open_count_.load(std::memory_order_seq_cst);
+  mark.sequence = next_sequence_.load(std::memory_order_seq_cst) - 1;
+  return mark;
+}
+
+std::vector<FdTable::OpenedRecord> FdTable::OpenedSince(std::uint64_t mark,
+                                                        std::uint64_t* lost) const {
+  const std::uint64_t end = open_count_.load(std::memory_order_acquire);
+  std::uint64_t first = mark;
+  *lost = 0;
+  if (end > mark && end - mark > kOpenLog) {
+    first = end - kOpenLog;
+    *lost = first - mark;
+  }
+  std::vector<OpenedRecord> out;
+  for (std::uint64_t index = first; index < end; ++index) {
+    const OpenEntry& e = open_log_[index % kOpenLog];
+    const std::uint64_t stamp = e.stamp.load(std::memory_order_acquire);
+    const std::uint64_t sequence = e.sequence.load(std::memory_order_acquire);
+    const std::int64_t fd = e.fd.load(std::memory_order_acquire);
+    if (stamp != index + 1 || e.stamp.load(std::memory_order_relaxed) != stamp) {
+      ++*lost;  // still being written, or already lapped
+      continue;
+    }
+    out.push_back({static_cast<int>(fd), sequence});
+  }
+  return out;
 }
 
 std::vector<FdTable::ClosedRecord> FdTable::ClosedSince(std::uint64_t mark,

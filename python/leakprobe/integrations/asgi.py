@@ -40,6 +40,8 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from .. import _runtime, _work
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -63,8 +65,6 @@ ADAPTER = "asgi"
 
 
 def _running() -> bool:
-    from .. import _runtime
-
     return _runtime._state is not None
 
 
@@ -156,8 +156,6 @@ class LeakprobeMiddleware:
             return
         token = None
         try:
-            from .. import _work
-
             token = _work.begin(KIND, UNMATCHED)
         except Exception as exc:
             _error(exc)

@@ -63,26 +63,6 @@ struct FdSummary {
   std::uint64_t owner_overflows = 0;  // owners interned as the overflow owner
 };
 
-// The net change, by kind, of the application's open fds since a mark
-// (`sequence` = FdTable::CurrentSequence() and `close_mark` =
-// FdTable::CloseMark(), read together earlier): the records created after
-// `sequence` that are still open, less the records created at or before it
-// and retired since `close_mark` (FdTable::ClosedSince), counting only
-// attributed records whose creating stack reaches application code
-// (StackTable::ReachesApplication). What a unit of work left open: fds a
-// framework opened or closed around it with no application frame on the
-// creating stack (a result backend connecting lazily) count neither way; a
-// connection the application replaces (a keep-alive socket closed, a new
-// one opened) counts 0. Records of fds closed unseen (close_range) are
-// not counted: each later record counted is checked open with
-// fcntl(F_GETFD). `*lost` (if given) is how many retired records the close
-// log no longer held (more than FdTable::kCloseLog since the mark): they
-// are not subtracted. Cold path: one scan of the table, the StackTable's
-// lock, one fcntl per later record.
-std::array<std::int64_t, kFdKindCount> CountApplicationFdsSince(
-    const FdTable& table, std::uint64_t sequence, std::uint64_t close_mark,
-    std::uint64_t* lost = nullptr);
-
 // N for SummarizeFds' top sites (the `top_sites` option).
 void SetFdTopSites(std::size_t n) noexcept;
 std::size_t FdTopSites() noexcept;

@@ -125,13 +125,21 @@ class FdTable {
   bool SetOwner(int fd, std::uint64_t sequence, std::uint32_t owner) noexcept;
 
   // --- cold path ---
-  // The close log is kept only while someone needs it: +1 when a unit of
-  // work begins, -1 when it ends (leakprobe/_work.py), so that a process
-  // without units of work pays nothing for it on close.
-  void KeepCloseLog(int delta) noexcept;
-  // The attributed records logged so far (closed, or found replaced):
-  // a mark for ClosedSince.
-  std::uint64_t CloseMark() const noexcept;
+  // The work logs (of closes and of creations) are kept only while someone
+  // needs them: +1 when a unit of work begins, -1 when it ends
+  // (leakprobe/_work.py), so that a process without units of work pays
+  // nothing for them on creation and close.
+  void KeepLogs(int delta) noexcept;
+  // Where a unit of work begins: the last creation sequence, and the
+  // positions of the close and creation logs, read in the order that makes
+  // every attributed creation after `sequence` appear in the creation log
+  // after `opens` (see Mark()).
+  struct WorkMark {
+    std::uint64_t sequence = 0;
+    std::uint64_t closes = 0;
+    std::uint64_t opens = 0;
+  };
+  WorkMark Mark() const noexcept;
   // The attributed records retired after `mark`, oldest first, from a ring
   // of the last kCloseLog; `*lost` is set to how many of them the ring no
   // longer holds (more than kCloseLog since, or entries being rewritten).
@@ -142,6 +150,15 @@ class FdTable {
   };
   static constexpr std::size_t kCloseLog = 4096;
   std::vector<ClosedRecord> ClosedSince(std::uint64_t mark, std::uint64_t* lost) const;
+  // The attributed records created after `mark` (fd and sequence: whether
+  // each is still open is the table's to say), oldest first, from a ring of
+  // the last kOpenLog; `*lost` as in ClosedSince.
+  struct OpenedRecord {
+    int fd = -1;
+    std::uint64_t sequence = 0;
+  };
+  static constexpr std::size_t kOpenLog = 4096;
+  std::vector<OpenedRecord> OpenedSince(std::uint64_t mark, std::uint64_t* lost) const;
   std::vector<FdRecord> OpenFds() const;
   std::optional<FdRecord> Find(int fd) const;
   FdCounters Counters() const noexcept;
@@ -208,6 +225,8 @@ class FdTable {
 
   // Counts a retired record of `meta`, and logs it if attributed.
   void CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept;
+  // Logs an attributed creation while the work logs are kept.
+  void LogOpen(int fd, std::uint64_t sequence) noexcept;
   // One entry of the close log: a seqlock like a slot's, `stamp` being
   // 1 + its index in the log (0 while written).
   struct CloseEntry {
@@ -231,10 +250,40 @@ class FdTable {
   std::atomic<std::uint64_t> dropped_{0};
   std::atomic<std::uint64_t> replaced_{0};
   std::atomic<std::uint64_t> conflicts_{0};
+  // One entry of the creation log, a seqlock as CloseEntry.
+  struct OpenEntry {
+    std::atomic<std::uint64_t> stamp{0};
+    std::atomic<std::uint64_t> sequence{0};
+    std::atomic<std::int64_t> fd{-1};
+  };
   std::unique_ptr<CloseEntry[]> close_log_;  // kCloseLog entries (96 KiB)
   std::atomic<std::uint64_t> close_count_{0};
-  std::atomic<std::int64_t> close_log_users_{0};
+  std::unique_ptr<OpenEntry[]> open_log_;  // kOpenLog entries (96 KiB)
+  std::atomic<std::uint64_t> open_count_{0};
+  std::atomic<std::int64_t> log_users_{0};
 };
+
+// The net change, by kind, of the application's open fds since `mark`
+// (FdTable::Mark(), taken with the work logs kept): the records created
+// after mark.sequence that are still open, less the records created at or
+// before it and retired since (FdTable::ClosedSince), counting only
+// attributed records whose creating stack reaches application code
+// (StackTable::ReachesApplication). What a unit of work left open: fds a
+// framework opened or closed around it with no application frame on the
+// creating stack (a result backend connecting lazily) count neither way; a
+// connection the application replaces (a keep-alive socket closed, a new
+// one opened) counts 0. Records of fds closed unseen (close_range) are
+// not counted: each later record counted is checked open with
+// fcntl(F_GETFD). `*lost` (if given) is how many retired records the close
+// log no longer held (more than FdTable::kCloseLog since the mark): they
+// are not subtracted. Defined with the summaries (fd_summary.cpp). Cold path, in the
+// work's size, not the table's: the creations are read from the creation log
+// (FdTable::OpenedSince) and each looked up; only when that log lost some (more than
+// FdTable::kOpenLog creations since the mark) is the table scanned up to
+// its high-water mark. Then the StackTable's lock, one fcntl per later
+// record.
+std::array<std::int64_t, kFdKindCount> CountApplicationFdsSince(
+    const FdTable& table, const FdTable::WorkMark& mark, std::uint64_t* lost = nullptr);
 
 // The process-wide table the hooks record into (created on first use,
 // never destroyed). Its creation registers an atfork child handler that
