@@ -285,31 +285,9 @@ void RegisterFdBindings(py::module_& m) {
         const FdTable::WorkMark mark = ProcessFdTable().Mark();
         return py::make_tuple(mark.sequence, mark.closes, mark.opens);
       },
-      "A mark for fd_application_since: (creation sequence of the last fd recorded "
-      "so far, attributed records retired so far, attributed creations logged so far).");
-  m.def(
-      "fd_application_since",
-      [](std::uint64_t sequence, std::uint64_t close_mark, std::uint64_t open_mark,
-         bool release_logs) {
-        std::array<std::int64_t, kFdKindCount> counts{};
-        {
-          const WithoutGil no_gil;
-          counts = CountApplicationFdsSince(
-              ProcessFdTable(), FdTable::WorkMark{sequence, close_mark, open_mark});
-          if (release_logs) ProcessFdTable().KeepLogs(-1);
-        }
-        py::dict out;
-        for (std::size_t k = 0; k < kFdKindCount; ++k) {
-          out[py::str(FdKindName(static_cast<FdKind>(k)))] = counts[k];
-        }
-        return out;
-      },
-      py::arg("sequence"), py::arg("close_mark"), py::arg("open_mark"),
-      py::arg("release_logs") = false,
-      "The net change by kind of the application's open fds since the mark "
-      "(sequence, close_mark, open_mark) of fd_sequence(): open fds it created since, "
-      "less the ones it had created before that were closed since; release_logs "
-      "ends what work_figures(keep_logs=1) began.");
+      "The fd table's mark, as a unit of work takes it (work_figures): (creation "
+      "sequence of the last fd recorded so far, attributed records retired so far, "
+      "attributed creations logged so far).");
   m.def("fd_counters", &FdCountersDict,
         "reconciles, last_reconcile_seconds, objects_patched, slots_patched.");
 }

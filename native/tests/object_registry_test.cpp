@@ -85,6 +85,30 @@ TEST_F(ObjectRegistryTest, CountsCreatedClosedCollectedAndLive) {
   EXPECT_GT(s.memory_bytes, sizeof(ObjectRegistry));
 }
 
+// What a unit of work reads: live counts by type id as it begins, and the
+// types whose count changed (by name) as it ends, a type registered
+// meanwhile counted from 0.
+TEST_F(ObjectRegistryTest, LiveChangesSinceNameTheTypesWhoseCountMoved) {
+  const ObjectTypeId client = registry_.RegisterType("httpx.Client");
+  const ObjectTypeId session = registry_.RegisterType("Session");
+  ASSERT_EQ(registry_.Add(client, Obj(1), Handle(1), kEmptyStack, 100), Result::kAdded);
+  ASSERT_EQ(registry_.Add(session, Obj(2), Handle(2), kEmptyStack, 100), Result::kAdded);
+  const std::vector<std::uint64_t> before = registry_.LiveCounts();
+  ASSERT_GT(before.size(), static_cast<std::size_t>(std::max(client, session)));
+  EXPECT_EQ(before[client], 1u);
+  EXPECT_EQ(before[session], 1u);
+  EXPECT_TRUE(registry_.LiveChangesSince(before).empty());
+  ASSERT_EQ(registry_.Add(client, Obj(3), Handle(3), kEmptyStack, 100), Result::kAdded);
+  ASSERT_EQ(registry_.Add(client, Obj(4), Handle(4), kEmptyStack, 100), Result::kAdded);
+  EXPECT_EQ(registry_.Close(Obj(2)), Handle(2));
+  const ObjectTypeId engine = registry_.RegisterType("Engine");
+  ASSERT_EQ(registry_.Add(engine, Obj(5), Handle(5), kEmptyStack, 100), Result::kAdded);
+  auto changes = registry_.LiveChangesSince(before);
+  std::sort(changes.begin(), changes.end());
+  EXPECT_EQ(changes, (std::vector<std::pair<std::string, std::int64_t>>{
+                         {"Engine", 1}, {"Session", -1}, {"httpx.Client", 2}}));
+}
+
 TEST_F(ObjectRegistryTest, RecordCapDropsAndCounts) {
   registry_.Start(2, 5);
   const ObjectTypeId t = registry_.RegisterType("T");

@@ -104,13 +104,16 @@ class WorkStat(NamedTuple):
 
 
 class _Figures(NamedTuple):
-    # begin: the fd table's creation sequence; end: what the run left open,
-    # by kind (see the module's docstring)
-    fds: Any
-    objects: dict[str, int] | None
+    """What a run's begin read: the fd table's mark (None: fds not tracked),
+    live tracked objects by type id (None: objects not tracked), the
+    sampled live heap (None: heap not tracked)."""
+
+    fds: tuple[int, int, int] | None
+    objects: tuple[int, ...] | None
     heap: float | None
 
 
+_NOTHING = _Figures(None, None, None)
 
 
 class Token(NamedTuple):
@@ -134,42 +137,49 @@ def _native() -> Any:
     return _native_module
 
 
-def _figures(before: _Figures | None = None) -> _Figures:
-    """The process's figures now; None for a tracker that is off. With
-    `before` (at a run's end), fds as the open ones created since
-    ``before.fds`` instead (see the module's docstring)."""
+def _begin_figures() -> _Figures:
+    """The process's figures as a run begins (see _Figures)."""
     state = _runtime._state
     if state is None:
-        return _Figures(None, None, None)
-    native = _native()
-    # At a run's begin (with fds tracked) the fd table starts logging
-    # creations and closes; the count at its end stops it again.
-    keep = 1 if before is None and state.fds else 0
-    sequence, live, live_bytes = native.work_figures(keep)  # ~2 us, no summaries
-    fds = objects = heap = None
-    if state.fds:
-        if before is None:
-            fds = sequence
-        elif before.fds is not None:
-            # An fd the run created and closed unseen (os.closerange's
-            # close_range syscall, say) is left out by the native count's
-            # check of each fd: no reconciliation (~15 us) per run.
-            fds = {k: v for k, v in
-                   native.fd_application_since(*before.fds, release_logs=True).items()
-                   if v}
-    if state.config.objects:
-        objects = live
-    if state.config.heap:
-        heap = live_bytes
-    return _Figures(fds, objects, heap)
+        return _NOTHING
+    # With fds tracked, the fd table logs creations and closes from here
+    # until the run's end releases it.
+    mark, live, live_bytes = _native().work_figures(1 if state.fds else 0)  # ~0.3 us
+    config = state.config
+    return _Figures(mark if state.fds else None, live if config.objects else None,
+                    live_bytes if config.heap else None)
+
+
+def _end_figures(before: _Figures) -> tuple[dict[str, int], dict[str, int], float]:
+    """What the run that began with `before` left behind: (fds by kind,
+    live objects by type, heap bytes), nonzero changes only."""
+    if before is _NOTHING:
+        return {}, {}, 0.0
+    # An fd the run created and closed unseen (os.closerange's close_range
+    # syscall, say) is left out by the native count's check of each fd: no
+    # reconciliation (~15 us) per run. The fds it created are read from the
+    # table's creation log, not by a scan of the table.
+    fds, objects, live_bytes = _native().work_end(before.fds, before.objects,
+                                                  before.fds is not None)
+    if _runtime._state is None:  # stopped during the run: the logs released
+        return {}, {}, 0.0
+    heap = live_bytes - before.heap if before.heap is not None else 0.0
+    return fds, objects, heap
+
+
+_valid_kinds: set[str] = set()
 
 
 def _check(kind: str, name: str) -> None:
+    if type(kind) is str and kind in _valid_kinds and type(name) is str and name:
+        return  # the common case, without a match per run
     if not isinstance(kind, str) or not _KIND.match(kind):
         raise ValueError(f"kind {kind!r} is not valid; accepted: a lower-case word "
                          "([a-z][a-z0-9_]*, at most 32 characters), e.g. 'task' or 'route'")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name {name!r} is not valid; accepted: a non-empty str")
+    if len(_valid_kinds) < 64:
+        _valid_kinds.add(kind)
 
 
 def begin(kind: str, name: str) -> Token:
@@ -182,14 +192,7 @@ def begin(kind: str, name: str) -> Token:
             _overlapped += 1
         _in_progress += 1
     started_ns = time.monotonic_ns()
-    return Token(kind, name, _figures(), started_ns)
-
-
-def _delta(after: dict[str, int] | None, before: dict[str, int] | None) -> dict[str, int]:
-    if after is None or before is None:
-        return {}
-    keys = after.keys() | before.keys()
-    return {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+    return Token(kind, name, _begin_figures(), started_ns)
 
 
 def end(token: Token, name: str | None = None) -> None:
@@ -198,28 +201,29 @@ def end(token: Token, name: str | None = None) -> None:
     is the unit's name instead of the one given to :func:`begin` (an HTTP
     route is known only once the app has routed the request)."""
     global _in_progress
-    if name is not None:
-        _check(token.kind, name)
-        token = token._replace(name=name)
+    kind = token.kind
+    if name is None:
+        name = token.name
+    else:
+        _check(kind, name)
     ended_ns = time.monotonic_ns()
-    before = token.before
-    after = _figures(before)
-    fds = after.fds or {}
-    objects = _delta(after.objects, before.objects)
-    heap = (after.heap - before.heap) if after.heap is not None and before.heap is not None \
-        else 0.0
+    fds, objects, heap = _end_figures(token.before)
     with _lock:
         _in_progress = max(0, _in_progress - 1)
-        unit = _unit(token.kind, token.name)
+        unit = _unit(kind, name)
         unit.runs += 1
-        for key, value in fds.items():
-            unit.fds[key] = unit.fds.get(key, 0) + value
-        for key, value in objects.items():
-            unit.objects[key] = unit.objects.get(key, 0) + value
         unit.bytes += heap
-        for what, delta in (("fds", fds), ("objects", objects)):
-            if sum(delta.values()) > 0:
-                unit.kept.setdefault(what, deque(maxlen=MAX_KEPT_RUNS)).append(
+        if fds:
+            for key, value in fds.items():
+                unit.fds[key] = unit.fds.get(key, 0) + value
+            if sum(fds.values()) > 0:
+                unit.kept.setdefault("fds", deque(maxlen=MAX_KEPT_RUNS)).append(
+                    (token.started_ns, ended_ns))
+        if objects:
+            for key, value in objects.items():
+                unit.objects[key] = unit.objects.get(key, 0) + value
+            if sum(objects.values()) > 0:
+                unit.kept.setdefault("objects", deque(maxlen=MAX_KEPT_RUNS)).append(
                     (token.started_ns, ended_ns))
         rows = _rows()
     _native().set_work(rows)

@@ -253,13 +253,26 @@ bool ObjectRegistry::Tracked(const void* object) const {
   return it != index_.end() && records_[it->second].object == object;
 }
 
-std::vector<std::pair<std::string, std::uint64_t>> ObjectRegistry::LiveByType() const {
-  std::vector<std::pair<std::string, std::uint64_t>> live;
+std::vector<std::uint64_t> ObjectRegistry::LiveCounts() const {
+  std::vector<std::uint64_t> live;
   const TrackerLock lock(&mu_);
-  for (const Type& t : types_) {
-    if (t.live > 0) live.emplace_back(t.name, t.live);
-  }
+  live.reserve(types_.size());
+  for (const Type& t : types_) live.push_back(t.live);
   return live;
+}
+
+std::vector<std::pair<std::string, std::int64_t>> ObjectRegistry::LiveChangesSince(
+    const std::vector<std::uint64_t>& before) const {
+  std::vector<std::pair<std::string, std::int64_t>> changes;
+  const TrackerLock lock(&mu_);
+  for (std::size_t id = 0; id < types_.size(); ++id) {
+    const std::uint64_t was = id < before.size() ? before[id] : 0;
+    if (types_[id].live != was) {
+      changes.emplace_back(types_[id].name, static_cast<std::int64_t>(types_[id].live) -
+                                                static_cast<std::int64_t>(was));
+    }
+  }
+  return changes;
 }
 
 ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {

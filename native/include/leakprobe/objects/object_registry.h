@@ -131,9 +131,14 @@ class ObjectRegistry {
 
   // Per type, in registration order (types with no event at all included).
   ObjectSummary Summary(std::int64_t now_ns) const;
-  // (type name, live instances) of every type with live instances: what
-  // Summary() says of them, without its oldest ages and sites.
-  std::vector<std::pair<std::string, std::uint64_t>> LiveByType() const;
+  // Live instances by type id (registration order): what a unit of work
+  // reads as it begins, without names, ages or sites.
+  std::vector<std::uint64_t> LiveCounts() const;
+  // (type name, live now - `before`'s count) of the types whose live count
+  // differs from `before` (LiveCounts() earlier; a type registered since
+  // counts from 0): what a unit of work left behind.
+  std::vector<std::pair<std::string, std::int64_t>> LiveChangesSince(
+      const std::vector<std::uint64_t>& before) const;
   std::vector<ObjectRecord> Records() const;
   std::size_t MemoryBytes() const;
 
