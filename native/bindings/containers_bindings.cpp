@@ -112,6 +112,17 @@ void RegisterContainerBindings(py::module_& m) {
   m.def("set_work", &SetWork, py::arg("rows"),
         "Replace the per-unit-of-work rows (kind, name, runs, retained fds, retained "
         "objects, retained bytes); rows beyond the store's 128 are ignored.");
+  m.def(
+      "set_work_row",
+      [](std::size_t index, const std::string& kind, const std::string& name,
+         std::uint64_t runs, std::int64_t fds, std::int64_t objects, double bytes) {
+        ContainerStore::Instance().SetWorkRow(index,
+                                              {kind, name, runs, fds, objects, bytes});
+      },
+      py::arg("index"), py::arg("kind"), py::arg("name"), py::arg("runs"), py::arg("fds"),
+      py::arg("objects"), py::arg("bytes"),
+      "Write one per-unit-of-work row (rows are added in order: index at most the "
+      "row count; from 128 on ignored), leaving the others.");
   m.def("container_summary", &Summary,
         "What the exporter reads from the container store.");
 }

@@ -98,6 +98,30 @@ TEST(ContainerStoreTest, WorkRowsRoundTripCappedAndExported) {
   EXPECT_TRUE(store.Summary().work.empty());
 }
 
+TEST(ContainerStoreTest, OneWorkRowIsWrittenInPlaceOrAppended) {
+  ContainerStore& store = ContainerStore::Instance();
+  store.SetWork({});
+  store.SetWorkRow(1, {"route", "GET /b", 1, 0, 0, 0});  // past the end: ignored
+  EXPECT_TRUE(store.Summary().work.empty());
+  store.SetWorkRow(0, {"route", "GET /a", 1, 0, 0, 0});
+  store.SetWorkRow(1, {"route", "GET /b", 1, 1, 0, 16.5});
+  store.SetWorkRow(0, {"route", "GET /a", 2, 0, 3, 0});  // in place
+  ContainerSummary s = store.Summary();
+  ASSERT_EQ(s.work.size(), 2u);
+  EXPECT_EQ(s.work[0].name, "GET /a");
+  EXPECT_EQ(s.work[0].runs, 2u);
+  EXPECT_EQ(s.work[0].retained_objects, 3);
+  EXPECT_EQ(s.work[1].name, "GET /b");
+  EXPECT_EQ(s.work[1].retained_fds, 1);
+  EXPECT_DOUBLE_EQ(s.work[1].retained_bytes, 16.5);
+  // Up to the cap, then ignored.
+  for (std::size_t i = 2; i < ContainerStore::kMaxWorkRows + 2; ++i) {
+    store.SetWorkRow(i, {"route", "r", 1, 0, 0, 0});
+  }
+  EXPECT_EQ(store.Summary().work.size(), ContainerStore::kMaxWorkRows);
+  store.SetWork({});
+}
+
 // A reader concurrent with a writer sees either the old or the new table,
 // never a mix: every row of one write carries the same size.
 TEST(ContainerStoreTest, ReadersNeverSeeATornTable) {

@@ -132,6 +132,21 @@ void ContainerStore::SetWork(const std::vector<WorkUnit>& rows) noexcept {
   EndWrite(sequence);
 }
 
+void ContainerStore::SetWorkRow(std::size_t index, const WorkUnit& unit) noexcept {
+  const std::size_t count = work_count_.load(std::memory_order_relaxed);
+  if (index >= kMaxWorkRows || index > count) return;
+  const std::uint64_t sequence = BeginWrite();
+  WorkRow& row = work_[index];
+  StoreName(&row.kind, unit.kind);
+  StoreName(&row.name, unit.name);
+  row.runs.store(unit.runs, std::memory_order_release);
+  row.fds.store(unit.retained_fds, std::memory_order_release);
+  row.objects.store(unit.retained_objects, std::memory_order_release);
+  row.bytes.store(unit.retained_bytes, std::memory_order_release);
+  if (index == count) work_count_.store(count + 1, std::memory_order_release);
+  EndWrite(sequence);
+}
+
 ContainerSummary ContainerStore::Summary() const {
   ContainerSummary s;
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {

@@ -58,6 +58,10 @@ class ContainerStore {
 
   // Replaces the per-unit-of-work rows (beyond kMaxWorkRows ignored).
   void SetWork(const std::vector<WorkUnit>& rows) noexcept;
+  // Writes row `index` (at most the current row count: rows are added in
+  // order), leaving the others: what one run's end changes. An index at or
+  // beyond kMaxWorkRows, or past the end, is ignored.
+  void SetWorkRow(std::size_t index, const WorkUnit& unit) noexcept;
 
   ContainerSummary Summary() const;
 
