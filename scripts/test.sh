@@ -140,7 +140,15 @@ run_pytest 3.11 "$REPO_ROOT/.venv/bin/python"
 
 step "GoogleTest under ASan+UBSan (no recovery)"
 await asan_build
-export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+# intercept_tls_get_addr=0: GCC 12's LeakSanitizer (Debian 12, glibc 2.36)
+# records dynamic-TLS blocks from __tls_get_addr calls (libunwind's, on a
+# native stack capture) with bounds it misreads; its leak check at exit
+# then read one ("DTLS 11 at 0x811-0x1000001913"), and its tracer died
+# with SIGSEGV. It did so on every run of NativeHeapTest.BlocksFromBefore
+# StartAreIgnoredWhenFreed alone in one build (CI, 2026-11-30), on none in
+# another. Leaks are still found (a leaked malloc is reported with it);
+# only dynamic TLS is no longer scanned for pointers.
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:intercept_tls_get_addr=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # The 32-thread stress test runs alone: beside it, on two cores, the
 # fork and server tests were starved for tens of seconds.
