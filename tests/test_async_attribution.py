@@ -157,6 +157,22 @@ print(json.dumps(facts))
     assert out == ["inner", True, True, "CORO_CREATED", 42, "AttributeError", "CORO_CLOSED"]
 
 
+def test_set_task_parent_returns_the_previous_parent_and_refuses_bad_ids():
+    out = _run("""
+from leakprobe import _native
+facts = [_native.set_task_parent(7), _native.set_task_parent(0), _native.set_task_parent(0)]
+for bad in (-1, 2 ** 32, "7", None):
+    try:
+        _native.set_task_parent(bad)
+        facts.append("no error")
+    except (OverflowError, TypeError) as exc:
+        facts.append(type(exc).__name__)
+facts.append(_native.set_task_parent(0))  # a refused call changed nothing
+print(json.dumps(facts))
+""")
+    assert out == [0, 7, 0, "OverflowError", "OverflowError", "TypeError", "TypeError", 0]
+
+
 def test_objects_alone_install_the_wrapper_when_asyncio_comes_later():
     # Start installs async attribution for any capturing feature, objects
     # included; the post-import hook must agree with it.
