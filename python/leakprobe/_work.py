@@ -214,17 +214,13 @@ def end(token: Token, name: str | None = None) -> None:
         unit = _unit(kind, name)
         unit.runs += 1
         unit.bytes += heap
-        if fds:
-            for key, value in fds.items():
-                unit.fds[key] = unit.fds.get(key, 0) + value
-            if sum(fds.values()) > 0:
-                unit.kept.setdefault("fds", deque(maxlen=MAX_KEPT_RUNS)).append(
-                    (token.started_ns, ended_ns))
-        if objects:
-            for key, value in objects.items():
-                unit.objects[key] = unit.objects.get(key, 0) + value
-            if sum(objects.values()) > 0:
-                unit.kept.setdefault("objects", deque(maxlen=MAX_KEPT_RUNS)).append(
+        for what, delta, totals in (("fds", fds, unit.fds), ("objects", objects, unit.objects)):
+            if not delta:  # the common case: the run left nothing behind
+                continue
+            for key, value in delta.items():
+                totals[key] = totals.get(key, 0) + value
+            if sum(delta.values()) > 0:
+                unit.kept.setdefault(what, deque(maxlen=MAX_KEPT_RUNS)).append(
                     (token.started_ns, ended_ns))
         # Only this unit's row: what the run changed (a full re-publish cost
         # every run of 30 routes 17 us). Under the lock, so that two runs of

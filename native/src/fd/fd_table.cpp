@@ -18,10 +18,7 @@ std::size_t KindIndex(std::uint64_t meta) noexcept {
 }  // namespace
 
 FdTable::FdTable(std::size_t capacity)
-    : capacity_(capacity),
-      slots_(new Slot[capacity]),
-      close_log_(new CloseEntry[kCloseLog]),
-      open_log_(new OpenEntry[kOpenLog]) {}
+    : capacity_(capacity), slots_(new Slot[capacity]) {}
 
 void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
                          std::uint64_t call_sequence, std::uint32_t owner) noexcept {
@@ -59,7 +56,13 @@ void FdTable::RecordOpen(int fd, FdKind kind, std::uint32_t stack_id,
   // Sequentially consistent with Mark()'s increment and reads (on x86 a
   // plain load, as the sequence's fetch_add is a locked add either way):
   // a creation whose sequence is after a mark sees the logs kept.
-  if (log_users_.load(std::memory_order_seq_cst) > 0) LogOpen(fd, sequence);
+  // Release (WorkLog::Append's RMW of its count): a Mark() that reads
+  // this position or a later one (acquire) also reads next_sequence_ at or
+  // past `sequence`, so an entry before the mark's position is never a
+  // creation after its sequence.
+  if (log_users_.load(std::memory_order_seq_cst) > 0) {
+    opens_.Append(sequence, static_cast<std::uint64_t>(fd));
+  }
   if (count_opened) {
     opened_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
   }
@@ -198,27 +201,40 @@ void FdTable::CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept {
   if ((meta & kAttributedBit) == 0 || log_users_.load(std::memory_order_relaxed) <= 0) {
     return;
   }
-  // The slot protocol's form: claim (acq_rel RMW), release payload stores,
-  // publish; a writer lapping this one by kCloseLog entries is the only
-  // other writer of the entry, and a reader sees a changed stamp then.
-  const std::uint64_t index = close_count_.fetch_add(1, std::memory_order_relaxed);
-  CloseEntry& e = close_log_[index % kCloseLog];
+  closes_.Append(sequence, meta);
+}
+
+void FdTable::WorkLog::Append(std::uint64_t sequence, std::uint64_t value) noexcept {
+  const std::uint64_t index = count.fetch_add(1, std::memory_order_acq_rel);
+  Entry& e = entries[index % kSize];
   e.stamp.exchange(0, std::memory_order_acq_rel);
   e.sequence.store(sequence, std::memory_order_release);
-  e.meta.store(meta, std::memory_order_release);
+  e.value.store(value, std::memory_order_release);
   e.stamp.store(index + 1, std::memory_order_release);
 }
 
-void FdTable::LogOpen(int fd, std::uint64_t sequence) noexcept {
-  // Release: a Mark() that reads this position or a later one (acquire)
-  // also reads next_sequence_ at or past `sequence`, so an entry before the
-  // mark's position is never a creation after its sequence.
-  const std::uint64_t index = open_count_.fetch_add(1, std::memory_order_acq_rel);
-  OpenEntry& e = open_log_[index % kOpenLog];
-  e.stamp.exchange(0, std::memory_order_acq_rel);
-  e.sequence.store(sequence, std::memory_order_release);
-  e.fd.store(fd, std::memory_order_release);
-  e.stamp.store(index + 1, std::memory_order_release);
+std::vector<FdTable::WorkLog::Logged> FdTable::WorkLog::Since(std::uint64_t mark,
+                                                              std::uint64_t* lost) const {
+  const std::uint64_t end = count.load(std::memory_order_acquire);
+  std::uint64_t first = mark;
+  *lost = 0;
+  if (end > mark && end - mark > kSize) {
+    first = end - kSize;
+    *lost = first - mark;
+  }
+  std::vector<Logged> out;
+  for (std::uint64_t index = first; index < end; ++index) {
+    const Entry& e = entries[index % kSize];
+    const std::uint64_t stamp = e.stamp.load(std::memory_order_acquire);
+    const std::uint64_t sequence = e.sequence.load(std::memory_order_acquire);
+    const std::uint64_t value = e.value.load(std::memory_order_acquire);
+    if (stamp != index + 1 || e.stamp.load(std::memory_order_relaxed) != stamp) {
+      ++*lost;  // still being written, or already lapped
+      continue;
+    }
+    out.push_back({sequence, value});
+  }
+  return out;
 }
 
 void FdTable::KeepLogs(int delta) noexcept {
@@ -229,57 +245,27 @@ FdTable::WorkMark FdTable::Mark() const noexcept {
   WorkMark mark;
   // The logs' positions first, then the sequence: a close or creation
   // logged before these positions came before this sequence was read.
-  mark.closes = close_count_.load(std::memory_order_acquire);
-  mark.opens = open_count_.load(std::memory_order_seq_cst);
+  mark.closes = closes_.count.load(std::memory_order_acquire);
+  mark.opens = opens_.count.load(std::memory_order_seq_cst);
   mark.sequence = next_sequence_.load(std::memory_order_seq_cst) - 1;
   return mark;
 }
 
 std::vector<FdTable::OpenedRecord> FdTable::OpenedSince(std::uint64_t mark,
                                                         std::uint64_t* lost) const {
-  const std::uint64_t end = open_count_.load(std::memory_order_acquire);
-  std::uint64_t first = mark;
-  *lost = 0;
-  if (end > mark && end - mark > kOpenLog) {
-    first = end - kOpenLog;
-    *lost = first - mark;
-  }
   std::vector<OpenedRecord> out;
-  for (std::uint64_t index = first; index < end; ++index) {
-    const OpenEntry& e = open_log_[index % kOpenLog];
-    const std::uint64_t stamp = e.stamp.load(std::memory_order_acquire);
-    const std::uint64_t sequence = e.sequence.load(std::memory_order_acquire);
-    const std::int64_t fd = e.fd.load(std::memory_order_acquire);
-    if (stamp != index + 1 || e.stamp.load(std::memory_order_relaxed) != stamp) {
-      ++*lost;  // still being written, or already lapped
-      continue;
-    }
-    out.push_back({static_cast<int>(fd), sequence});
+  for (const WorkLog::Logged& e : opens_.Since(mark, lost)) {
+    out.push_back({static_cast<int>(e.value), e.sequence});
   }
   return out;
 }
 
 std::vector<FdTable::ClosedRecord> FdTable::ClosedSince(std::uint64_t mark,
                                                         std::uint64_t* lost) const {
-  const std::uint64_t end = close_count_.load(std::memory_order_acquire);
-  std::uint64_t first = mark;
-  *lost = 0;
-  if (end > mark && end - mark > kCloseLog) {
-    first = end - kCloseLog;
-    *lost = first - mark;
-  }
   std::vector<ClosedRecord> out;
-  for (std::uint64_t index = first; index < end; ++index) {
-    const CloseEntry& e = close_log_[index % kCloseLog];
-    const std::uint64_t stamp = e.stamp.load(std::memory_order_acquire);
-    const std::uint64_t sequence = e.sequence.load(std::memory_order_acquire);
-    const std::uint64_t meta = e.meta.load(std::memory_order_acquire);
-    if (stamp != index + 1 || e.stamp.load(std::memory_order_relaxed) != stamp) {
-      ++*lost;  // still being written, or already lapped
-      continue;
-    }
-    out.push_back({sequence, static_cast<std::uint32_t>((meta >> 8) & 0xffffffffU),
-                   static_cast<FdKind>(KindIndex(meta))});
+  for (const WorkLog::Logged& e : closes_.Since(mark, lost)) {
+    out.push_back({e.sequence, static_cast<std::uint32_t>((e.value >> 8) & 0xffffffffU),
+                   static_cast<FdKind>(KindIndex(e.value))});
   }
   return out;
 }

@@ -120,29 +120,26 @@ void ContainerStore::SetWork(const std::vector<WorkUnit>& rows) noexcept {
   const std::size_t n = std::min(rows.size(), kMaxWorkRows);
   const std::uint64_t sequence = BeginWrite();
   for (std::size_t i = 0; i < n; ++i) {
-    WorkRow& row = work_[i];
-    StoreName(&row.kind, rows[i].kind);
-    StoreName(&row.name, rows[i].name);
-    row.runs.store(rows[i].runs, std::memory_order_release);
-    row.fds.store(rows[i].retained_fds, std::memory_order_release);
-    row.objects.store(rows[i].retained_objects, std::memory_order_release);
-    row.bytes.store(rows[i].retained_bytes, std::memory_order_release);
+    WriteWorkRow(&work_[i], rows[i]);
   }
   work_count_.store(n, std::memory_order_release);
   EndWrite(sequence);
+}
+
+void ContainerStore::WriteWorkRow(WorkRow* row, const WorkUnit& unit) noexcept {
+  StoreName(&row->kind, unit.kind);
+  StoreName(&row->name, unit.name);
+  row->runs.store(unit.runs, std::memory_order_release);
+  row->fds.store(unit.retained_fds, std::memory_order_release);
+  row->objects.store(unit.retained_objects, std::memory_order_release);
+  row->bytes.store(unit.retained_bytes, std::memory_order_release);
 }
 
 void ContainerStore::SetWorkRow(std::size_t index, const WorkUnit& unit) noexcept {
   const std::size_t count = work_count_.load(std::memory_order_relaxed);
   if (index >= kMaxWorkRows || index > count) return;
   const std::uint64_t sequence = BeginWrite();
-  WorkRow& row = work_[index];
-  StoreName(&row.kind, unit.kind);
-  StoreName(&row.name, unit.name);
-  row.runs.store(unit.runs, std::memory_order_release);
-  row.fds.store(unit.retained_fds, std::memory_order_release);
-  row.objects.store(unit.retained_objects, std::memory_order_release);
-  row.bytes.store(unit.retained_bytes, std::memory_order_release);
+  WriteWorkRow(&work_[index], unit);
   if (index == count) work_count_.store(count + 1, std::memory_order_release);
   EndWrite(sequence);
 }

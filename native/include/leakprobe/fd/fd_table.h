@@ -157,7 +157,7 @@ class FdTable {
     int fd = -1;
     std::uint64_t sequence = 0;
   };
-  static constexpr std::size_t kOpenLog = 4096;
+  static constexpr std::size_t kOpenLog = kCloseLog;
   std::vector<OpenedRecord> OpenedSince(std::uint64_t mark, std::uint64_t* lost) const;
   std::vector<FdRecord> OpenFds() const;
   std::optional<FdRecord> Find(int fd) const;
@@ -225,14 +225,32 @@ class FdTable {
 
   // Counts a retired record of `meta`, and logs it if attributed.
   void CountClosed(std::uint64_t meta, std::uint64_t sequence) noexcept;
-  // Logs an attributed creation while the work logs are kept.
-  void LogOpen(int fd, std::uint64_t sequence) noexcept;
-  // One entry of the close log: a seqlock like a slot's, `stamp` being
-  // 1 + its index in the log (0 while written).
-  struct CloseEntry {
-    std::atomic<std::uint64_t> stamp{0};
-    std::atomic<std::uint64_t> sequence{0};
-    std::atomic<std::uint64_t> meta{0};
+  // A work log: a ring of the last kSize entries (a record's sequence and
+  // one value: the meta of a retired record, the fd of a created one).
+  // Each entry is a seqlock like a slot's, its `stamp` being 1 + its index
+  // in the log (0 while written): a writer claims a position with an
+  // acq_rel RMW of `count` and the entry with an RMW of its stamp, stores
+  // the payload with release and publishes the stamp; a writer lapping it
+  // by kSize entries is the only other writer of the entry, and a reader
+  // then sees a changed stamp.
+  struct WorkLog {
+    static constexpr std::size_t kSize = kCloseLog;  // = kOpenLog
+    struct Entry {
+      std::atomic<std::uint64_t> stamp{0};
+      std::atomic<std::uint64_t> sequence{0};
+      std::atomic<std::uint64_t> value{0};
+    };
+    struct Logged {
+      std::uint64_t sequence = 0;
+      std::uint64_t value = 0;
+    };
+    std::unique_ptr<Entry[]> entries{new Entry[kSize]};  // 96 KiB
+    std::atomic<std::uint64_t> count{0};
+
+    void Append(std::uint64_t sequence, std::uint64_t value) noexcept;
+    // The entries appended after position `mark`, oldest first; `*lost`:
+    // how many of them the ring no longer holds or were being rewritten.
+    std::vector<Logged> Since(std::uint64_t mark, std::uint64_t* lost) const;
   };
   // Retires `s`'s record if it was created at or before `sequence`; true
   // when it did.
@@ -250,16 +268,8 @@ class FdTable {
   std::atomic<std::uint64_t> dropped_{0};
   std::atomic<std::uint64_t> replaced_{0};
   std::atomic<std::uint64_t> conflicts_{0};
-  // One entry of the creation log, a seqlock as CloseEntry.
-  struct OpenEntry {
-    std::atomic<std::uint64_t> stamp{0};
-    std::atomic<std::uint64_t> sequence{0};
-    std::atomic<std::int64_t> fd{-1};
-  };
-  std::unique_ptr<CloseEntry[]> close_log_;  // kCloseLog entries (96 KiB)
-  std::atomic<std::uint64_t> close_count_{0};
-  std::unique_ptr<OpenEntry[]> open_log_;  // kOpenLog entries (96 KiB)
-  std::atomic<std::uint64_t> open_count_{0};
+  WorkLog closes_;  // attributed records retired (value: their meta)
+  WorkLog opens_;   // attributed records created (value: their fd)
   std::atomic<std::int64_t> log_users_{0};
 };
 

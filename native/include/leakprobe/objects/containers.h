@@ -101,6 +101,8 @@ class ContainerStore {
   std::uint64_t BeginWrite() noexcept;
   void EndWrite(std::uint64_t sequence) noexcept;
   static void StoreName(Name* to, std::string_view text) noexcept;
+  // A work row's payload (inside a write: BeginWrite/EndWrite).
+  static void WriteWorkRow(WorkRow* row, const WorkUnit& unit) noexcept;
   static std::string LoadName(const Name& from);
 
   // Even: stable; odd: a write is in progress. Protects every field below.
