@@ -17,15 +17,14 @@ Usage::
     .venv/bin/python scripts/bench_objects.py --only memory --objects 1000000
     .venv/bin/python scripts/bench_objects.py --only instructions --seeds 5
 
-``--only instructions`` (not part of the default run: it takes about 25
+``--only instructions`` (not part of the default run: it takes about 12
 minutes on 2 cores) counts user-space instructions with callgrind for the
 two object-churn units of scripts/bench.py (an ``httpx.Client`` made and
-closed, an ORM ``Session``), by difference (2N units minus N, so start-up
-and exit cancel), in three arms: no leakprobe, leakprobe with
-``LEAKPROBE_ADAPTERS=none``, leakprobe with every default. Each arm runs
-under several string-hash seeds (``PYTHONHASHSEED``), and the median is
-reported: one process's seed moves a unit's count by a few per cent
-(dictionary probe chains), more than the effects measured here.
+closed, an ORM ``Session``), N units between two markers after 200
+untimed ones (start-up, imports and exit are not counted), in three arms:
+no leakprobe, leakprobe with ``LEAKPROBE_ADAPTERS=none``, leakprobe with
+every default. Each arm runs under several string-hash seeds
+(``PYTHONHASHSEED``), and the median is reported.
 """
 
 from __future__ import annotations
@@ -224,12 +223,19 @@ CALLGRIND_PERIODS = {"LEAKPROBE_SAMPLE_INTERVAL": "50", "LEAKPROBE_FD_RECONCILE_
 
 
 def callgrind_count(unit: str, n: int, env: dict[str, str] | None, seed: int) -> int:
+    """User-space instructions of `n` units (callgrind), counted between two
+    markers (calls of os.getppid, at which callgrind dumps its counts) after
+    200 untimed units: start-up, imports and exit are not in the count. (A
+    difference of two runs, 2N minus N units, was used before; the
+    interpreter's exit, a full collection of a different heap in each run,
+    could move it by 5,000 instructions a unit.)"""
     setup, _ = CHURN_UNITS[unit]
     # The warm-up covers what settles in the first units: imports, the
     # first connection, and the stack table learning the positions that
     # heap samples land on (a new one costs a line-table lookup).
-    code = ("import leakprobe\n" if env is not None else "") + setup + (
-        f"for _ in range(200): unit()\nfor _ in range({n}): unit()\n")
+    code = ("import leakprobe\n" if env is not None else "") + "import os\n" + setup + (
+        f"for _ in range(200): unit()\nos.getppid()\nfor _ in range({n}): unit()\n"
+        "os.getppid()\n")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
     full_env["PYTHONHASHSEED"] = str(seed)
     # The periods of the background work stretched like the run (callgrind
@@ -241,14 +247,21 @@ def callgrind_count(unit: str, n: int, env: dict[str, str] | None, seed: int) ->
     full_env.update({"LEAKPROBE_PORT": "0", "LEAKPROBE_LOG_LEVEL": "off"},
                     **CALLGRIND_PERIODS, **(env or {"LEAKPROBE_ADAPTERS": "all"}))
     with tempfile.TemporaryDirectory(prefix="leakprobe-bench-objects-") as tmp:
+        out = os.path.join(tmp, "callgrind.out")
         proc = subprocess.run(
-            ["valgrind", "--tool=callgrind",
-             f"--callgrind-out-file={os.path.join(tmp, 'callgrind.out')}",
-             sys.executable, "-c", code],
+            ["valgrind", "--tool=callgrind", "--dump-before=os_getppid",
+             f"--callgrind-out-file={out}", sys.executable, "-c", code],
             env=full_env, capture_output=True, text=True, timeout=3600, check=False)
-    found = re.search(r"==\d+== Collected : (\d+)", proc.stderr)
-    if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"callgrind {unit}: exit status {proc.returncode}\n"
+        # One dump file per marker (out.1, out.2, ...; anything else calling
+        # getppid adds one before them): the loop's is the last numbered one.
+        parts = sorted((p for p in os.listdir(tmp) if re.fullmatch(r"callgrind\.out\.\d+", p)),
+                       key=lambda p: int(p.rsplit(".", 1)[1]))
+        found = None
+        if proc.returncode == 0 and len(parts) >= 2:
+            with open(os.path.join(tmp, parts[-1]), encoding="utf-8") as f:
+                found = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"callgrind {unit}: exit status {proc.returncode}, dumps {parts}\n"
                            f"{proc.stderr[-1500:]}")
     return int(found.group(1))
 
@@ -256,17 +269,17 @@ def callgrind_count(unit: str, n: int, env: dict[str, str] | None, seed: int) ->
 def churn_instructions(seeds: int) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("--only instructions needs valgrind (apt-get install valgrind)")
-    runs = [(unit, arm, seed, k * n) for unit, (_, n) in CHURN_UNITS.items()
-            for arm in CHURN_ARMS for seed in range(seeds) for k in (1, 2)]
+    runs = [(unit, arm, seed, n) for unit, (_, n) in CHURN_UNITS.items()
+            for arm in CHURN_ARMS for seed in range(seeds)]
     # Counts do not depend on neighbours: use every CPU.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         counts = dict(zip(runs, pool.map(
             lambda r: callgrind_count(r[0], r[3], CHURN_ARMS[r[1]], r[2]), runs)))
-    print(f"instructions per unit (callgrind, 2N minus N units, median over {seeds} "
-          f"hash seeds; min-max in brackets):")
+    print(f"instructions per unit (callgrind, N units after 200 untimed ones, median over "
+          f"{seeds} hash seeds; min-max in brackets):")
     for unit, (_, n) in CHURN_UNITS.items():
-        per_arm = {arm: [(counts[unit, arm, seed, 2 * n] - counts[unit, arm, seed, n]) / n
-                         for seed in range(seeds)] for arm in CHURN_ARMS}
+        per_arm = {arm: [counts[unit, arm, seed, n] / n for seed in range(seeds)]
+                   for arm in CHURN_ARMS}
         base = statistics.median(per_arm["no leakprobe"])
         print(f"  {unit} (N = {n}):")
         for arm, values in per_arm.items():

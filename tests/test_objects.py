@@ -144,11 +144,10 @@ def test_sites_oldest_age_and_snapshot_compare(tmp_path):
     """)[0]
     app = str(tmp_path / "app.py")
     line = out["line"]
-    # The wrapper's frame (leakprobe's own code) is in the stack, not the site.
-    assert out["sites"] == [[f"{app}:{MAKE_LINE} in make", 1, ["__init__", "make"]],
-                            [f"<string>:{line} in <module>", 1, ["__init__", "<module>"]]]
-    # The wrapper's frame (leakprobe) is library code: the site is the
-    # application's line that created the object.
+    # The wrapper of a plain __init__ is C code: no frame of its own, the
+    # stack starts at the line that created the object.
+    assert out["sites"] == [[f"{app}:{MAKE_LINE} in make", 1, ["make", "<module>"]],
+                            [f"<string>:{line} in <module>", 1, ["<module>"]]]
     assert 0.2 <= out["oldest"] < 30
     assert out["growth"][0] == [MAKE_LINE, "make", 4, 4, 4, 0]
     assert out["growth"][1] == [line, "<module>", 1, 0, 0, 0]
@@ -231,6 +230,65 @@ def test_wrapped_methods_behave_as_before(tmp_path):
                     ["h", 1, [2, 3], 1, {"x": 1}], [2, True, 7, True],
                     [True, "r", 0, False, "s", 9], "bad host", "close failed",
                     True, "h", [0, 3, 1, 2, 0, 0]]]
+
+
+def test_the_c_wrapper_passes_for_the_function_it_wraps(tmp_path):
+    # Plain __init__ and close functions get the C wrapper (no Python
+    # frame); what introspection, pickling and weak references see of it
+    # must be what they saw of the function.
+    out = run_app(tmp_path, """
+    import copy, inspect, pickle, weakref
+
+    class Box:
+        def __init__(self, size, *, label="box"):
+            self.size, self.label = size, label
+
+        def close(self):
+            return self.size
+
+    init, close = Box.__init__, Box.close
+    class_signature = str(inspect.signature(Box))
+    leakprobe.track_type(Box, name="Box")
+    kinds = sorted({type(Box.__dict__[n]).__name__ for n in ("__init__", "close")}
+                   | {type(app.Resource.__dict__[n]).__name__ for n in ("__init__", "close")})
+    box = Box(3, label="b")
+    bound = box.close
+    results = [
+        kinds,
+        type(app.Resource.__dict__["aclose"]).__name__,   # a coroutine: a generated wrapper
+        str(inspect.signature(Box)) == class_signature,
+        Box.__init__.__wrapped__ is init, Box.close.__code__ is close.__code__,
+        Box.close.__qualname__, Box.close.__module__ == __name__,
+        pickle.loads(pickle.dumps(app.Resource.close)) is app.Resource.close,
+        copy.deepcopy(Box.close) is Box.close,
+        weakref.WeakMethod(bound)() == bound, bound.__self__ is box, bound(),
+        Box.__init__(box, 5) is None, box.size,             # called unbound: a re-init
+        inspect.getsource(app.Resource.close).strip().splitlines()[0],
+    ]
+    results.append(counts("Box"))
+    from leakprobe import _native, _objects
+    errors = []
+    for args in [(1, _objects.register_type("Box"), None), (len, object(), None),
+                 (len, _objects.register_type("Box"), 1)]:
+        try:
+            _native.tracked_method(*args)
+        except TypeError as exc:
+            errors.append(str(exc))
+    try:
+        _native.TrackedMethod()
+    except TypeError:
+        errors.append("not instantiable")
+    results.append(errors)
+    print(json.dumps(results))
+    """)
+    errors = out[0].pop()
+    assert errors == ["tracked_method() wraps a callable, not int",
+                      "tracked_method() takes a TrackedType, not object",
+                      "tracked_method() takes the class (for __init__) or None (for a close "
+                      "method) as owner, not int", "not instantiable"]
+    assert out == [[["TrackedMethod"], "function", True, True, True, "Box.close", True,
+                    True, True, True, True, 3, True, 5, "def close(self):",
+                    [1, 2, 1, 0, 0, 0]]]  # closed by bound(), then created again
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path):

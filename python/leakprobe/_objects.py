@@ -119,9 +119,11 @@ def _internal_error(tracked: Any, where: str, exc: BaseException) -> None:
         pass
 
 
-# Wrappers are generated with the wrapped function's own parameters (and
-# its defaults), so a call costs one plain Python call more: a generic
-# (*args, **kwargs) wrapper costs ~3x that on CPython 3.11 (docs/objects.md).
+# A plain function gets the C wrapper (_native_wrapper below). The others
+# (a coroutine function, a C method) get a Python wrapper generated with
+# the wrapped function's own parameters (and its defaults), so a call costs
+# one plain Python call more: a generic (*args, **kwargs) wrapper costs ~3x
+# that on CPython 3.11 (docs/objects.md).
 _CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
 _INIT_BODY = """\
     __lp_wrapped({call})
@@ -225,8 +227,28 @@ def _make_wrapper(fn: Any, name: str, body: str, is_async: bool,
     return wrapper
 
 
+def _native_wrapper(fn: Any, tracked: Any, owner: type | None) -> Any:
+    """The C wrapper (``_native.tracked_method``) for a plain function
+    (or one of these wrappers, inherited from a tracked base class), or
+    None when `fn` needs a generated one (a coroutine function, a C
+    method). It forwards the call's arguments as they came and adds no
+    Python frame: the cheapest wrapper (docs/objects.md)."""
+    native = _native()
+    plain = type(fn) is types.FunctionType and not fn.__code__.co_flags & _CO_COROUTINE
+    if not plain and type(fn) is not native.TrackedMethod:
+        return None
+    wrapper = native.tracked_method(fn, tracked, owner)
+    functools.update_wrapper(wrapper, fn)
+    setattr(wrapper, _WRAPPED, True)
+    return wrapper
+
+
 def _wrap_init(cls: type, tracked: Any) -> None:
     init = cls.__init__
+    wrapper = _native_wrapper(init, tracked, cls)
+    if wrapper is not None:
+        cls.__init__ = wrapper  # type: ignore[misc]
+        return
     if init is object.__init__:
         # object.__init__ must not see the arguments a custom __new__ took;
         # without a custom __new__, a call with arguments fails as before.
@@ -246,6 +268,10 @@ def _wrap_init(cls: type, tracked: Any) -> None:
 
 
 def _wrap_close(cls: type, name: str, method: Callable[..., Any], tracked: Any) -> None:
+    wrapper = _native_wrapper(method, tracked, None)
+    if wrapper is not None:
+        setattr(cls, name, wrapper)
+        return
     is_async = bool(getattr(getattr(method, "__code__", None), "co_flags", 0) & _CO_COROUTINE)
     wrapper = _make_wrapper(method, name if name.isidentifier() else "close", _CLOSE_BODY,
                             is_async, {"__lp_closed": tracked.closed},

@@ -6,10 +6,9 @@ caller's); the bookkeeping after it never raises (``_common.guarded``).
 Two kinds, by how hot the wrapped call is:
 
 - ``track_class``: classes made and closed at a high rate (ORM sessions,
-  HTTP clients) go through ``_objects.track_type``, whose wrappers are
-  generated with the wrapped method's own parameters: one plain call more
-  (~0.3 us) where a wrapt ``FunctionWrapper`` costs ~0.9 us per call on
-  CPython 3.11 (docs/benchmarks.md);
+  HTTP clients) go through ``_objects.track_type``, whose C wrappers add
+  no Python frame, where a wrapt ``FunctionWrapper`` costs ~0.9 us per call
+  on CPython 3.11 (docs/benchmarks.md);
 - wrapt wrappers (``track_init`` and the adapters' own) for everything else, where a microsecond is lost in the
   call's own cost (a thread start, a process spawn, an HTTP response)."""
 
