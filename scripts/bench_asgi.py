@@ -24,16 +24,32 @@ calls: the thread's CPU time per call (``time.thread_time``) of each, so
 that other processes' load weighs less than in wall-clock figures.
 Benchmarks are not tests: nothing here asserts.
 
+``--instructions`` instead counts user-space instructions per request
+(callgrind) of ``scripts/bench.py``'s ``fastapi-async`` server under
+uvicorn, in several arms (no leakprobe, every default, without async
+attribution, without the middleware, without the middleware and heap
+sampling): after 100 warm-up requests the server is sent SIGUSR1, whose
+handler calls ``os.getppid()``, at which callgrind dumps its counts
+(``--dump-before=os_getppid``); then ``--requests`` requests; then SIGUSR1
+again. The count between the two dumps divided by the requests is the
+figure: start-up and exit are not in it. Background periods are
+stretched (callgrind runs code ~50x slower). About 4 minutes an arm.
+
 Usage::
 
     .venv/bin/python scripts/bench_asgi.py                   # 15 rounds of 500 requests
     .venv/bin/python scripts/bench_asgi.py --rounds 31 --requests 1000
+    .venv/bin/python scripts/bench_asgi.py --instructions --requests 300
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -153,11 +169,101 @@ asyncio.run(main())
 '''
 
 
+OTHER_ADAPTERS = "httpx,requests,urllib,sqlalchemy,sqlite3,threading,subprocess,celery"
+INSTRUCTION_ARMS = {  # name: (code run before the server, LEAKPROBE_* settings)
+    "no leakprobe": ("pass", {}),
+    "every default": ("import leakprobe", {}),
+    "no async attribution": (
+        "import leakprobe\nfrom leakprobe import _tasks\n_tasks.uninstall()\n"
+        "_tasks.install = lambda *args, **kwargs: None", {}),
+    "no middleware": ("import leakprobe", {"LEAKPROBE_ADAPTERS": OTHER_ADAPTERS}),
+    "no middleware, no heap": ("import leakprobe", {"LEAKPROBE_ADAPTERS": OTHER_ADAPTERS,
+                                                    "LEAKPROBE_HEAP": "0"}),
+}
+CALLGRIND_PERIODS = {"LEAKPROBE_SAMPLE_INTERVAL": "50", "LEAKPROBE_FD_RECONCILE_INTERVAL": "250",
+                     "LEAKPROBE_TREND_INTERVAL": "500",
+                     "LEAKPROBE_CONTAINER_DISCOVER_INTERVAL": "1500"}
+
+
+def request_instructions(arm: str, requests: int) -> float:
+    """User-space instructions per request of the fastapi-async server."""
+    setup, settings = INSTRUCTION_ARMS[arm]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAKPROBE_")}
+    env.update(LEAKPROBE_PORT="0", LEAKPROBE_LOG_LEVEL="off", PYTHONHASHSEED="0",
+               **CALLGRIND_PERIODS, **settings)
+    scripts = str(Path(__file__).resolve().parent)
+    code = (f"import os, signal, sys\nsys.path.insert(0, {scripts!r})\n{setup}\n"
+            "signal.signal(signal.SIGUSR1, lambda signum, frame: os.getppid())\n"
+            "import bench\nbench.run_fastapi_server()\n")
+    with tempfile.TemporaryDirectory(prefix="leakprobe-bench-asgi-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--dump-before=os_getppid",
+             f"--callgrind-out-file={out}", sys.executable, "-c", code],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
+
+        def dumps() -> list[Path]:
+            return sorted(Path(tmp).glob("callgrind.out.*"),
+                          key=lambda p: int(p.suffix[1:]))
+
+        def mark() -> None:
+            before = len(dumps())
+            proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 120
+            while len(dumps()) == before:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"{arm}: no callgrind dump after SIGUSR1")
+                time.sleep(0.1)
+            time.sleep(0.5)  # the dump file is complete
+
+        try:
+            assert proc.stdout is not None
+            port = None
+            while port is None:
+                line = proc.stdout.readline()
+                if not line:
+                    raise SystemExit(f"{arm}: the server exited: {proc.stderr.read()[-2000:]}")
+                if '"port"' in line:
+                    port = json.loads(line[line.index("{"):])["port"]
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+                for i in range(100):
+                    client.get(f"/async/{i}").raise_for_status()
+                mark()
+                for i in range(requests):
+                    client.get(f"/async/{100 + i}").raise_for_status()
+                mark()
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=600)
+        text = dumps()[-1].read_text()
+    found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"{arm}: no total in the callgrind dump")
+    return int(found.group(1)) / requests
+
+
+def instructions(requests: int) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    base = None
+    print(f"instructions per request of the fastapi-async server (callgrind, {requests} "
+          "requests after 100 untimed ones):")
+    for arm in INSTRUCTION_ARMS:
+        count = request_instructions(arm, requests)
+        base = base or count
+        print(f"  {arm:24s} {count:12,.0f}  x{count / base:.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per request with callgrind instead")
     args = parser.parse_args()
+    if args.instructions:
+        instructions(args.requests)
+        return
     with tempfile.TemporaryDirectory(prefix="leakprobe-bench-asgi-") as tmp:
         (Path(tmp) / "app.py").write_text(APP)
         servers = {name: start(Path(tmp), env) for name, env in ARMS.items()}

@@ -128,33 +128,60 @@ print(json.dumps(states))
 
 def test_the_wrapper_is_a_well_behaved_coroutine():
     # What asyncio and libraries ask of a task's coroutine: the wrapped
-    # one's attributes, close(), and no recursion for an instance made
-    # without __init__.
+    # one's attributes, send/throw/close and their results, and the task
+    # parent set during each step and restored after it, also when the
+    # step raises.
     out = _run("""
 import asyncio, inspect
-from leakprobe import _native, _tasks
+from leakprobe import _native
+parents = []
+class Boom(Exception):
+    pass
 async def inner():
+    parents.append(_native.set_task_parent(0)); _native.set_task_parent(parents[-1])
     await asyncio.sleep(0)
-    return 42
+    return (1, 2)                     # a tuple: StopIteration's value, not its args
 coro = inner()
-wrapped = _tasks._SpawnedCoroutine(coro, _native.capture_stack_id(), _native.set_task_parent)
+wrapped = _native.spawned_coroutine(coro, 5)
 facts = [wrapped.__qualname__, wrapped.cr_code is coro.cr_code,
-         asyncio.iscoroutine(wrapped), inspect.getcoroutinestate(wrapped)]
+         asyncio.iscoroutine(wrapped), inspect.getcoroutinestate(wrapped),
+         repr(wrapped) == repr(coro), wrapped.__await__() is wrapped]
 async def main():
     return await asyncio.get_running_loop().create_task(wrapped)
-facts.append(asyncio.run(main()))
-bare = _tasks._SpawnedCoroutine.__new__(_tasks._SpawnedCoroutine)  # no __init__
+facts.append(list(asyncio.run(main())))
+facts.append(parents)                 # each first step saw its parent: 5, then 9 and 4 below
+facts.append(_native.set_task_parent(0))   # restored after it: 0
+# by hand, as a library drives a coroutine: send(None), then the return value
+driven = _native.spawned_coroutine(inner(), 9)
+driven.send(None)
 try:
-    bare.cr_code
-    facts.append("no error")
-except AttributeError:
-    facts.append("AttributeError")
-other = _tasks._SpawnedCoroutine(inner(), 1, _native.set_task_parent)
+    driven.send(None)
+except StopIteration as stop:
+    facts.append(list(stop.value))
+async def raises():
+    raise Boom("in the step")
+failing = _native.spawned_coroutine(raises(), 3)
+try:
+    failing.send(None)
+except Boom as exc:
+    facts.append([str(exc), _native.set_task_parent(0)])
+thrown = _native.spawned_coroutine(inner(), 4)
+thrown.send(None)
+try:
+    thrown.throw(Boom("thrown"))
+except Boom as exc:
+    facts.append([str(exc), _native.set_task_parent(0)])
+other = _native.spawned_coroutine(inner(), 1)
 other.close()
 facts.append(inspect.getcoroutinestate(other))
+try:
+    _native.SpawnedCoroutine()
+except TypeError:
+    facts.append("not instantiable")
 print(json.dumps(facts))
 """)
-    assert out == ["inner", True, True, "CORO_CREATED", 42, "AttributeError", "CORO_CLOSED"]
+    assert out == ["inner", True, True, "CORO_CREATED", True, True, [1, 2], [5, 9, 4], 0, [1, 2],
+                   ["in the step", 0], ["thrown", 0], "CORO_CLOSED", "not instantiable"]
 
 
 def test_set_task_parent_returns_the_previous_parent_and_refuses_bad_ids():

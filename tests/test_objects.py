@@ -258,6 +258,7 @@ def test_the_c_wrapper_passes_for_the_function_it_wraps(tmp_path):
         type(app.Resource.__dict__["aclose"]).__name__,   # a coroutine: a generated wrapper
         str(inspect.signature(Box)) == class_signature,
         Box.__init__.__wrapped__ is init, Box.close.__code__ is close.__code__,
+        Box.close.__dict__ is not close.__dict__ and Box.close.__leakprobe_wrapped__,
         Box.close.__qualname__, Box.close.__module__ == __name__,
         pickle.loads(pickle.dumps(app.Resource.close)) is app.Resource.close,
         copy.deepcopy(Box.close) is Box.close,
@@ -286,7 +287,7 @@ def test_the_c_wrapper_passes_for_the_function_it_wraps(tmp_path):
                       "tracked_method() takes a TrackedType, not object",
                       "tracked_method() takes the class (for __init__) or None (for a close "
                       "method) as owner, not int", "not instantiable"]
-    assert out == [[["TrackedMethod"], "function", True, True, True, "Box.close", True,
+    assert out == [[["TrackedMethod"], "function", True, True, True, True, "Box.close", True,
                     True, True, True, True, 3, True, 5, "def close(self):",
                     [1, 2, 1, 0, 0, 0]]]  # closed by bound(), then created again
 

@@ -8,7 +8,6 @@
 
 #include <array>
 #include <chrono>
-#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -42,6 +41,7 @@
 #include "native_bindings.h"
 #include "object_bindings.h"
 #include "prometheus/text_serializer.h"
+#include "task_bindings.h"
 #include "trend_bindings.h"
 #include "without_gil.h"
 
@@ -324,29 +324,6 @@ bool CallFromEvalLoop(py::object fn) {
   return true;
 }
 
-// set_task_parent(stack_id): a METH_O function that CPython calls directly.
-// A library task's coroutine calls it twice per step (leakprobe/_tasks.py);
-// through pybind11's dispatch each call cost about 1,000 instructions.
-PyObject* SetTaskParentCall(PyObject* /*module*/, PyObject* arg) {
-  const unsigned long long value = PyLong_AsUnsignedLongLong(arg);
-  if (value == static_cast<unsigned long long>(-1) && PyErr_Occurred() != nullptr) {
-    return nullptr;
-  }
-  if (value > std::numeric_limits<std::uint32_t>::max()) {
-    const std::string message =
-        "stack_id " + std::to_string(value) + " is not a stack id (below 2**32)";
-    PyErr_SetString(PyExc_OverflowError, message.c_str());
-    return nullptr;
-  }
-  return PyLong_FromUnsignedLong(SetTaskParent(static_cast<std::uint32_t>(value)));
-}
-
-PyMethodDef g_set_task_parent_def = {
-    "set_task_parent", &SetTaskParentCall, METH_O,
-    "set_task_parent(stack_id)\n--\n\nMake captures on this thread the running "
-    "coroutine chain followed by stack `stack_id` (0: off); returns the previous "
-    "parent, to restore."};
-
 }  // namespace
 }  // namespace leakprobe
 
@@ -503,17 +480,7 @@ PYBIND11_MODULE(_native, m) {
       "release_logs ends what work_figures(keep_logs=1) began.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
         "(site, frames) of the calling thread, captured as the hooks do.");
-  m.add_object("set_task_parent", py::reinterpret_steal<py::object>(PyCFunction_NewEx(
-                                      &g_set_task_parent_def, nullptr, m.ptr())));
-  m.def(
-      "capture_stack_id",
-      [](int max_frames) {
-        // The hooks' path: a stack seen before is found by its raw hash in
-        // the recent-stack cache, without the table's lock.
-        return StackTable::Instance().CaptureAndIntern(max_frames);
-      },
-      py::arg("max_frames") = 32,
-      "The stack table id of the calling thread's stack (0: no Python frame).");
+  RegisterTaskBindings(m);
   RegisterFdBindings(m);
   RegisterObjectBindings(m);
   RegisterContainerBindings(m);

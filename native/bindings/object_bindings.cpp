@@ -303,6 +303,7 @@ PyMethodDef g_tracked_method_methods[] = {
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef g_tracked_method_getset[] = {
+    {"__dict__", &PyObject_GenericGetDict, &PyObject_GenericSetDict, nullptr, nullptr},
     {"__signature__", &TrackedMethodSignature, nullptr,
      "The wrapped function's signature.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};

@@ -21,9 +21,10 @@ uvloop loop is made from (``uvloop.new_event_loop``, ``uvloop.run``, its
 policy, uvicorn's loop factory), and ``create_task`` is looked up on it as
 a Python method, also by ``asyncio.create_task``. Tasks whose
 coroutine is application code are left alone: their own frames name the
-site. The wrapper is a ``collections.abc.Coroutine`` that forwards every
-other attribute (``cr_frame``, ``cr_code``, ``__qualname__``...) to the
-wrapped coroutine.
+site. The wrapper (``_native.SpawnedCoroutine``, a C type: asyncio steps
+it through ``am_send``) is registered as a ``collections.abc.Coroutine``
+and forwards every other attribute (``cr_frame``, ``cr_code``,
+``__qualname__``...) to the wrapped coroutine.
 """
 
 from __future__ import annotations
@@ -39,52 +40,6 @@ _MAX_CODES = 4096
 CREATION_FRAMES = 64  # of a library task's creating stack: deep enough to
 # reach through the library's layers into the application's frames
 _originals: dict[type, Any] = {}  # loop class -> its create_task before install()
-
-
-class _SpawnedCoroutine(collections.abc.Coroutine):
-    """A library task's coroutine, run with its creating stack as the
-    thread's task parent."""
-
-    __slots__ = ("_coro", "_parent", "_set_parent")
-
-    def __init__(self, coro: Any, parent: int, set_parent: Any) -> None:
-        self._coro = coro
-        self._parent = parent
-        self._set_parent = set_parent  # kept: works after stop() too
-
-    def send(self, value: Any) -> Any:
-        previous = self._set_parent(self._parent)
-        try:
-            return self._coro.send(value)
-        finally:
-            self._set_parent(previous)
-
-    def throw(self, *args: Any) -> Any:
-        previous = self._set_parent(self._parent)
-        try:
-            return self._coro.throw(*args)
-        finally:
-            self._set_parent(previous)
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def __await__(self) -> Any:
-        return self
-
-    def __iter__(self) -> Any:
-        return self
-
-    def __next__(self) -> Any:
-        return self.send(None)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _SpawnedCoroutine.__slots__:  # not set (a copy made without
-            raise AttributeError(name)           # __init__): no recursion
-        return getattr(self._coro, name)
-
-    def __repr__(self) -> str:
-        return repr(self._coro)
 
 
 def _is_library(coro: Any) -> bool:
@@ -104,12 +59,12 @@ def _wrap(create_task: Any) -> Any:
     @functools.wraps(create_task)
     def create_task_with_parent(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
         native = _native
-        if native is not None and type(coro) is not _SpawnedCoroutine:
+        if native is not None and type(coro) is not native.SpawnedCoroutine:
             try:
                 if _is_library(coro):
                     parent = native.capture_stack_id(CREATION_FRAMES)
                     if parent:
-                        coro = _SpawnedCoroutine(coro, parent, native.set_task_parent)
+                        coro = native.spawned_coroutine(coro, parent)
             except Exception:  # never fail the application's create_task
                 pass
         return create_task(self, coro, *args, **kwargs)
@@ -122,6 +77,7 @@ def install(loop_class: type, native: Any, library_prefixes: list[str]) -> None:
     """Wraps ``loop_class.create_task`` (idempotent): ``BaseEventLoop``
     from asyncio.base_events, ``Loop`` from uvloop."""
     global _native, _prefixes
+    collections.abc.Coroutine.register(native.SpawnedCoroutine)
     _native = native
     _prefixes = tuple(library_prefixes)
     _library_code.clear()
