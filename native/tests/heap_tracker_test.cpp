@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -40,6 +42,45 @@ double SiteBytes(const HeapSummary& s, const std::string& site) {
     if (h.site == site) return h.live_bytes;
   }
   return 0;
+}
+
+// The filter every free probes: never a false negative, whatever the order
+// of adds and removes in a granule; its bit clears when the granule's last
+// sampled block goes; a saturated granule stays set.
+TEST(AddressFilterTest, AGranuleIsSetWhileAnyOfItsBlocksIsAndSaturatesSet) {
+  auto filter = std::make_unique<detail::AddressFilter>();
+  const auto at = [](std::uintptr_t address) {
+    return reinterpret_cast<const void*>(address);
+  };
+  const std::uintptr_t base = 0x7f0000100000;
+  EXPECT_FALSE(filter->MaybeContains(at(base)));
+  filter->Add(at(base + 16));
+  filter->Add(at(base + 48));                           // the same 256-byte granule
+  EXPECT_TRUE(filter->MaybeContains(at(base + 200)));   // granule-wide
+  EXPECT_FALSE(filter->MaybeContains(at(base + 256)));  // the next granule
+  EXPECT_FALSE(filter->MaybeContains(at(base - 1)));    // the previous one
+  EXPECT_TRUE(filter->MaybeContains(at(base + (std::uintptr_t{1} << 28))));  // aliased
+  filter->Remove(at(base + 16));
+  EXPECT_TRUE(filter->MaybeContains(at(base + 48)));  // one block left
+  filter->Remove(at(base + 48));
+  EXPECT_FALSE(filter->MaybeContains(at(base + 48)));
+  filter->Remove(at(base + 48));  // a remove below zero changes nothing
+  filter->Add(at(base + 64));
+  EXPECT_TRUE(filter->MaybeContains(at(base + 64)));
+  filter->Remove(at(base + 64));
+  EXPECT_FALSE(filter->MaybeContains(at(base + 64)));
+  // Neighbouring granules share a word of bits: each keeps its own.
+  for (std::uintptr_t g = 0; g < 64; ++g) filter->Add(at(base + g * 256));
+  for (std::uintptr_t g = 0; g < 64; g += 2) filter->Remove(at(base + g * 256));
+  for (std::uintptr_t g = 0; g < 64; ++g) {
+    EXPECT_EQ(filter->MaybeContains(at(base + g * 256)), g % 2 == 1) << g;
+  }
+  for (int i = 0; i < 300; ++i) filter->Add(at(base + 1024 * 1024));
+  for (int i = 0; i < 300; ++i) filter->Remove(at(base + 1024 * 1024));
+  EXPECT_TRUE(filter->MaybeContains(at(base + 1024 * 1024)));  // saturated: stays
+  filter->Clear();
+  EXPECT_FALSE(filter->MaybeContains(at(base + 1024 * 1024)));
+  EXPECT_FALSE(filter->MaybeContains(at(base + 256)));
 }
 
 TEST_F(HeapTrackerTest, EstimatesAreUnbiasedPerSite) {

@@ -14,26 +14,32 @@ namespace detail {
 __thread ThreadSampler tls_sampler __attribute__((tls_model("initial-exec"))) = {0, 0, 0};
 
 void AddressFilter::Add(const void* p) noexcept {
-  std::atomic<std::uint8_t>& count = counts_[Slot(p)];
-  std::uint8_t value = count.load(std::memory_order_relaxed);
+  const std::size_t slot = Slot(p);
+  std::atomic<std::uint8_t>& count = counts_[slot];
+  const std::uint8_t value = count.load(std::memory_order_relaxed);
   // Saturated counters stay set forever: a false positive, never a miss.
-  while (value != 0xFF && !count.compare_exchange_weak(
-                              value, static_cast<std::uint8_t>(value + 1),
-                              std::memory_order_release, std::memory_order_relaxed)) {
+  if (value == 0xFF) return;
+  count.store(static_cast<std::uint8_t>(value + 1), std::memory_order_relaxed);
+  if (value == 0) {
+    bits_[slot >> 6].fetch_or(std::uint64_t{1} << (slot & 63), std::memory_order_release);
   }
 }
 
 void AddressFilter::Remove(const void* p) noexcept {
-  std::atomic<std::uint8_t>& count = counts_[Slot(p)];
-  std::uint8_t value = count.load(std::memory_order_relaxed);
-  while (value != 0 && value != 0xFF &&
-         !count.compare_exchange_weak(value, static_cast<std::uint8_t>(value - 1),
-                                      std::memory_order_relaxed)) {
+  const std::size_t slot = Slot(p);
+  std::atomic<std::uint8_t>& count = counts_[slot];
+  const std::uint8_t value = count.load(std::memory_order_relaxed);
+  if (value == 0 || value == 0xFF) return;
+  count.store(static_cast<std::uint8_t>(value - 1), std::memory_order_relaxed);
+  if (value == 1) {
+    bits_[slot >> 6].fetch_and(~(std::uint64_t{1} << (slot & 63)),
+                               std::memory_order_relaxed);
   }
 }
 
 void AddressFilter::Clear() noexcept {
   for (auto& count : counts_) count.store(0, std::memory_order_relaxed);
+  for (auto& word : bits_) word.store(0, std::memory_order_relaxed);
 }
 
 }  // namespace detail
