@@ -264,6 +264,7 @@ def test_the_c_wrapper_passes_for_the_function_it_wraps(tmp_path):
         copy.deepcopy(Box.close) is Box.close,
         weakref.WeakMethod(bound)() == bound, bound.__self__ is box, bound(),
         Box.__init__(box, 5) is None, box.size,             # called unbound: a re-init
+        Box.close(self=box),                                # self by keyword: closed
         inspect.getsource(app.Resource.close).strip().splitlines()[0],
     ]
     results.append(counts("Box"))
@@ -288,8 +289,8 @@ def test_the_c_wrapper_passes_for_the_function_it_wraps(tmp_path):
                       "tracked_method() takes the class (for __init__) or None (for a close "
                       "method) as owner, not int", "not instantiable"]
     assert out == [[["TrackedMethod"], "function", True, True, True, True, "Box.close", True,
-                    True, True, True, True, 3, True, 5, "def close(self):",
-                    [1, 2, 1, 0, 0, 0]]]  # closed by bound(), then created again
+                    True, True, True, True, 3, True, 5, 5, "def close(self):",
+                    [0, 2, 2, 0, 0, 0]]]  # closed by bound(), created again, closed by keyword
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path):

@@ -194,12 +194,58 @@ PyTypeObject* g_tracked_type = nullptr;  // set at module init, never freed
 // wrapped function, weakly referenceable, pickled by qualified name.
 struct TrackedMethodObject {
   PyObject_HEAD vectorcallfunc vectorcall;
-  PyObject* wrapped;  // the class's own function
-  PyObject* tracked;  // TrackedTypeObject
-  PyObject* owner;    // __init__: the class it was installed in; close: nullptr
+  PyObject* wrapped;    // the class's own function
+  PyObject* tracked;    // TrackedTypeObject
+  PyObject* owner;      // __init__: the class it was installed in; close: nullptr
+  PyObject* self_name;  // the first parameter's name when it can be passed by
+                        // keyword (Cls.close(self=obj)); else nullptr
   PyObject* dict;
   PyObject* weaklist;
 };
+
+// The instance a call was made for: the first positional argument, or the
+// first parameter passed by keyword; nullptr if neither.
+PyObject* InstanceOf(const TrackedMethodObject* method, PyObject* const* args,
+                     std::size_t nargsf, PyObject* kwnames) {
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs > 0) return args[0];
+  if (kwnames == nullptr || method->self_name == nullptr) return nullptr;
+  const Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    PyObject* name = PyTuple_GET_ITEM(kwnames, i);
+    if (name == method->self_name || PyUnicode_Compare(name, method->self_name) == 0) {
+      return args[nargs + i];
+    }
+  }
+  return nullptr;
+}
+
+// The name of `fn`'s first parameter if a caller may pass it by keyword
+// (a Python function's, or the one a TrackedMethod wraps, through its
+// forwarded __code__); nullptr otherwise. Never raises.
+PyObject* KeywordSelfName(PyObject* fn) {
+  PyObject* code = PyObject_GetAttrString(fn, "__code__");
+  if (code == nullptr) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  PyObject* name = nullptr;
+  PyObject* argcount = PyObject_GetAttrString(code, "co_argcount");
+  PyObject* posonly = PyObject_GetAttrString(code, "co_posonlyargcount");
+  PyObject* varnames = PyObject_GetAttrString(code, "co_varnames");
+  if (argcount != nullptr && posonly != nullptr && varnames != nullptr &&
+      PyLong_AsLong(argcount) >= 1 && PyLong_AsLong(posonly) == 0 &&
+      PyTuple_Check(varnames) && PyTuple_GET_SIZE(varnames) >= 1 &&
+      PyUnicode_Check(PyTuple_GET_ITEM(varnames, 0))) {
+    name = Py_NewRef(PyTuple_GET_ITEM(varnames, 0));
+  }
+  PyErr_Clear();
+  Py_XDECREF(argcount);
+  Py_XDECREF(posonly);
+  Py_XDECREF(varnames);
+  Py_DECREF(code);
+  return name;
+}
 
 PyObject* g_tracked_attr = nullptr;  // "__leakprobe_tracked__", interned
 
@@ -226,8 +272,9 @@ PyObject* TrackedMethodCall(PyObject* callable, PyObject* const* args, std::size
                             PyObject* kwnames) {
   auto* self = reinterpret_cast<TrackedMethodObject*>(callable);
   PyObject* result = PyObject_Vectorcall(self->wrapped, args, nargsf, kwnames);
-  if (result == nullptr || PyVectorcall_NARGS(nargsf) == 0) return result;
-  PyObject* instance = args[0];
+  if (result == nullptr) return result;
+  PyObject* instance = InstanceOf(self, args, nargsf, kwnames);
+  if (instance == nullptr) return result;
   if (self->owner == nullptr) {
     Py_XDECREF(TrackedClosed(self->tracked, instance));
   } else if (CountsUnder(self, instance)) {
@@ -274,6 +321,7 @@ int TrackedMethodTraverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(m->wrapped);
   Py_VISIT(m->tracked);
   Py_VISIT(m->owner);
+  Py_VISIT(m->self_name);
   Py_VISIT(m->dict);
   return 0;
 }
@@ -283,6 +331,7 @@ int TrackedMethodClear(PyObject* self) {
   Py_CLEAR(m->wrapped);
   Py_CLEAR(m->tracked);
   Py_CLEAR(m->owner);
+  Py_CLEAR(m->self_name);
   Py_CLEAR(m->dict);
   return 0;
 }
@@ -361,12 +410,17 @@ py::object NewTrackedMethod(py::handle wrapped, py::handle tracked, py::handle o
         "close method) as owner, not " +
         std::string(Py_TYPE(owner.ptr())->tp_name));
   }
+  PyObject* self_name = KeywordSelfName(wrapped.ptr());
   auto* self = PyObject_GC_New(TrackedMethodObject, g_tracked_method_type);
-  if (self == nullptr) throw py::error_already_set();
+  if (self == nullptr) {
+    Py_XDECREF(self_name);
+    throw py::error_already_set();
+  }
   self->vectorcall = &TrackedMethodCall;
   self->wrapped = Py_NewRef(wrapped.ptr());
   self->tracked = Py_NewRef(tracked.ptr());
   self->owner = owner.is_none() ? nullptr : Py_NewRef(owner.ptr());
+  self->self_name = self_name;
   self->dict = nullptr;
   self->weaklist = nullptr;
   PyObject_GC_Track(self);
