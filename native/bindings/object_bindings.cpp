@@ -184,7 +184,7 @@ PyTypeObject* g_tracked_type = nullptr;  // set at module init, never freed
 // A C callable rather than a generated Python function: a call forwards
 // its arguments as they came (vectorcall, keywords included) to the
 // wrapped function and reports the instance after it returned, without a
-// Python frame of its own: ~1,200 instructions less per created and
+// Python frame of its own: ~1,330 instructions less per created and
 // closed ORM session on CPython 3.11 (docs/benchmarks.md). It behaves as
 // a function where callers look: a method descriptor (bound on access
 // through an instance, called unbound by CPython's method calls), its

@@ -81,17 +81,13 @@ PyObject* AsIteratorResult(PySendResult status, PyObject* result) {
   return nullptr;
 }
 
-PyObject* SpawnedNext(PyObject* self) {
-  PyObject* result = nullptr;
-  const PySendResult status = SpawnedSend(self, Py_None, &result);
-  return AsIteratorResult(status, result);
-}
-
 PyObject* SpawnedSendMethod(PyObject* self, PyObject* value) {
   PyObject* result = nullptr;
   const PySendResult status = SpawnedSend(self, value, &result);
   return AsIteratorResult(status, result);
 }
+
+PyObject* SpawnedNext(PyObject* self) { return SpawnedSendMethod(self, Py_None); }
 
 PyObject* SpawnedThrow(PyObject* self, PyObject* args) {
   auto* s = reinterpret_cast<SpawnedObject*>(self);
