@@ -165,3 +165,34 @@ def test_bad_kind_or_name_is_refused_with_what_is_accepted():
         "32 characters), e.g. 'task' or 'route'",
         "name None is not valid; accepted: a non-empty str",
     ]
+
+
+def test_the_native_calls_refuse_bad_arguments_and_name_what_is_accepted():
+    out = run("""
+        from leakprobe import _native
+        errors = []
+        for call in (lambda: _native.work_end((1, 2), None, False),
+                     lambda: _native.work_end(None, [1], False),
+                     lambda: _native.work_end((1, -2, 3), None, False),
+                     lambda: _native.work_figures(True, True),
+                     lambda: _native.set_work_counts(-1, 1, 0, 0, 0.0),
+                     lambda: _native.set_work_counts(0, 1, 0, 0, "x")):
+            try:
+                call()
+            except (TypeError, ValueError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        # A run still begins and ends after them, its logs released.
+        token = _work.begin("task", "after")
+        _work.end(token)
+        print(json.dumps({"errors": errors, "runs": _work.stats()[0].runs}))
+    """)
+    assert out["errors"] == [
+        "TypeError: fds must be work_figures()'s mark (a tuple of 3 ints) or None, "
+        "not (1, 2)",
+        "TypeError: live must be work_figures()'s live counts (a tuple) or None, not [1]",
+        "ValueError: the mark's close-log position must be a non-negative int, not -2",
+        "TypeError: work_figures() takes 3 arguments (2 given)",
+        "ValueError: index must be a non-negative int, not -1",
+        "ValueError: bytes must be a float, not 'x'",
+    ]
+    assert out["runs"] == 1

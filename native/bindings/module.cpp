@@ -44,6 +44,7 @@
 #include "task_bindings.h"
 #include "trend_bindings.h"
 #include "without_gil.h"
+#include "work_bindings.h"
 
 namespace py = pybind11;
 
@@ -423,64 +424,10 @@ PYBIND11_MODULE(_native, m) {
   m.def("heap_summary", &HeapSummaryDict,
         "Totals and top sites, as the exporter sees them.");
   m.def("heap_stacks", &HeapStacks, "Per-stack estimates, for heap snapshots.");
-  m.def(
-      "work_figures",
-      [](int keep_logs) {
-        FdTable::WorkMark mark;
-        std::vector<std::uint64_t> live;
-        double heap = 0;
-        {
-          const WithoutGil no_gil;
-          if (keep_logs > 0) ProcessFdTable().KeepLogs(1);  // before the mark
-          mark = ProcessFdTable().Mark();
-          live = ObjectRegistry::Instance().LiveCounts();
-          heap = HeapTracker::Instance().LiveBytes();
-        }
-        return py::make_tuple(py::make_tuple(mark.sequence, mark.closes, mark.opens),
-                              py::tuple(py::cast(live)), heap);
-      },
-      py::arg("keep_logs") = 0,
-      "((fd creation sequence, fd close-log mark, fd creation-log mark), live tracked "
-      "objects by type id, sampled live heap bytes) as a unit of work begins; keep_logs "
-      "1 makes the fd table log creations and closes from then on (work_end(release_"
-      "logs=True) stops it).");
-  m.def(
-      "work_end",
-      [](const std::optional<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>>&
-             fds,
-         const std::optional<std::vector<std::uint64_t>>& live, bool release_logs) {
-        std::array<std::int64_t, kFdKindCount> fd_counts{};
-        std::vector<std::pair<std::string, std::int64_t>> objects;
-        double heap = 0;
-        {
-          const WithoutGil no_gil;
-          if (fds) {
-            const auto& [sequence, closes, opens] = *fds;
-            fd_counts = CountApplicationFdsSince(
-                ProcessFdTable(), FdTable::WorkMark{sequence, closes, opens});
-          }
-          if (release_logs) ProcessFdTable().KeepLogs(-1);
-          if (live) objects = ObjectRegistry::Instance().LiveChangesSince(*live);
-          heap = HeapTracker::Instance().LiveBytes();
-        }
-        py::dict fd_changes;
-        for (std::size_t k = 0; k < kFdKindCount; ++k) {
-          if (fd_counts[k] != 0) {
-            fd_changes[py::str(FdKindName(static_cast<FdKind>(k)))] = fd_counts[k];
-          }
-        }
-        py::dict object_changes;
-        for (const auto& [name, change] : objects) object_changes[py::str(name)] = change;
-        return py::make_tuple(fd_changes, object_changes, heap);
-      },
-      py::arg("fds"), py::arg("live"), py::arg("release_logs") = false,
-      "What a unit of work left behind since work_figures(): ({fd kind: net change of "
-      "the application's open fds since the mark `fds`}, {type: live objects now less "
-      "`live`}, sampled live heap bytes now), nonzero changes only; None skips a part. "
-      "release_logs ends what work_figures(keep_logs=1) began.");
   m.def("capture_stack", &CaptureStack, py::arg("max_frames") = 32,
         "(site, frames) of the calling thread, captured as the hooks do.");
   RegisterTaskBindings(m);
+  RegisterWorkBindings(m);
   RegisterFdBindings(m);
   RegisterObjectBindings(m);
   RegisterContainerBindings(m);

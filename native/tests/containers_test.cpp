@@ -122,6 +122,25 @@ TEST(ContainerStoreTest, OneWorkRowIsWrittenInPlaceOrAppended) {
   store.SetWork({});
 }
 
+TEST(ContainerStoreTest, WorkCountsChangeAWrittenRowAndKeepItsName) {
+  ContainerStore& store = ContainerStore::Instance();
+  store.SetWork({});
+  store.SetWorkCounts(0, 5, 1, 1, 1);  // not written yet: ignored
+  EXPECT_TRUE(store.Summary().work.empty());
+  store.SetWorkRow(0, {"task", "app.fetch", 1, 0, 0, 0});
+  store.SetWorkCounts(0, 9, 4, -2, 64.5);
+  store.SetWorkCounts(1, 3, 3, 3, 3);  // past the end: ignored, no row appended
+  ContainerSummary s = store.Summary();
+  ASSERT_EQ(s.work.size(), 1u);
+  EXPECT_EQ(s.work[0].kind, "task");
+  EXPECT_EQ(s.work[0].name, "app.fetch");
+  EXPECT_EQ(s.work[0].runs, 9u);
+  EXPECT_EQ(s.work[0].retained_fds, 4);
+  EXPECT_EQ(s.work[0].retained_objects, -2);
+  EXPECT_DOUBLE_EQ(s.work[0].retained_bytes, 64.5);
+  store.SetWork({});
+}
+
 // A reader concurrent with a writer sees either the old or the new table,
 // never a mix: every row of one write carries the same size.
 TEST(ContainerStoreTest, ReadersNeverSeeATornTable) {

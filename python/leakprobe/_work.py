@@ -76,7 +76,8 @@ _overlapped = 0
 
 
 class _Unit:
-    __slots__ = ("kind", "name", "row", "runs", "fds", "objects", "bytes", "kept")
+    __slots__ = ("kind", "name", "row", "runs", "fds", "objects", "fds_total",
+                 "objects_total", "bytes", "kept", "published")
 
     def __init__(self, kind: str, name: str, row: int) -> None:
         self.kind = kind
@@ -85,7 +86,10 @@ class _Unit:
         self.runs = 0
         self.fds: dict[str, int] = {}  # fd kind -> retained
         self.objects: dict[str, int] = {}  # tracked type -> retained
+        self.fds_total = 0  # sum(fds.values())
+        self.objects_total = 0  # sum(objects.values())
         self.bytes = 0.0
+        self.published = False  # its row named in the exporter's store
         # (start, end) monotonic ns of the latest runs that left fds or
         # objects behind, by "fds"/"objects": where their sites come from
         self.kept: dict[str, deque[tuple[int, int]]] = {}
@@ -104,24 +108,17 @@ class WorkStat(NamedTuple):
     objects_by_type: dict[str, int]  # nonzero only
 
 
-class _Figures(NamedTuple):
-    """What a run's begin read: the fd table's mark (None: fds not tracked),
-    live tracked objects by type id (None: objects not tracked), the
-    sampled live heap (None: heap not tracked)."""
+# What a run's begin read, as work_figures() returns it: (the fd table's
+# mark or None when fds are not tracked, live tracked objects by type id or
+# None, the sampled live heap or None). A plain tuple, as is a Token: a
+# named tuple's constructor is a Python function, and both are made on
+# every run of every unit (an HTTP request, a Celery task).
+_Figures = tuple[tuple[int, int, int] | None, tuple[int, ...] | None, float | None]
+_NOTHING: _Figures = (None, None, None)
 
-    fds: tuple[int, int, int] | None
-    objects: tuple[int, ...] | None
-    heap: float | None
-
-
-_NOTHING = _Figures(None, None, None)
-
-
-class Token(NamedTuple):
-    kind: str
-    name: str
-    before: _Figures
-    started_ns: int = 0  # time.monotonic_ns() as the run began
+# What begin() returns and end() takes: (kind, name, figures at the begin,
+# time.monotonic_ns() as the run began). Opaque to callers.
+Token = tuple[str, str, _Figures, int]
 
 
 _native_module: Any = None
@@ -145,26 +142,27 @@ def _begin_figures() -> _Figures:
         return _NOTHING
     # With fds tracked, the fd table logs creations and closes from here
     # until the run's end releases it.
-    mark, live, live_bytes = _native().work_figures(1 if state.fds else 0)  # ~0.3 us
     config = state.config
-    return _Figures(mark if state.fds else None, live if config.objects else None,
-                    live_bytes if config.heap else None)
+    figures: _Figures = _native().work_figures(state.fds, config.objects, config.heap)
+    return figures
 
 
-def _end_figures(before: _Figures) -> tuple[dict[str, int], dict[str, int], float]:
+def _end_figures(before: _Figures) -> tuple[dict[str, int] | None, dict[str, int] | None,
+                                           float]:
     """What the run that began with `before` left behind: (fds by kind,
-    live objects by type, heap bytes), nonzero changes only."""
+    live objects by type, heap bytes), nonzero changes only (None: no
+    change)."""
     if before is _NOTHING:
-        return {}, {}, 0.0
+        return None, None, 0.0
     # An fd the run created and closed unseen (os.closerange's close_range
     # syscall, say) is left out by the native count's check of each fd: no
     # reconciliation (~15 us) per run. The fds it created are read from the
     # table's creation log, not by a scan of the table.
-    fds, objects, live_bytes = _native().work_end(before.fds, before.objects,
-                                                  before.fds is not None)
+    mark, live, heap_before = before
+    fds, objects, live_bytes = _native().work_end(mark, live, mark is not None)
     if _runtime._state is None:  # stopped during the run: the logs released
-        return {}, {}, 0.0
-    heap = live_bytes - before.heap if before.heap is not None else 0.0
+        return None, None, 0.0
+    heap = live_bytes - heap_before if heap_before is not None else 0.0
     return fds, objects, heap
 
 
@@ -193,7 +191,7 @@ def begin(kind: str, name: str) -> Token:
             _overlapped += 1
         _in_progress += 1
     started_ns = time.monotonic_ns()
-    return Token(kind, name, _begin_figures(), started_ns)
+    return kind, name, _begin_figures(), started_ns
 
 
 def end(token: Token, name: str | None = None) -> None:
@@ -202,31 +200,47 @@ def end(token: Token, name: str | None = None) -> None:
     is the unit's name instead of the one given to :func:`begin` (an HTTP
     route is known only once the app has routed the request)."""
     global _in_progress
-    kind = token.kind
+    kind, begun_as, before, started_ns = token
     if name is None:
-        name = token.name
+        name = begun_as
     else:
         _check(kind, name)
     ended_ns = time.monotonic_ns()
-    fds, objects, heap = _end_figures(token.before)
+    fds, objects, heap = _end_figures(before)
     with _lock:
-        _in_progress = max(0, _in_progress - 1)
-        unit = _unit(kind, name)
+        if _in_progress:
+            _in_progress -= 1
+        unit = _units.get((kind, name)) or _unit(kind, name)
         unit.runs += 1
         unit.bytes += heap
-        for what, delta, totals in (("fds", fds, unit.fds), ("objects", objects, unit.objects)):
-            if not delta:  # the common case: the run left nothing behind
-                continue
-            for key, value in delta.items():
-                totals[key] = totals.get(key, 0) + value
-            if sum(delta.values()) > 0:
-                unit.kept.setdefault(what, deque(maxlen=MAX_KEPT_RUNS)).append(
-                    (token.started_ns, ended_ns))
+        # None, the common case: the run left nothing behind
+        if fds is not None:
+            unit.fds_total += _add(unit, "fds", fds, unit.fds, started_ns, ended_ns)
+        if objects is not None:
+            unit.objects_total += _add(unit, "objects", objects, unit.objects, started_ns,
+                                       ended_ns)
         # Only this unit's row: what the run changed (a full re-publish cost
-        # every run of 30 routes 17 us). Under the lock, so that two runs of
-        # one unit cannot publish out of order.
-        _native().set_work_row(unit.row, unit.kind, unit.name, unit.runs,
-                               sum(unit.fds.values()), sum(unit.objects.values()), unit.bytes)
+        # every run of 30 routes 17 us), its name once. Under the lock, so
+        # that two runs of one unit cannot publish out of order.
+        if unit.published:
+            _native().set_work_counts(unit.row, unit.runs, unit.fds_total,
+                                      unit.objects_total, unit.bytes)
+        else:
+            _native().set_work_row(unit.row, unit.kind, unit.name, unit.runs,
+                                   unit.fds_total, unit.objects_total, unit.bytes)
+            unit.published = True
+
+
+def _add(unit: _Unit, what: str, delta: dict[str, int], totals: dict[str, int],
+         started_ns: int, ended_ns: int) -> int:
+    """Adds one run's `delta` (by fd kind or type) to `totals`; returns its
+    sum. A run that left some behind is kept (for the sites)."""
+    for key, value in delta.items():
+        totals[key] = totals.get(key, 0) + value
+    change = sum(delta.values())
+    if change > 0:
+        unit.kept.setdefault(what, deque(maxlen=MAX_KEPT_RUNS)).append((started_ns, ended_ns))
+    return change
 
 
 def _unit(kind: str, name: str) -> _Unit:

@@ -144,6 +144,22 @@ void ContainerStore::SetWorkRow(std::size_t index, const WorkUnit& unit) noexcep
   EndWrite(sequence);
 }
 
+void ContainerStore::SetWorkCounts(std::size_t index, std::uint64_t runs,
+                                   std::int64_t retained_fds,
+                                   std::int64_t retained_objects,
+                                   double retained_bytes) noexcept {
+  if (index >= std::min(work_count_.load(std::memory_order_relaxed), kMaxWorkRows)) {
+    return;
+  }
+  const std::uint64_t sequence = BeginWrite();
+  WorkRow& row = work_[index];
+  row.runs.store(runs, std::memory_order_release);
+  row.fds.store(retained_fds, std::memory_order_release);
+  row.objects.store(retained_objects, std::memory_order_release);
+  row.bytes.store(retained_bytes, std::memory_order_release);
+  EndWrite(sequence);
+}
+
 ContainerSummary ContainerStore::Summary() const {
   ContainerSummary s;
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {

@@ -62,6 +62,11 @@ class ContainerStore {
   // order), leaving the others: what one run's end changes. An index at or
   // beyond kMaxWorkRows, or past the end, is ignored.
   void SetWorkRow(std::size_t index, const WorkUnit& unit) noexcept;
+  // Writes the figures of row `index`, which SetWorkRow or SetWork wrote
+  // (its kind and name stay): what the run of a known unit changes. An
+  // index not written yet is ignored.
+  void SetWorkCounts(std::size_t index, std::uint64_t runs, std::int64_t retained_fds,
+                     std::int64_t retained_objects, double retained_bytes) noexcept;
 
   ContainerSummary Summary() const;
 
