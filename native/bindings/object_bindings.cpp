@@ -109,7 +109,9 @@ PyObject* TrackedCreated(PyObject* py_self, PyObject* obj) {
   const int max_frames = g_max_frames.load(std::memory_order_relaxed);
   const StackId stack =
       max_frames > 0 ? StackTable::Instance().CaptureAndIntern(max_frames) : kEmptyStack;
-  const auto result = registry.Add(self->id, obj, weakref, stack, MonotonicNs());
+  // The coarse clock: an age is reported in seconds, and this runs on every
+  // tracked creation (a vDSO read of the time-stamp counter costs more).
+  const auto result = registry.Add(self->id, obj, weakref, stack, CoarseMonotonicNs());
   if (result != ObjectRegistry::AddResult::kAdded) Py_DECREF(weakref);
   if (result == ObjectRegistry::AddResult::kError) {
     LogErrorOnce(TypeNameOf(self), "out of memory recording an instance");

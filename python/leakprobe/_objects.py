@@ -372,7 +372,7 @@ class ObjectRecord(NamedTuple):
 
     type: str  # the tracked type's name
     sequence: int  # creation order, process-wide
-    created_ns: int  # time.monotonic_ns() clock at creation
+    created_ns: int  # time.monotonic_ns() clock at creation, at tick resolution
     age_seconds: float  # at the time the record was read
     site: Frame | None  # innermost application frame; None: no Python frame
     stack: tuple[Frame, ...]  # creating Python stack, innermost first
