@@ -73,6 +73,23 @@ PyObject* U64Tuple(const std::vector<std::uint64_t>& values) {
   return tuple;
 }
 
+// A tuple of three new references, which it steals; nullptr (with the
+// exception set) when one of them is nullptr, the others then released.
+PyObject* StealTriple(PyObject* a, PyObject* b, PyObject* c) {
+  PyObject* tuple =
+      a != nullptr && b != nullptr && c != nullptr ? PyTuple_New(3) : nullptr;
+  if (tuple == nullptr) {
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(c);
+    return nullptr;
+  }
+  PyTuple_SET_ITEM(tuple, 0, a);
+  PyTuple_SET_ITEM(tuple, 1, b);
+  PyTuple_SET_ITEM(tuple, 2, c);
+  return tuple;
+}
+
 // work_figures(fds, objects, heap) -> (fd mark | None, live | None, heap | None)
 PyObject* WorkFigures(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   if (!ArgCount("work_figures", nargs, 3)) return nullptr;
@@ -80,50 +97,34 @@ PyObject* WorkFigures(PyObject* /*module*/, PyObject* const* args, Py_ssize_t na
   const int objects = PyObject_IsTrue(args[1]);
   const int heap = PyObject_IsTrue(args[2]);
   if (fds < 0 || objects < 0 || heap < 0) return nullptr;
-  PyObject* mark_tuple = nullptr;
+  PyObject* mark_tuple = Py_NewRef(Py_None);
   if (fds != 0) {
     FdTable& table = ProcessFdTable();
     table.KeepLogs(1);  // before the mark: every creation after it is logged
     const FdTable::WorkMark mark = table.Mark();
-    mark_tuple = Py_BuildValue("(KKK)", static_cast<unsigned long long>(mark.sequence),
-                               static_cast<unsigned long long>(mark.closes),
-                               static_cast<unsigned long long>(mark.opens));
-    if (mark_tuple == nullptr) {
-      table.KeepLogs(-1);
-      return nullptr;
-    }
-  } else {
-    mark_tuple = Py_NewRef(Py_None);
+    Py_SETREF(mark_tuple,
+              Py_BuildValue("(KKK)", static_cast<unsigned long long>(mark.sequence),
+                            static_cast<unsigned long long>(mark.closes),
+                            static_cast<unsigned long long>(mark.opens)));
   }
+  // Each part only once the one before it was made (no call with an
+  // exception set).
   PyObject* live = nullptr;
-  PyObject* bytes = nullptr;
-  try {
-    live = objects != 0 ? U64Tuple(ObjectRegistry::Instance().LiveCounts())
-                        : Py_NewRef(Py_None);
-  } catch (const std::bad_alloc&) {
-    PyErr_NoMemory();
+  if (mark_tuple != nullptr) {
+    try {
+      live = objects != 0 ? U64Tuple(ObjectRegistry::Instance().LiveCounts())
+                          : Py_NewRef(Py_None);
+    } catch (const std::bad_alloc&) {
+      PyErr_NoMemory();
+    }
   }
+  PyObject* bytes = nullptr;
   if (live != nullptr) {
     bytes = heap != 0 ? PyFloat_FromDouble(HeapTracker::Instance().LiveBytes())
                       : Py_NewRef(Py_None);
   }
-  if (live == nullptr || bytes == nullptr) {
-    if (fds != 0) ProcessFdTable().KeepLogs(-1);
-    Py_DECREF(mark_tuple);
-    Py_XDECREF(live);
-    return nullptr;
-  }
-  PyObject* result = PyTuple_New(3);
-  if (result == nullptr) {
-    if (fds != 0) ProcessFdTable().KeepLogs(-1);
-    Py_DECREF(mark_tuple);
-    Py_DECREF(live);
-    Py_DECREF(bytes);
-    return nullptr;
-  }
-  PyTuple_SET_ITEM(result, 0, mark_tuple);
-  PyTuple_SET_ITEM(result, 1, live);
-  PyTuple_SET_ITEM(result, 2, bytes);
+  PyObject* result = StealTriple(mark_tuple, live, bytes);
+  if (result == nullptr && fds != 0) ProcessFdTable().KeepLogs(-1);  // no run began
   return result;
 }
 
@@ -220,18 +221,7 @@ PyObject* WorkEnd(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs)
     Py_DECREF(fd_changes);
     return nullptr;
   }
-  PyObject* bytes = PyFloat_FromDouble(heap);
-  PyObject* result = bytes != nullptr ? PyTuple_New(3) : nullptr;
-  if (result == nullptr) {
-    Py_DECREF(fd_changes);
-    Py_DECREF(object_changes);
-    Py_XDECREF(bytes);
-    return nullptr;
-  }
-  PyTuple_SET_ITEM(result, 0, fd_changes);
-  PyTuple_SET_ITEM(result, 1, object_changes);
-  PyTuple_SET_ITEM(result, 2, bytes);
-  return result;
+  return StealTriple(fd_changes, object_changes, PyFloat_FromDouble(heap));
 }
 
 // set_work_counts(index, runs, fds, objects, bytes): a row set_work_row
