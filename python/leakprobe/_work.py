@@ -143,7 +143,8 @@ def _begin_figures() -> _Figures:
     # With fds tracked, the fd table logs creations and closes from here
     # until the run's end releases it.
     config = state.config
-    figures: _Figures = _native().work_figures(state.fds, config.objects, config.heap)
+    native = _native_module or _native()
+    figures: _Figures = native.work_figures(state.fds, config.objects, config.heap)
     return figures
 
 
@@ -159,7 +160,8 @@ def _end_figures(before: _Figures) -> tuple[dict[str, int] | None, dict[str, int
     # reconciliation (~15 us) per run. The fds it created are read from the
     # table's creation log, not by a scan of the table.
     mark, live, heap_before = before
-    fds, objects, live_bytes = _native().work_end(mark, live, mark is not None)
+    native = _native_module or _native()
+    fds, objects, live_bytes = native.work_end(mark, live, mark is not None)
     if _runtime._state is None:  # stopped during the run: the logs released
         return None, None, 0.0
     heap = live_bytes - heap_before if heap_before is not None else 0.0
@@ -185,7 +187,8 @@ def begin(kind: str, name: str) -> Token:
     """Starts measuring one run of the unit `name` of `kind`; pass the
     token to :func:`end` when the run is over."""
     global _in_progress, _overlapped
-    _check(kind, name)
+    if not (type(kind) is str and kind in _valid_kinds and type(name) is str and name):
+        _check(kind, name)  # raises for bad input; notes a valid kind
     with _lock:
         if _in_progress:
             _overlapped += 1
@@ -203,8 +206,8 @@ def end(token: Token, name: str | None = None) -> None:
     kind, begun_as, before, started_ns = token
     if name is None:
         name = begun_as
-    else:
-        _check(kind, name)
+    elif not (type(name) is str and name):
+        _check(kind, name)  # raises: the kind was checked by begin
     ended_ns = time.monotonic_ns()
     fds, objects, heap = _end_figures(before)
     with _lock:
@@ -222,12 +225,13 @@ def end(token: Token, name: str | None = None) -> None:
         # Only this unit's row: what the run changed (a full re-publish cost
         # every run of 30 routes 17 us), its name once. Under the lock, so
         # that two runs of one unit cannot publish out of order.
+        native = _native_module or _native()
         if unit.published:
-            _native().set_work_counts(unit.row, unit.runs, unit.fds_total,
-                                      unit.objects_total, unit.bytes)
+            native.set_work_counts(unit.row, unit.runs, unit.fds_total, unit.objects_total,
+                                   unit.bytes)
         else:
-            _native().set_work_row(unit.row, unit.kind, unit.name, unit.runs,
-                                   unit.fds_total, unit.objects_total, unit.bytes)
+            native.set_work_row(unit.row, unit.kind, unit.name, unit.runs, unit.fds_total,
+                                unit.objects_total, unit.bytes)
             unit.published = True
 
 
