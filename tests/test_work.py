@@ -11,7 +11,7 @@ from conftest import run_python, without_process_labels
 from test_multiprocess import promtool_check
 
 PRELUDE = """\
-import json, socket, time, urllib.request
+import json, os, socket, time, urllib.request
 import leakprobe
 from leakprobe import _work
 leakprobe.start(port=0, trend_interval=0.2, trend_warmup=1)
@@ -184,7 +184,22 @@ def test_the_native_calls_refuse_bad_arguments_and_name_what_is_accepted():
         # A run still begins and ends after them, its logs released.
         token = _work.begin("task", "after")
         _work.end(token)
-        print(json.dumps({"errors": errors, "runs": _work.stats()[0].runs}))
+
+        def logged_opens():  # creations the fd table's log took for one os.open
+            before = _native.fd_sequence()[2]
+            os.close(os.open(os.devnull, os.O_RDONLY))
+            return _native.fd_sequence()[2] - before
+
+        # An end refused for a bad argument still ends the logging its
+        # begin started (else every later creation is logged for good).
+        mark = _native.work_figures(True, False, False)[0]
+        kept = logged_opens()
+        try:
+            _native.work_end(mark, [1], True)
+        except TypeError:
+            pass
+        print(json.dumps({"errors": errors, "runs": _work.stats()[0].runs,
+                          "kept": kept, "after": logged_opens()}))
     """)
     assert out["errors"] == [
         "TypeError: fds must be work_figures()'s mark (a tuple of 3 ints) or None, "
@@ -196,3 +211,4 @@ def test_the_native_calls_refuse_bad_arguments_and_name_what_is_accepted():
         "ValueError: bytes must be a float, not 'x'",
     ]
     assert out["runs"] == 1
+    assert (out["kept"], out["after"]) == (1, 0)

@@ -15,6 +15,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "leakprobe/fd/fd_kind.h"
@@ -136,7 +137,7 @@ PyObject* ChangesOrNone(const Items& items, Name name_of) {
   for (const auto& item : items) {
     if (item.second == 0) continue;
     if (dict == nullptr && (dict = PyDict_New()) == nullptr) return nullptr;
-    const std::string name = name_of(item.first);
+    const std::string_view name = name_of(item.first);  // allocates nothing
     PyObject* key = PyUnicode_DecodeUTF8(name.data(),
                                          static_cast<Py_ssize_t>(name.size()), "replace");
     PyObject* value = key != nullptr ? PyLong_FromLongLong(item.second) : nullptr;
@@ -151,12 +152,29 @@ PyObject* ChangesOrNone(const Items& items, Name name_of) {
   return dict != nullptr ? dict : Py_NewRef(Py_None);
 }
 
+// Ends what work_figures(fds=True) began, when it goes out of scope.
+class LogRelease {
+ public:
+  explicit LogRelease(bool release) noexcept : release_(release) {}
+  ~LogRelease() {
+    if (release_) ProcessFdTable().KeepLogs(-1);
+  }
+  LogRelease(const LogRelease&) = delete;
+  LogRelease& operator=(const LogRelease&) = delete;
+
+ private:
+  const bool release_;
+};
+
 // work_end(fds, live, release_logs) -> (fd changes | None, object changes |
 // None, heap bytes)
 PyObject* WorkEnd(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   if (!ArgCount("work_end", nargs, 3)) return nullptr;
   const int release_logs = PyObject_IsTrue(args[2]);
   if (release_logs < 0) return nullptr;
+  // On every way out, once the fds are counted: a bad argument or a
+  // failed allocation must not leave the fd table logging for good.
+  const LogRelease release(release_logs != 0);
   bool count_fds = false;
   FdTable::WorkMark mark;
   if (args[0] != Py_None) {
@@ -185,7 +203,11 @@ PyObject* WorkEnd(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs)
                    args[1]);
       return nullptr;
     }
-    before.resize(static_cast<std::size_t>(PyTuple_GET_SIZE(args[1])));
+    try {
+      before.resize(static_cast<std::size_t>(PyTuple_GET_SIZE(args[1])));
+    } catch (const std::bad_alloc&) {
+      return PyErr_NoMemory();
+    }
     for (std::size_t i = 0; i < before.size(); ++i) {
       if (!ToU64(PyTuple_GET_ITEM(args[1], static_cast<Py_ssize_t>(i)), "a live count",
                  &before[i])) {
@@ -203,7 +225,6 @@ PyObject* WorkEnd(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs)
       const WithoutGil no_gil;
       fd_counts = CountApplicationFdsSince(ProcessFdTable(), mark);
     }
-    if (release_logs != 0) ProcessFdTable().KeepLogs(-1);
     if (count_objects) objects = ObjectRegistry::Instance().LiveChangesSince(before);
     heap = HeapTracker::Instance().LiveBytes();
   } catch (const std::bad_alloc&) {
@@ -212,11 +233,11 @@ PyObject* WorkEnd(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs)
   std::array<std::pair<std::size_t, std::int64_t>, kFdKindCount> by_kind;
   for (std::size_t k = 0; k < kFdKindCount; ++k) by_kind[k] = {k, fd_counts[k]};
   PyObject* fd_changes = ChangesOrNone(by_kind, [](std::size_t k) {
-    return std::string(FdKindName(static_cast<FdKind>(k)));
+    return std::string_view(FdKindName(static_cast<FdKind>(k)));
   });
   if (fd_changes == nullptr) return nullptr;
-  PyObject* object_changes =
-      ChangesOrNone(objects, [](const std::string& name) { return name; });
+  PyObject* object_changes = ChangesOrNone(
+      objects, [](const std::string& name) { return std::string_view(name); });
   if (object_changes == nullptr) {
     Py_DECREF(fd_changes);
     return nullptr;
