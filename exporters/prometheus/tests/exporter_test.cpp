@@ -398,10 +398,14 @@ TEST(ExporterTest, AStormOfScrapersIsHeldToTheExportersCpuShare) {
 
   // The same storm without a real cap (a whole CPU): it would have used
   // more than the capped bound, so the bound above was the budget's doing.
+  // The control needs CPU to show it: when other work takes the CPUs
+  // (ctest runs two tests at once; 0.053 s of server CPU was seen once), it
+  // is stormed again, up to three times. The capped arm is never retried.
   StormCost uncapped;
-  {
+  for (int attempt = 0; attempt < 3; ++attempt) {
     Exporter exporter("127.0.0.1", 0, RealCollector(), 1.0);
     uncapped = ScrapeFor(exporter.port(), kClients, kStorm);
+    if (uncapped.server_cpu_s > 2 * allowed + 0.030) break;
   }
   EXPECT_EQ(uncapped.failed, 0);
   EXPECT_GT(uncapped.server_cpu_s, 2 * allowed + 0.030)
