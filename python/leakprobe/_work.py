@@ -248,9 +248,8 @@ def _add(unit: _Unit, what: str, delta: dict[str, int], totals: dict[str, int],
 
 
 def _unit(kind: str, name: str) -> _Unit:
-    unit = _units.get((kind, name))
-    if unit is not None:
-        return unit
+    """The unit a run of (`kind`, `name`) counts under, when no unit has that
+    key (end() looks it up first): a new one, or `<other>` past the caps."""
     kinds = {k for k, _ in _units}
     if kind not in kinds and len(kinds) >= MAX_KINDS:
         # Beyond the kinds' cap: counted in the first kind's <other>.
