@@ -164,7 +164,7 @@ step "GoogleTest under TSan: the heap tracker, native heap, stack table, fd tabl
 # with TSan here, so the exporter tests would report their internals.
 await tsan_build
 TSAN_OPTIONS=halt_on_error=1 HEAP_STRESS_SECONDS=30 \
-  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|NativeHeap|StackTable|FdTable|ObjectRegistry|CpuBudget|SingleFlight'
+  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 300 -R 'HeapTracker|NativeHeap|StackTable|FdTable|ObjectRegistry|Mutex|CpuBudget|SingleFlight'
 
 for version in 3.12 3.13; do
   step "pytest on CPython $version"
