@@ -251,6 +251,81 @@ TEST_F(ObjectRegistryTest, SitesWithNoLiveInstanceAreNotListedAndDoNotAccumulate
   EXPECT_EQ(sites[0].live, 2u);
 }
 
+// The registry remembers the site it last counted (a churning owner then
+// costs no lookup); sites, types, closes and collections interleaved in
+// every order must still leave each site's live count exact.
+TEST_F(ObjectRegistryTest, SiteCountsStayExactWhenSitesAndTypesInterleave) {
+  const ObjectTypeId t = registry_.RegisterType("T");
+  const ObjectTypeId u = registry_.RegisterType("U");
+  const StackId stacks[] = {Stack({FakeFrame(11, 10)}), Stack({FakeFrame(12, 10)}),
+                            Stack({FakeFrame(13, 10)})};
+  const ObjectTypeId types[] = {t, u};
+  // expected[type][stack]; live objects as (n, type, stack).
+  std::uint64_t expected[2][3] = {};
+  struct Live {
+    std::uintptr_t n;
+    int type;
+    int stack;
+  };
+  std::vector<Live> live;
+  std::uint64_t state = 12345;
+  const auto next = [&state](std::uint64_t bound) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (state >> 33) % bound;
+  };
+  const auto check = [&](int step) {
+    const ObjectSummary s = registry_.Summary(1);
+    for (int ty = 0; ty < 2; ++ty) {
+      const ObjectTypeSummary summary = TypeOf(s, ty == 0 ? "T" : "U");
+      for (int st = 0; st < 3; ++st) {
+        const std::string site = "/app/file" + std::to_string(11 + st) + ".py:5 in f" +
+                                 std::to_string(11 + st);
+        std::uint64_t got = 0;
+        for (const ObjectSite& entry : summary.top_sites) {
+          if (entry.site == site) got = entry.live;
+        }
+        ASSERT_EQ(got, expected[ty][st])
+            << "step " << step << ", type " << ty << ", site " << site;
+      }
+    }
+  };
+  std::uintptr_t n = 0;
+  for (int step = 0; step < 3000; ++step) {
+    const std::uint64_t what = next(10);
+    if (what < 5 || live.empty()) {  // runs of one site, and switches
+      const int ty = static_cast<int>(next(2));
+      const int st = what < 3 && n > 0 && !live.empty() ? live.back().stack
+                                                        : static_cast<int>(next(3));
+      ++n;
+      ASSERT_EQ(registry_.Add(types[ty], Obj(n), Handle(n), stacks[st], 1),
+                Result::kAdded);
+      live.push_back({n, ty, st});
+      ++expected[ty][st];
+    } else {
+      const std::size_t at = next(live.size());
+      const Live gone = live[at];
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(at));
+      if (what < 8) {
+        ASSERT_EQ(registry_.Close(Obj(gone.n)), Handle(gone.n));
+      } else {
+        ASSERT_TRUE(registry_.Collected(Handle(gone.n)));
+      }
+      --expected[gone.type][gone.stack];
+    }
+    if (step % 100 == 99) check(step);
+  }
+  check(3000);
+  // After Stop (which forgets the remembered site) and a new Start, the
+  // same site counts from zero.
+  registry_.Stop();
+  registry_.Start(1000, 5);
+  registry_.Add(t, Obj(n + 1), Handle(n + 1), stacks[0], 1);
+  registry_.Add(t, Obj(n + 2), Handle(n + 2), stacks[0], 1);
+  const std::vector<ObjectSite> sites = TypeOf(registry_.Summary(1), "T").top_sites;
+  ASSERT_EQ(sites.size(), 1u);
+  EXPECT_EQ(sites[0].live, 2u);
+}
+
 TEST_F(ObjectRegistryTest, CollectedOpenCountedPerCreationSite) {
   const ObjectTypeId t = registry_.RegisterType("T");
   const ObjectTypeId u = registry_.RegisterType("U");

@@ -70,6 +70,7 @@ std::vector<void*> ObjectRegistry::Stop() {
   free_ = kNil;
   absl::flat_hash_map<const void*, std::uint32_t>().swap(index_);
   absl::flat_hash_map<std::uint64_t, std::uint64_t>().swap(site_live_);
+  last_site_ = nullptr;
   next_site_sweep_ = kMinSiteSweep;
   live_records_.store(0, std::memory_order_relaxed);
   return handles;
@@ -134,16 +135,22 @@ ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* obj
 }
 
 void ObjectRegistry::AddSiteLocked(std::uint64_t key) {
-  const auto found = site_live_.find(key);
-  if (found != site_live_.end()) {
-    ++found->second;
+  if (last_site_ != nullptr && last_site_key_ == key) {
+    ++*last_site_;
     return;
   }
-  if (site_live_.size() >= next_site_sweep_) {
-    absl::erase_if(site_live_, [](const auto& entry) { return entry.second == 0; });
-    next_site_sweep_ = std::max(kMinSiteSweep, 2 * site_live_.size());
+  auto found = site_live_.find(key);
+  if (found == site_live_.end()) {
+    last_site_ = nullptr;  // the insert (and a sweep) may move every entry
+    if (site_live_.size() >= next_site_sweep_) {
+      absl::erase_if(site_live_, [](const auto& entry) { return entry.second == 0; });
+      next_site_sweep_ = std::max(kMinSiteSweep, 2 * site_live_.size());
+    }
+    found = site_live_.emplace(key, 0).first;
   }
-  site_live_.emplace(key, 1);
+  ++found->second;
+  last_site_key_ = key;
+  last_site_ = &found->second;
 }
 
 void ObjectRegistry::CountDropped(ObjectTypeId type) noexcept {
@@ -158,7 +165,7 @@ void ObjectRegistry::CountError(ObjectTypeId type) noexcept {
   ++types_[type < types_.size() ? type : kOverflowType].errors;
 }
 
-void ObjectRegistry::RemoveLocked(std::uint32_t index) {
+void ObjectRegistry::RemoveLocked(std::uint32_t index, Index::iterator found) {
   Record& r = records_[index];
   Type& t = types_[r.type];
   if (r.prev != kNil) {
@@ -172,10 +179,16 @@ void ObjectRegistry::RemoveLocked(std::uint32_t index) {
     t.tail = r.prev;
   }
   --t.live;
-  index_.erase(r.object);
-  index_.erase(r.handle);
-  const auto site = site_live_.find(SiteKey(r.type, r.stack));
-  if (site != site_live_.end() && site->second > 0) --site->second;
+  const void* other = found->first == r.object ? r.handle : r.object;
+  index_.erase(found);
+  index_.erase(other);
+  const std::uint64_t key = SiteKey(r.type, r.stack);
+  if (last_site_ != nullptr && last_site_key_ == key) {
+    if (*last_site_ > 0) --*last_site_;
+  } else if (const auto site = site_live_.find(key);
+             site != site_live_.end() && site->second > 0) {
+    --site->second;
+  }
   r.object = nullptr;
   r.handle = nullptr;
   r.prev = free_;
@@ -191,7 +204,7 @@ void* ObjectRegistry::Close(const void* object) noexcept {
   const std::uint32_t index = it->second;
   void* handle = records_[index].handle;
   ++types_[records_[index].type].closed;
-  RemoveLocked(index);
+  RemoveLocked(index, it);
   return handle;
 }
 
@@ -203,7 +216,7 @@ bool ObjectRegistry::Collected(const void* handle) noexcept {
   Type& type = types_[records_[index].type];
   ++type.collected_open;
   CountCollectedSite(&type, records_[index].stack);
-  RemoveLocked(index);
+  RemoveLocked(index, it);
   return true;
 }
 

@@ -178,8 +178,11 @@ class ObjectRegistry {
   }
   // Counts a collection while open of an instance made at `stack`.
   static void CountCollectedSite(Type* type, StackId stack) noexcept;
-  // Removes record `index` (both index keys, its list, its site count).
-  void RemoveLocked(std::uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  using Index = absl::flat_hash_map<const void*, std::uint32_t>;
+  // Removes record `index` (both index keys, its list, its site count);
+  // `found` is the index entry the caller looked it up by (either key).
+  void RemoveLocked(std::uint32_t index, Index::iterator found)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::size_t MemoryBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::size_t max_types_;
@@ -195,7 +198,7 @@ class ObjectRegistry {
   std::uint32_t free_ ABSL_GUARDED_BY(mu_) = kNil;  // free records, by `prev`
   std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   // The address of a tracked instance and that of its handle -> record.
-  absl::flat_hash_map<const void*, std::uint32_t> index_ ABSL_GUARDED_BY(mu_);
+  Index index_ ABSL_GUARDED_BY(mu_);
   // SiteKey(type, stack) -> live records. An entry that drops to 0 stays
   // (the next instance made there, the common case of a churning owner,
   // then costs no insert and no erase) until a new key finds the map at
@@ -203,6 +206,12 @@ class ObjectRegistry {
   // sweep waits for twice the entries that are left (amortised O(1)).
   absl::flat_hash_map<std::uint64_t, std::uint64_t> site_live_ ABSL_GUARDED_BY(mu_);
   std::size_t next_site_sweep_ ABSL_GUARDED_BY(mu_) = kMinSiteSweep;
+  // The entry of the last site added to: a churning owner is made at one
+  // site over and over, and then costs no lookup. Any insert or erase in
+  // site_live_ may move entries, so each one resets it (AddSiteLocked and
+  // Stop are the only ones).
+  std::uint64_t last_site_key_ ABSL_GUARDED_BY(mu_) = 0;
+  std::uint64_t* last_site_ ABSL_GUARDED_BY(mu_) = nullptr;
   static constexpr std::size_t kMinSiteSweep = 1024;
   // One more live record made at `key` (a new entry may sweep, see above).
   void AddSiteLocked(std::uint64_t key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
