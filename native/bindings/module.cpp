@@ -347,9 +347,10 @@ PYBIND11_MODULE(_native, m) {
     }
   });
 
-  StackTable::Instance().SetSource({&LeakprobeCapturePythonFrames,
-                                    &LeakprobeResolvePythonFrame,
-                                    &LeakprobeCaptureTaskFrames});
+  StackTable::Instance().SetSource(
+      {&LeakprobeCapturePythonFrames, &LeakprobeResolvePythonFrame,
+       &LeakprobeCaptureTaskFrames, &LeakprobeCapturePythonFramesHeld,
+       &LeakprobeCaptureTaskFramesHeld});
 
   Slot();  // registers the exporter's fork handlers
 

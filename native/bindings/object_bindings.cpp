@@ -107,8 +107,9 @@ PyObject* TrackedCreated(PyObject* py_self, PyObject* obj) {
     Py_RETURN_NONE;
   }
   const int max_frames = g_max_frames.load(std::memory_order_relaxed);
-  const StackId stack =
-      max_frames > 0 ? StackTable::Instance().CaptureAndIntern(max_frames) : kEmptyStack;
+  const StackId stack = max_frames > 0 ? StackTable::Instance().CaptureAndIntern(
+                                             max_frames, /*gil_held=*/true)
+                                       : kEmptyStack;
   // The coarse clock: an age is reported in seconds, and this runs on every
   // tracked creation (a vDSO read of the time-stamp counter costs more).
   const auto result = registry.Add(self->id, obj, weakref, stack, CoarseMonotonicNs());

@@ -120,6 +120,42 @@ TEST_F(StackTableTest, SiteIsInnermostApplicationFrame) {
   EXPECT_FALSE(frames[2].library);
 }
 
+// A caller holding the GIL (object tracking) captures through the source's
+// capture_held / capture_task_held; without them, through capture /
+// capture_task; other callers never use the held ones.
+TEST(StackTableSourceTest, GilHeldCallersUseTheHeldCaptureWhenThereIsOne) {
+  StackTable table(100, 100);
+  constexpr auto held = [](LeakprobeRawFrame* out, int max_frames) {
+    return max_frames > 0 ? (out[0] = FakeFrame(77, 20), 1) : 0;
+  };
+  constexpr auto held_task = [](LeakprobeRawFrame* out, int max_frames) {
+    return max_frames > 0 ? (out[0] = FakeFrame(78, 20), 1) : 0;
+  };
+  testing::tls_fake_stack = {FakeFrame(5, 10), FakeFrame(6, 12)};
+  testing::tls_fake_task_depth = 1;
+  FrameSource source = testing::FakeSource();
+  table.SetSource(source);  // no held captures: the plain ones
+  EXPECT_EQ(table.SiteOf(table.CaptureAndIntern(32, /*gil_held=*/true)),
+            "/app/file5.py:5 in f5");
+  source.capture_held = held;
+  source.capture_task_held = held_task;
+  table.SetSource(source);
+  EXPECT_EQ(table.SiteOf(table.CaptureAndIntern(32, /*gil_held=*/true)),
+            "/app/file77.py:10 in f77");
+  EXPECT_EQ(table.SiteOf(table.CaptureAndIntern(32)), "/app/file5.py:5 in f5");
+  LeakprobeRawFrame frames[4];
+  {
+    const std::uint32_t previous = SetTaskParent(table.CaptureAndIntern(32));
+    EXPECT_EQ(table.Capture(frames, 4, /*gil_held=*/true), 1);
+    EXPECT_EQ(frames[0].code, reinterpret_cast<const void*>(78));
+    EXPECT_EQ(table.Capture(frames, 4), 1);  // the task chain's depth
+    EXPECT_EQ(frames[0].code, reinterpret_cast<const void*>(5));
+    SetTaskParent(previous);
+  }
+  testing::tls_fake_task_depth = 0;
+  testing::tls_fake_stack.clear();
+}
+
 TEST(StackTableRuleTest, FrozenModulesAreLibraryButStringCodeIsNot) {
   StackTable table(100, 100);
   table.SetSource({&testing::FakeCapture,

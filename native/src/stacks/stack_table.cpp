@@ -122,11 +122,16 @@ void StackTable::ClassifyLocked(Frame* frame) const {
   frame->library = frame->own || IsLibrary(frame->filename);
 }
 
-int StackTable::Capture(LeakprobeRawFrame* out, int max_frames) const noexcept {
+int StackTable::Capture(LeakprobeRawFrame* out, int max_frames,
+                        bool gil_held) const noexcept {
+  const bool task = detail::tls_task_parent != kEmptyStack;
   auto* capture =
-      detail::tls_task_parent != kEmptyStack && source_.capture_task != nullptr
-          ? source_.capture_task
-          : source_.capture;
+      task && source_.capture_task != nullptr ? source_.capture_task : source_.capture;
+  if (gil_held) {
+    auto* held = task && source_.capture_task != nullptr ? source_.capture_task_held
+                                                         : source_.capture_held;
+    if (held != nullptr) capture = held;
+  }
   if (capture == nullptr) return 0;
   return capture(out, std::min<int>(max_frames, static_cast<int>(kMaxDepth)));
 }
@@ -213,10 +218,10 @@ void StackTable::CacheStore(std::uint64_t hash, StackId id) {
   slot.hash.store(hash, std::memory_order_release);
 }
 
-StackId StackTable::CaptureAndIntern(int max_frames) noexcept {
+StackId StackTable::CaptureAndIntern(int max_frames, bool gil_held) noexcept {
   if (source_.capture == nullptr) return kEmptyStack;
   LeakprobeRawFrame frames[kMaxDepth];
-  const int n = Capture(frames, max_frames);
+  const int n = Capture(frames, max_frames, gil_held);
   StackId own = kEmptyStack;
   if (n > 0 && !CacheLookup(HashRaw(frames, n), &own)) {
     own = InternOwn(frames, n);  // hashes again: only on a miss

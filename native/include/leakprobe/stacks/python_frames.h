@@ -49,6 +49,13 @@ int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames);
  * below it. All frames when there is no such frame. */
 int LeakprobeCaptureTaskFrames(LeakprobeRawFrame* out, int max_frames);
 
+/* As the two above, for a caller that holds the GIL (a Python-called
+ * function; never a memory or fd hook, which may run on a thread that does
+ * not): the thread state is read as the GIL holder's, without the
+ * thread-specific-storage lookup. */
+int LeakprobeCapturePythonFramesHeld(LeakprobeRawFrame* out, int max_frames);
+int LeakprobeCaptureTaskFramesHeld(LeakprobeRawFrame* out, int max_frames);
+
 /* Returns 0 on success. */
 int LeakprobeResolvePythonFrame(const LeakprobeRawFrame* frame,
                                 LeakprobeResolvedFrame* out);

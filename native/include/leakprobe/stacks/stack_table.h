@@ -101,6 +101,10 @@ struct FrameSource {
   int (*resolve)(const LeakprobeRawFrame* frame, LeakprobeResolvedFrame* out) = nullptr;
   // The running coroutine chain only (see the header comment); optional.
   int (*capture_task)(LeakprobeRawFrame* out, int max_frames) = nullptr;
+  // capture and capture_task for a caller that holds the GIL (cheaper);
+  // optional: without them such callers use the two above.
+  int (*capture_held)(LeakprobeRawFrame* out, int max_frames) = nullptr;
+  int (*capture_task_held)(LeakprobeRawFrame* out, int max_frames) = nullptr;
 };
 
 namespace detail {
@@ -138,7 +142,9 @@ class StackTable {
   // Captures up to `max_frames` raw frames of the calling thread; 0 when no
   // source is set. Inside a task step with a parent (SetTaskParent), the
   // coroutine chain only.
-  int Capture(LeakprobeRawFrame* out, int max_frames) const noexcept;
+  // `gil_held`: the caller holds the GIL (FrameSource::capture_held).
+  int Capture(LeakprobeRawFrame* out, int max_frames,
+              bool gil_held = false) const noexcept;
   // Interns raw frames captured on this thread just now (they are resolved
   // from live code objects), stitched to the thread's task parent if any. Never throws:
   // out of memory, it returns kOverflowStack and counts it (out_of_memory), the tables
@@ -148,7 +154,7 @@ class StackTable {
   // (fd creations): a stack in the recent-stack cache costs one walk of the
   // frames, one hash and one cache probe, takes no lock and resolves
   // nothing. Never throws, as Intern.
-  StackId CaptureAndIntern(int max_frames) noexcept;
+  StackId CaptureAndIntern(int max_frames, bool gil_held = false) noexcept;
 
   // Frames of a stack, innermost first.
   std::vector<Frame> FramesOf(StackId id) const;
