@@ -29,6 +29,31 @@ def run(code: str, **env: str) -> dict:
     return out
 
 
+def test_overlapping_runs_are_counted_and_a_forked_child_starts_from_none():
+    out = run("""
+        outer = _work.begin("task", "outer")
+        inner = _work.begin("task", "inner")   # begins while outer runs: 1
+        _work.end(inner)
+        _work.end(outer)
+        after_both = _work.overlapped()
+        _work.end(_work.begin("task", "alone"))  # nothing in progress: still 1
+        a, b, c = (_work.begin("route", f"GET /{i}") for i in range(3))  # +2
+        for token in (c, a, b):
+            _work.end(token)
+        _work.end(_work.begin("task", "alone"))
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child's runs are its own: none in progress, none overlapped
+            _work.end(_work.begin("task", "child"))
+            os.write(write, str(_work.overlapped()).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(json.dumps({"after_both": after_both, "total": _work.overlapped(),
+                          "child": int(os.read(read, 16))}))
+    """)
+    assert (out["after_both"], out["total"], out["child"]) == (1, 3, 0)
+
+
 def test_retained_fds_objects_and_runs_are_exact_for_sequential_runs():
     out = run("""
         kept = []

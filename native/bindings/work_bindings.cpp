@@ -13,7 +13,10 @@
 #include "work_bindings.h"
 
 #include <array>
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -60,10 +63,17 @@ bool ToI64(PyObject* value, const char* what, std::int64_t* out) {
   return true;
 }
 
-PyObject* U64Tuple(const std::vector<std::uint64_t>& values) {
-  PyObject* tuple = PyTuple_New(static_cast<Py_ssize_t>(values.size()));
+// Runs in progress (work_figures to work_end) and runs that began while
+// another was in progress. Changed only with the GIL held, so each begin's
+// test-and-count is atomic with respect to the other Python threads; atomic
+// all the same, as work_end lets go of the GIL while it counts fds.
+std::atomic<std::int64_t> g_in_progress{0};
+std::atomic<std::uint64_t> g_overlapped{0};
+
+PyObject* U64Tuple(const std::uint64_t* values, std::size_t n) {
+  PyObject* tuple = PyTuple_New(static_cast<Py_ssize_t>(n));
   if (tuple == nullptr) return nullptr;
-  for (std::size_t i = 0; i < values.size(); ++i) {
+  for (std::size_t i = 0; i < n; ++i) {
     PyObject* item = PyLong_FromUnsignedLongLong(values[i]);
     if (item == nullptr) {
       Py_DECREF(tuple);
@@ -72,6 +82,10 @@ PyObject* U64Tuple(const std::vector<std::uint64_t>& values) {
     PyTuple_SET_ITEM(tuple, static_cast<Py_ssize_t>(i), item);
   }
   return tuple;
+}
+
+PyObject* U64Tuple(const std::vector<std::uint64_t>& values) {
+  return U64Tuple(values.data(), values.size());
 }
 
 // A tuple of three new references, which it steals; nullptr (with the
@@ -103,10 +117,8 @@ PyObject* WorkFigures(PyObject* /*module*/, PyObject* const* args, Py_ssize_t na
     FdTable& table = ProcessFdTable();
     table.KeepLogs(1);  // before the mark: every creation after it is logged
     const FdTable::WorkMark mark = table.Mark();
-    Py_SETREF(mark_tuple,
-              Py_BuildValue("(KKK)", static_cast<unsigned long long>(mark.sequence),
-                            static_cast<unsigned long long>(mark.closes),
-                            static_cast<unsigned long long>(mark.opens)));
+    const std::uint64_t parts[] = {mark.sequence, mark.closes, mark.opens};
+    Py_SETREF(mark_tuple, U64Tuple(parts, std::size(parts)));
   }
   // Each part only once the one before it was made (no call with an
   // exception set).
@@ -125,7 +137,13 @@ PyObject* WorkFigures(PyObject* /*module*/, PyObject* const* args, Py_ssize_t na
                       : Py_NewRef(Py_None);
   }
   PyObject* result = StealTriple(mark_tuple, live, bytes);
-  if (result == nullptr && fds != 0) ProcessFdTable().KeepLogs(-1);  // no run began
+  if (result == nullptr) {
+    if (fds != 0) ProcessFdTable().KeepLogs(-1);  // no run began
+    return nullptr;
+  }
+  if (g_in_progress.fetch_add(1, std::memory_order_relaxed) > 0) {
+    g_overlapped.fetch_add(1, std::memory_order_relaxed);
+  }
   return result;
 }
 
@@ -215,6 +233,11 @@ PyObject* WorkEnd(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs)
       }
     }
   }
+  // The arguments are good: the run is over (counted once, never below 0).
+  for (std::int64_t n = g_in_progress.load(std::memory_order_relaxed);
+       n > 0 &&
+       !g_in_progress.compare_exchange_weak(n, n - 1, std::memory_order_relaxed);) {
+  }
   std::array<std::int64_t, kFdKindCount> fd_counts{};
   std::vector<std::pair<std::string, std::int64_t>> objects;
   double heap = 0;
@@ -267,6 +290,18 @@ PyObject* SetWorkCounts(PyObject* /*module*/, PyObject* const* args, Py_ssize_t 
   Py_RETURN_NONE;
 }
 
+// work_overlapped() -> runs that began while another was in progress.
+PyObject* WorkOverlapped(PyObject* /*module*/, PyObject* /*unused*/) {
+  return PyLong_FromUnsignedLongLong(g_overlapped.load(std::memory_order_relaxed));
+}
+
+// work_reset_runs(): no run in progress, none overlapped (a forked child).
+PyObject* WorkResetRuns(PyObject* /*module*/, PyObject* /*unused*/) {
+  g_in_progress.store(0, std::memory_order_relaxed);
+  g_overlapped.store(0, std::memory_order_relaxed);
+  Py_RETURN_NONE;
+}
+
 PyMethodDef g_work_methods[] = {
     {"work_figures", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(&WorkFigures)),
      METH_FASTCALL,
@@ -289,6 +324,14 @@ PyMethodDef g_work_methods[] = {
      "set_work_counts(index, runs, fds, objects, bytes)\n--\n\n"
      "Update the figures of per-unit-of-work row `index`, which set_work_row wrote "
      "(an index it did not write is ignored)."},
+    {"work_overlapped", &WorkOverlapped, METH_NOARGS,
+     "work_overlapped()\n--\n\n"
+     "Runs that work_figures() began while another run was in progress (between its "
+     "work_figures() and its work_end())."},
+    {"work_reset_runs", &WorkResetRuns, METH_NOARGS,
+     "work_reset_runs()\n--\n\n"
+     "Forget the runs in progress and the overlapped count (a forked child's runs are "
+     "its own)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
