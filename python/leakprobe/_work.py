@@ -136,39 +136,6 @@ def _native() -> Any:
     return _native_module
 
 
-def _begin_figures() -> _Figures:
-    """The process's figures as a run begins (see _Figures)."""
-    state = _runtime._state
-    if state is None:
-        return _NOTHING
-    # With fds tracked, the fd table logs creations and closes from here
-    # until the run's end releases it.
-    config = state.config
-    native = _native_module or _native()
-    figures: _Figures = native.work_figures(state.fds, config.objects, config.heap)
-    return figures
-
-
-def _end_figures(before: _Figures) -> tuple[dict[str, int] | None, dict[str, int] | None,
-                                           float]:
-    """What the run that began with `before` left behind: (fds by kind,
-    live objects by type, heap bytes), nonzero changes only (None: no
-    change)."""
-    if before is _NOTHING:
-        return None, None, 0.0
-    # An fd the run created and closed unseen (os.closerange's close_range
-    # syscall, say) is left out by the native count's check of each fd: no
-    # reconciliation (~15 us) per run. The fds it created are read from the
-    # table's creation log, not by a scan of the table.
-    mark, live, heap_before = before
-    native = _native_module or _native()
-    fds, objects, live_bytes = native.work_end(mark, live, mark is not None)
-    if _runtime._state is None:  # stopped during the run: the logs released
-        return None, None, 0.0
-    heap = live_bytes - heap_before if heap_before is not None else 0.0
-    return fds, objects, heap
-
-
 _valid_kinds: set[str] = set()
 
 
@@ -190,7 +157,16 @@ def begin(kind: str, name: str) -> Token:
     if not (type(kind) is str and kind in _valid_kinds and type(name) is str and name):
         _check(kind, name)  # raises for bad input; notes a valid kind
     started_ns = time.monotonic_ns()
-    return kind, name, _begin_figures(), started_ns
+    # The figures are read here rather than in a helper: a Python call
+    # costs a request of a route under the middleware ~400 instructions.
+    state = _runtime._state
+    if state is None:
+        return kind, name, _NOTHING, started_ns
+    # With fds tracked, the fd table logs creations and closes from here
+    # until the run's end releases it.
+    config = state.config
+    native = _native_module or _native()
+    return kind, name, native.work_figures(state.fds, config.objects, config.heap), started_ns
 
 
 def end(token: Token, name: str | None = None) -> None:
@@ -204,7 +180,24 @@ def end(token: Token, name: str | None = None) -> None:
     elif not (type(name) is str and name):
         _check(kind, name)  # raises: the kind was checked by begin
     ended_ns = time.monotonic_ns()
-    fds, objects, heap = _end_figures(before)
+    native = _native_module or _native()
+    if before is _NOTHING:
+        fds = objects = None
+        heap = 0.0
+    else:
+        # What the run left behind: fds by kind, live objects by type
+        # (nonzero changes only, None for none) and heap bytes. An fd the
+        # run created and closed unseen (os.closerange's close_range
+        # syscall, say) is left out by the native count's check of each
+        # fd: no reconciliation (~15 us) per run. The fds it created are
+        # read from the table's creation log, not by a scan of the table.
+        mark, live, heap_before = before
+        fds, objects, live_bytes = native.work_end(mark, live, mark is not None)
+        if _runtime._state is None:  # stopped during the run: the logs released
+            fds = objects = None
+            heap = 0.0
+        else:
+            heap = live_bytes - heap_before if heap_before is not None else 0.0
     _lock.acquire()
     try:
         unit = _units.get((kind, name)) or _unit(kind, name)
@@ -219,7 +212,6 @@ def end(token: Token, name: str | None = None) -> None:
         # Only this unit's row: what the run changed (a full re-publish cost
         # every run of 30 routes 17 us), its name once. Under the lock, so
         # that two runs of one unit cannot publish out of order.
-        native = _native_module or _native()
         if unit.published:
             native.set_work_counts(unit.row, unit.runs, unit.fds_total, unit.objects_total,
                                    unit.bytes)

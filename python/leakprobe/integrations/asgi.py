@@ -147,7 +147,8 @@ class LeakprobeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
-        if kind not in ("http", "lifespan") or scope.get(_SEEN) or not _running():
+        # _running(), inline: this runs on every request
+        if kind not in ("http", "lifespan") or scope.get(_SEEN) or _runtime._state is None:
             await self.app(scope, receive, send)
             return
         scope[_SEEN] = True
