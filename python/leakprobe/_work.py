@@ -198,7 +198,8 @@ def end(token: Token, name: str | None = None) -> None:
             heap = 0.0
         else:
             heap = live_bytes - heap_before if heap_before is not None else 0.0
-    _lock.acquire()
+    lock = _lock  # the one released below, even if reset() replaces it meanwhile
+    lock.acquire()
     try:
         unit = _units.get((kind, name)) or _unit(kind, name)
         unit.runs += 1
@@ -220,7 +221,7 @@ def end(token: Token, name: str | None = None) -> None:
                                 unit.objects_total, unit.bytes)
             unit.published = True
     finally:
-        _lock.release()
+        lock.release()
 
 
 def _add(unit: _Unit, what: str, delta: dict[str, int], totals: dict[str, int],
