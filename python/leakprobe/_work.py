@@ -48,10 +48,11 @@ leakprobe runs: the native module counts them as it reads the figures).
 Cold path only: called from a framework's signal or middleware, never from
 an allocation or fd hook. Bounded: at most ``MAX_KINDS`` kinds and
 ``MAX_NAMES`` names per kind; the runs of further names are counted under
-the name ``<other>``. Thread-safe (one lock, taken by a run's end only,
-never held across a read of the figures; taken with ``acquire()`` and
+the name ``<other>``. Thread-safe (one lock, never held across a read of
+the figures; on a run's path only its end takes it, with ``acquire()`` and
 ``release()`` rather than ``with``, which costs three times as much on
-CPython 3.11: bound ``__enter__``/``__exit__`` methods made per use).
+CPython 3.11: bound ``__enter__``/``__exit__`` methods made per use; the
+readers, ``stats`` and ``kept_runs``, take it too).
 """
 
 from __future__ import annotations
