@@ -371,6 +371,52 @@ def test_registry_api_for_adapters(tmp_path):
                     [1, 2, 1, 0, 0, 2]]]
 
 
+def test_other_weak_references_and_a_handle_kept_alive_elsewhere(tmp_path):
+    # A close finds the record by walking the instance's weak references for
+    # ours: the others (before and after ours, with and without callbacks)
+    # are passed over, and so is one of ours that somebody keeps alive from
+    # weakref.getweakrefs after its record was closed.
+    out = run_app(tmp_path, """
+    import weakref
+    from leakprobe import _native, _objects
+
+    class Client:
+        pass
+
+    def ours(obj):
+        return [r for r in weakref.getweakrefs(obj)
+                if getattr(r.__callback__, "__name__", "") == "_leakprobe_object_collected"]
+
+    t = _objects.register_type("own.Client")
+    fired = []
+    c = Client()
+    plain = weakref.ref(c)
+    values = weakref.WeakValueDictionary(); values["c"] = c
+    t.created(c); t.created(c)                  # the second is ignored
+    after = weakref.ref(c, fired.append)
+    held = ours(c)                              # kept alive from here on
+    steps = [[len(held), _native.object_tracked(c), counts("own.Client")]]
+    t.closed(c)
+    steps.append([len(ours(c)), _native.object_tracked(c), counts("own.Client")])
+    t.created(c)                                # tracked again, by a new handle
+    steps.append([len(ours(c)), _native.object_tracked(c), counts("own.Client")])
+    t.closed(c); t.closed(c)
+    steps.append([len(ours(c)), _native.object_tracked(c), counts("own.Client")])
+    t.created(c)
+    del c                                       # collected while open, once
+    steps.append([plain() is None, len(values), len(fired), counts("own.Client")])
+    print(json.dumps(steps))
+    """)
+    # [live, created, closed, collected_while_open, dropped, errors]
+    assert out == [[
+        [1, True, [1, 1, 0, 0, 0, 0]],
+        [1, False, [0, 1, 1, 0, 0, 0]],   # the held one is still in the list
+        [2, True, [1, 2, 1, 0, 0, 0]],
+        [1, False, [0, 2, 2, 0, 0, 0]],
+        [True, 0, 1, [0, 3, 2, 1, 0, 0]],
+    ]]
+
+
 def test_unweakrefable_instance_is_logged_once(tmp_path):
     (tmp_path / "app.py").write_text(APP)
     proc = run_python(f"""

@@ -1,15 +1,17 @@
 // leakprobe._native's tracked objects: TrackedType.created/closed over the
 // ObjectRegistry. An instance is tracked by a weak reference whose callback
 // (a C function) tells the registry it was collected; nothing keeps it
-// alive. Every call here runs with the GIL held (the weak reference C API
-// needs it), so the registry's lock is only ever contended by a scrape.
-// Nothing raises into the caller: a failure is counted (errors) and logged
-// once. No HookGuard here: these functions run from Python code only, never
-// inside one of our hooks, on a forking thread (Python's own fork handlers
-// run before the fork protocol's) or under a tracker lock; the registry's
-// lock is a TrackerLock, so a hook reached while it is held passes through.
-// The weak reference's own allocation may be sampled by the heap tracker,
-// like any allocation of the code that created the object.
+// alive. The weak reference is the record's key: a close finds it again in
+// the instance's own list of weak references (CPython's, which it keeps
+// under the GIL), by its callback, so the registry needs no second key. Every call here
+// runs with the GIL held (the weak reference C API needs it), so the registry's lock is
+// only ever contended by a scrape. Nothing raises into the caller: a failure is counted
+// (errors) and logged once. No HookGuard here: these functions run from Python code only,
+// never inside one of our hooks, on a forking thread (Python's own fork handlers run
+// before the fork protocol's) or under a tracker lock; the registry's lock is a
+// TrackerLock, so a hook reached while it is held passes through. The weak reference's
+// own allocation may be sampled by the heap tracker, like any allocation of the code that
+// created the object.
 #include "object_bindings.h"
 
 #include <pybind11/stl.h>
@@ -22,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/optimization.h"
 #include "leakprobe/objects/object_registry.h"
 #include "leakprobe/runtime/clock.h"
 #include "leakprobe/runtime/error.h"
@@ -55,10 +58,8 @@ PyObject* OnCollected(PyObject* /*self*/, PyObject* weakref) {
 PyMethodDef g_on_collected_def = {"_leakprobe_object_collected", &OnCollected, METH_O,
                                   nullptr};
 
-PyObject* CollectedCallback() {
-  static PyObject* const callback = PyCFunction_New(&g_on_collected_def, nullptr);
-  return callback;  // never freed: weakrefs of tracked objects point to it
-}
+// Made at module init, never freed: weakrefs of tracked objects point to it.
+PyObject* g_collected_callback = nullptr;
 
 void LogErrorOnce(const std::string& type, const char* what) {
   if (g_error_logged.exchange(true)) return;
@@ -68,6 +69,34 @@ void LogErrorOnce(const std::string& type, const char* what) {
                                  "logged once");
   } catch (...) {  // never raise into the application
   }
+}
+
+// The head of `obj`'s list of weak references, or nullptr when there is
+// none to walk: a type without weak reference support, or a static
+// builtin type object (CPython 3.12 and later keep their lists elsewhere;
+// no resource owner is one). CPython changes the list under the GIL only.
+PyWeakReference** WeakrefList(PyObject* obj) {
+  const Py_ssize_t offset = Py_TYPE(obj)->tp_weaklistoffset;
+  if (offset == 0) return nullptr;
+  if (PyType_Check(obj) &&
+      !PyType_HasFeature(reinterpret_cast<PyTypeObject*>(obj), Py_TPFLAGS_HEAPTYPE)) {
+    return nullptr;
+  }
+  return reinterpret_cast<PyWeakReference**>(reinterpret_cast<char*>(obj) + offset);
+}
+
+// Our weak reference to `obj` that has a live record, or nullptr. One of
+// ours without a record (given back by a close or by objects_stop, and
+// still alive because somebody got it from weakref.getweakrefs) is passed
+// over. Nothing here can run Python code or change the list.
+PyObject* TrackedHandle(PyWeakReference** list, const ObjectRegistry& registry) {
+  if (list == nullptr) return nullptr;
+  for (PyWeakReference* ref = *list; ref != nullptr; ref = ref->wr_next) {
+    if (ref->wr_callback == g_collected_callback && registry.Tracked(ref)) {
+      return reinterpret_cast<PyObject*>(ref);
+    }
+  }
+  return nullptr;
 }
 
 // TrackedType: a handle on one registered type; what register_type
@@ -94,16 +123,24 @@ PyObject* TrackedCreated(PyObject* py_self, PyObject* obj) {
   auto* self = reinterpret_cast<TrackedTypeObject*>(py_self);
   ObjectRegistry& registry = ObjectRegistry::Instance();
   if (!registry.enabled()) Py_RETURN_NONE;
-  if (registry.AtCapacity()) {
-    if (!registry.Tracked(obj)) registry.CountDropped(self->id);
-    Py_RETURN_NONE;
-  }
-  PyObject* weakref = PyWeakref_NewRef(obj, CollectedCallback());
-  if (weakref == nullptr) {
-    PyErr_Clear();
+  PyWeakReference** const list = WeakrefList(obj);
+  if (ABSL_PREDICT_FALSE(list == nullptr)) {
     registry.CountError(self->id);
     LogErrorOnce(TypeNameOf(self),
                  "an instance that cannot be weakly referenced was not tracked");
+    Py_RETURN_NONE;
+  }
+  // A fresh instance has none of ours (most have no weak reference at all).
+  if (*list != nullptr && TrackedHandle(list, registry) != nullptr) Py_RETURN_NONE;
+  if (registry.AtCapacity()) {
+    registry.CountDropped(self->id);
+    Py_RETURN_NONE;
+  }
+  PyObject* weakref = PyWeakref_NewRef(obj, g_collected_callback);
+  if (ABSL_PREDICT_FALSE(weakref == nullptr)) {
+    PyErr_Clear();
+    registry.CountError(self->id);
+    LogErrorOnce(TypeNameOf(self), "a weak reference to an instance could not be made");
     Py_RETURN_NONE;
   }
   const int max_frames = g_max_frames.load(std::memory_order_relaxed);
@@ -112,18 +149,28 @@ PyObject* TrackedCreated(PyObject* py_self, PyObject* obj) {
                                        : kEmptyStack;
   // The coarse clock: an age is reported in seconds, and this runs on every
   // tracked creation (a vDSO read of the time-stamp counter costs more).
-  const auto result = registry.Add(self->id, obj, weakref, stack, CoarseMonotonicNs());
-  if (result != ObjectRegistry::AddResult::kAdded) Py_DECREF(weakref);
-  if (result == ObjectRegistry::AddResult::kError) {
-    LogErrorOnce(TypeNameOf(self), "out of memory recording an instance");
+  const auto result = registry.Add(self->id, weakref, stack, CoarseMonotonicNs());
+  if (ABSL_PREDICT_FALSE(result != ObjectRegistry::AddResult::kAdded)) {
+    Py_DECREF(weakref);
+    if (result == ObjectRegistry::AddResult::kError) {
+      LogErrorOnce(TypeNameOf(self), "out of memory recording an instance");
+    }
   }
   Py_RETURN_NONE;
 }
 
 PyObject* TrackedClosed(PyObject* /*self*/, PyObject* obj) {
   ObjectRegistry& registry = ObjectRegistry::Instance();
-  if (registry.enabled()) {
-    if (void* weakref = registry.Close(obj)) Py_DECREF(static_cast<PyObject*>(weakref));
+  if (!registry.enabled()) Py_RETURN_NONE;
+  PyWeakReference** const list = WeakrefList(obj);
+  if (list == nullptr) Py_RETURN_NONE;
+  for (PyWeakReference* ref = *list; ref != nullptr; ref = ref->wr_next) {
+    if (ref->wr_callback == g_collected_callback && registry.Close(ref)) {
+      // Given back: releasing it takes it out of the list walked here, so
+      // the walk ends first.
+      Py_DECREF(reinterpret_cast<PyObject*>(ref));
+      break;
+    }
   }
   Py_RETURN_NONE;
 }
@@ -454,7 +501,6 @@ void ObjectsStart(int max_frames, int top_sites, std::int64_t max_records) {
     throw Error("object tracking: max_records must be 0 or more, not " +
                 std::to_string(max_records));
   }
-  CollectedCallback();
   g_max_frames.store(max_frames, std::memory_order_relaxed);
   ObjectRegistry::Instance().Start(static_cast<std::size_t>(max_records),
                                    static_cast<std::size_t>(top_sites));
@@ -591,6 +637,8 @@ void RegisterObjectBindings(py::module_& m) {
       reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&g_tracked_method_spec));
   if (g_tracked_method_type == nullptr) throw py::error_already_set();
   m.add_object("TrackedMethod", reinterpret_cast<PyObject*>(g_tracked_method_type));
+  g_collected_callback = PyCFunction_New(&g_on_collected_def, nullptr);
+  if (g_collected_callback == nullptr) throw py::error_already_set();
   g_tracked_attr = PyUnicode_InternFromString("__leakprobe_tracked__");
   if (g_tracked_attr == nullptr) throw py::error_already_set();
   m.def("tracked_method", &NewTrackedMethod, py::arg("wrapped"), py::arg("tracked"),
@@ -610,7 +658,10 @@ void RegisterObjectBindings(py::module_& m) {
       "Whether object tracking is on.");
   m.def(
       "object_tracked",
-      [](py::handle obj) { return ObjectRegistry::Instance().Tracked(obj.ptr()); },
+      [](py::handle obj) {
+        return TrackedHandle(WeakrefList(obj.ptr()), ObjectRegistry::Instance()) !=
+               nullptr;
+      },
       py::arg("obj"), "Whether obj has a live record.");
   m.def("object_summary", &SummaryDict,
         "Per type counts, oldest age and top sites, as the exporter sees them.");
@@ -621,7 +672,9 @@ void RegisterObjectBindings(py::module_& m) {
       "object_record_of",
       [](py::handle obj) -> py::object {
         const ObjectRegistry& registry = ObjectRegistry::Instance();
-        const std::optional<ObjectRecord> r = registry.Find(obj.ptr());
+        PyObject* handle = TrackedHandle(WeakrefList(obj.ptr()), registry);
+        if (handle == nullptr) return py::none();
+        const std::optional<ObjectRecord> r = registry.Find(handle);
         if (!r) return py::none();
         return py::make_tuple(registry.TypeName(r->type), r->stack);
       },

@@ -19,9 +19,8 @@ namespace {
 using testing::FakeFrame;
 using Result = ObjectRegistry::AddResult;
 
-// Addresses stand in for objects and their weak references: the registry
-// never dereferences them.
-const void* Obj(std::uintptr_t n) { return reinterpret_cast<const void*>(n * 16); }
+// Addresses stand in for the weak references the bindings key records
+// by: the registry never dereferences them.
 void* Handle(std::uintptr_t n) { return reinterpret_cast<void*>(n * 16 + 8); }
 
 class ObjectRegistryTest : public ::testing::Test {
@@ -53,22 +52,20 @@ TEST_F(ObjectRegistryTest, CountsCreatedClosedCollectedAndLive) {
   EXPECT_NE(session, client);
   EXPECT_NE(client, kOverflowType);
   for (std::uintptr_t i = 1; i <= 5; ++i) {
-    EXPECT_EQ(registry_.Add(client, Obj(i), Handle(i), kEmptyStack, 100), Result::kAdded);
+    EXPECT_EQ(registry_.Add(client, Handle(i), kEmptyStack, 100), Result::kAdded);
   }
-  EXPECT_EQ(registry_.Add(session, Obj(6), Handle(6), kEmptyStack, 100), Result::kAdded);
-  // A second creation of a tracked object, even under another type, is ignored.
-  EXPECT_EQ(registry_.Add(session, Obj(1), Handle(7), kEmptyStack, 100),
-            Result::kDuplicate);
-  EXPECT_TRUE(registry_.Tracked(Obj(1)));
-  EXPECT_FALSE(registry_.Tracked(Handle(1)));  // a handle is not an object
-  EXPECT_EQ(registry_.Close(Obj(1)), Handle(1));
-  EXPECT_EQ(registry_.Close(Obj(1)), nullptr);     // idempotent
-  EXPECT_EQ(registry_.Close(Obj(99)), nullptr);    // never tracked
-  EXPECT_EQ(registry_.Close(Handle(2)), nullptr);  // a handle is not an object
+  EXPECT_EQ(registry_.Add(session, Handle(6), kEmptyStack, 100), Result::kAdded);
+  // A second record for a handle, even under another type, is refused.
+  EXPECT_EQ(registry_.Add(session, Handle(1), kEmptyStack, 100), Result::kDuplicate);
+  EXPECT_TRUE(registry_.Tracked(Handle(1)));
+  EXPECT_FALSE(registry_.Tracked(Handle(99)));
+  EXPECT_TRUE(registry_.Close(Handle(1)));
+  EXPECT_FALSE(registry_.Close(Handle(1)));   // given back once only
+  EXPECT_FALSE(registry_.Close(Handle(99)));  // never tracked
   EXPECT_TRUE(registry_.Collected(Handle(2)));
   EXPECT_FALSE(registry_.Collected(Handle(2)));
-  EXPECT_FALSE(registry_.Collected(Obj(3)));  // an object is not a handle
-  EXPECT_FALSE(registry_.Tracked(Obj(2)));
+  EXPECT_FALSE(registry_.Collected(Handle(1)));  // closed before
+  EXPECT_FALSE(registry_.Tracked(Handle(2)));
 
   const ObjectSummary s = registry_.Summary(100);
   const ObjectTypeSummary c = TypeOf(s, "httpx.Client");
@@ -91,18 +88,18 @@ TEST_F(ObjectRegistryTest, CountsCreatedClosedCollectedAndLive) {
 TEST_F(ObjectRegistryTest, LiveChangesSinceNameTheTypesWhoseCountMoved) {
   const ObjectTypeId client = registry_.RegisterType("httpx.Client");
   const ObjectTypeId session = registry_.RegisterType("Session");
-  ASSERT_EQ(registry_.Add(client, Obj(1), Handle(1), kEmptyStack, 100), Result::kAdded);
-  ASSERT_EQ(registry_.Add(session, Obj(2), Handle(2), kEmptyStack, 100), Result::kAdded);
+  ASSERT_EQ(registry_.Add(client, Handle(1), kEmptyStack, 100), Result::kAdded);
+  ASSERT_EQ(registry_.Add(session, Handle(2), kEmptyStack, 100), Result::kAdded);
   const std::vector<std::uint64_t> before = registry_.LiveCounts();
   ASSERT_GT(before.size(), static_cast<std::size_t>(std::max(client, session)));
   EXPECT_EQ(before[client], 1u);
   EXPECT_EQ(before[session], 1u);
   EXPECT_TRUE(registry_.LiveChangesSince(before).empty());
-  ASSERT_EQ(registry_.Add(client, Obj(3), Handle(3), kEmptyStack, 100), Result::kAdded);
-  ASSERT_EQ(registry_.Add(client, Obj(4), Handle(4), kEmptyStack, 100), Result::kAdded);
-  EXPECT_EQ(registry_.Close(Obj(2)), Handle(2));
+  ASSERT_EQ(registry_.Add(client, Handle(3), kEmptyStack, 100), Result::kAdded);
+  ASSERT_EQ(registry_.Add(client, Handle(4), kEmptyStack, 100), Result::kAdded);
+  EXPECT_TRUE(registry_.Close(Handle(2)));
   const ObjectTypeId engine = registry_.RegisterType("Engine");
-  ASSERT_EQ(registry_.Add(engine, Obj(5), Handle(5), kEmptyStack, 100), Result::kAdded);
+  ASSERT_EQ(registry_.Add(engine, Handle(5), kEmptyStack, 100), Result::kAdded);
   auto changes = registry_.LiveChangesSince(before);
   std::sort(changes.begin(), changes.end());
   EXPECT_EQ(changes, (std::vector<std::pair<std::string, std::int64_t>>{
@@ -112,16 +109,16 @@ TEST_F(ObjectRegistryTest, LiveChangesSinceNameTheTypesWhoseCountMoved) {
 TEST_F(ObjectRegistryTest, RecordCapDropsAndCounts) {
   registry_.Start(2, 5);
   const ObjectTypeId t = registry_.RegisterType("T");
-  EXPECT_EQ(registry_.Add(t, Obj(1), Handle(1), kEmptyStack, 1), Result::kAdded);
+  EXPECT_EQ(registry_.Add(t, Handle(1), kEmptyStack, 1), Result::kAdded);
   EXPECT_FALSE(registry_.AtCapacity());
-  EXPECT_EQ(registry_.Add(t, Obj(2), Handle(2), kEmptyStack, 1), Result::kAdded);
+  EXPECT_EQ(registry_.Add(t, Handle(2), kEmptyStack, 1), Result::kAdded);
   EXPECT_TRUE(registry_.AtCapacity());
-  EXPECT_EQ(registry_.Add(t, Obj(3), Handle(3), kEmptyStack, 1), Result::kDropped);
-  registry_.CountDropped(t);                    // what the bindings do when AtCapacity
-  EXPECT_EQ(registry_.Close(Obj(3)), nullptr);  // dropped: its close is not seen
-  EXPECT_EQ(registry_.Close(Obj(1)), Handle(1));
+  EXPECT_EQ(registry_.Add(t, Handle(3), kEmptyStack, 1), Result::kDropped);
+  registry_.CountDropped(t);                 // what the bindings do when AtCapacity
+  EXPECT_FALSE(registry_.Close(Handle(3)));  // dropped: its close is not seen
+  EXPECT_TRUE(registry_.Close(Handle(1)));
   EXPECT_FALSE(registry_.AtCapacity());
-  EXPECT_EQ(registry_.Add(t, Obj(4), Handle(4), kEmptyStack, 1), Result::kAdded);
+  EXPECT_EQ(registry_.Add(t, Handle(4), kEmptyStack, 1), Result::kAdded);
   registry_.CountError(t);
   const ObjectTypeSummary s = TypeOf(registry_.Summary(1), "T");
   EXPECT_EQ(s.created, 5u);  // 3 tracked, 2 dropped
@@ -141,7 +138,7 @@ TEST_F(ObjectRegistryTest, TypeCapOverflowsIntoOneCountedType) {
   EXPECT_EQ(small.RegisterType("d"), kOverflowType);
   EXPECT_EQ(small.RegisterType("a"), a);  // known names still resolve
   EXPECT_NE(a, b);
-  EXPECT_EQ(small.Add(kOverflowType, Obj(1), Handle(1), kEmptyStack, 1), Result::kAdded);
+  EXPECT_EQ(small.Add(kOverflowType, Handle(1), kEmptyStack, 1), Result::kAdded);
   const ObjectSummary s = small.Summary(1);
   EXPECT_EQ(s.type_overflows, 2u);
   ASSERT_EQ(s.types.size(), 3u);
@@ -157,19 +154,19 @@ TEST_F(ObjectRegistryTest, TypeCapOverflowsIntoOneCountedType) {
 
 TEST_F(ObjectRegistryTest, OldestAgeFollowsTheOldestLiveRecord) {
   const ObjectTypeId t = registry_.RegisterType("T");
-  registry_.Add(t, Obj(1), Handle(1), kEmptyStack, 1'000'000'000);
-  registry_.Add(t, Obj(2), Handle(2), kEmptyStack, 2'000'000'000);
-  registry_.Add(t, Obj(3), Handle(3), kEmptyStack, 3'000'000'000);
+  registry_.Add(t, Handle(1), kEmptyStack, 1'000'000'000);
+  registry_.Add(t, Handle(2), kEmptyStack, 2'000'000'000);
+  registry_.Add(t, Handle(3), kEmptyStack, 3'000'000'000);
   EXPECT_DOUBLE_EQ(TypeOf(registry_.Summary(5'000'000'000), "T").oldest_age_seconds, 4.0);
-  registry_.Close(Obj(2));  // from the middle
+  registry_.Close(Handle(2));  // from the middle
   EXPECT_DOUBLE_EQ(TypeOf(registry_.Summary(5'000'000'000), "T").oldest_age_seconds, 4.0);
   registry_.Collected(Handle(1));  // the head
   EXPECT_DOUBLE_EQ(TypeOf(registry_.Summary(5'000'000'000), "T").oldest_age_seconds, 2.0);
-  registry_.Close(Obj(3));
+  registry_.Close(Handle(3));
   EXPECT_DOUBLE_EQ(TypeOf(registry_.Summary(5'000'000'000), "T").oldest_age_seconds, 0.0);
   // A clock read that raced another thread's keeps creation order.
-  registry_.Add(t, Obj(4), Handle(4), kEmptyStack, 4'000'000'000);
-  registry_.Add(t, Obj(5), Handle(5), kEmptyStack, 3'500'000'000);
+  registry_.Add(t, Handle(4), kEmptyStack, 4'000'000'000);
+  registry_.Add(t, Handle(5), kEmptyStack, 3'500'000'000);
   const std::vector<ObjectRecord> records = registry_.Records();
   ASSERT_EQ(records.size(), 2u);
   EXPECT_LT(records[0].sequence, records[1].sequence);
@@ -186,7 +183,7 @@ TEST_F(ObjectRegistryTest, TopSitesByLiveInstancesPerType) {
   std::uintptr_t n = 0;
   const auto add = [&](ObjectTypeId type, StackId stack) {
     ++n;
-    registry_.Add(type, Obj(n), Handle(n), stack, 1);
+    registry_.Add(type, Handle(n), stack, 1);
   };
   for (int i = 0; i < 3; ++i) add(t, site_a1);
   for (int i = 0; i < 2; ++i) add(t, site_a2);
@@ -204,7 +201,7 @@ TEST_F(ObjectRegistryTest, TopSitesByLiveInstancesPerType) {
   ASSERT_EQ(TypeOf(s, "U").top_sites.size(), 1u);
   EXPECT_EQ(TypeOf(s, "U").top_sites[0].live, 1u);
   // Closing moves the counts; at most top-N are kept.
-  for (std::uintptr_t i = 1; i <= 4; ++i) registry_.Close(Obj(i));
+  for (std::uintptr_t i = 1; i <= 4; ++i) registry_.Close(Handle(i));
   registry_.Start(1000, 1);
   s = registry_.Summary(1);
   sites = TypeOf(s, "T").top_sites;
@@ -217,11 +214,11 @@ TEST_F(ObjectRegistryTest, SitesWithNoLiveInstanceAreNotListedAndDoNotAccumulate
   const ObjectTypeId t = registry_.RegisterType("T");
   const StackId kept = Stack({FakeFrame(7, 10)});
   const StackId churned = Stack({FakeFrame(8, 10)});
-  registry_.Add(t, Obj(1), Handle(1), kept, 1);
+  registry_.Add(t, Handle(1), kept, 1);
   // A churning owner: made and closed at one site, over and over.
   for (std::uintptr_t n = 2; n < 1000; ++n) {
-    ASSERT_EQ(registry_.Add(t, Obj(n), Handle(n), churned, 1), Result::kAdded);
-    ASSERT_NE(registry_.Close(Obj(n)), nullptr);
+    ASSERT_EQ(registry_.Add(t, Handle(n), churned, 1), Result::kAdded);
+    ASSERT_TRUE(registry_.Close(Handle(n)));
   }
   std::vector<ObjectSite> sites = TypeOf(registry_.Summary(1), "T").top_sites;
   ASSERT_EQ(sites.size(), 1u);  // the churned site holds none: not listed
@@ -233,9 +230,8 @@ TEST_F(ObjectRegistryTest, SitesWithNoLiveInstanceAreNotListedAndDoNotAccumulate
   const std::size_t before = registry_.MemoryBytes();
   for (std::uintptr_t n = 0; n < 100000; ++n) {
     const auto stack = static_cast<StackId>(1000 + n);  // ids the table never made
-    ASSERT_EQ(registry_.Add(t, Obj(5000 + n), Handle(5000 + n), stack, 1),
-              Result::kAdded);
-    ASSERT_NE(registry_.Close(Obj(5000 + n)), nullptr);
+    ASSERT_EQ(registry_.Add(t, Handle(5000 + n), stack, 1), Result::kAdded);
+    ASSERT_TRUE(registry_.Close(Handle(5000 + n)));
   }
   EXPECT_LT(registry_.MemoryBytes(), before + 128 * 1024);
   ObjectTypeSummary summary = TypeOf(registry_.Summary(1), "T");
@@ -243,8 +239,8 @@ TEST_F(ObjectRegistryTest, SitesWithNoLiveInstanceAreNotListedAndDoNotAccumulate
   EXPECT_EQ(summary.created, 1u + 998u + 100000u);
   ASSERT_EQ(summary.top_sites.size(), 1u);
   // And a site that drops to 0 counts again from 0 when it makes more.
-  registry_.Add(t, Obj(2), Handle(2), churned, 1);
-  registry_.Add(t, Obj(3), Handle(3), churned, 1);
+  registry_.Add(t, Handle(2), churned, 1);
+  registry_.Add(t, Handle(3), churned, 1);
   sites = TypeOf(registry_.Summary(1), "T").top_sites;
   ASSERT_EQ(sites.size(), 2u);
   EXPECT_EQ(sites[0].site, "/app/file8.py:5 in f8");
@@ -297,8 +293,7 @@ TEST_F(ObjectRegistryTest, SiteCountsStayExactWhenSitesAndTypesInterleave) {
       const int st = what < 3 && n > 0 && !live.empty() ? live.back().stack
                                                         : static_cast<int>(next(3));
       ++n;
-      ASSERT_EQ(registry_.Add(types[ty], Obj(n), Handle(n), stacks[st], 1),
-                Result::kAdded);
+      ASSERT_EQ(registry_.Add(types[ty], Handle(n), stacks[st], 1), Result::kAdded);
       live.push_back({n, ty, st});
       ++expected[ty][st];
     } else {
@@ -306,7 +301,7 @@ TEST_F(ObjectRegistryTest, SiteCountsStayExactWhenSitesAndTypesInterleave) {
       const Live gone = live[at];
       live.erase(live.begin() + static_cast<std::ptrdiff_t>(at));
       if (what < 8) {
-        ASSERT_EQ(registry_.Close(Obj(gone.n)), Handle(gone.n));
+        ASSERT_TRUE(registry_.Close(Handle(gone.n)));
       } else {
         ASSERT_TRUE(registry_.Collected(Handle(gone.n)));
       }
@@ -319,8 +314,8 @@ TEST_F(ObjectRegistryTest, SiteCountsStayExactWhenSitesAndTypesInterleave) {
   // same site counts from zero.
   registry_.Stop();
   registry_.Start(1000, 5);
-  registry_.Add(t, Obj(n + 1), Handle(n + 1), stacks[0], 1);
-  registry_.Add(t, Obj(n + 2), Handle(n + 2), stacks[0], 1);
+  registry_.Add(t, Handle(n + 1), stacks[0], 1);
+  registry_.Add(t, Handle(n + 2), stacks[0], 1);
   const std::vector<ObjectSite> sites = TypeOf(registry_.Summary(1), "T").top_sites;
   ASSERT_EQ(sites.size(), 1u);
   EXPECT_EQ(sites[0].live, 2u);
@@ -336,7 +331,7 @@ TEST_F(ObjectRegistryTest, CollectedOpenCountedPerCreationSite) {
   std::uintptr_t n = 0;
   const auto collect = [&](ObjectTypeId type, StackId stack) {
     ++n;
-    ASSERT_EQ(registry_.Add(type, Obj(n), Handle(n), stack, 1), Result::kAdded);
+    ASSERT_EQ(registry_.Add(type, Handle(n), stack, 1), Result::kAdded);
     ASSERT_TRUE(registry_.Collected(Handle(n)));
   };
   for (int i = 0; i < 2; ++i) collect(t, site_a1);
@@ -344,11 +339,11 @@ TEST_F(ObjectRegistryTest, CollectedOpenCountedPerCreationSite) {
   for (int i = 0; i < 4; ++i) collect(t, site_b);
   collect(u, site_b);
   // Closed, then collected: not collected while open.
-  registry_.Add(t, Obj(100), Handle(100), site_b, 1);
-  registry_.Close(Obj(100));
+  registry_.Add(t, Handle(100), site_b, 1);
+  registry_.Close(Handle(100));
   EXPECT_FALSE(registry_.Collected(Handle(100)));
   // Live: not in the collected sites.
-  registry_.Add(t, Obj(101), Handle(101), site_a1, 1);
+  registry_.Add(t, Handle(101), site_a1, 1);
   const ObjectSummary s = registry_.Summary(1);
   const ObjectTypeSummary ts = TypeOf(s, "T");
   EXPECT_EQ(ts.collected_open, 9u);
@@ -388,7 +383,7 @@ TEST_F(ObjectRegistryTest, CollectedOpenSitesAreBoundedWithAnOverflowEntry) {
   for (std::size_t i = 0; i < kSites; ++i) {
     for (std::size_t k = 0; k <= i; ++k) {
       ++n;
-      registry_.Add(t, Obj(n), Handle(n), stacks[i], 1);
+      registry_.Add(t, Handle(n), stacks[i], 1);
       registry_.Collected(Handle(n));
     }
   }
@@ -411,7 +406,7 @@ TEST_F(ObjectRegistryTest, CollectedOpenSitesAreBoundedWithAnOverflowEntry) {
   // 0 until a sweep: SitesWithNoLiveInstanceAreNotListedAndDoNotAccumulate.)
   for (int i = 0; i < 50; ++i) {
     ++n;
-    registry_.Add(t, Obj(n), Handle(n), Stack({FakeFrame(200 + i, 1)}), 1);
+    registry_.Add(t, Handle(n), Stack({FakeFrame(200 + i, 1)}), 1);
     registry_.Collected(Handle(n));
   }
   const ObjectTypeSummary after = TypeOf(registry_.Summary(1), "T");
@@ -421,13 +416,13 @@ TEST_F(ObjectRegistryTest, CollectedOpenSitesAreBoundedWithAnOverflowEntry) {
 
 TEST_F(ObjectRegistryTest, StopForgetsRecordsAndCountsKeepsNames) {
   const ObjectTypeId t = registry_.RegisterType("T");
-  registry_.Add(t, Obj(1), Handle(1), kEmptyStack, 1);
-  registry_.Add(t, Obj(2), Handle(2), kEmptyStack, 1);
-  registry_.Close(Obj(1));
+  registry_.Add(t, Handle(1), kEmptyStack, 1);
+  registry_.Add(t, Handle(2), kEmptyStack, 1);
+  registry_.Close(Handle(1));
   std::vector<void*> handles = registry_.Stop();
   EXPECT_EQ(handles, std::vector<void*>{Handle(2)});
   EXPECT_FALSE(registry_.enabled());
-  EXPECT_EQ(registry_.Add(t, Obj(3), Handle(3), kEmptyStack, 1), Result::kDisabled);
+  EXPECT_EQ(registry_.Add(t, Handle(3), kEmptyStack, 1), Result::kDisabled);
   EXPECT_FALSE(registry_.Collected(Handle(2)));
   registry_.Start(10, 5);
   EXPECT_EQ(registry_.RegisterType("T"), t);
@@ -456,9 +451,9 @@ TEST_F(ObjectRegistryTest, ThreadsCreatingAndClosingWhileScraped) {
       const std::uintptr_t base = static_cast<std::uintptr_t>(k) * kPerThread * 2 + 1;
       for (std::uintptr_t i = 0; i < kPerThread; ++i) {
         const std::uintptr_t n = base + i;
-        EXPECT_EQ(registry_.Add(t, Obj(n), Handle(n), kEmptyStack, 1), Result::kAdded);
+        EXPECT_EQ(registry_.Add(t, Handle(n), kEmptyStack, 1), Result::kAdded);
         if (i % 3 == 0) {
-          EXPECT_EQ(registry_.Close(Obj(n)), Handle(n));
+          EXPECT_TRUE(registry_.Close(Handle(n)));
         } else if (i % 3 == 1) {
           EXPECT_TRUE(registry_.Collected(Handle(n)));
         }
@@ -486,8 +481,8 @@ TEST(ObjectRegistryForkTest, ChildOfAForkDuringTrackingIsUsable) {
   std::atomic<bool> done{false};
   std::thread churn([&] {
     for (std::uintptr_t n = 1; !done.load(); ++n) {
-      registry.Add(t, Obj(n), Handle(n), kEmptyStack, 1);
-      registry.Close(Obj(n));
+      registry.Add(t, Handle(n), kEmptyStack, 1);
+      registry.Close(Handle(n));
     }
   });
   int failed_children = 0;
@@ -496,8 +491,7 @@ TEST(ObjectRegistryForkTest, ChildOfAForkDuringTrackingIsUsable) {
     if (pid < 0) break;
     if (pid == 0) {
       alarm(5);  // a child that inherited the lock held dies: a failure, not a hang
-      const auto result =
-          registry.Add(t, Obj(1u << 30), Handle(1u << 30), kEmptyStack, 1);
+      const auto result = registry.Add(t, Handle(1u << 30), kEmptyStack, 1);
       const ObjectSummary s = registry.Summary(1);
       _exit(result == Result::kAdded && s.records >= 1 ? 0 : 1);
     }

@@ -76,22 +76,21 @@ std::vector<void*> ObjectRegistry::Stop() {
   return handles;
 }
 
-ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* object,
-                                              void* handle, StackId stack,
+ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, void* handle,
+                                              StackId stack,
                                               std::int64_t now_ns) noexcept {
   if (!enabled()) return AddResult::kDisabled;
   const TrackerLock lock(&mu_);
   if (type >= types_.size()) type = kOverflowType;
   Type& t = types_[type];
-  // One probe finds a duplicate and makes the object's key otherwise.
   std::uint32_t index = kNil;
-  bool object_key = false;
+  bool keyed = false;
   try {
-    const auto [slot, fresh] = index_.try_emplace(object, kNil);
+    const auto [slot, fresh] = index_.try_emplace(handle, kNil);
     if (!fresh) return AddResult::kDuplicate;
-    object_key = true;
+    keyed = true;
     ++t.created;
-    if ((index_.size() - 1) / 2 >= max_records_.load(std::memory_order_relaxed)) {
+    if (index_.size() - 1 >= max_records_.load(std::memory_order_relaxed)) {
       index_.erase(slot);
       ++t.dropped;
       return AddResult::kDropped;
@@ -104,14 +103,10 @@ ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* obj
     } else {
       free_ = records_[index].prev;
     }
-    slot->second = index;  // before the next insert moves the slot
-    index_.emplace(handle, index);
+    slot->second = index;  // before AddSiteLocked, which may allocate
     AddSiteLocked(SiteKey(type, stack));
   } catch (...) {  // out of memory: the tables stay as they were
-    if (object_key) {
-      index_.erase(object);
-      index_.erase(handle);
-    }
+    if (keyed) index_.erase(handle);
     if (index != kNil) {
       records_[index].prev = free_;
       free_ = index;
@@ -121,8 +116,7 @@ ObjectRegistry::AddResult ObjectRegistry::Add(ObjectTypeId type, const void* obj
   }
   // Creation order within a type, even if a caller's clock read raced.
   if (t.tail != kNil) now_ns = std::max(now_ns, records_[t.tail].created_ns);
-  records_[index] =
-      Record{object, handle, now_ns, next_sequence_++, stack, type, t.tail, kNil};
+  records_[index] = Record{handle, now_ns, next_sequence_++, stack, type, t.tail, kNil};
   if (t.tail != kNil) {
     records_[t.tail].next = index;
   } else {
@@ -179,9 +173,7 @@ void ObjectRegistry::RemoveLocked(std::uint32_t index, Index::iterator found) {
     t.tail = r.prev;
   }
   --t.live;
-  const void* other = found->first == r.object ? r.handle : r.object;
   index_.erase(found);
-  index_.erase(other);
   const std::uint64_t key = SiteKey(r.type, r.stack);
   if (last_site_ != nullptr && last_site_key_ == key) {
     if (*last_site_ > 0) --*last_site_;
@@ -189,7 +181,6 @@ void ObjectRegistry::RemoveLocked(std::uint32_t index, Index::iterator found) {
              site != site_live_.end() && site->second > 0) {
     --site->second;
   }
-  r.object = nullptr;
   r.handle = nullptr;
   r.prev = free_;
   r.next = kNil;
@@ -197,21 +188,20 @@ void ObjectRegistry::RemoveLocked(std::uint32_t index, Index::iterator found) {
   live_records_.fetch_sub(1, std::memory_order_relaxed);
 }
 
-void* ObjectRegistry::Close(const void* object) noexcept {
+bool ObjectRegistry::Close(const void* handle) noexcept {
   const TrackerLock lock(&mu_);
-  const auto it = index_.find(object);
-  if (it == index_.end() || records_[it->second].object != object) return nullptr;
+  const auto it = index_.find(handle);
+  if (it == index_.end()) return false;
   const std::uint32_t index = it->second;
-  void* handle = records_[index].handle;
   ++types_[records_[index].type].closed;
   RemoveLocked(index, it);
-  return handle;
+  return true;
 }
 
 bool ObjectRegistry::Collected(const void* handle) noexcept {
   const TrackerLock lock(&mu_);
   const auto it = index_.find(handle);
-  if (it == index_.end() || records_[it->second].handle != handle) return false;
+  if (it == index_.end()) return false;
   const std::uint32_t index = it->second;
   Type& type = types_[records_[index].type];
   ++type.collected_open;
@@ -240,10 +230,10 @@ void ObjectRegistry::CountCollectedSite(Type* type, StackId stack) noexcept {
   }
 }
 
-std::optional<ObjectRecord> ObjectRegistry::Find(const void* object) const {
+std::optional<ObjectRecord> ObjectRegistry::Find(const void* handle) const {
   const TrackerLock lock(&mu_);
-  const auto it = index_.find(object);
-  if (it == index_.end() || records_[it->second].object != object) return std::nullopt;
+  const auto it = index_.find(handle);
+  if (it == index_.end()) return std::nullopt;
   const Record& r = records_[it->second];
   return ObjectRecord{r.type, r.stack, r.created_ns, r.sequence};
 }
@@ -260,10 +250,9 @@ std::vector<void*> ObjectRegistry::LiveHandles(ObjectTypeId type,
   return out;
 }
 
-bool ObjectRegistry::Tracked(const void* object) const {
+bool ObjectRegistry::Tracked(const void* handle) const {
   const TrackerLock lock(&mu_);
-  const auto it = index_.find(object);
-  return it != index_.end() && records_[it->second].object == object;
+  return index_.contains(handle);
 }
 
 std::vector<std::uint64_t> ObjectRegistry::LiveCounts() const {
@@ -318,7 +307,7 @@ ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
     for (const auto& entry : site_live_) {
       if (entry.second > 0) sites.push_back(entry);
     }
-    summary.records = index_.size() / 2;
+    summary.records = index_.size();
     summary.type_overflows = type_overflows_;
     summary.memory_bytes = MemoryBytesLocked();
   }
@@ -380,7 +369,7 @@ ObjectSummary ObjectRegistry::Summary(std::int64_t now_ns) const {
 std::vector<ObjectRecord> ObjectRegistry::Records() const {
   std::vector<ObjectRecord> out;
   const TrackerLock lock(&mu_);
-  out.reserve(index_.size() / 2);
+  out.reserve(index_.size());
   for (const Type& t : types_) {
     for (std::uint32_t i = t.head; i != kNil; i = records_[i].next) {
       const Record& r = records_[i];

@@ -7,15 +7,16 @@
 //
 //   ObjectRegistry& r = ObjectRegistry::Instance();
 //   ObjectTypeId t = r.RegisterType("httpx.Client");
-//   r.Add(t, obj, weakref, stack, MonotonicNs());  // created (hot path)
-//   void* weakref = r.Close(obj);                   // closed: release it
-//   r.Collected(weakref);                           // the weakref's callback
+//   r.Add(t, weakref, stack, MonotonicNs());  // created (hot path)
+//   if (r.Close(weakref)) release(weakref);    // closed
+//   if (r.Collected(weakref)) release(weakref);  // the weakref's callback
 //
-// The registry knows nothing of Python: an instance is an opaque address,
-// and its `handle` another one (the bindings use a weak reference whose
-// callback calls Collected). Both addresses are of live objects while the
-// record exists, so one index holds both. Nothing here keeps an instance
-// alive.
+// The registry knows nothing of Python: an instance is known by its
+// `handle`, an opaque address unique to it while its record exists (the
+// bindings use a weak reference whose callback calls Collected, and find
+// it again from the instance through the instance's own list of weak
+// references). The index is keyed by handle only. Nothing here keeps an
+// instance alive.
 //
 // Bounds: at most kMaxTypes types (a registration beyond them gets
 // kOverflowType, "[type table full]", counted); at most max_records live
@@ -103,27 +104,28 @@ class ObjectRegistry {
            max_records_.load(std::memory_order_relaxed);
   }
 
-  // Hot path. kAdded: the registry owns `handle` until Close or Stop
-  // returns it (or Collected drops it); otherwise the caller keeps it.
-  // kDuplicate: `object` is tracked already (nothing counted). kDropped:
-  // counted as created and dropped. Never throws.
-  AddResult Add(ObjectTypeId type, const void* object, void* handle, StackId stack,
+  // Hot path. kAdded: the registry owns `handle` until Close, Collected or
+  // Stop gives it back; otherwise the caller keeps it. kDuplicate: `handle`
+  // has a record already (nothing counted). kDropped: counted as created
+  // and dropped. Never throws.
+  AddResult Add(ObjectTypeId type, void* handle, StackId stack,
                 std::int64_t now_ns) noexcept;
   // A creation that was not offered to Add: counted as created and
   // dropped (the record cap), or as an error (no handle could be made).
   void CountDropped(ObjectTypeId type) noexcept;
   void CountError(ObjectTypeId type) noexcept;
-  // `object` was closed: counted, its record removed; returns its handle
-  // for the caller to release, nullptr when it was not tracked.
-  void* Close(const void* object) noexcept;
+  // The instance of `handle` was closed: counted, its record removed.
+  // Returns whether it was tracked; if so the registry no longer owns the
+  // handle: the caller releases it.
+  bool Close(const void* handle) noexcept;
   // The instance of `handle` was collected: counted as collected while
   // open when it was tracked, its record removed. Returns whether it was
   // tracked; if so the registry no longer owns the handle: the caller
   // releases it.
   bool Collected(const void* handle) noexcept;
-  bool Tracked(const void* object) const;
-  // The live record of `object`, if it is tracked.
-  std::optional<ObjectRecord> Find(const void* object) const;
+  bool Tracked(const void* handle) const;
+  // The live record of `handle`, if it has one.
+  std::optional<ObjectRecord> Find(const void* handle) const;
   // The handles of up to `limit` live records of `type`, oldest first. The
   // caller must keep the records from being removed while it uses them
   // (with CPython: hold the GIL, which every Close and Collected runs under).
@@ -149,7 +151,6 @@ class ObjectRegistry {
  private:
   static constexpr std::uint32_t kNil = ~std::uint32_t{0};
   struct Record {
-    const void* object;
     void* handle;
     std::int64_t created_ns;
     std::uint64_t sequence;
@@ -179,8 +180,8 @@ class ObjectRegistry {
   // Counts a collection while open of an instance made at `stack`.
   static void CountCollectedSite(Type* type, StackId stack) noexcept;
   using Index = absl::flat_hash_map<const void*, std::uint32_t>;
-  // Removes record `index` (both index keys, its list, its site count);
-  // `found` is the index entry the caller looked it up by (either key).
+  // Removes record `index` (its index entry `found`, its list, its site
+  // count).
   void RemoveLocked(std::uint32_t index, Index::iterator found)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::size_t MemoryBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -190,14 +191,14 @@ class ObjectRegistry {
   std::atomic<bool> enabled_{false};
   std::atomic<std::size_t> max_records_{kDefaultMaxRecords};
   std::atomic<std::size_t> top_sites_{5};
-  std::atomic<std::size_t> live_records_{0};  // mirrors index_ / 2, for AtCapacity
+  std::atomic<std::size_t> live_records_{0};  // mirrors index_, for AtCapacity
   mutable Mutex mu_;
   std::vector<Type> types_ ABSL_GUARDED_BY(mu_);  // [0]: kOverflowType
   std::uint64_t type_overflows_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Record> records_ ABSL_GUARDED_BY(mu_);
   std::uint32_t free_ ABSL_GUARDED_BY(mu_) = kNil;  // free records, by `prev`
   std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
-  // The address of a tracked instance and that of its handle -> record.
+  // A live record's handle -> the record.
   Index index_ ABSL_GUARDED_BY(mu_);
   // SiteKey(type, stack) -> live records. An entry that drops to 0 stays
   // (the next instance made there, the common case of a churning owner,
