@@ -124,6 +124,9 @@ class Workload:
     unit: str
     what: str
     measure: Callable[[str, Options], Sample]
+    both_arms_profile: bool = False
+    """Both arms import leakprobe (a row that compares two configurations of
+    it): no extra thread is expected in the second arm."""
 
 
 # --------------------------------------------------------------------------
@@ -482,6 +485,27 @@ def measure_in_child(name: str, arm: str, options: Options) -> Sample:
     """Time ``CHILD_WORKLOADS[name]`` inside a fresh child (after leakprobe
     is imported, so start-up is not part of the figure)."""
     payload, _, _ = run_child(child_script_argv(name, arm), arm)
+    return Sample(value=payload["ms"], extra={}, threads=payload["threads"])
+
+
+TRACKING_ROWS = {
+    "objects-httpx-tracking": "objects-httpx",
+    "objects-sqlalchemy-tracking": "objects-sqlalchemy",
+}
+"""The object-churn rows "with and without tracking": the workload of the
+named row, both arms under leakprobe with every default, object tracking
+off (``LEAKPROBE_OBJECTS=0``) in the baseline arm."""
+
+
+def measure_tracking_in_child(name: str, arm: str, options: Options) -> Sample:
+    """Time ``TRACKING_ROWS[name]``'s workload in a child under leakprobe,
+    with object tracking off (baseline arm) or on: what tracking the owners
+    adds to the rest of leakprobe (heap sampling, fd tracking), which the
+    plain rows include. Both arms set the variable, so that their
+    environments stay the same size (see ARM_ENV)."""
+    tracking = {"LEAKPROBE_OBJECTS": "0" if arm == BASELINE else "1"}
+    payload, _, _ = run_child(child_script_argv(TRACKING_ROWS[name], PROBE), PROBE,
+                              extra_env=tracking)
     return Sample(value=payload["ms"], extra={}, threads=payload["threads"])
 
 
@@ -970,6 +994,19 @@ WORKLOADS: dict[str, Workload] = {
         what=f"create and close {SQLALCHEMY_SESSIONS:,} SQLAlchemy ORM sessions on a "
              f"SQLite file engine, no query (median of {CHILD_ROUNDS} rounds in the child)",
         measure=functools.partial(measure_in_child, "objects-sqlalchemy")),
+    "objects-httpx-tracking": Workload(
+        unit="ms",
+        what="objects-httpx with and without object tracking: both arms under "
+             "leakprobe's defaults, LEAKPROBE_OBJECTS=0 in the baseline arm",
+        measure=functools.partial(measure_tracking_in_child, "objects-httpx-tracking"),
+        both_arms_profile=True),
+    "objects-sqlalchemy-tracking": Workload(
+        unit="ms",
+        what="objects-sqlalchemy with and without object tracking: both arms "
+             "under leakprobe's defaults, LEAKPROBE_OBJECTS=0 in the baseline arm",
+        measure=functools.partial(measure_tracking_in_child,
+                                  "objects-sqlalchemy-tracking"),
+        both_arms_profile=True),
     "fastapi-async": Workload(
         unit="us/req",
         what="uvicorn + FastAPI `async def` endpoint, sequential keep-alive "
@@ -1104,7 +1141,7 @@ def notes(row: RowResult) -> list[str]:
                      f"leakprobe {fmt(probe)}{paired}")
     base_threads = statistics.median(b.threads for b, _ in row.pairs)
     probe_threads = statistics.median(p.threads for _, p in row.pairs)
-    if probe_threads <= base_threads:
+    if probe_threads <= base_threads and not WORKLOADS[row.name].both_arms_profile:
         lines.append(f"{row.name}: WARNING: the leakprobe arm ran no extra "
                      f"thread ({base_threads:g} vs {probe_threads:g}); was "
                      "it really profiling?")

@@ -21,10 +21,11 @@ Usage::
 minutes on 2 cores) counts user-space instructions with callgrind for the
 two object-churn units of scripts/bench.py (an ``httpx.Client`` made and
 closed, an ORM ``Session``), N units between two markers after 200
-untimed ones (start-up, imports and exit are not counted), in three arms:
+untimed ones (start-up, imports and exit are not counted), in four arms:
 no leakprobe, leakprobe with ``LEAKPROBE_ADAPTERS=none``, leakprobe with
-every default. Each arm runs under several string-hash seeds
-(``PYTHONHASHSEED``), and the median is reported.
+``LEAKPROBE_OBJECTS=0``, leakprobe with every default; the last two give
+what object tracking alone adds. Each arm runs under several string-hash
+seeds (``PYTHONHASHSEED``), and the median is reported.
 """
 
 from __future__ import annotations
@@ -210,11 +211,17 @@ def unit():
     Session(engine).close()
 """, 3000),
 }
+# Every arm sets the same variables (see callgrind_count): one more in one
+# arm would pass for overhead in the httpx unit.
 CHURN_ARMS = {
     "no leakprobe": None,
-    "leakprobe, adapters off": {"LEAKPROBE_ADAPTERS": "none"},
-    "leakprobe, every default": {"LEAKPROBE_ADAPTERS": "all"},
+    "leakprobe, adapters off": {"LEAKPROBE_ADAPTERS": "none", "LEAKPROBE_OBJECTS": "1"},
+    "leakprobe, objects off": {"LEAKPROBE_ADAPTERS": "all", "LEAKPROBE_OBJECTS": "0"},
+    "leakprobe, every default": {"LEAKPROBE_ADAPTERS": "all", "LEAKPROBE_OBJECTS": "1"},
 }
+TRACKING_ARMS = ("leakprobe, objects off", "leakprobe, every default")
+"""Without and with object tracking, the rest of leakprobe on in both: what
+tracking itself adds (the issue's "with and without tracking")."""
 
 
 CALLGRIND_PERIODS = {"LEAKPROBE_SAMPLE_INTERVAL": "50", "LEAKPROBE_FD_RECONCILE_INTERVAL": "250",
@@ -245,7 +252,8 @@ def callgrind_count(unit: str, n: int, env: dict[str, str] | None, seed: int) ->
     # whole environment for proxy settings, ~14,000 instructions a variable,
     # so one more variable in one arm would pass for its overhead.
     full_env.update({"LEAKPROBE_PORT": "0", "LEAKPROBE_LOG_LEVEL": "off"},
-                    **CALLGRIND_PERIODS, **(env or {"LEAKPROBE_ADAPTERS": "all"}))
+                    **CALLGRIND_PERIODS,
+                    **(env or {"LEAKPROBE_ADAPTERS": "all", "LEAKPROBE_OBJECTS": "1"}))
     with tempfile.TemporaryDirectory(prefix="leakprobe-bench-objects-") as tmp:
         out = os.path.join(tmp, "callgrind.out")
         proc = subprocess.run(
@@ -290,6 +298,11 @@ def churn_instructions(seeds: int) -> None:
             paired = [v / b for v, b in zip(values, base_values)]
             print(f"    {arm:26s} {median:10,.0f}  [{min(values):,.0f}-{max(values):,.0f}]"
                   f"  x{median / base:.3f}  (per seed x{min(paired):.3f}-x{max(paired):.3f})")
+        without, with_ = (per_arm[arm] for arm in TRACKING_ARMS)
+        paired = [w / o for w, o in zip(with_, without)]
+        print(f"    object tracking alone: x{statistics.median(with_) / statistics.median(without):.3f}"
+              f"  (per seed x{min(paired):.3f}-x{max(paired):.3f}; every default against "
+              "objects off)")
 
 
 def main() -> None:
