@@ -5,6 +5,7 @@ the library, with real httpx/anyio against a real HTTP server."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -208,3 +209,177 @@ import asyncio.base_events as base_events
 print(json.dumps(hasattr(base_events.BaseEventLoop.create_task, "__leakprobe_wrapped__")))
 """, LEAKPROBE_HEAP="0", LEAKPROBE_FDS="0")
     assert out is True
+
+
+# A heap sample made in a library-spawned task: anyio's connect_tcp opens
+# the connection in a task of its own (try_connect), whose live blocks (the
+# socket, the transport, anyio's stream) are attributed to the application
+# line that awaited httpx. The child starts with heap tracking off
+# (HEAP_ENV); after a warm-up has made the imports httpx and anyio do on
+# first use (at one sample per byte they would fill the block table), heap
+# tracking starts sampling every allocation, so the samples are certain.
+# (Restarting from the default interval instead would not do: each thread
+# keeps the countdown it drew at 128 KiB, so the first ~128 KiB a thread
+# allocates after the restart may go unsampled.)
+HEAP_ENV = {"LEAKPROBE_HEAP": "0"}
+HEAP_START = "leakprobe.start(port=0, heap=True, heap_sample_bytes=1)   # every allocation\n"
+
+HEAP_CLIENT = """
+import asyncio, httpx
+from leakprobe import _native
+async def warm_up():
+    async with httpx.AsyncClient() as client:
+        await client.get(url)
+asyncio.run(warm_up())
+""" + HEAP_START + """
+async def fetch(client):
+    return await client.get(url)                               # FETCH
+async def main():
+    client = httpx.AsyncClient()
+    response = await fetch(client)
+    summary = _native.heap_summary()   # before the snapshot, whose own allocations it samples
+    spawned = [s for s in leakprobe.heap_snapshot().statistics("traceback")
+               if any(f.function == "connect_tcp.<locals>.try_connect" for f in s.traceback)]
+    await client.aclose()
+    print(json.dumps({"status": response.status_code,
+                      "sites": sorted({str(s.site) for s in spawned}),
+                      "functions": sorted({f.function for s in spawned for f in s.traceback}),
+                      "samples": summary["samples"], "dropped": summary["dropped_samples"],
+                      "stacks_full": summary["stack_table"]["stacks_full"]}))
+asyncio.run(main())                                            # RUN
+"""
+
+UVLOOP_HEAP_CLIENT = "import uvloop\n" + HEAP_CLIENT.replace("asyncio.run(", "uvloop.run(")
+assert UVLOOP_HEAP_CLIENT.count("uvloop.run(") == 2
+
+# The controls: create_task unwrapped (the heap programs' restart wraps it
+# again, so there it is unwrapped after the restart).
+UNWRAP = """
+import asyncio.base_events as base_events
+base_events.BaseEventLoop.create_task = base_events.BaseEventLoop.create_task.__wrapped__
+"""
+UVLOOP_UNWRAP = """
+uvloop.Loop.create_task = uvloop.Loop.create_task.__wrapped__
+"""
+HEAP_CONTROL = HEAP_CLIENT.replace(HEAP_START, HEAP_START + UNWRAP)
+UVLOOP_HEAP_CONTROL = UVLOOP_HEAP_CLIENT.replace(HEAP_START, HEAP_START + UVLOOP_UNWRAP)
+assert HEAP_CONTROL != HEAP_CLIENT and UVLOOP_HEAP_CONTROL != UVLOOP_HEAP_CLIENT
+
+
+def _heap_samples(program: str) -> dict:
+    out = _run(program, **HEAP_ENV)
+    assert out["status"] == 200, out
+    assert out["samples"] > 1000, out  # every allocation of the request, not a few
+    assert out["dropped"] == 0 and out["stacks_full"] == 0, out  # and all recorded
+    # The task's own frames (anyio's stream made in it among them).
+    assert "connect_tcp.<locals>.try_connect" in out["functions"], out
+    assert "SocketStream.__init__" in out["functions"], out
+    return out
+
+
+@pytest.mark.parametrize("program", [HEAP_CLIENT, UVLOOP_HEAP_CLIENT], ids=["asyncio", "uvloop"])
+def test_heap_sample_in_anyio_task_is_attributed_to_the_awaiting_coroutine(program):
+    out = _heap_samples(program)
+    assert out["sites"] == [f"<string>:{_line(program, '# FETCH')} in fetch"], out["sites"]
+    # ... through the stack that created the task: httpx, the application.
+    assert {"TaskGroup.start_soon", "AsyncClient.get", "fetch", "main"} <= set(out["functions"])
+
+
+@pytest.mark.parametrize("program", [HEAP_CONTROL, UVLOOP_HEAP_CONTROL], ids=["asyncio", "uvloop"])
+def test_control_heap_sample_without_the_wrapper_is_the_asyncio_run_line(program):
+    out = _heap_samples(program)
+    assert out["sites"] == [f"<string>:{_line(program, '# RUN')} in <module>"], out["sites"]
+    assert "fetch" not in out["functions"], out
+
+
+# A tracked application class made in a library-spawned task: the
+# application has anyio's task group spawn asyncio's create_connection,
+# library code that calls the protocol factory, an application class that
+# track_type counts. Its creation site is the application line that made
+# the library spawn the task.
+OBJECTS = """
+import asyncio, anyio
+@leakprobe.track_type
+class AppProtocol(asyncio.Protocol):
+    def __init__(self):
+        self.transport = None
+    def connection_made(self, transport):
+        self.transport = transport
+    def close(self):
+        self.transport.close()
+async def connect(loop):
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(loop.create_connection, AppProtocol, "127.0.0.1", port)   # SPAWN
+async def main():
+    loop = asyncio.get_running_loop()
+    await connect(loop)
+    (stats,) = [t for t in leakprobe.objects() if t.name == "__main__.AppProtocol"]
+    (record,) = [r for r in leakprobe.object_snapshot().records if r.type == stats.name]
+    print(json.dumps({"live": stats.live, "sites": [s.site_name for s in stats.sites],
+                      "stack": [f.function for f in record.stack]}))
+asyncio.run(main())                                            # RUN
+"""
+
+# The same with asyncio.gather spawning the task (and, on Python 3.11,
+# asyncio.wait_for, as asyncpg connects): the task's coroutine is
+# create_connection itself.
+GATHER_OBJECTS = OBJECTS.replace(
+    """    async with anyio.create_task_group() as tg:
+        tg.start_soon(loop.create_connection, AppProtocol, "127.0.0.1", port)   # SPAWN""",
+    """    await asyncio.gather(loop.create_connection(AppProtocol, "127.0.0.1", port))  # SPAWN""")
+assert GATHER_OBJECTS != OBJECTS
+WAIT_FOR_OBJECTS = OBJECTS.replace(
+    """    async with anyio.create_task_group() as tg:
+        tg.start_soon(loop.create_connection, AppProtocol, "127.0.0.1", port)   # SPAWN""",
+    """    await asyncio.wait_for(loop.create_connection(AppProtocol, "127.0.0.1", port), 5)  # SPAWN""")
+assert WAIT_FOR_OBJECTS != OBJECTS
+
+
+def _on_uvloop(program: str) -> str:
+    changed = "import uvloop\n" + program.replace("asyncio.run(main())", "uvloop.run(main()) ")
+    assert changed.count("uvloop.run(main())") == 1
+    return changed
+
+
+OBJECT_CASES = {
+    "anyio-asyncio": OBJECTS,
+    "anyio-uvloop": _on_uvloop(OBJECTS),
+    "gather-asyncio": GATHER_OBJECTS,
+    "gather-uvloop": _on_uvloop(GATHER_OBJECTS),
+    "wait_for-asyncio": WAIT_FOR_OBJECTS,
+    "wait_for-uvloop": _on_uvloop(WAIT_FOR_OBJECTS),
+}
+# On uvloop, create_connection is a Cython coroutine: no frame of its own,
+# and its code's file is "uvloop/loop.pyx". gather-uvloop (and wait_for on
+# 3.11, which wraps it in a task) needs such a coroutine counted as library
+# code and the step's capture cut at the frame current when the step began
+# (python_frames.c): before both, the site was the uvloop.run line.
+
+
+@pytest.mark.parametrize("case", sorted(OBJECT_CASES))
+def test_tracked_object_made_in_a_spawned_task_is_attributed_to_the_spawning_coroutine(case):
+    program = OBJECT_CASES[case]
+    out = _run(program)
+    assert out["live"] == 1, out
+    assert out["sites"] == [f"<string>:{_line(program, '# SPAWN')} in connect"], out
+    # The task's own frames, then the stack that created it: the library's
+    # spawning call, then the application's coroutine.
+    stack = out["stack"]
+    how = case.split("-")[0]
+    if how == "wait_for" and sys.version_info >= (3, 12):
+        # wait_for no longer makes a task: create_connection runs in the
+        # application's own task, under connect
+        assert "wait_for" in stack and stack.index("connect") > stack.index("wait_for"), stack
+        return
+    spawner = {"anyio": "TaskGroup.start_soon", "gather": "gather", "wait_for": "wait_for"}[how]
+    assert stack.index("connect") > stack.index(spawner), stack
+
+
+@pytest.mark.parametrize("program", [
+    UNWRAP + OBJECTS, _on_uvloop(UVLOOP_UNWRAP + OBJECTS)],
+    ids=["asyncio", "uvloop"])
+def test_control_tracked_object_without_the_wrapper_is_the_asyncio_run_line(program):
+    out = _run(program)
+    assert out["live"] == 1, out
+    assert out["sites"] == [f"<string>:{_line(program, '# RUN')} in <module>"], out
+    assert "connect" not in out["stack"], out

@@ -18,6 +18,7 @@
 #include <limits>
 #include <string>
 
+#include "leakprobe/stacks/python_frames.h"
 #include "leakprobe/stacks/stack_table.h"
 
 namespace py = pybind11;
@@ -56,7 +57,9 @@ struct SpawnedObject {
 PySendResult SpawnedSend(PyObject* self, PyObject* value, PyObject** result) {
   auto* s = reinterpret_cast<SpawnedObject*>(self);
   const std::uint32_t previous = SetTaskParent(s->parent);
+  const LeakprobeTaskStep step = LeakprobeTaskStepBegin();
   const PySendResult status = PyIter_Send(s->coro, value, result);
+  LeakprobeTaskStepEnd(step);
   SetTaskParent(previous);
   return status;
 }
@@ -94,7 +97,9 @@ PyObject* SpawnedThrow(PyObject* self, PyObject* args) {
   PyObject* method = PyObject_GetAttrString(s->coro, "throw");
   if (method == nullptr) return nullptr;
   const std::uint32_t previous = SetTaskParent(s->parent);
+  const LeakprobeTaskStep step = LeakprobeTaskStepBegin();
   PyObject* result = PyObject_Call(method, args, nullptr);
+  LeakprobeTaskStepEnd(step);
   SetTaskParent(previous);
   Py_DECREF(method);
   return result;

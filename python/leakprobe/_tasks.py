@@ -20,8 +20,13 @@ through, and at ``uvloop.Loop.create_task``: uvloop's loop is native code
 uvloop loop is made from (``uvloop.new_event_loop``, ``uvloop.run``, its
 policy, uvicorn's loop factory), and ``create_task`` is looked up on it as
 a Python method, also by ``asyncio.create_task``. Tasks whose
-coroutine is application code are left alone: their own frames name the
-site. The wrapper (``_native.SpawnedCoroutine``, a C type: asyncio steps
+coroutine is application code (a Python coroutine defined outside the
+library prefixes) are left alone: their own frames name the site; a
+compiled coroutine (uvloop's ``create_connection``, anything Cython) counts
+as library code. While a wrapped step runs, a capture keeps exactly the
+frames pushed since the step began (``LeakprobeTaskStepBegin``), so a
+compiled coroutine's step, which has no frame of its own, does not reach
+down into the loop's caller (the ``asyncio.run()`` line). The wrapper (``_native.SpawnedCoroutine``, a C type: asyncio steps
 it through ``am_send``) is registered as a ``collections.abc.Coroutine``
 and forwards every other attribute (``cr_frame``, ``cr_code``,
 ``__qualname__``...) to the wrapped coroutine.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import collections.abc
 import functools
+import types
 from typing import Any
 
 _native: Any = None
@@ -43,9 +49,11 @@ _originals: dict[type, Any] = {}  # loop class -> its create_task before install
 
 
 def _is_library(coro: Any) -> bool:
-    code = getattr(coro, "cr_code", None)
-    if code is None:
-        return False
+    if type(coro) is not types.CoroutineType:
+        # Compiled (uvloop's, Cython's): no frame of its own names a site, and
+        # its co_filename ("uvloop/loop.pyx") is no installed path.
+        return True
+    code = coro.cr_code
     known = _library_code.get(code)
     if known is None:
         known = code.co_filename.startswith(_prefixes) or code.co_filename.startswith("<frozen ")

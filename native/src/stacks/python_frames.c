@@ -29,14 +29,15 @@ static PyCodeObject* FrameCode(_PyInterpreterFrame* frame) {
 #endif
 }
 
-/* The walk of both captures; *coroutine_end (if not NULL) gets the number of
+/* The walk of both captures, innermost first, up to (not including) `stop`
+ * (NULL: every frame); *coroutine_end (if not NULL) gets the number of
  * frames up to and including the outermost generator-owned one, 0 if none. */
 static int Walk(PyThreadState* tstate, LeakprobeRawFrame* out, int max_frames,
-                int* coroutine_end) {
+                const _PyInterpreterFrame* stop, int* coroutine_end) {
   if (tstate == NULL || max_frames <= 0) return 0;
   int n = 0;
-  for (_PyInterpreterFrame* frame = CurrentFrame(tstate); frame != NULL && n < max_frames;
-       frame = frame->previous) {
+  for (_PyInterpreterFrame* frame = CurrentFrame(tstate);
+       frame != NULL && frame != stop && n < max_frames; frame = frame->previous) {
 #if PY_VERSION_HEX >= 0x030C0000
     if (frame->owner == FRAME_OWNED_BY_CSTACK) continue; /* entry shims */
 #endif
@@ -69,14 +70,31 @@ static PyThreadState* HolderThreadState(void) {
 #endif
 }
 
+/* The task step running on this thread (LeakprobeTaskStepBegin): the frame
+ * that was current when it began, below which the frames are the event
+ * loop's, not the task's. */
+static __thread LeakprobeTaskStep tls_step __attribute__((tls_model("initial-exec")));
+
+LeakprobeTaskStep LeakprobeTaskStepBegin(void) {
+  const LeakprobeTaskStep previous = tls_step;
+  tls_step.base = CurrentFrame(HolderThreadState());
+  tls_step.active = 1;
+  return previous;
+}
+
+void LeakprobeTaskStepEnd(LeakprobeTaskStep previous) { tls_step = previous; }
+
 static int TaskFrames(PyThreadState* tstate, LeakprobeRawFrame* out, int max_frames) {
+  if (tls_step.active) {  // exactly the frames the step pushed
+    return Walk(tstate, out, max_frames, (const _PyInterpreterFrame*)tls_step.base, NULL);
+  }
   int coroutine_end = 0;
-  const int n = Walk(tstate, out, max_frames, &coroutine_end);
+  const int n = Walk(tstate, out, max_frames, NULL, &coroutine_end);
   return coroutine_end > 0 ? coroutine_end : n;
 }
 
 int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames) {
-  return Walk(ThisThreadState(), out, max_frames, NULL);
+  return Walk(ThisThreadState(), out, max_frames, NULL, NULL);
 }
 
 int LeakprobeCaptureTaskFrames(LeakprobeRawFrame* out, int max_frames) {
@@ -84,7 +102,7 @@ int LeakprobeCaptureTaskFrames(LeakprobeRawFrame* out, int max_frames) {
 }
 
 int LeakprobeCapturePythonFramesHeld(LeakprobeRawFrame* out, int max_frames) {
-  return Walk(HolderThreadState(), out, max_frames, NULL);
+  return Walk(HolderThreadState(), out, max_frames, NULL, NULL);
 }
 
 int LeakprobeCaptureTaskFramesHeld(LeakprobeRawFrame* out, int max_frames) {

@@ -44,10 +44,24 @@ typedef struct LeakprobeResolvedFrame {
 int LeakprobeCapturePythonFrames(LeakprobeRawFrame* out, int max_frames);
 
 /* As LeakprobeCapturePythonFrames, but only the frames of the running
- * coroutine chain: up to and including the outermost coroutine or generator
- * frame (what an asyncio task's step runs), not the event loop's frames
- * below it. All frames when there is no such frame. */
+ * asyncio task step, not the event loop's frames below it: inside
+ * LeakprobeTaskStepBegin/End, the frames pushed since the step began (also
+ * when the task's coroutine is compiled code without a frame of its own,
+ * as uvloop's are); otherwise up to and including the outermost coroutine
+ * or generator frame, or all frames when there is no such frame. */
 int LeakprobeCaptureTaskFrames(LeakprobeRawFrame* out, int max_frames);
+
+/* NOLINTNEXTLINE(modernize-use-using): a C header */
+typedef struct LeakprobeTaskStep {
+  const void* base; /* the frame current when the step began (may be NULL) */
+  int active;
+} LeakprobeTaskStep;
+
+/* Around one step of a task's coroutine (GIL held; the async attribution's
+ * coroutine wrapper): Begin marks this thread's current frame as the step's
+ * base and returns the previous mark, which End restores (steps nest). */
+LeakprobeTaskStep LeakprobeTaskStepBegin(void);
+void LeakprobeTaskStepEnd(LeakprobeTaskStep previous);
 
 /* As the two above, for a caller that holds the GIL (a Python-called
  * function; never a memory or fd hook, which may run on a thread that does
