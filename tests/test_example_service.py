@@ -117,6 +117,10 @@ def start_service(upstream: str, tmp_path: Path) -> Iterator[Callable[[str], Ser
             LEAKPROBE_HOST="127.0.0.1",
             LEAKPROBE_PORT="0",
             LEAKPROBE_LOG_LEVEL="info",
+            # Container discovery every 0.2 s instead of 30: a growing
+            # global is found (growth at 3 passes in a row) during the load.
+            LEAKPROBE_CONTAINER_DISCOVER_INTERVAL="0.2",
+            LEAKPROBE_SAMPLE_INTERVAL="0.2",
         )
         log_path = tmp_path / f"{example}.log"
         args = [
@@ -200,10 +204,29 @@ def _objects(client: httpx.Client, metrics_url: str) -> dict[str, object]:
             "httpx.Client", 0.0)
         for name in ("live", "created_total", "closed_total", "collected_while_open_total")}
     figures["owned_fds"] = _by_label(client, metrics_url, "leakprobe_owner_open_fds",
-                                     "owner").get("httpx.Client", 0.0)
+                                     "owner", kind="tcp").get("httpx.Client", 0.0)
     figures["sites"] = _by_label(client, metrics_url, "leakprobe_objects_site_live", "site",
                                  type="httpx.Client")
     return figures
+
+
+CACHE = "app:_SUMMARY_CACHE"  # the services' summary cache, named as leakprobe names it
+
+
+def _cache_figures(client: httpx.Client, service: Service, size: float) -> dict[str, float]:
+    """The summary cache's exported size (and maxsize, if any), once its size
+    is `size` (sizes are re-measured at each pass: up to SETTLE_TIMEOUT)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        figures = {
+            "size": _by_label(client, service.metrics_url, "leakprobe_container_size",
+                              "name").get(CACHE, -1.0),
+            "maxsize": _by_label(client, service.metrics_url, "leakprobe_container_maxsize",
+                                 "name").get(CACHE, -1.0),
+        }
+        if figures["size"] == size or time.monotonic() > deadline:
+            return figures
+        time.sleep(0.2)
 
 
 def _load(service: Service, requests: int
@@ -232,7 +255,8 @@ def _load(service: Service, requests: int
 
 
 def test_leaky_service_leaks_a_socket_per_request(start_service: Callable[[str], Service]) -> None:
-    before, after, sites = _load(start_service("leaky_service"), REQUESTS)
+    service = start_service("leaky_service")
+    before, after, sites = _load(service, REQUESTS)
 
     fds_grown = after["process_open_fds"] - before["process_open_fds"]
     assert fds_grown >= 0.8 * REQUESTS, f"open fds grew by {fds_grown:.0f} over {REQUESTS} requests"
@@ -262,10 +286,16 @@ def test_leaky_service_leaks_a_socket_per_request(start_service: Callable[[str],
     (site, live), = now["sites"].items()
     assert site.endswith(f"leaky_service/app.py:{init_line} in SummarizerClient.__init__"), site
     assert live == now["live"]
+    # And the unbounded cache, by name: a module-level dict discovered as it
+    # grew, one entry a prompt (the warm-up's included), no maxsize.
+    with httpx.Client(timeout=10.0) as client:
+        cache = _cache_figures(client, service, REQUESTS + 1)
+    assert cache == {"size": REQUESTS + 1, "maxsize": -1.0}, cache
 
 
 def test_fixed_twin_keeps_fds_flat(start_service: Callable[[str], Service]) -> None:
-    before, after, sites = _load(start_service("fixed_service"), REQUESTS)
+    service = start_service("fixed_service")
+    before, after, sites = _load(service, REQUESTS)
 
     fds_grown = after["process_open_fds"] - before["process_open_fds"]
     assert fds_grown < 10, f"open fds grew by {fds_grown:.0f} over {REQUESTS} requests"
@@ -277,3 +307,10 @@ def test_fixed_twin_keeps_fds_flat(start_service: Callable[[str], Service]) -> N
     assert now["created_total"] - was["created_total"] == 0, (was, now)
     assert (now["live"], now["collected_while_open_total"]) == (1, 0), now
     assert 1 <= now["owned_fds"] <= 10, now
+    # Its cache is the app's own bounded LRUCache class (an OrderedDict kept
+    # at maxsize inside an untracked object): no growing container of a
+    # known kind, so none is reported, with discovery passes every 0.2 s all
+    # through the load (the leaky twin's test shows they find one).
+    with httpx.Client(timeout=10.0) as client:
+        sizes = _by_label(client, service.metrics_url, "leakprobe_container_size", "name")
+    assert CACHE not in sizes and not any(name.startswith("app:") for name in sizes), sizes

@@ -128,9 +128,19 @@ TEST_F(FdOwnerHooksTest, FdsCreatedInAnOwnerScopeCarryItAndAreSummedByType) {
   const FdSummary s = SummarizeFds(ProcessFdTable());
   std::uint64_t clients = 99;
   std::uint64_t pools = 99;
+  const auto tcp = static_cast<std::size_t>(FdKind::kTcp);
+  const auto unix_stream = static_cast<std::size_t>(FdKind::kUnix);
   for (const FdOwnerCount& o : s.owners) {
-    if (o.owner == "test.Client") clients = o.open_fds;
-    if (o.owner == "test.Pool") pools = o.open_fds;
+    if (o.owner == "test.Client") {
+      clients = o.open_fds;
+      EXPECT_EQ(o.open_by_kind[tcp], 2u);  // both AF_INET stream sockets
+      EXPECT_EQ(o.kinds_seen, 1u << tcp);
+    }
+    if (o.owner == "test.Pool") {
+      pools = o.open_fds;
+      EXPECT_EQ(o.open_by_kind[unix_stream], 1u);
+      EXPECT_EQ(o.kinds_seen, 1u << unix_stream);
+    }
   }
   EXPECT_EQ(clients, 2u);
   EXPECT_EQ(pools, 1u);
@@ -141,6 +151,8 @@ TEST_F(FdOwnerHooksTest, FdsCreatedInAnOwnerScopeCarryItAndAreSummedByType) {
   for (const FdOwnerCount& o : after.owners) {
     if (o.owner == "test.Client" || o.owner == "test.Pool") {
       EXPECT_EQ(o.open_fds, 0u) << o.owner;  // listed, at 0
+      // Its kinds are remembered: the series by kind stay, at 0.
+      EXPECT_EQ(o.kinds_seen, o.owner == "test.Client" ? 1u << tcp : 1u << unix_stream);
     }
   }
 }

@@ -219,10 +219,15 @@ void AddFdFamilies(const FdSummary& fd, std::vector<MetricFamily>* out) {
   out->push_back(std::move(sites));
   MetricFamily owned = Family("leakprobe_owner_open_fds",
                               "Open file descriptors held by tracked resource objects, "
-                              "by the owner's type.",
+                              "by the owner's type and the fd's kind.",
                               MetricType::Gauge);
   for (const FdOwnerCount& owner : fd.owners) {
-    AddSample(&owned, static_cast<double>(owner.open_fds), {{"owner", owner.owner}});
+    // The kinds the type has held: a series stays once it exists.
+    for (std::size_t k = 0; k < kFdKindCount; ++k) {
+      if ((owner.kinds_seen & (1u << k)) == 0) continue;
+      AddSample(&owned, static_cast<double>(owner.open_by_kind[k]),
+                {{"owner", owner.owner}, {"kind", FdKindName(static_cast<FdKind>(k))}});
+    }
   }
   out->push_back(std::move(owned));
   out->push_back(Single("leakprobe_fd_owner_overflows_total",

@@ -28,15 +28,20 @@ namespace {
 
 std::atomic<std::size_t> g_top_sites{10};
 
-struct TcpCache {
+// What summaries keep between them: the TCP states of the last refresh, and
+// the fd kinds each owner type has been seen holding.
+struct SummaryCache {
   Mutex mu;
   TcpStateCounts counts ABSL_GUARDED_BY(mu){};
+  // Owner type name -> FdOwnerCount::kinds_seen; bounded by the owner
+  // table (FdOwners::kMaxTypes + 1 names).
+  absl::flat_hash_map<std::string, std::uint32_t> owner_kinds ABSL_GUARDED_BY(mu);
 };
 
-TcpCache& Cache() {
+SummaryCache& Cache() {
   // Leaked: scrapes may run during exit.
-  static TcpCache* const cache = [] {
-    auto* c = new TcpCache();
+  static SummaryCache* const cache = [] {
+    auto* c = new SummaryCache();
     RegisterForkLock(ForkStage::kFdSummary, &c->mu);
     return c;
   }();
@@ -52,19 +57,37 @@ std::size_t FdTopSites() noexcept { return g_top_sites.load(std::memory_order_re
 
 namespace {
 
-void SummarizeOwners(const absl::flat_hash_map<std::uint32_t, std::uint64_t>& by_owner,
+// by_owner: open fds by owner id, by kind.
+using OwnerKindCounts = std::array<std::uint64_t, kFdKindCount>;
+
+void SummarizeOwners(const absl::flat_hash_map<std::uint32_t, OwnerKindCounts>& by_owner,
                      FdSummary* s) {
   const FdOwners& owners = ProcessFdOwners();
   s->owner_overflows = owners.overflows();
   const std::vector<std::string> types = owners.Types();  // by id
-  std::map<std::string, std::uint64_t> by_type;           // by name
-  for (std::size_t id = 2; id < types.size(); ++id) by_type.try_emplace(types[id], 0);
-  if (s->owner_overflows > 0) by_type.try_emplace(kOverflowOwnerType, 0);
-  for (const auto& [id, count] : by_owner) {
-    if (id < types.size()) by_type[types[id]] += count;
+  std::map<std::string, FdOwnerCount> by_type;            // by name
+  for (std::size_t id = 2; id < types.size(); ++id) by_type.try_emplace(types[id]);
+  if (s->owner_overflows > 0) by_type.try_emplace(kOverflowOwnerType);
+  for (const auto& [id, counts] : by_owner) {
+    if (id >= types.size()) continue;
+    FdOwnerCount& owner = by_type[types[id]];
+    for (std::size_t k = 0; k < kFdKindCount; ++k) {
+      owner.open_by_kind[k] += counts[k];
+      owner.open_fds += counts[k];
+    }
   }
+  SummaryCache& cache = Cache();
+  MutexLock lock(&cache.mu);
   s->owners.reserve(by_type.size());
-  for (auto& [type, count] : by_type) s->owners.push_back({type, count});
+  for (auto& [type, owner] : by_type) {
+    std::uint32_t& seen = cache.owner_kinds[type];
+    for (std::size_t k = 0; k < kFdKindCount; ++k) {
+      if (owner.open_by_kind[k] > 0) seen |= 1u << k;
+    }
+    owner.kinds_seen = seen;
+    owner.owner = type;
+    s->owners.push_back(std::move(owner));
+  }
 }
 
 }  // namespace
@@ -115,16 +138,17 @@ FdSummary SummarizeFds(const FdTable& table) {
   s.reconciles = r.reconciles;
   s.reconcile_seconds = r.last_seconds;
   {
-    TcpCache& cache = Cache();
+    SummaryCache& cache = Cache();
     MutexLock lock(&cache.mu);
     s.tcp_states = cache.counts;
   }
 
   absl::flat_hash_map<std::uint32_t, std::uint64_t> by_stack;
-  absl::flat_hash_map<std::uint32_t, std::uint64_t> by_owner;
+  absl::flat_hash_map<std::uint32_t, OwnerKindCounts> by_owner;
   for (const FdRecord& record : table.OpenFds()) {
-    ++s.open[static_cast<std::size_t>(record.kind)];
-    if (record.owner != kNoOwner) ++by_owner[record.owner];
+    const auto kind = static_cast<std::size_t>(record.kind);
+    ++s.open[kind];
+    if (record.owner != kNoOwner) ++by_owner[record.owner][kind];
     if (record.attributed) {
       ++by_stack[record.stack_id];
     } else {
@@ -160,14 +184,14 @@ double RefreshTcpStates(const FdTable& table) {
       ++counts[static_cast<std::size_t>(TcpStateOf(record.fd))];
     }
   }
-  TcpCache& cache = Cache();
+  SummaryCache& cache = Cache();
   MutexLock lock(&cache.mu);
   cache.counts = counts;
   return SecondsSince(start);
 }
 
 void ClearTcpStates() {
-  TcpCache& cache = Cache();
+  SummaryCache& cache = Cache();
   MutexLock lock(&cache.mu);
   cache.counts = TcpStateCounts{};
 }

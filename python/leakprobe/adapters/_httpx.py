@@ -10,7 +10,7 @@ import sys
 import weakref
 from typing import Any
 
-from ._common import PoolGauges, Switch, attach_socket, summed_limit
+from ._common import PoolGauges, Switch, attach_socket, owning, summed_limit
 from ._track import track_class
 
 SWITCH = Switch("httpx")
@@ -72,10 +72,14 @@ def install(httpx: Any) -> bool:
         if stream is not None:
             attach_socket("httpx", client, stream.get_extra_info("socket"))
 
+    # A sync client connects on this thread, inside send: its sockets are
+    # owned from their creation, also while a request waits or hangs.
     def send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        response = wrapped(*args, **kwargs)
-        if SWITCH.on:
-            own(instance, response)
+        if not SWITCH.on:
+            return wrapped(*args, **kwargs)
+        with owning("httpx", instance):
+            response = wrapped(*args, **kwargs)
+        own(instance, response)  # a connection made before tracking began
         return response
 
     def async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
