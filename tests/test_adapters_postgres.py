@@ -7,7 +7,7 @@ pool connections by state."""
 from __future__ import annotations
 
 import pytest
-from adapter_support import PostgresServer, run_child
+from adapter_support import PostgresServer, line_of, run_child
 
 N = 12
 
@@ -26,7 +26,7 @@ PROGRAM = """
     from sqlalchemy.pool import NullPool, QueuePool
     N = int(os.environ["N"])
     poolclass = {"null": NullPool, "queue": QueuePool}[os.environ["POOL"]]
-    engine = create_engine(os.environ["PG_URL"], poolclass=poolclass)
+    engine = create_engine(os.environ["PG_URL"], poolclass=poolclass)  # the engine line
     label = repr(engine.url)
 
     def figures():
@@ -46,7 +46,8 @@ PROGRAM = """
             session.execute(text("select pg_backend_pid()"))
             sessions.append(session)
         during = figures()
-        during["sockets"] = sorted(r.kind for r in leakprobe.open_fds()
+        # (kind, owner's creation site) of every open fd the engine owns
+        during["sockets"] = sorted([r.kind, str(r.owner.site)] for r in leakprobe.open_fds()
                                    if r.owner is not None and r.owner.type == "sqlalchemy.Engine")
         del sessions, session
         gc.collect()
@@ -67,8 +68,12 @@ def test_sessions_never_closed(postgres, pool, kept):
     result = run_child(PROGRAM, PG_URL=postgres, POOL=pool, FIXED="0", N=str(N))
     assert result["during"]["sessions"] == zero(live=N, created=N)
     assert result["during"]["pool"] == states(N, N)
-    # each connection's socket is owned by the engine (psycopg's fileno())
-    assert result["during"]["sockets"] in (["tcp"] * N, ["unix"] * N), result["during"]
+    # each connection's socket is owned by the engine (psycopg's fileno()):
+    # TCP, since the URL names 127.0.0.1 (not the cluster's unix socket
+    # directory), attributed to the line that created the engine
+    assert postgres.startswith("postgresql+psycopg://postgres@127.0.0.1:"), postgres
+    site = f"<string>:{line_of(PROGRAM, '# the engine line')} in <module>"
+    assert result["during"]["sockets"] == [["tcp", site]] * N, result["during"]
     assert result["during"]["checkouts"] == zero(live=N, created=N)
     assert result["after"]["sessions"] == zero(created=N, collected_while_open=N)
     assert result["after"]["checkouts"] == zero(created=N, collected_while_open=N)

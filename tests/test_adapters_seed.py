@@ -109,6 +109,119 @@ def test_ai_client_fixed_twin_closes_every_client(upstream):
     assert result["pool_after"] == {"active": 0, "idle": 0}
 
 
+# The seed's unbounded dict cache found by discovery (docs/containers.md,
+# "Container attributes of tracked owners that keep growing"), with the real
+# sampler: the AI client wrapper is an application tracked type
+# (leakprobe.track_type; its default name is module.qualname, and the
+# program runs as __main__) holding a real httpx.Client against the upstream
+# server. Each client gets one new prompt per step, a step at most every
+# 50 ms (this server's replies take up to ~45 ms: Nagle and delayed ACKs on
+# its two writes), and the discovery pass runs every 250 ms, so every pass
+# sees the largest cache grown; the third growth in a row discovers it. The
+# program stops at STEPS prompts per client, then waits for two more passes:
+# the last size is measured after the last prompt.
+CACHE_DISCOVERY = AI_CLIENT + """
+    import time
+    import cachetools
+    from leakprobe import _native
+    STEPS, URL = int(os.environ["STEPS"]), os.environ["UPSTREAM"]
+    LEAKY = "__main__.OpenAIClient._cache"
+
+    leakprobe.track_type(OpenAIClient)
+
+    @leakprobe.track_type(name="app.ai.BoundedAIClient")
+    class BoundedAIClient(BaseAIClient):
+        def __init__(self, base_url):
+            super().__init__(base_url)
+            self._cache = cachetools.LRUCache(maxsize=32)  # the review's fix
+
+    @leakprobe.track_type(name="app.ai.EvictingAIClient")
+    class EvictingAIClient(BaseAIClient):
+        def generate(self, prompt):  # a plain dict that never holds more than 2
+            if prompt not in self._cache and len(self._cache) >= 2:
+                del self._cache[next(iter(self._cache))]  # the oldest goes first
+            return super().generate(prompt)
+
+    def discovered():
+        return {s.name: s for s in leakprobe.containers() if s.origin != "watch"}
+
+    def run(kinds):
+        clients = [kind(URL) for kind in kinds for _ in range(2)]
+        found_at = None
+        for step in range(1, STEPS + 1):
+            began = time.monotonic()
+            for client in clients:
+                client.generate(f"prompt {step}")
+            if found_at is None and LEAKY in discovered():
+                found_at = step
+            time.sleep(max(0.0, 0.05 - (time.monotonic() - began)))
+        if found_at is not None:  # two more discovery passes
+            passes, deadline = len(discovered()[LEAKY].history), time.monotonic() + 30
+            while len(discovered()[LEAKY].history) < passes + 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        found = {name: [s.kind, s.size, s.maxsize, s.origin, s.held, list(s.history)[-2:]]
+                 for name, s in discovered().items()}
+        lengths = {}
+        for client in clients:
+            lengths.setdefault(type(client).__name__, []).append(len(client._cache))
+        text = _native.collect_text()
+        for client in clients:
+            client.close()
+        return dict(found_at=found_at, found=found, lengths=lengths, text=text)
+
+    twins = [BoundedAIClient, EvictingAIClient] if os.environ["TWINS"] == "1" else []
+    emit(**run([OpenAIClient] + twins))
+"""
+
+DISCOVERY_ENV = dict(N=str(N), LEAKPROBE_CONTAINER_DISCOVER="1",
+                     LEAKPROBE_CONTAINER_DISCOVER_INTERVAL="0.25")
+STEPS = 50  # found after about 4 passes: 1 s, 10 to 20 steps
+
+
+def container_sizes(text: str) -> dict[tuple[str, str], float]:
+    """(name, kind) -> leakprobe_container_size, from exposition text."""
+    families = parse_exposition(text)
+    return {(dict(labels)["name"], dict(labels)["kind"]): size
+            for (_, labels), size in families["leakprobe_container_size"].items()}
+
+
+def test_ai_client_unbounded_dict_cache_is_discovered_and_named(upstream):
+    result = run_child(CACHE_DISCOVERY, UPSTREAM=upstream, STEPS=str(STEPS), TWINS="0",
+                       **DISCOVERY_ENV)
+    # found while it still grew
+    assert result["found_at"] is not None and result["found_at"] < STEPS, result
+    assert result["lengths"] == {"OpenAIClient": [STEPS, STEPS]}
+    # named OwnerType.attribute after the registered type; sized as the total
+    # over the 2 live clients, at each of the last two discovery passes
+    assert result["found"] == {"__main__.OpenAIClient._cache":
+                               ["dict", 2 * STEPS, None, "attribute", "weak",
+                                [2 * STEPS, 2 * STEPS]]}
+    assert container_sizes(result["text"]) == {("__main__.OpenAIClient._cache", "dict"):
+                                               2 * STEPS}
+    families = parse_exposition(result["text"])
+    assert value(families, "leakprobe_containers_watched") == 1
+
+
+def test_ai_client_fixed_twins_bounded_caches_are_not_discovered(upstream):
+    # The same prompts at the same pace to the leaky client (the witness that
+    # discovery ran and saw growth) and to two fixed twins: the review's
+    # cachetools.LRUCache (bounded by construction: never followed), and a
+    # plain dict that evicts its oldest entry to stay at 2 (it can grow at 2
+    # passes in a row at most, one short of the rule). Only the leak is found.
+    result = run_child(CACHE_DISCOVERY, UPSTREAM=upstream, STEPS=str(STEPS), TWINS="1",
+                       **DISCOVERY_ENV)
+    assert result["found_at"] is not None and result["found_at"] < STEPS, result
+    assert result["lengths"] == {"OpenAIClient": [STEPS] * 2, "BoundedAIClient": [32] * 2,
+                                 "EvictingAIClient": [2] * 2}
+    assert result["found"] == {"__main__.OpenAIClient._cache":
+                               ["dict", 2 * STEPS, None, "attribute", "weak",
+                                [2 * STEPS, 2 * STEPS]]}
+    assert container_sizes(result["text"]) == {("__main__.OpenAIClient._cache", "dict"):
+                                               2 * STEPS}
+    families = parse_exposition(result["text"])
+    assert value(families, "leakprobe_containers_watched") == 1
+
+
 ASYNC_CLIENTS = """
     import asyncio, os, httpx
     N = int(os.environ["N"])
@@ -159,15 +272,18 @@ def test_async_clients_fixed_twin_aclose_and_async_with(upstream):
     assert result["pool_after"] == {"active": 0, "idle": 0}
 
 
-def test_requests_sessions_left_open_and_closed(upstream):
-    result = run_child(OWNED + """
+REQUESTS_SESSIONS = OWNED + """
     import os, requests
     N, URL = int(os.environ["N"]), os.environ["UPSTREAM"]
-    sessions = [requests.Session() for _ in range(N)]
+
+    def new_session():
+        return requests.Session()  # the session line
+
+    sessions = [new_session() for _ in range(N)]
     for session in sessions:
         session.get(URL + "/ok").raise_for_status()
     during, pool_during = counts("requests.Session"), pools("urllib3")
-    sockets = [kind for kind, _ in owned("requests.Session")]
+    sockets = owned("requests.Session")
     del sessions, session
     gc.collect()
     after = counts("requests.Session")
@@ -178,8 +294,14 @@ def test_requests_sessions_left_open_and_closed(upstream):
     emit(during=during, pool_during=pool_during, after=after, sockets=sockets,
          fixed=counts("requests.Session"), pool_fixed=pools("urllib3"),
          sockets_fixed=owned("requests.Session"))
-    """, UPSTREAM=upstream, N=str(N))
-    assert result["sockets"] == ["tcp"] * N
+"""
+
+
+def test_requests_sessions_left_open_and_closed(upstream):
+    result = run_child(REQUESTS_SESSIONS, UPSTREAM=upstream, N=str(N))
+    # one kept-alive socket per session, owned by it, named by its site
+    line = line_of(REQUESTS_SESSIONS, "# the session line")
+    assert result["sockets"] == [["tcp", f"<string>:{line} in new_session"]] * N
     assert result["sockets_fixed"] == []
     assert result["during"] == zero(live=N, created=N)
     assert result["pool_during"] == {"active": 0, "idle": N}
@@ -398,8 +520,7 @@ def test_sqlite3_connections_left_open_and_closed(tmp_path):
     assert result["fixed"] == zero(live=1, created=2 * N + 1, closed=N, collected_while_open=N)
 
 
-def test_threads_alive_then_ended():
-    result = run_child("""
+THREADS_ALIVE = """
     import os, threading
     N = int(os.environ["N"])
     release = threading.Event()
@@ -411,10 +532,15 @@ def test_threads_alive_then_ended():
     for thread in threads:
         thread.join()
     emit(during=during, after=counts("threading.Thread"), site=site)
-    """, N=str(N))
+"""
+
+
+def test_threads_alive_then_ended():
+    result = run_child(THREADS_ALIVE, N=str(N))
     assert result["during"] == zero(live=N, created=N)
-    assert list(result["site"].values()) == [N]
-    assert list(result["site"])[0].endswith(" in <module>")
+    # the target (Event.wait) is library code: the site is the start() line
+    line = line_of(THREADS_ALIVE, "# the start line")
+    assert result["site"] == {f"<string>:{line} in <module>": N}
     assert result["after"] == zero(created=N, closed=N)
 
 
@@ -558,7 +684,8 @@ def test_pool_connections_and_owned_sockets_are_exported(upstream, tmp_path):
                  library="sqlalchemy", pool=label) == 1
     assert value(families, "leakprobe_pool_connections", library="httpcore", pool="all",
                  state="idle") == N
-    assert value(families, "leakprobe_owner_open_fds", owner="httpx.Client") == N
+    # by owner type and fd kind (docs/metrics.md): the clients' N TCP sockets
+    assert value(families, "leakprobe_owner_open_fds", owner="httpx.Client", kind="tcp") == N
     import shutil
     import subprocess
     promtool = shutil.which("promtool")
