@@ -17,7 +17,7 @@
 # leaking task), and writes JSON and HTML reports to build/demo-report/.
 # Every process started here is stopped on exit, whatever the exit.
 #
-# Usage: scripts/demo.sh   (DEMO_ROUNDS=8 DEMO_REQUESTS=25 DEMO_TASKS=5
+# Usage: scripts/demo.sh   (DEMO_ROUNDS=8 DEMO_REQUESTS=75 DEMO_TASKS=5
 #                           DEMO_MAX_TASKS_PER_CHILD=20 by default: a task a
 #                           second, so that a child lives 20 s or more, long
 #                           enough for a verdict, and one is replaced)
@@ -29,7 +29,7 @@ cd "$REPO_ROOT"
 
 DEMO_STARTED=$SECONDS  # after the set-up (a build of leakprobe, minutes)
 ROUNDS="${DEMO_ROUNDS:-8}"
-REQUESTS="${DEMO_REQUESTS:-25}"
+REQUESTS="${DEMO_REQUESTS:-75}"  # 600 in all: the review's 600 leaked clients
 TASKS="${DEMO_TASKS:-5}"
 MAX_TASKS_PER_CHILD="${DEMO_MAX_TASKS_PER_CHILD:-20}"
 LOG_DIR="$(mktemp -d -t leakprobe-demo.XXXXXX)"
