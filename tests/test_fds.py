@@ -930,3 +930,44 @@ def test_a_sync_httpx_request_in_flight_has_its_socket_owned_already():
     assert out["accepted"] == 1 and out["outcome"] == ["timed out"], out
     assert out["owners"] == ["httpx.Client"], out
     assert out["owner_sites"] == [8], out
+
+
+def test_an_async_httpx_request_in_flight_has_its_socket_owned_once_connected():
+    # The same in async code: the AsyncClient connects in its task (anyio
+    # spawns its own for the connect), across awaits; its socket is owned
+    # by it as soon as it is connected, while the request waits.
+    out = _json_run(
+        """
+        import asyncio, json, socket, threading, httpx, leakprobe
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        accepted = []
+        threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+        def make_client():
+            return httpx.AsyncClient(timeout=3.0)                        # line 8
+        async def main():
+            client = make_client()
+            async def request():
+                try:
+                    await client.get(f"http://127.0.0.1:{port}/")
+                    return "answered"
+                except httpx.ReadTimeout:
+                    return "timed out"
+            task = asyncio.create_task(request())
+            for _ in range(250):
+                if accepted:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # the request is written and waits
+            hung = [r for r in leakprobe.open_fds()
+                    if r.kind == "tcp" and r.peer == f"127.0.0.1:{port}"]
+            outcome = await task
+            await client.aclose()
+            return {"accepted": len(accepted), "outcome": outcome,
+                    "owners": [getattr(r.owner, "type", None) for r in hung],
+                    "owner_sites": [r.owner.site.lineno for r in hung if r.owner]}
+        print(json.dumps(asyncio.run(main())))
+        """, LEAKPROBE_HEAP="0")
+    assert out["accepted"] == 1 and out["outcome"] == "timed out", out
+    assert out["owners"] == ["httpx.AsyncClient"], out
+    assert out["owner_sites"] == [8], out

@@ -6,6 +6,7 @@ httpcore has no events)."""
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import weakref
 from typing import Any
@@ -14,6 +15,10 @@ from ._common import PoolGauges, Switch, attach_socket, owning, summed_limit
 from ._track import track_class
 
 SWITCH = Switch("httpx")
+# The AsyncClient sending in this context (a weak reference: the tasks a
+# transport spawns copy the context, and may outlive the request).
+_SENDING: contextvars.ContextVar[Any] = contextvars.ContextVar("leakprobe_httpx_sending",
+                                                               default=None)
 _POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # live httpcore pools, sync and async
 GAUGES = (PoolGauges("httpcore"),)
 
@@ -82,15 +87,42 @@ def install(httpx: Any) -> bool:
         own(instance, response)  # a connection made before tracking began
         return response
 
+    # An AsyncClient's connection is made in its task (or one anyio spawns,
+    # which copies the context), across awaits: the per-thread owner cannot
+    # follow it, so the client is named in a context variable while it
+    # sends, and the socket is given to it as soon as httpcore's async
+    # network backend has connected it.
     def async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         async def sending() -> Any:
-            response = await wrapped(*args, **kwargs)
-            if SWITCH.on:
-                own(instance, response)
+            if not SWITCH.on:
+                return await wrapped(*args, **kwargs)
+            token = _SENDING.set(weakref.ref(instance))
+            try:
+                response = await wrapped(*args, **kwargs)
+            finally:
+                _SENDING.reset(token)
+            own(instance, response)  # a connection made before tracking began
             return response
 
         return sending()
 
+    def connect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        async def connecting() -> Any:
+            stream = await wrapped(*args, **kwargs)
+            sending = _SENDING.get()
+            client = sending() if sending is not None else None
+            if client is not None and SWITCH.on:
+                attach_socket("httpx", client, stream.get_extra_info("socket"))
+            return stream
+
+        return connecting()
+
     wrapt.wrap_function_wrapper(httpx.Client, "send", send)
     wrapt.wrap_function_wrapper(httpx.AsyncClient, "send", async_send)
+    for backend in ("AnyIOBackend", "TrioBackend"):
+        # TrioBackend is a placeholder without methods when trio is missing
+        backend_class = getattr(httpcore, backend, None)
+        for method in ("connect_tcp", "connect_unix_socket"):
+            if backend_class is not None and hasattr(backend_class, method):
+                wrapt.wrap_function_wrapper(backend_class, method, connect)
     return True
