@@ -891,83 +891,78 @@ def test_fds_carry_their_owner_in_records_and_metrics():
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
 
+# A server that accepts and never answers: a request to it hangs, its
+# socket open and connected, until the client's 3 s timeout.
+SILENT_SERVER = """\
+import asyncio, json, socket, threading, time, httpx, leakprobe
+listener = socket.create_server(("127.0.0.1", 0))
+port = listener.getsockname()[1]
+accepted = []
+threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+def hung_sockets():
+    # once the request is accepted, written, and waits for its answer
+    deadline = time.monotonic() + 2.5
+    while not accepted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    return [r for r in leakprobe.open_fds() if r.kind == "tcp" and r.peer == f"127.0.0.1:{port}"]
+def report(outcome, hung):
+    print(json.dumps({"accepted": len(accepted), "outcome": outcome,
+                      "owners": [getattr(r.owner, "type", None) for r in hung],
+                      "owner_sites": [r.owner.site.lineno for r in hung if r.owner]}))
+"""
+
+
+def _hung_request(body: str, owner: str) -> None:
+    code = SILENT_SERVER + body
+    client_line = next(i for i, line in enumerate(code.splitlines(), 1) if "# CLIENT" in line)
+    out = _json_run(code, LEAKPROBE_HEAP="0")
+    assert out["accepted"] == 1 and out["outcome"] == "timed out", out
+    assert out["owners"] == [owner], out
+    assert out["owner_sites"] == [client_line], out
+
+
 def test_a_sync_httpx_request_in_flight_has_its_socket_owned_already():
-    # A server that accepts and never answers: while the request hangs, the
-    # client's socket is open, connected and owned by the httpx.Client from
-    # its creation (not only once a response arrives).
-    out = _json_run(
-        """
-        import json, socket, threading, time, httpx, leakprobe
-        listener = socket.create_server(("127.0.0.1", 0))
-        port = listener.getsockname()[1]
-        accepted = []
-        threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
-        def make_client():
-            return httpx.Client(timeout=3.0)                             # line 8
-        client = make_client()
-        outcome = []
-        def request():
-            try:
-                client.get(f"http://127.0.0.1:{port}/")
-                outcome.append("answered")
-            except httpx.ReadTimeout:
-                outcome.append("timed out")
-        worker = threading.Thread(target=request)
-        worker.start()
-        deadline = time.monotonic() + 2.5
-        while not accepted and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)  # the request is written and waits for its answer
-        hung = [r for r in leakprobe.open_fds()
-                if r.kind == "tcp" and r.peer == f"127.0.0.1:{port}"]
-        worker.join()
-        print(json.dumps({
-            "accepted": len(accepted), "outcome": outcome,
-            "owners": [getattr(r.owner, "type", None) for r in hung],
-            "owner_sites": [r.owner.site.lineno for r in hung if r.owner],
-        }))
-        """, LEAKPROBE_HEAP="0")
-    assert out["accepted"] == 1 and out["outcome"] == ["timed out"], out
-    assert out["owners"] == ["httpx.Client"], out
-    assert out["owner_sites"] == [8], out
+    # The client's socket is owned by the httpx.Client from its creation,
+    # not only once a response arrives.
+    _hung_request("""\
+def make_client():
+    return httpx.Client(timeout=3.0)  # CLIENT
+client = make_client()
+outcome = []
+def request():
+    try:
+        client.get(f"http://127.0.0.1:{port}/")
+        outcome.append("answered")
+    except httpx.ReadTimeout:
+        outcome.append("timed out")
+worker = threading.Thread(target=request)
+worker.start()
+hung = hung_sockets()
+worker.join()
+report(outcome[0], hung)
+""", "httpx.Client")
 
 
 def test_an_async_httpx_request_in_flight_has_its_socket_owned_once_connected():
     # The same in async code: the AsyncClient connects in its task (anyio
     # spawns its own for the connect), across awaits; its socket is owned
     # by it as soon as it is connected, while the request waits.
-    out = _json_run(
-        """
-        import asyncio, json, socket, threading, httpx, leakprobe
-        listener = socket.create_server(("127.0.0.1", 0))
-        port = listener.getsockname()[1]
-        accepted = []
-        threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
-        def make_client():
-            return httpx.AsyncClient(timeout=3.0)                        # line 8
-        async def main():
-            client = make_client()
-            async def request():
-                try:
-                    await client.get(f"http://127.0.0.1:{port}/")
-                    return "answered"
-                except httpx.ReadTimeout:
-                    return "timed out"
-            task = asyncio.create_task(request())
-            for _ in range(250):
-                if accepted:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # the request is written and waits
-            hung = [r for r in leakprobe.open_fds()
-                    if r.kind == "tcp" and r.peer == f"127.0.0.1:{port}"]
-            outcome = await task
-            await client.aclose()
-            return {"accepted": len(accepted), "outcome": outcome,
-                    "owners": [getattr(r.owner, "type", None) for r in hung],
-                    "owner_sites": [r.owner.site.lineno for r in hung if r.owner]}
-        print(json.dumps(asyncio.run(main())))
-        """, LEAKPROBE_HEAP="0")
-    assert out["accepted"] == 1 and out["outcome"] == "timed out", out
-    assert out["owners"] == ["httpx.AsyncClient"], out
-    assert out["owner_sites"] == [8], out
+    _hung_request("""\
+def make_client():
+    return httpx.AsyncClient(timeout=3.0)  # CLIENT
+async def main():
+    client = make_client()
+    async def request():
+        try:
+            await client.get(f"http://127.0.0.1:{port}/")
+            return "answered"
+        except httpx.ReadTimeout:
+            return "timed out"
+    task = asyncio.create_task(request())
+    hung = await asyncio.to_thread(hung_sockets)
+    outcome = await task
+    await client.aclose()
+    report(outcome, hung)
+asyncio.run(main())
+""", "httpx.AsyncClient")

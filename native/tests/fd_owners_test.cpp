@@ -132,12 +132,12 @@ TEST_F(FdOwnerHooksTest, FdsCreatedInAnOwnerScopeCarryItAndAreSummedByType) {
   const auto unix_stream = static_cast<std::size_t>(FdKind::kUnix);
   for (const FdOwnerCount& o : s.owners) {
     if (o.owner == "test.Client") {
-      clients = o.open_fds;
+      clients = o.OpenFds();
       EXPECT_EQ(o.open_by_kind[tcp], 2u);  // both AF_INET stream sockets
       EXPECT_EQ(o.kinds_seen, 1u << tcp);
     }
     if (o.owner == "test.Pool") {
-      pools = o.open_fds;
+      pools = o.OpenFds();
       EXPECT_EQ(o.open_by_kind[unix_stream], 1u);
       EXPECT_EQ(o.kinds_seen, 1u << unix_stream);
     }
@@ -150,7 +150,7 @@ TEST_F(FdOwnerHooksTest, FdsCreatedInAnOwnerScopeCarryItAndAreSummedByType) {
   const FdSummary after = SummarizeFds(ProcessFdTable());
   for (const FdOwnerCount& o : after.owners) {
     if (o.owner == "test.Client" || o.owner == "test.Pool") {
-      EXPECT_EQ(o.open_fds, 0u) << o.owner;  // listed, at 0
+      EXPECT_EQ(o.OpenFds(), 0u) << o.owner;  // listed, at 0
       // Its kinds are remembered: the series by kind stay, at 0.
       EXPECT_EQ(o.kinds_seen, o.owner == "test.Client" ? 1u << tcp : 1u << unix_stream);
     }

@@ -53,7 +53,11 @@ Snapshot FakeSnapshot(int i) {
   fd.open[KindIndex(FdKind::kFile)] = 4;
   fd.top_sites = {{"/app/net.py:7 in connect", 10 + static_cast<std::uint64_t>(i)},
                   {"/app/io.py:3 in read", 4}};
-  fd.owners = {{"httpx.Client", 2}};
+  FdOwnerCount owned;
+  owned.owner = "httpx.Client";
+  owned.open_by_kind[KindIndex(FdKind::kTcp)] = 2;
+  owned.kinds_seen = 1u << KindIndex(FdKind::kTcp);
+  fd.owners = {owned};
   s.fd = fd;
   ObjectSummary objects;
   ObjectTypeSummary client;

@@ -71,10 +71,7 @@ void SummarizeOwners(const absl::flat_hash_map<std::uint32_t, OwnerKindCounts>& 
   for (const auto& [id, counts] : by_owner) {
     if (id >= types.size()) continue;
     FdOwnerCount& owner = by_type[types[id]];
-    for (std::size_t k = 0; k < kFdKindCount; ++k) {
-      owner.open_by_kind[k] += counts[k];
-      owner.open_fds += counts[k];
-    }
+    for (std::size_t k = 0; k < kFdKindCount; ++k) owner.open_by_kind[k] += counts[k];
   }
   SummaryCache& cache = Cache();
   MutexLock lock(&cache.mu);

@@ -345,7 +345,7 @@ void CollectValues(const Snapshot& s, const TrendConfig& config,
     if (!s.fd->top_sites.empty()) fed->fd_top_site = s.fd->top_sites.front().site;
     for (const FdOwnerCount& owner : s.fd->owners) {
       feed.AddOnceUsed(Resource::kFd, std::string(kFdOwnerPrefix) + owner.owner,
-                       static_cast<double>(owner.open_fds));
+                       static_cast<double>(owner.OpenFds()));
     }
   }
   if (s.objects) {

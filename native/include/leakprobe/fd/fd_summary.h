@@ -39,12 +39,17 @@ struct FdSite {
 
 // Open fds owned by resource objects of one type (leakprobe/fd/fd_owners.h).
 struct FdOwnerCount {
-  std::string owner;           // "httpx.Client", or "[owner table full]"
-  std::uint64_t open_fds = 0;  // all kinds
+  std::string owner;  // "httpx.Client", or "[owner table full]"
   std::array<std::uint64_t, kFdKindCount> open_by_kind{};
   // Bit k: the type held an fd of kind k at some summary since start (its
   // series by kind then stay, 0 included). Kept across summaries.
   std::uint32_t kinds_seen = 0;
+
+  std::uint64_t OpenFds() const noexcept {  // all kinds
+    std::uint64_t total = 0;
+    for (const std::uint64_t n : open_by_kind) total += n;
+    return total;
+  }
 };
 
 struct FdSummary {
