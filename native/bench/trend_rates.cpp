@@ -44,6 +44,7 @@ struct Family {
   std::string name;
   bool leaks;
   std::function<std::vector<leakprobe::trend::Point>(const ts::Sampling&, ts::Rng&)> make;
+  double sampling_unit = 0;  // TrendParams::sampling_unit (0: exact values)
 };
 
 std::vector<Family> Families() {
@@ -59,6 +60,8 @@ std::vector<Family> Families() {
        [](auto& s, auto& r) { return ts::LinearFill(s, r); }},
       {"pool warm-up", false, [](auto& s, auto& r) { return ts::PoolWarmup(s, r); }},
       {"one-off step", false, [](auto& s, auto& r) { return ts::Step(s, r); }},
+      {"sampled cache filling (8-64 samples)", false,
+       [](auto& s, auto& r) { return ts::SampledFill(s, r); }, 1},
   };
   for (double e : {0.5, 1.0, 2.0, 5.0}) {
     const std::string x = std::to_string(e).substr(0, 3);
@@ -82,6 +85,12 @@ std::vector<Family> Families() {
   }
   f.push_back({"count +1 every 4 samples", true,
                [](auto& s, auto& r) { return ts::CountLeak(s, r, 4); }});
+  for (double per_point : {0.5, 1.25, 2.5}) {
+    const std::string x = std::to_string(per_point).substr(0, 4);
+    f.push_back(
+        {"sampled leak, " + x + " samples a point", true,
+         [per_point](auto& s, auto& r) { return ts::SampledLeak(s, r, per_point); }, 1});
+  }
   return f;
 }
 
@@ -148,7 +157,9 @@ int main(int argc, char** argv) {
       for (int i = 0; i < count; ++i) {
         const auto pts = family.make(setting.sampling, rng);
         const double start = Now();
-        const auto verdict = Evaluate(pts, setting.params);
+        TrendParams params = setting.params;
+        params.sampling_unit = family.sampling_unit;
+        const auto verdict = Evaluate(pts, params);
         seconds += Now() - start;
         evaluations += 1;
         flagged += verdict.suspected ? 1 : 0;

@@ -3,7 +3,8 @@
 // honest families (noise, autocorrelated noise, GC sawtooth, caches and
 // pools filling to a bound, one-off steps) and the leaking ones (linear,
 // sawtooth whose floor rises, leaks that start late, counts that grow one
-// at a time), all from a seeded PRNG.
+// at a time), and sampled estimates of both kinds (a heap site that leaks,
+// a cache that fills), all from a seeded PRNG.
 #pragma once
 
 #include <algorithm>
@@ -149,6 +150,44 @@ inline std::vector<Point> CountLeak(const Sampling& s, Rng& rng, double every) {
     pts.push_back(Point{static_cast<double>(i) * s.interval, v});
   }
   return pts;
+}
+
+// Sampled estimates (the heap's): blocks worth `kSampledBlock` sample
+// intervals each (16 KiB at the 128 KiB default) arrive at a steady rate
+// while `growing(t)`, each sampled with probability 1 - exp(-block) and
+// then counted as block / p, so the series is in units of one sample's
+// worth (TrendParams::sampling_unit 1) and rises a sample at a time, at
+// random.
+constexpr double kSampledBlock = 0.125;
+
+inline std::vector<Point> Sampled(const Sampling& s, Rng& rng, double units_per_second,
+                                  const std::function<bool(double)>& growing) {
+  const double p = 1 - std::exp(-kSampledBlock);
+  const double every = kSampledBlock / units_per_second;  // seconds a block
+  std::vector<Point> pts;
+  double v = 0;
+  double next = 0;  // the next block's time
+  for (std::size_t i = 0; i < s.count(); ++i) {
+    const double t = static_cast<double>(i) * s.interval;
+    for (; next <= t; next += every) {
+      if (growing(next) && Uniform(rng, 0, 1) < p) v += kSampledBlock / p;
+    }
+    pts.push_back(Point{t, v});
+  }
+  return pts;
+}
+// A site that only grows, by `per_point` samples' worth a point on average
+// (the scenario suite's global list: 16 KiB at 20 a second, 128 KiB mean,
+// 0.5 s a point: 1.25).
+inline std::vector<Point> SampledLeak(const Sampling& s, Rng& rng, double per_point) {
+  return Sampled(s, rng, per_point / s.interval, [](double) { return true; });
+}
+// A cache of 8 to 64 samples' worth, filled steadily from the start and
+// full at 10% to 60% of the evaluated window, then kept.
+inline std::vector<Point> SampledFill(const Sampling& s, Rng& rng) {
+  const double full_at = s.warmup + Uniform(rng, 0.1, 0.6) * s.window;
+  const double size = Uniform(rng, 8, 64);
+  return Sampled(s, rng, size / full_at, [=](double t) { return t < full_at; });
 }
 
 }  // namespace leakprobe::trend::testing

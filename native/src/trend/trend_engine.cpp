@@ -101,9 +101,36 @@ double TheilSen(std::span<const Point> pts) {
 // too small otherwise).
 using MeetsEffect = std::function<bool(double slope)>;
 
+// A sampled estimate rises by one sample's worth at a time, at random (a
+// Poisson process), so a recent third can hold fewer samples than the rate
+// before it promises by chance alone, and look slower: a steady leak of
+// about 2.5 samples a second (16 KiB blocks at 20 a second, 128 KiB mean)
+// was called a plateau in 2.2% of 20-second windows (one run of the
+// scenario suite in CI). Its slowdown must also be a shortfall of samples
+// beyond chance: given the samples of the whole segment, those of the
+// recent part are binomial, with the recent part's share of the time; too
+// few at this level. (0.05 still called 1.3% of those leaks plateaus,
+// 0.01 0.45%; a level of 0.001 made caches filling 2 MiB within the window
+// leaks 33% of the time, 0.01 not once more than before.)
+constexpr double kFewerSamplesAlpha = 0.01;
+
+// Whether the points from `from` on hold significantly fewer samples (of
+// `unit` each, in the series' units) than their share of the time.
+bool FewerSamples(std::span<const Point> pts, std::size_t from, double unit) {
+  const double early = std::max(0.0, (pts[from].v - pts.front().v) / unit);
+  const double late = std::max(0.0, (pts.back().v - pts[from].v) / unit);
+  const double total = early + late;
+  const double share = (pts.back().t - pts[from].t) / (pts.back().t - pts.front().t);
+  if (!(total > 0) || !(share > 0 && share < 1)) return false;
+  const double z = (share * total - late) / std::sqrt(total * share * (1 - share));
+  return z > detail::NormalQuantile(1 - kFewerSamplesAlpha);
+}
+
 // The recent third, detrended by the slope of the two thirds before it,
 // decreases significantly: growth slowed down (a bound reached, a step).
-bool Flattened(std::span<const Point> pts, const MeetsEffect& meets) {
+// For a sampled estimate (`unit`: one sample's worth, 0 when exact), by
+// more samples than chance explains.
+bool Flattened(std::span<const Point> pts, const MeetsEffect& meets, double unit) {
   const std::size_t n = pts.size();
   const std::size_t k = std::max(n / kRecentFraction, kRecentMinPoints);
   if (n < k + kRecentMinPoints) return false;
@@ -114,6 +141,7 @@ bool Flattened(std::span<const Point> pts, const MeetsEffect& meets) {
   // significant a tiny difference may test.
   const double own = TheilSen(recent);
   if (own >= kFlattenedShare * before) return false;
+  if (unit > 0 && !FewerSamples(pts, n - k, unit)) return false;
   // Still growing on its own, clearly, and at a rate that would be flagged
   // on its own: slower, but not flattened. (A first task's imports and
   // connections, a step of 18 MiB, then an allocator's slow creep: the
@@ -262,7 +290,8 @@ Judgement Judge(std::span<const Point> pts, double alpha, const TrendParams& par
     };
     // A significant rise that most pairs of points do not see (slope 0:
     // a step, a fill then a long stay) did not go on.
-    if (!(j.slope > 0) || Flattened(pts, meets) || OneStep(pts, j.slope, alpha, meets)) {
+    if (!(j.slope > 0) || Flattened(pts, meets, params.sampling_unit / scale) ||
+        OneStep(pts, j.slope, alpha, meets)) {
       j.reason = Reason::kPlateau;
     } else if (!meets(j.slope)) {
       j.reason = Reason::kTooSmall;
