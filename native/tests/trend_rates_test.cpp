@@ -35,20 +35,22 @@ const TrendParams kRunParams{
 
 using Family = std::function<std::vector<Point>(ts::Rng&)>;
 
-int Flagged(const Family& family, const TrendParams& params) {
+// How many of kSeries seeded series of `family` get a verdict that `counts`.
+int Count(const Family& family, const TrendParams& params,
+          const std::function<bool(const Verdict&)>& counts) {
   ts::Rng rng(20261130);
-  int flagged = 0;
-  for (int i = 0; i < kSeries; ++i) flagged += Evaluate(family(rng), params).suspected;
-  return flagged;
+  int n = 0;
+  for (int i = 0; i < kSeries; ++i) n += counts(Evaluate(family(rng), params)) ? 1 : 0;
+  return n;
+}
+
+int Flagged(const Family& family, const TrendParams& params) {
+  return Count(family, params, [](const Verdict& v) { return v.suspected; });
 }
 
 int Plateaus(const Family& family, const TrendParams& params) {
-  ts::Rng rng(20261130);
-  int plateaus = 0;
-  for (int i = 0; i < kSeries; ++i) {
-    plateaus += Evaluate(family(rng), params).reason == Reason::kPlateau;
-  }
-  return plateaus;
+  return Count(family, params,
+               [](const Verdict& v) { return v.reason == Reason::kPlateau; });
 }
 
 TEST(TrendRatesTest, TheBoundFollowsFromAlpha) { EXPECT_EQ(kMaxFalseAlarms, 11); }

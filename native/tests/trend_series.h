@@ -177,8 +177,8 @@ inline std::vector<Point> Sampled(const Sampling& s, Rng& rng, double units_per_
   return pts;
 }
 // A site that only grows, by `per_point` samples' worth a point on average
-// (the scenario suite's global list: 16 KiB at 20 a second, 128 KiB mean,
-// 0.5 s a point: 1.25).
+// (16 KiB at 20 a second, 128 KiB mean, 0.5 s a point: 1.25, the scenario
+// suite's global list before its records were doubled to 32 KiB).
 inline std::vector<Point> SampledLeak(const Sampling& s, Rng& rng, double per_point) {
   return Sampled(s, rng, per_point / s.interval, [](double) { return true; });
 }
