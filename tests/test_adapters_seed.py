@@ -115,9 +115,8 @@ def test_ai_client_fixed_twin_closes_every_client(upstream):
 # (leakprobe.track_type; its default name is module.qualname, and the
 # program runs as __main__) holding a real httpx.Client against the upstream
 # server. Each client gets one new prompt per step, a step at most every
-# 50 ms (this server's replies take up to ~45 ms: Nagle and delayed ACKs on
-# its two writes), and the discovery pass runs every 250 ms, so every pass
-# sees the largest cache grown; the third growth in a row discovers it. The
+# 50 ms (a reply takes about 1 ms), and the discovery pass runs every
+# 250 ms, so every pass sees the largest cache grown; the third growth in a row discovers it. The
 # program stops at STEPS prompts per client, then waits for two more passes:
 # the last size is measured after the last prompt.
 CACHE_DISCOVERY = AI_CLIENT + """

@@ -313,4 +313,4 @@ def test_fixed_twin_keeps_fds_flat(start_service: Callable[[str], Service]) -> N
     # through the load (the leaky twin's test shows they find one).
     with httpx.Client(timeout=10.0) as client:
         sizes = _by_label(client, service.metrics_url, "leakprobe_container_size", "name")
-    assert CACHE not in sizes and not any(name.startswith("app:") for name in sizes), sizes
+    assert not any(name.startswith("app:") for name in sizes), sizes  # CACHE included

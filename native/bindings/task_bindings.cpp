@@ -5,11 +5,11 @@
 //
 // SpawnedCoroutine is a C type rather than a Python class: asyncio's C Task
 // steps a coroutine with PyIter_Send, which reaches am_send directly, so a
-// step costs four thread-local stores (the task parent and the step's base frame) around
-// the wrapped coroutine's own send; the Python class it replaces ran two Python frames
-// and two calls into the module per step (about 17,000 instructions per request of a
-// FastAPI app under uvicorn, whose request tasks are library tasks:
-// docs/benchmarks.md). Everything else a library or asyncio asks of a
+// step costs four thread-local stores (the task parent and the step's base
+// frame) around the wrapped coroutine's own send; the Python class it replaces
+// ran two Python frames and two calls into the module per step (about 17,000
+// instructions per request of a FastAPI app under uvicorn, whose request tasks
+// are library tasks: docs/benchmarks.md). Everything else a library or asyncio asks of a
 // task's coroutine (cr_code, cr_frame, __qualname__, ...) is read from the
 // wrapped coroutine. Every call here runs with the GIL held.
 #include "task_bindings.h"

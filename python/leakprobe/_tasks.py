@@ -26,8 +26,9 @@ compiled coroutine (uvloop's ``create_connection``, anything Cython) counts
 as library code. While a wrapped step runs, a capture keeps exactly the
 frames pushed since the step began (``LeakprobeTaskStepBegin``), so a
 compiled coroutine's step, which has no frame of its own, does not reach
-down into the loop's caller (the ``asyncio.run()`` line). The wrapper (``_native.SpawnedCoroutine``, a C type: asyncio steps
-it through ``am_send``) is registered as a ``collections.abc.Coroutine``
+down into the loop's caller (the ``asyncio.run()`` line). The wrapper
+(``_native.SpawnedCoroutine``, a C type: asyncio steps it through
+``am_send``) is registered as a ``collections.abc.Coroutine``
 and forwards every other attribute (``cr_frame``, ``cr_code``,
 ``__qualname__``...) to the wrapped coroutine.
 """
